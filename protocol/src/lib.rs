@@ -1,0 +1,21 @@
+//! # spore-protocol
+//!
+//! Everything Spore puts on a wire or on a disk, and nothing else: this crate never opens a
+//! socket, reads a clock or touches a file. Relays (`spore-relay`) and clients (`spore-client`)
+//! feed it bytes and a `now`, and get typed values or typed errors back.
+//!
+//! The data path, in the order a federation request travels it:
+//! [`Bundle`] (the opaque signed request) → compressed and padded to a size class →
+//! [`fragment`]s → each [`seal`]ed to the recipient's mailbox key → placed with a SURB-ack in a
+//! Sphinx packet ([`packet`]) routed entry → 3 mix layers → mailbox relay → carried hop to hop
+//! in fixed-size [`link`] frames over Noise → stored, pulled, opened and reassembled.
+//! Relays and routes are found in the signed [`directory`].
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod params;
+
+pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
+pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};

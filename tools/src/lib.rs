@@ -1,0 +1,6 @@
+//! # spore-tools
+//!
+//! The work behind the `spore` command: operator tools (keys, directory, testnet, demo),
+//! analyst tools (inspector, load, benchmarks, anonymity analysis). The binary is a thin shell
+//! over these modules so that tests call them directly.
+#![forbid(unsafe_code)]
