@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod packet;
 pub mod params;
 
 pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
