@@ -487,6 +487,7 @@ fn decompress(compressed: &[u8]) -> Result<Vec<u8>, InvalidMessage> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::error::Error;
@@ -718,9 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn declared_size_must_match_the_content() {
-        // A frame declaring more than it holds is caught by zstd; one that lies low overflows
-        // the exact-size buffer. Either way: a clean error.
+    fn corrupted_frame_is_rejected() {
         let encoded = loop_bundle().encode();
         let mut compressed = zstd::bulk::compress(&encoded, 3).unwrap();
         // Flip bits in the body of the frame.
@@ -770,9 +769,6 @@ mod tests {
         )
         .into_bytes();
         let bundle = request_bundle(body, vec![vec![6; SURB_SIZE]; 8]);
-        if let BundleBody::Request { request, .. } = &mut bundle.clone().body {
-            assert_eq!(request.method, "PUT");
-        }
 
         let padded = pack(&bundle, FRAGMENT_DATA_SIZE).unwrap();
         let message_id = [0x5a; 16];

@@ -127,7 +127,7 @@ fn check_count(count: u16) -> Result<(), PeerMisbehaved> {
 /// }
 /// ```
 pub fn split(message_id: MessageId, padded: &[u8], data_size: usize) -> Result<Vec<Fragment>> {
-    if data_size == 0 || padded.is_empty() || padded.len() % data_size != 0 {
+    if data_size == 0 || padded.is_empty() || !padded.len().is_multiple_of(data_size) {
         return Err(
             ApiMisuse::InvalidArgument("padded length is not a multiple of data_size").into(),
         );
@@ -270,11 +270,16 @@ impl Reassembler {
     /// disagrees with earlier fragments of the same message (or a duplicate index carries
     /// different data); [`PeerMisbehaved::ReassemblyFull`] if holding it would exceed the
     /// limits even after expiring stale messages; [`PeerMisbehaved::FragmentCount`] for a
-    /// count that is not a size class.
+    /// count that is not a size class; [`InvalidMessage`] for an index beyond the count or
+    /// empty data (neither can come out of [`Fragment::decode`]).
     pub fn insert(&mut self, fragment: Fragment, now: Instant) -> Result<Option<Reassembled>> {
         check_count(fragment.count)?;
         if fragment.index >= fragment.count {
             return Err(InvalidMessage::BadValue("fragment index").into());
+        }
+        if fragment.data.is_empty() {
+            // Empty fragments would cost map entries while counting as zero bytes.
+            return Err(InvalidMessage::BadValue("empty fragment").into());
         }
         self.forget_completed(now);
         if self.completed.contains(&fragment.message_id) {
@@ -413,6 +418,7 @@ impl Reassembler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::error::Error;
@@ -720,6 +726,19 @@ mod tests {
         assert_eq!(r.insert(fragment(9, 0, 2, DATA), later).unwrap(), None);
         assert_eq!(r.pending_messages(), 1);
         assert_eq!(r.pending_bytes(), DATA);
+    }
+
+    #[test]
+    fn insert_rejects_fragments_decode_would_reject() {
+        let mut r = Reassembler::new(limits());
+        for bad in [
+            fragment(1, 0, 3, DATA),
+            fragment(1, 2, 2, DATA),
+            fragment(1, 0, 2, 0),
+        ] {
+            assert!(r.insert(bad, t0()).is_err());
+        }
+        assert_eq!(r.pending_messages(), 0);
     }
 
     proptest! {
