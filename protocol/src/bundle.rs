@@ -13,7 +13,7 @@
 //! Encoding (version 1, all integers big-endian):
 //!
 //! ```text
-//! bundle   = version:u8 origin:str8 [sender:SporeAddress]? [server_keys:bytes32]? body
+//! bundle   = version:u8 origin:str16 [sender:SporeAddress]? [server_keys:bytes32]? body
 //! [x]?     = 0 | 1 x
 //! body     = 1 request_id:16 method:str8 path:str16 headers body:bytes32 n:u8 n*(SURB_SIZE bytes)
 //!          | 2 request_id:16 status:u16 headers body:bytes32
@@ -66,7 +66,7 @@ const LENGTH_FIELD: usize = 4;
 
 /// Upper bound on an encoding that passes every field limit.
 const MAX_ENCODED_LEN: usize = 1
-    + 1
+    + 2
     + MAX_ORIGIN_LEN
     + 1
     + (2 + 2 * 32 + 32)
@@ -157,12 +157,13 @@ impl fmt::Debug for Bundle {
 }
 
 impl Bundle {
-    /// The version-1 encoding. Fields beyond their limits produce an encoding that
-    /// [`Bundle::decode`] rejects; [`Bundle::check_limits`] (called by [`pack`]) catches that
-    /// on the sending side.
+    /// The version-1 encoding. Only a bundle that passes [`Bundle::check_limits`] (as [`pack`]
+    /// checks) is guaranteed to decode back to itself; an over-long field or a SURB of the
+    /// wrong size gives bytes that [`Bundle::decode`] rejects or reads differently.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(VERSION).bytes_u8(self.origin.as_bytes());
+        // A u16 prefix (not u8) so that an over-long origin cannot be silently truncated.
+        w.u8(VERSION).string_u16(&self.origin);
         match &self.sender {
             Some(address) => {
                 w.bool(true);
@@ -219,7 +220,7 @@ impl Bundle {
             }
             .into());
         }
-        let origin = utf8(r.bytes_u8(MAX_ORIGIN_LEN)?, "origin")?;
+        let origin = r.string_u16(MAX_ORIGIN_LEN)?;
         let sender = if r.bool()? {
             Some(SporeAddress::decode(&mut r)?)
         } else {
@@ -612,6 +613,16 @@ mod tests {
 
         let mut b = loop_bundle();
         b.server_keys = Some(vec![0; MAX_SERVER_KEYS_LEN + 1]);
+        assert!(pack(&b, FRAGMENT_DATA_SIZE).is_err());
+        assert!(Bundle::decode(&b.encode()).is_err());
+    }
+
+    #[test]
+    fn over_long_origin_is_never_silently_truncated() {
+        let b = Bundle {
+            origin: "a".repeat(MAX_ORIGIN_LEN + 45),
+            ..loop_bundle()
+        };
         assert!(pack(&b, FRAGMENT_DATA_SIZE).is_err());
         assert!(Bundle::decode(&b.encode()).is_err());
     }
