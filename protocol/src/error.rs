@@ -74,6 +74,8 @@ pub enum ApiMisuse {
     RouteLength { got: usize, max: usize },
     #[error("message of {got} bytes does not fit (limit {limit})")]
     MessageTooLarge { got: usize, limit: usize },
+    #[error("{field} exceeds its limit of {limit}")]
+    FieldTooLong { field: &'static str, limit: usize },
     #[error("{0}")]
     InvalidArgument(&'static str),
     #[error("sphinx: {0}")]

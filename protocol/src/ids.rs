@@ -206,6 +206,7 @@ impl fmt::Debug for SporeAddress {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -12,10 +12,16 @@
 //! Relays and routes are found in the signed [`directory`].
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod codec;
 pub mod error;
+pub mod fragment;
 pub mod ids;
+pub mod packet;
 pub mod params;
+pub mod seal;
 
+pub use bundle::{Bundle, BundleBody, FederationRequest, FederationResponse, pack, unpack};
 pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
+pub use fragment::{Fragment, MessageId, Reassembled, Reassembler, ReassemblyLimits};
 pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};
