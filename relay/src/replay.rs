@@ -17,9 +17,11 @@ use crate::store::Database;
 /// Stored form of a replay tag.
 pub type ShortTag = [u8; 16];
 
-fn short(tag: &[u8; 32]) -> ShortTag {
+fn short(tag: &[u8]) -> ShortTag {
     let mut s = [0u8; 16];
-    s.copy_from_slice(&tag[..16]);
+    for (d, b) in s.iter_mut().zip(tag) {
+        *d = *b;
+    }
     s
 }
 
@@ -80,7 +82,7 @@ impl ReplayCache {
 
     /// Whether `tag` was already seen under `epoch`'s key. A cheap pre-check before unwrapping;
     /// [`ReplayCache::insert`] is the authority.
-    pub fn contains(&self, epoch: u64, tag: &[u8; 32]) -> bool {
+    pub fn contains(&self, epoch: u64, tag: &[u8]) -> bool {
         self.lock()
             .get(&epoch)
             .is_some_and(|c| c.seen.contains(&short(tag)))
@@ -88,7 +90,7 @@ impl ReplayCache {
 
     /// Records `tag` under `epoch`. Returns `false` if it was already there (a replay). Two
     /// workers racing on the same packet get exactly one `true`.
-    pub fn insert(&self, epoch: u64, tag: &[u8; 32]) -> Result<bool> {
+    pub fn insert(&self, epoch: u64, tag: &[u8]) -> Result<bool> {
         let s = short(tag);
         let tree = {
             let mut epochs = self.lock();
