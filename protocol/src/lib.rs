@@ -15,7 +15,11 @@
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod link;
 pub mod params;
 
 pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
 pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};
+pub use link::{
+    Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem, PullSlot,
+};
