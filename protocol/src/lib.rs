@@ -17,6 +17,7 @@ pub mod codec;
 pub mod error;
 pub mod fragment;
 pub mod ids;
+pub mod link;
 pub mod packet;
 pub mod params;
 pub mod seal;
@@ -25,3 +26,6 @@ pub use bundle::{Bundle, BundleBody, FederationRequest, FederationResponse, pack
 pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
 pub use fragment::{Fragment, MessageId, Reassembled, Reassembler, ReassemblyLimits};
 pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};
+pub use link::{
+    Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem, PullSlot,
+};
