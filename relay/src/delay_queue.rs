@@ -150,7 +150,7 @@ pub async fn run<T, F>(
                 while let Some(s) = next {
                     match queue.push(s.at, s.item) {
                         Ok(()) => n += 1,
-                        Err(_) => metrics.drop("delay_queue_full"),
+                        Err(_) => metrics.dropped("delay_queue_full"),
                     }
                     next = if n < 1024 { rx.try_recv().ok() } else { None };
                 }

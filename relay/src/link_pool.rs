@@ -79,7 +79,7 @@ impl LinkPool {
             return;
         }
         if self.shutdown.is_triggered() {
-            self.metrics.drop("shutting_down");
+            self.metrics.dropped("shutting_down");
             return;
         }
         let mut packet = packet;
@@ -91,7 +91,7 @@ impl LinkPool {
                     _ => {
                         if self.directory.peer(&next_hop).is_none() {
                             drop(links);
-                            self.metrics.drop("unknown_next_hop");
+                            self.metrics.dropped("unknown_next_hop");
                             return;
                         }
                         let (tx, rx) = mpsc::channel(self.settings.queue);
@@ -108,14 +108,14 @@ impl LinkPool {
                     return;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.metrics.drop("link_queue_full");
+                    self.metrics.dropped("link_queue_full");
                     return;
                 }
                 // The link task just closed (idle); start a new one.
                 Err(mpsc::error::TrySendError::Closed(p)) => packet = p,
             }
         }
-        self.metrics.drop("link_closed");
+        self.metrics.dropped("link_closed");
     }
 
     async fn run_link(self: Arc<Self>, hop: RelayId, mut rx: mpsc::Receiver<Box<[u8; PACKET_SIZE]>>) {
@@ -176,7 +176,7 @@ impl LinkPool {
                             n += 1;
                             if let Err(e) = link.writer.write_frame(&Frame::Packet(p)).await {
                                 tracing::debug!(hop = ?hop, error = %e, "link write failed");
-                                self.metrics.drop("link_write_failed");
+                                self.metrics.dropped("link_write_failed");
                                 failed = true;
                                 break;
                             }
@@ -197,7 +197,7 @@ impl LinkPool {
         let mut left = 0i64;
         while rx.try_recv().is_ok() {
             left += 1;
-            self.metrics.drop("link_closed");
+            self.metrics.dropped("link_closed");
         }
         self.metrics.queue_sub(Queue::Link, left);
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());

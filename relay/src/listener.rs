@@ -142,7 +142,7 @@ impl Handler {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(error = %e, "handshake failed");
-                m.drop("handshake_failed");
+                m.dropped("handshake_failed");
                 return;
             }
         };
@@ -174,7 +174,7 @@ impl Handler {
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "bad frame, closing link");
-                    m.drop("bad_frame");
+                    m.dropped("bad_frame");
                     break;
                 }
             };
@@ -203,7 +203,7 @@ impl Handler {
                 if bucket.take() {
                     self.shared.ingress.submit(p);
                 } else {
-                    m.drop("rate_limited");
+                    m.dropped("rate_limited");
                 }
                 Next::Continue
             }
@@ -270,7 +270,7 @@ impl Handler {
             }
             // Frames only a relay sends: the peer is confused or hostile.
             Frame::PullSlot(_) | Frame::DeleteDone { .. } => {
-                m.drop("unexpected_frame");
+                m.dropped("unexpected_frame");
                 let _ = reply.try_send(Frame::Error {
                     code: LinkErrorCode::Protocol,
                 });

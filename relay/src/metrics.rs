@@ -218,7 +218,7 @@ impl Metrics {
     }
 
     /// Counts one dropped packet (or refused frame) under a fixed reason label.
-    pub fn drop(&self, reason: &'static str) {
+    pub fn dropped(&self, reason: &'static str) {
         self.dropped.get_or_create(&ReasonLabel { reason }).inc();
         if let Ok(mut seen) = self.reasons_seen.lock()
             && !seen.contains(reason)

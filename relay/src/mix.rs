@@ -59,8 +59,8 @@ impl PacketIngress {
     pub fn submit(&self, packet: Box<[u8; PACKET_SIZE]>) {
         match self.tx.try_send(packet) {
             Ok(()) => self.metrics.queue_add(Queue::Unwrap, 1),
-            Err(TrySendError::Full(_)) => self.metrics.drop("unwrap_queue_full"),
-            Err(TrySendError::Disconnected(_)) => self.metrics.drop("shutting_down"),
+            Err(TrySendError::Full(_)) => self.metrics.dropped("unwrap_queue_full"),
+            Err(TrySendError::Disconnected(_)) => self.metrics.dropped("shutting_down"),
         }
     }
 }
@@ -197,7 +197,7 @@ impl MixContext {
                             Err(_) => None,
                         },
                         Err(_) => {
-                            self.metrics.drop("bad_ack_surb");
+                            self.metrics.dropped("bad_ack_surb");
                             None
                         }
                     }
@@ -283,7 +283,7 @@ fn worker_loop(
             match result {
                 Ok(Some(o)) => outcomes.push(o),
                 Ok(None) => {}
-                Err(reason) => ctx.metrics.drop(reason),
+                Err(reason) => ctx.metrics.dropped(reason),
             }
         }
         if !outcomes.is_empty() {
@@ -321,7 +321,7 @@ pub(crate) fn spawn_committer(
                 if let Err(e) = committed {
                     tracing::error!(error = %e, "group commit failed; dropping the group");
                     for _ in 0..n {
-                        metrics.drop("commit_failed");
+                        metrics.dropped("commit_failed");
                     }
                     continue;
                 }
@@ -348,7 +348,7 @@ pub(crate) fn spawn_committer(
                     // Blocking here pushes back on the workers, and through the bounded unwrap
                     // queue on the links, instead of growing memory.
                     if delay_tx.blocking_send(scheduled).is_err() {
-                        metrics.drop("shutting_down");
+                        metrics.dropped("shutting_down");
                     }
                 }
             }
