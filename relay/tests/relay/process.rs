@@ -1,0 +1,1 @@
+//! The real `spore-relay` binary: init, run, SIGKILL, restart.
