@@ -114,7 +114,7 @@ const LOW_ORDER_POINTS: [[u8; 32]; 7] = [
 fn is_low_order(point: &[u8; 32]) -> bool {
     let mut masked = *point;
     masked[31] &= 0x7f;
-    LOW_ORDER_POINTS.iter().any(|p| *p == masked)
+    LOW_ORDER_POINTS.contains(&masked)
 }
 
 /// The replay tag an all-zero X25519 output expands to. A hop whose tag equals this did a
@@ -835,10 +835,10 @@ mod tests {
             #[test]
             fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), PACKET_SIZE..=PACKET_SIZE)) {
                 let key = StaticSecret::from([3u8; 32]);
-                if let Ok(p) = IncomingPacket::parse(&data, &PacketLimits::default()) {
-                    if let Ok(p) = p.prepare(&key) {
-                        let _ = p.unwrap(&PacketLimits::default());
-                    }
+                if let Ok(p) = IncomingPacket::parse(&data, &PacketLimits::default())
+                    && let Ok(p) = p.prepare(&key)
+                {
+                    let _ = p.unwrap(&PacketLimits::default());
                 }
             }
 
