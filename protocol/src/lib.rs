@@ -27,5 +27,6 @@ pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
 pub use fragment::{Fragment, MessageId, Reassembled, Reassembler, ReassemblyLimits};
 pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};
 pub use link::{
-    Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem, PullSlot,
+    Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem,
+    PullSlot,
 };

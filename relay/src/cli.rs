@@ -66,10 +66,26 @@ enum Role {
 impl Role {
     fn roles(self) -> RolesConfig {
         match self {
-            Role::Mix => RolesConfig { entry: false, mix: true, mailbox: false },
-            Role::Mailbox => RolesConfig { entry: false, mix: false, mailbox: true },
-            Role::Both => RolesConfig { entry: false, mix: true, mailbox: true },
-            Role::Entry => RolesConfig { entry: true, mix: false, mailbox: false },
+            Role::Mix => RolesConfig {
+                entry: false,
+                mix: true,
+                mailbox: false,
+            },
+            Role::Mailbox => RolesConfig {
+                entry: false,
+                mix: false,
+                mailbox: true,
+            },
+            Role::Both => RolesConfig {
+                entry: false,
+                mix: true,
+                mailbox: true,
+            },
+            Role::Entry => RolesConfig {
+                entry: true,
+                mix: false,
+                mailbox: false,
+            },
         }
     }
 }
@@ -88,12 +104,20 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Init { dir, role, layer, listen } => init(&dir, role, layer, listen),
+        Command::Init {
+            dir,
+            role,
+            layer,
+            listen,
+        } => init(&dir, role, layer, listen),
         Command::Run { config } => {
             init_tracing();
             let config = RelayConfig::load(&config)?;
@@ -141,7 +165,8 @@ fn init(dir: &Path, role: Role, layer: u8, listen: SocketAddr) -> anyhow::Result
     keys.save(&dir.join("relay.key"))?;
     let text = RelayConfig::commented_template(listen, role.roles(), layer, "relay.key");
     RelayConfig::from_toml(&text).context("generated config does not validate")?;
-    std::fs::write(&config_path, text).with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(&config_path, text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
     println!("relay id   {}", keys.relay_id());
     println!("link key   {}", hex::encode(keys.link_public()));
     println!("config     {}", config_path.display());

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use spore_protocol::link::{
-    Frame, HANDSHAKE_MAX_LEN, LinkHandshake, LinkOpener, LinkSealer, LinkTransport,
-    WIRE_FRAME_LEN,
+    Frame, HANDSHAKE_MAX_LEN, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, WIRE_FRAME_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -32,7 +31,9 @@ async fn read_handshake<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
     s.read_exact(&mut len).await?;
     let len = usize::from(u16::from_be_bytes(len));
     if len > HANDSHAKE_MAX_LEN {
-        return Err(RelayError::Link("handshake message exceeds the limit".into()));
+        return Err(RelayError::Link(
+            "handshake message exceeds the limit".into(),
+        ));
     }
     let mut msg = vec![0u8; len];
     s.read_exact(&mut msg).await?;

@@ -23,5 +23,7 @@ pub fn build(
     now_unix: u64,
 ) -> Result<RelayDescriptor> {
     let _ = (config, keys, address, now_unix);
-    Err(RelayError::Directory("descriptor support not built yet".into()))
+    Err(RelayError::Directory(
+        "descriptor support not built yet".into(),
+    ))
 }

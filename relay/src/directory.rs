@@ -83,7 +83,9 @@ impl Trust {
                 hex::decode(k.trim())
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .ok_or_else(|| RelayError::Config(format!("authority key {k:?} is not 32 hex bytes")))
+                    .ok_or_else(|| {
+                        RelayError::Config(format!("authority key {k:?} is not 32 hex bytes"))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -168,6 +170,8 @@ impl DirectoryView {
 #[derive(Debug, Clone)]
 pub struct NetworkView {
     pub epoch: u64,
+    /// Loopix μ: rate of the per-hop exponential delay (1/mean seconds).
+    pub mu: f64,
     pub relays: HashMap<RelayId, RelayInfo>,
     source_bytes: Vec<u8>,
 }
@@ -198,11 +202,15 @@ impl NetworkView {
     /// Parses and verifies a directory.
     pub fn from_directory_bytes(bytes: Vec<u8>, trust: &Trust, now_unix: u64) -> Result<Self> {
         let _ = (&bytes, trust, now_unix);
-        Err(RelayError::Directory("directory support not built yet".into()))
+        Err(RelayError::Directory(
+            "directory support not built yet".into(),
+        ))
     }
 
     /// Mixes in `layer`.
     pub fn mixes_in_layer(&self, layer: u8) -> impl Iterator<Item = &RelayInfo> {
-        self.relays.values().filter(move |r| r.mix && r.layer == layer)
+        self.relays
+            .values()
+            .filter(move |r| r.mix && r.layer == layer)
     }
 }

@@ -54,7 +54,11 @@ impl RelayKeys {
     }
 
     /// Keys from known secrets (tests, or keys managed elsewhere).
-    pub fn from_secrets(identity: [u8; 32], link_secret: [u8; 32], sphinx_master: [u8; 32]) -> Self {
+    pub fn from_secrets(
+        identity: [u8; 32],
+        link_secret: [u8; 32],
+        sphinx_master: [u8; 32],
+    ) -> Self {
         Self {
             identity: SigningKey::from_bytes(&identity),
             link_secret,
@@ -64,12 +68,13 @@ impl RelayKeys {
 
     /// Reads a key file written by [`RelayKeys::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            RelayError::File {
-                path: path.to_owned(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| RelayError::File {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            );
         let file: KeyFile = toml::from_str(&text).map_err(|e| RelayError::Keys(e.to_string()))?;
         let field = |name: &'static str, hex_str: &str| -> Result<[u8; 32]> {
             let bytes = Zeroizing::new(
@@ -147,7 +152,10 @@ impl RelayKeys {
 
     /// The Sphinx secret for key epoch `epoch`.
     pub fn sphinx_secret(&self, epoch: u64) -> StaticSecret {
-        let hk = Hkdf::<Sha256>::new(Some(b"spore/relay/sphinx-epoch-key/v1"), &self.sphinx_master);
+        let hk = Hkdf::<Sha256>::new(
+            Some(b"spore/relay/sphinx-epoch-key/v1"),
+            &self.sphinx_master,
+        );
         let mut okm = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
         if hk.expand(&epoch.to_be_bytes(), okm.as_mut()).is_err() {

@@ -45,12 +45,12 @@ pub use config::{
 };
 pub use connection::Link;
 pub use delay_queue::DelayQueue;
-pub use directory::{DirectorySource, MemoryDirectory, Trust};
+pub use descriptor::build as build_descriptor;
+pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};
 pub use error::{RelayError, Result};
 pub use keys::{KeySchedule, RelayKeys};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use relay::{Relay, RunningRelay};
 pub use replay::ReplayCache;
 pub use shutdown::{Shutdown, os_signal};
-pub use descriptor::build as build_descriptor;
 pub use store::{Database, MailboxLimits, MailboxStore};

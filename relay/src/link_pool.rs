@@ -97,7 +97,8 @@ impl LinkPool {
                         let (tx, rx) = mpsc::channel(self.settings.queue);
                         links.insert(next_hop, tx.clone());
                         let pool = self.clone();
-                        self.shutdown.spawn(async move { pool.run_link(next_hop, rx).await });
+                        self.shutdown
+                            .spawn(async move { pool.run_link(next_hop, rx).await });
                         tx
                     }
                 }
@@ -118,7 +119,11 @@ impl LinkPool {
         self.metrics.dropped("link_closed");
     }
 
-    async fn run_link(self: Arc<Self>, hop: RelayId, mut rx: mpsc::Receiver<Box<[u8; PACKET_SIZE]>>) {
+    async fn run_link(
+        self: Arc<Self>,
+        hop: RelayId,
+        mut rx: mpsc::Receiver<Box<[u8; PACKET_SIZE]>>,
+    ) {
         let mut backoff = BACKOFF_MIN;
         'outer: loop {
             if self.shutdown.is_triggered() {

@@ -153,7 +153,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("packets_in", "Packets received on links", m.packets_in.clone());
+        r.register(
+            "packets_in",
+            "Packets received on links",
+            m.packets_in.clone(),
+        );
         r.register(
             "packets_forwarded",
             "Packets written to a next hop",
@@ -164,27 +168,67 @@ impl Metrics {
             "Final-hop packets durably stored in a mailbox",
             m.packets_stored.clone(),
         );
-        r.register("acks_sent", "SURB-acks released after storing", m.acks_sent.clone());
+        r.register(
+            "acks_sent",
+            "SURB-acks released after storing",
+            m.acks_sent.clone(),
+        );
         r.register(
             "cover_received",
             "Final-hop packets for the drop mailbox (cover), discarded",
             m.cover_received.clone(),
         );
-        r.register("loops_sent", "Loop cover packets sent by this relay", m.loops_sent.clone());
-        r.register("packets_dropped", "Packets or frames dropped, by reason", m.dropped.clone());
-        r.register("queue_depth", "Items waiting in a queue", m.queue_depth.clone());
-        r.register("connections_open", "Open inbound links", m.connections_open.clone());
-        r.register("connections", "Inbound links accepted", m.connections_total.clone());
+        r.register(
+            "loops_sent",
+            "Loop cover packets sent by this relay",
+            m.loops_sent.clone(),
+        );
+        r.register(
+            "packets_dropped",
+            "Packets or frames dropped, by reason",
+            m.dropped.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Items waiting in a queue",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Open inbound links",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections",
+            "Inbound links accepted",
+            m.connections_total.clone(),
+        );
         r.register(
             "link_connect_failures",
             "Failed attempts to open an outbound link",
             m.link_connect_failures.clone(),
         );
-        r.register("mailbox_items", "Items stored in all mailboxes", m.mailbox_items.clone());
-        r.register("mailbox_bytes", "Payload bytes stored in all mailboxes", m.mailbox_bytes.clone());
+        r.register(
+            "mailbox_items",
+            "Items stored in all mailboxes",
+            m.mailbox_items.clone(),
+        );
+        r.register(
+            "mailbox_bytes",
+            "Payload bytes stored in all mailboxes",
+            m.mailbox_bytes.clone(),
+        );
         r.register("pulls", "Mailbox pull requests served", m.pulls.clone());
-        r.register("items_deleted", "Mailbox items deleted by their owner", m.items_deleted.clone());
-        r.register("items_expired", "Mailbox items deleted by retention", m.items_expired.clone());
+        r.register(
+            "items_deleted",
+            "Mailbox items deleted by their owner",
+            m.items_deleted.clone(),
+        );
+        r.register(
+            "items_expired",
+            "Mailbox items deleted by retention",
+            m.items_expired.clone(),
+        );
         r.register(
             "unwrap_seconds",
             "Sphinx processing time per packet (parse, key derivation, replay check, unwrap)",
@@ -249,8 +293,10 @@ impl Metrics {
     }
 
     pub fn set_mailbox_usage(&self, items: u64, bytes: u64) {
-        self.mailbox_items.set(i64::try_from(items).unwrap_or(i64::MAX));
-        self.mailbox_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.mailbox_items
+            .set(i64::try_from(items).unwrap_or(i64::MAX));
+        self.mailbox_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
     pub fn pull(&self) {
         self.pulls.inc();
@@ -283,7 +329,12 @@ impl Metrics {
             loops_sent: self.loops_sent.get(),
             dropped: reasons
                 .into_iter()
-                .map(|reason| (reason, self.dropped.get_or_create(&ReasonLabel { reason }).get()))
+                .map(|reason| {
+                    (
+                        reason,
+                        self.dropped.get_or_create(&ReasonLabel { reason }).get(),
+                    )
+                })
                 .collect(),
             unwrap_queue: self.queue_get(Queue::Unwrap),
             delay_queue: self.queue_get(Queue::Delay),
@@ -331,27 +382,27 @@ pub async fn serve(
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            hyper::Response::builder()
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        async move {
+                            if req.uri().path() == "/metrics" {
+                                hyper::Response::builder()
                                 .header(
                                     "content-type",
                                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                                 )
                                 .body(Full::new(Bytes::from(metrics.encode())))
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"not found\n")))
-                        };
-                        response
-                    }
-                });
+                            } else {
+                                hyper::Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::from_static(b"not found\n")))
+                            }
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service);
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
                 let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
             });
         }

@@ -205,7 +205,9 @@ impl Relay {
         );
 
         let metrics_addr = match config.metrics_listen {
-            Some(addr) => Some(crate::metrics::serve(addr, metrics.clone(), shutdown.clone()).await?),
+            Some(addr) => {
+                Some(crate::metrics::serve(addr, metrics.clone(), shutdown.clone()).await?)
+            }
             None => None,
         };
 
@@ -214,8 +216,9 @@ impl Relay {
                 crate::cover::CoverSettings {
                     rate: config.mix.loop_rate,
                     schedule,
+                    max_delay: config.max_delay(),
                 },
-                keys.relay_id(),
+                keys.clone(),
                 directory.clone(),
                 pool.clone(),
                 clock.clone(),

@@ -97,10 +97,7 @@ impl ReplayCache {
             let cache = match epochs.entry(epoch) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    let tree = self
-                        .db
-                        .sled()
-                        .open_tree(format!("{TREE_PREFIX}{epoch}"))?;
+                    let tree = self.db.sled().open_tree(format!("{TREE_PREFIX}{epoch}"))?;
                     v.insert(EpochCache {
                         seen: HashSet::new(),
                         tree,
@@ -126,7 +123,11 @@ impl ReplayCache {
     pub fn expire_before(&self, oldest_epoch: u64) -> Result<usize> {
         let old: Vec<u64> = {
             let mut epochs = self.lock();
-            let old: Vec<u64> = epochs.keys().copied().filter(|e| *e < oldest_epoch).collect();
+            let old: Vec<u64> = epochs
+                .keys()
+                .copied()
+                .filter(|e| *e < oldest_epoch)
+                .collect();
             for e in &old {
                 epochs.remove(e);
             }

@@ -347,11 +347,11 @@ impl MailboxStore {
         let end = cutoff_unix.to_be_bytes();
         for entry in self.index.range(..&end[..]) {
             let (k, _) = entry?;
-            if let Some((_, m, handle)) = parse_index_key(&k) {
-                if self.items.remove(item_key(&m, handle))?.is_some() {
-                    self.usage().remove(m, ITEM_BYTES);
-                    deleted += 1;
-                }
+            if let Some((_, m, handle)) = parse_index_key(&k)
+                && self.items.remove(item_key(&m, handle))?.is_some()
+            {
+                self.usage().remove(m, ITEM_BYTES);
+                deleted += 1;
             }
             self.index.remove(k)?;
         }

@@ -5,11 +5,11 @@
 #[path = "relay/util.rs"]
 mod util;
 
+#[path = "relay/hostile.rs"]
+mod hostile;
 #[path = "relay/mailbox.rs"]
 mod mailbox;
 #[path = "relay/mix.rs"]
 mod mix;
-#[path = "relay/hostile.rs"]
-mod hostile;
 #[path = "relay/process.rs"]
 mod process;

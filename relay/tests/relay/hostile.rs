@@ -23,7 +23,9 @@ fn random_frame(rng: &mut impl rand::Rng) -> Frame {
         }
         3 => Frame::PullRequest,
         4 => Frame::Delete {
-            handles: (0..rng.random_range(0..=128)).map(|_| rng.random()).collect(),
+            handles: (0..rng.random_range(0..=128))
+                .map(|_| rng.random())
+                .collect(),
         },
         5 => Frame::Padding,
         6 => Frame::PullSlot(PullSlot {
@@ -83,10 +85,20 @@ async fn arbitrary_bytes_and_frames_from_a_socket_do_not_panic() {
 
     // The relay still works for an honest client.
     let owner = mailbox_key();
-    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"still here");
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"still here",
+    );
     send_packets(&relay, &[p]).await;
     assert!(
-        wait_until(Duration::from_secs(10), || relay.r().metrics().packets_stored >= 1).await,
+        wait_until(Duration::from_secs(10), || relay
+            .r()
+            .metrics()
+            .packets_stored
+            >= 1)
+        .await,
         "{:?}",
         relay.r().metrics()
     );

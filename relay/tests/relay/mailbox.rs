@@ -14,7 +14,12 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
     let relay = TestRelay::start().await;
     let owner = mailbox_key();
-    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"hello");
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"hello",
+    );
     send_packets(&relay, &[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
@@ -36,13 +41,21 @@ async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
 async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
     let relay = TestRelay::start().await;
     let owner = mailbox_key();
-    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"secret");
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"secret",
+    );
     send_packets(&relay, &[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
     let intruder = mailbox_key();
     let mut link = relay.link(&intruder.secret_bytes()).await;
-    assert!(pull(&mut link).await.is_empty(), "intruder sees dummies only");
+    assert!(
+        pull(&mut link).await.is_empty(),
+        "intruder sees dummies only"
+    );
     // Guessing handles does not delete anyone else's items.
     assert_eq!(delete(&mut link, (0..128).collect()).await, 0);
 
@@ -56,7 +69,14 @@ async fn interrupted_pull_loses_nothing() {
     let relay = TestRelay::start().await;
     let owner = mailbox_key();
     let packets: Vec<_> = (0..20u8)
-        .map(|i| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], &[i; 8]))
+        .map(|i| {
+            plain_packet(
+                &[relay.hop()],
+                owner.mailbox_id(),
+                &[Duration::ZERO],
+                &[i; 8],
+            )
+        })
         .collect();
     send_packets(&relay, &packets).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 20).await);
@@ -64,7 +84,9 @@ async fn interrupted_pull_loses_nothing() {
     // Ask for a pull and hang up before reading the answer.
     {
         let mut link = relay.link(&owner.secret_bytes()).await;
-        link.send(&spore_protocol::link::Frame::PullRequest).await.unwrap();
+        link.send(&spore_protocol::link::Frame::PullRequest)
+            .await
+            .unwrap();
     }
     let mut link = relay.link(&owner.secret_bytes()).await;
     let mut seen = Vec::new();
@@ -76,10 +98,15 @@ async fn interrupted_pull_loses_nothing() {
         // Oldest first.
         assert!(items.windows(2).all(|w| w[0].handle < w[1].handle));
         let handles: Vec<u64> = items.iter().map(|i| i.handle).collect();
-        seen.extend(items.iter().map(|i| {
-            spore_protocol::packet::open_final_payload(&i.payload[..]).unwrap()
-        }));
-        assert_eq!(delete(&mut link, handles.clone()).await as usize, handles.len());
+        seen.extend(
+            items
+                .iter()
+                .map(|i| spore_protocol::packet::open_final_payload(&i.payload[..]).unwrap()),
+        );
+        assert_eq!(
+            delete(&mut link, handles.clone()).await as usize,
+            handles.len()
+        );
     }
     seen.sort();
     let expected: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
@@ -93,7 +120,14 @@ async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
     let owner = mailbox_key();
     let other = mailbox_key();
     let packets: Vec<_> = (0..5u8)
-        .map(|i| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], &[i; 4]))
+        .map(|i| {
+            plain_packet(
+                &[relay.hop()],
+                owner.mailbox_id(),
+                &[Duration::ZERO],
+                &[i; 4],
+            )
+        })
         .collect();
     send_packets(&relay, &packets).await;
     assert!(
@@ -119,7 +153,12 @@ async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
     }
     // Room again after a delete.
     assert_eq!(delete(&mut link, vec![items[0].handle]).await, 1);
-    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"late");
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"late",
+    );
     send_packets(&relay, &[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 5).await);
     relay.shutdown().await;
@@ -138,7 +177,11 @@ async fn byte_quota_and_disk_budget_refuse_with_their_reason() {
         .map(|i| plain_packet(&[relay.hop()], a.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
     send_packets(&relay, &packets).await;
-    assert!(wait_until(WAIT, || relay.r().metrics().dropped("mailbox_quota_bytes") == 1).await);
+    assert!(
+        wait_until(WAIT, || relay.r().metrics().dropped("mailbox_quota_bytes")
+            == 1)
+        .await
+    );
     packets = (0..2u8)
         .map(|i| plain_packet(&[relay.hop()], b.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
@@ -163,16 +206,30 @@ async fn retention_deletes_items_older_than_the_limit() {
     )
     .await;
     let owner = mailbox_key();
-    let old = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"old");
+    let old = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"old",
+    );
     send_packets(&relay, &[old]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
     clock.advance(Duration::from_secs(6 * 24 * 3600));
-    let young = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"young");
+    let young = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"young",
+    );
     send_packets(&relay, &[young]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
 
-    assert_eq!(relay.r().sweep_now().await.unwrap(), 0, "nothing is 7 days old yet");
+    assert_eq!(
+        relay.r().sweep_now().await.unwrap(),
+        0,
+        "nothing is 7 days old yet"
+    );
     clock.advance(Duration::from_secs(2 * 24 * 3600));
     assert_eq!(relay.r().sweep_now().await.unwrap(), 1);
     let mut link = relay.link(&owner.secret_bytes()).await;

@@ -15,7 +15,12 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn replayed_packet_is_dropped() {
     let relay = TestRelay::start().await;
     let owner = mailbox_key();
-    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"once");
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"once",
+    );
     send_packets(&relay, &[p.clone(), p.clone()]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().dropped("replay") == 1).await);
     send_packets(&relay, &[p]).await;
@@ -43,7 +48,11 @@ async fn replayed_packet_is_dropped_after_restart() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(relay.r().metrics().packets_stored, 0);
     let mut link = relay.link(&owner.secret_bytes()).await;
-    assert_eq!(pull(&mut link).await.len(), 1, "the original is still stored");
+    assert_eq!(
+        pull(&mut link).await.len(),
+        1,
+        "the original is still stored"
+    );
     relay.shutdown().await;
 }
 
@@ -54,13 +63,21 @@ async fn packets_are_held_for_their_header_delay() {
     let p = plain_packet(
         &[relay.hop(), relay.hop(), relay.hop()],
         owner.mailbox_id(),
-        &[Duration::from_millis(300), Duration::from_millis(300), Duration::ZERO],
+        &[
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+            Duration::ZERO,
+        ],
         b"slow",
     );
     let t0 = Instant::now();
     send_packets(&relay, &[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
-    assert!(t0.elapsed() >= Duration::from_millis(600), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
     relay.shutdown().await;
 }
 
@@ -136,7 +153,12 @@ async fn many_packets_through_one_relay() {
         .collect();
     send_packets(&relay, &packets).await;
     assert!(
-        wait_until(Duration::from_secs(30), || relay.r().metrics().packets_stored == u64::from(n)).await,
+        wait_until(Duration::from_secs(30), || relay
+            .r()
+            .metrics()
+            .packets_stored
+            == u64::from(n))
+        .await,
         "{:?}",
         relay.r().metrics()
     );

@@ -29,7 +29,11 @@ fn init(dir: &Path) -> String {
         .args(["--role", "both", "--layer", "1", "--listen", &listen])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.join("relay.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text.replace("metrics_listen = ", "# metrics_listen = ");
@@ -71,7 +75,10 @@ async fn connect(addr: &str, keys: &RelayKeys, secret: &[u8; 32]) -> Link {
 }
 
 fn hop(keys: &RelayKeys) -> RouteHop {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let epoch = now / spore_relay::MixConfig::default().epoch_length_secs;
     RouteHop {
         id: keys.relay_id(),
@@ -103,7 +110,10 @@ async fn init_writes_private_keys_and_a_valid_config() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&config.key_file).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&config.key_file)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     // A second init refuses to overwrite.

@@ -171,7 +171,12 @@ pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 }
 
 /// A forward packet on `route` for `mailbox` with a plain message (no SURB-ack).
-pub fn plain_packet(route: &[RouteHop], mailbox: MailboxId, delays: &[Duration], msg: &[u8]) -> Vec<u8> {
+pub fn plain_packet(
+    route: &[RouteHop],
+    mailbox: MailboxId,
+    delays: &[Duration],
+    msg: &[u8],
+) -> Vec<u8> {
     packet::build_packet(route, mailbox, packet::random_surb_id(), delays, msg).unwrap()
 }
 
