@@ -13,7 +13,7 @@ use crate::util::*;
 
 fn random_frame(rng: &mut impl rand::Rng) -> Frame {
     match rng.random_range(0..8u8) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let mut p = Box::new([0u8; PACKET_SIZE]);
             rng.fill(&mut p[..]);
             if rng.random_bool(0.2) {

@@ -40,7 +40,7 @@ async fn replayed_packet_is_dropped_after_restart() {
         &[Duration::ZERO, Duration::ZERO],
         b"once",
     );
-    send_packets(&relay, &[p.clone()]).await;
+    send_packets(&relay, std::slice::from_ref(&p)).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
     relay.restart().await;
     send_packets(&relay, &[p]).await;

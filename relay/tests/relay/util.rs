@@ -1,7 +1,7 @@
 //! Test harness: relays in-process on 127.0.0.1:0, clients over real Noise links, packets built
 //! with the protocol crate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,6 @@ pub struct TestRelay {
     pub source: DirectorySource,
     pub clock: Arc<dyn Clock>,
     _dir: Option<tempfile::TempDir>,
-    pub path: PathBuf,
 }
 
 impl TestRelay {
@@ -52,7 +51,6 @@ impl TestRelay {
             keys,
             source,
             clock,
-            path: dir.path().to_owned(),
             _dir: Some(dir),
         }
     }
