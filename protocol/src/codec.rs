@@ -96,7 +96,8 @@ impl<'a> Reader<'a> {
 
     /// A u32-length-prefixed byte string of at most `max` bytes.
     pub fn bytes_u32(&mut self, max: usize) -> Result<&'a [u8], InvalidMessage> {
-        let len = usize::try_from(self.u32()?).map_err(|_| InvalidMessage::TooLong { limit: max })?;
+        let len =
+            usize::try_from(self.u32()?).map_err(|_| InvalidMessage::TooLong { limit: max })?;
         if len > max {
             return Err(InvalidMessage::TooLong { limit: max });
         }

@@ -13,13 +13,19 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod directory;
 pub mod error;
 pub mod ids;
 pub mod link;
 pub mod params;
 
+pub use directory::{
+    AuthoritySignature, DescriptorFields, Directory, NetworkParams, RelayDescriptor, Roles,
+    SphinxKey,
+};
 pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
 pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};
 pub use link::{
-    Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem, PullSlot,
+    Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem,
+    PullSlot,
 };

@@ -104,7 +104,12 @@ impl std::fmt::Debug for Frame {
         match self {
             Frame::Packet(_) => f.write_str("Packet(..)"),
             Frame::PullRequest => f.write_str("PullRequest"),
-            Frame::PullSlot(s) => write!(f, "PullSlot {{ index: {}, full: {} }}", s.index, s.item.is_some()),
+            Frame::PullSlot(s) => write!(
+                f,
+                "PullSlot {{ index: {}, full: {} }}",
+                s.index,
+                s.item.is_some()
+            ),
             Frame::Delete { handles } => write!(f, "Delete {{ handles: {} }}", handles.len()),
             Frame::DeleteDone { count } => write!(f, "DeleteDone {{ count: {count} }}"),
             Frame::Error { code } => write!(f, "Error {{ code: {code:?} }}"),
@@ -352,9 +357,13 @@ impl Frame {
 /// Reads `N` bytes straight into a heap array: one allocation, no large stack copy.
 fn boxed_array<const N: usize>(r: &mut crate::codec::Reader<'_>) -> Result<Box<[u8; N]>> {
     let boxed: Box<[u8]> = r.take(N)?.into();
-    boxed
-        .try_into()
-        .map_err(|_| InvalidMessage::WrongLength { expected: N, got: 0 }.into())
+    boxed.try_into().map_err(|_| {
+        InvalidMessage::WrongLength {
+            expected: N,
+            got: 0,
+        }
+        .into()
+    })
 }
 
 /// The X25519 public key for a link static secret, as the peer will see it in the handshake
@@ -465,7 +474,9 @@ impl LinkHandshake {
     pub fn write_message(&mut self) -> Result<Vec<u8>> {
         self.check_usable()?;
         if !self.is_my_turn() {
-            return Err(ApiMisuse::InvalidArgument("not our turn to write a handshake message").into());
+            return Err(
+                ApiMisuse::InvalidArgument("not our turn to write a handshake message").into(),
+            );
         }
         let mut buf = vec![0u8; HANDSHAKE_MAX_LEN];
         let n = self.state.write_message(&[], &mut buf).map_err(|e| {
@@ -484,7 +495,9 @@ impl LinkHandshake {
     pub fn read_message(&mut self, msg: &[u8]) -> Result<()> {
         self.check_usable()?;
         if self.is_my_turn() {
-            return Err(ApiMisuse::InvalidArgument("not our turn to read a handshake message").into());
+            return Err(
+                ApiMisuse::InvalidArgument("not our turn to read a handshake message").into(),
+            );
         }
         let result = self.read_inner(msg);
         if result.is_err() {
@@ -669,10 +682,7 @@ impl LinkOpener {
             .read_message(self.nonce, wire, &mut self.scratch[..])
             .map_err(|_| InvalidMessage::Decrypt)?;
         self.nonce += 1;
-        let plain = self
-            .scratch
-            .get(..n)
-            .ok_or(InvalidMessage::Decrypt)?;
+        let plain = self.scratch.get(..n).ok_or(InvalidMessage::Decrypt)?;
         Frame::decode(plain)
     }
 }
@@ -748,7 +758,10 @@ mod tests {
 
     fn sample_frames() -> Vec<Frame> {
         let mut packet = Box::new([0u8; PACKET_SIZE]);
-        packet.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        packet
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
         vec![
             Frame::Packet(packet),
             Frame::PullRequest,
@@ -806,8 +819,8 @@ mod tests {
 
     #[test]
     fn wrong_expected_key_is_rejected() {
-        let mut c = LinkHandshake::initiator(&[1u8; 32], Some(static_public_key(&[9u8; 32])))
-            .unwrap();
+        let mut c =
+            LinkHandshake::initiator(&[1u8; 32], Some(static_public_key(&[9u8; 32]))).unwrap();
         let mut r = LinkHandshake::responder(&[2u8; 32]).unwrap();
         assert_eq!(
             run(&mut c, &mut r),
@@ -855,7 +868,10 @@ mod tests {
         for i in [0, 1, FRAME_LEN / 2, WIRE_FRAME_LEN - 1] {
             let mut bad = wire;
             bad[i] ^= 0x01;
-            assert_eq!(ends.relay_rx.open(&bad), Err(InvalidMessage::Decrypt.into()));
+            assert_eq!(
+                ends.relay_rx.open(&bad),
+                Err(InvalidMessage::Decrypt.into())
+            );
         }
         // The untampered record still opens: failures do not advance the nonce.
         assert_eq!(ends.relay_rx.open(&wire).unwrap(), Frame::Padding);
@@ -866,7 +882,9 @@ mod tests {
         let mut ends = connect();
         let (mut first, mut second) = ([0u8; WIRE_FRAME_LEN], [0u8; WIRE_FRAME_LEN]);
         ends.client_tx.seal(&Frame::Padding, &mut first).unwrap();
-        ends.client_tx.seal(&Frame::PullRequest, &mut second).unwrap();
+        ends.client_tx
+            .seal(&Frame::PullRequest, &mut second)
+            .unwrap();
         assert!(ends.relay_rx.open(&second).is_err());
         assert_eq!(ends.relay_rx.open(&first).unwrap(), Frame::Padding);
         assert!(ends.relay_rx.open(&first).is_err());
