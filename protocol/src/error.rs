@@ -64,6 +64,8 @@ pub enum PeerMisbehaved {
     Handshake(String),
     #[error("peer is not the expected key")]
     UnexpectedPeer,
+    #[error("the same relay is listed twice")]
+    DuplicateRelay,
 }
 
 /// Our caller's bug: the request cannot be satisfied by any input.
@@ -120,6 +122,7 @@ impl Error {
                 PeerMisbehaved::Expired => "expired",
                 PeerMisbehaved::Handshake(_) => "handshake",
                 PeerMisbehaved::UnexpectedPeer => "unexpected_peer",
+                PeerMisbehaved::DuplicateRelay => "duplicate_relay",
             },
             Error::ApiMisuse(_) => "api_misuse",
         }

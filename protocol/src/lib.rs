@@ -11,9 +11,13 @@
 //! in fixed-size [`link`] frames over Noise → stored, pulled, opened and reassembled.
 //! Relays and routes are found in the signed [`directory`].
 #![forbid(unsafe_code)]
+// Tests may unwrap: a panic there is a failed test, not a remote crash. Library code is still
+// checked without `cfg(test)`.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bundle;
 pub mod codec;
+pub mod directory;
 pub mod error;
 pub mod fragment;
 pub mod ids;
@@ -23,10 +27,17 @@ pub mod params;
 pub mod seal;
 
 pub use bundle::{Bundle, BundleBody, FederationRequest, FederationResponse, pack, unpack};
+pub use directory::{
+    AuthoritySignature, DescriptorFields, Directory, NetworkParams, RelayDescriptor, Roles,
+    SphinxKey,
+};
 pub use error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
 pub use fragment::{Fragment, MessageId, Reassembled, Reassembler, ReassemblyLimits};
 pub use ids::{MailboxId, MailboxKey, RelayId, SporeAddress};
 pub use link::{
     Frame, LinkErrorCode, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, MailboxItem,
     PullSlot,
+};
+pub use packet::{
+    IncomingPacket, PacketLimits, PreparedPacket, RouteHop, SurbRecovery, Unwrapped, build_packet,
 };

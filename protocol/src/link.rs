@@ -847,6 +847,26 @@ mod tests {
     }
 
     #[test]
+    fn handshake_payload_is_rejected() {
+        // A peer that smuggles data into the handshake is not speaking spore-link/v1.
+        let params: snow::params::NoiseParams = NOISE_PARAMS.parse().unwrap();
+        let mut raw = snow::Builder::new(params)
+            .local_private_key(&[1u8; 32])
+            .unwrap()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut msg = [0u8; 64];
+        let n = raw.write_message(b"hi", &mut msg).unwrap();
+        let mut r = LinkHandshake::responder(&[2u8; 32]).unwrap();
+        assert!(matches!(
+            r.read_message(&msg[..n]),
+            Err(Error::PeerMisbehaved(PeerMisbehaved::Handshake(_)))
+        ));
+    }
+
+    #[test]
     fn oversized_handshake_message_is_rejected() {
         let mut r = LinkHandshake::responder(&[2u8; 32]).unwrap();
         assert!(r.read_message(&[0u8; HANDSHAKE_MAX_LEN + 1]).is_err());
