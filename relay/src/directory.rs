@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use spore_protocol::RelayId;
+use spore_protocol::directory::Directory;
 use x25519_dalek::PublicKey;
 
 use crate::clock::Clock;
@@ -172,6 +173,9 @@ pub struct NetworkView {
     pub epoch: u64,
     /// Loopix μ: rate of the per-hop exponential delay (1/mean seconds).
     pub mu: f64,
+    /// The network's key epoch length; relays must use the same.
+    pub epoch_length_secs: u64,
+    pub max_delay_ms: u64,
     pub relays: HashMap<RelayId, RelayInfo>,
     source_bytes: Vec<u8>,
 }
@@ -200,11 +204,48 @@ impl RelayInfo {
 
 impl NetworkView {
     /// Parses and verifies a directory.
+    ///
+    /// With a trust threshold of 0 nothing is verified (tests only).
     pub fn from_directory_bytes(bytes: Vec<u8>, trust: &Trust, now_unix: u64) -> Result<Self> {
-        let _ = (&bytes, trust, now_unix);
-        Err(RelayError::Directory(
-            "directory support not built yet".into(),
-        ))
+        let dir = Directory::from_bytes(&bytes)?;
+        if trust.threshold > 0 {
+            dir.verify(&trust.authorities, trust.threshold, now_unix)?;
+        }
+        Ok(Self::from_directory(&dir, bytes))
+    }
+
+    fn from_directory(dir: &Directory, source_bytes: Vec<u8>) -> Self {
+        let relays = dir
+            .relays
+            .iter()
+            .map(|d| {
+                (
+                    d.id,
+                    RelayInfo {
+                        id: d.id,
+                        address: d.address.clone(),
+                        link_key: d.link_key,
+                        layer: d.layer,
+                        mix: d.roles.mix,
+                        mailbox: d.roles.mailbox,
+                        entry: d.roles.entry,
+                        sphinx_keys: d
+                            .sphinx_keys
+                            .iter()
+                            .map(|k| (k.epoch, PublicKey::from(k.public)))
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            epoch: dir.epoch,
+            mu: dir.params.mu,
+            epoch_length_secs: dir.params.epoch_length_secs,
+            max_delay_ms: dir.params.max_delay_ms,
+            relays,
+            source_bytes,
+        }
     }
 
     /// Mixes in `layer`.

@@ -366,7 +366,7 @@ impl RunningRelay {
 
     /// The signed descriptor to submit to the directory authorities, valid from now for
     /// `descriptor_lifetime_secs`, publishing the current and next Sphinx keys.
-    pub fn descriptor(&self) -> Result<crate::descriptor::RelayDescriptor> {
+    pub fn descriptor(&self) -> Result<spore_protocol::directory::RelayDescriptor> {
         crate::descriptor::build(
             &self.config,
             &self.keys,

@@ -11,5 +11,7 @@ mod hostile;
 mod mailbox;
 #[path = "relay/mix.rs"]
 mod mix;
+#[path = "relay/network.rs"]
+mod network;
 #[path = "relay/process.rs"]
 mod process;
