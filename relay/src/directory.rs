@@ -108,6 +108,7 @@ pub struct DirectoryView {
     source: DirectorySource,
     trust: Trust,
     clock: Arc<dyn Clock>,
+    expected_epoch_length: Option<u64>,
     current: RwLock<Option<Arc<NetworkView>>>,
 }
 
@@ -125,8 +126,15 @@ impl DirectoryView {
             source,
             trust,
             clock,
+            expected_epoch_length: None,
             current: RwLock::new(None),
         }
+    }
+
+    /// Warn when a directory's epoch length differs from this relay's.
+    pub fn expect_epoch_length(mut self, secs: u64) -> Self {
+        self.expected_epoch_length = Some(secs);
+        self
     }
 
     pub fn current(&self) -> Option<Arc<NetworkView>> {
@@ -142,17 +150,32 @@ impl DirectoryView {
         let Some(bytes) = self.source.fetch().await? else {
             return Ok(false);
         };
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|c| c.source_bytes == bytes) {
+        if self.current().is_some_and(|c| c.source_bytes == bytes) {
             return Ok(false);
         }
-        let view = NetworkView::from_directory_bytes(bytes, &self.trust, self.clock.now_unix())?;
+        // Signature checks cost ~50 us per descriptor: off the async threads.
+        let trust = self.trust.clone();
+        let now = self.clock.now_unix();
+        let view = tokio::task::spawn_blocking(move || {
+            NetworkView::from_directory_bytes(bytes, &trust, now)
+        })
+        .await
+        .map_err(|_| RelayError::Directory("verification task failed".into()))??;
+        if let Some(expected) = self.expected_epoch_length
+            && view.epoch_length_secs != expected
+        {
+            tracing::warn!(
+                network = view.epoch_length_secs,
+                configured = expected,
+                "directory epoch length differs from mix.epoch_length_secs: senders will use keys this relay does not expect"
+            );
+        }
         tracing::info!(
             epoch = view.epoch,
             relays = view.relays.len(),
             "installed directory"
         );
-        *current = Some(Arc::new(view));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(view));
         Ok(true)
     }
 

@@ -208,6 +208,18 @@ impl Handler {
                 Next::Continue
             }
             Frame::PullRequest => {
+                // A pull reads PULL_SLOTS items: it costs as many tokens as that many packets.
+                for _ in 0..spore_protocol::params::PULL_SLOTS {
+                    if !bucket.take() {
+                        m.dropped("rate_limited");
+                        let _ = reply
+                            .send(Frame::Error {
+                                code: LinkErrorCode::RateLimited,
+                            })
+                            .await;
+                        return Next::Continue;
+                    }
+                }
                 let Some(service) = self.shared.mailbox.clone() else {
                     let _ = reply
                         .send(Frame::Error {

@@ -90,7 +90,10 @@ impl Relay {
         if trust.threshold == 0 {
             tracing::warn!("directory signatures are not checked (threshold 0): testing only");
         }
-        let directory = Arc::new(DirectoryView::new(directory, trust, clock.clone()));
+        let directory = Arc::new(
+            DirectoryView::new(directory, trust, clock.clone())
+                .expect_epoch_length(config.mix.epoch_length_secs),
+        );
         if let Err(e) = directory.refresh().await {
             tracing::warn!(error = %e, "no usable directory yet");
         }

@@ -13,5 +13,7 @@ mod mailbox;
 mod mix;
 #[path = "relay/network.rs"]
 mod network;
+#[path = "relay/ops.rs"]
+mod ops;
 #[path = "relay/process.rs"]
 mod process;

@@ -188,3 +188,33 @@ async fn sigterm_shuts_down_cleanly() {
     }
     assert!(exit.expect("relay exits after SIGTERM").success());
 }
+
+#[tokio::test]
+async fn descriptor_command_prints_a_signed_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
+    let out = Command::new(BIN)
+        .arg("descriptor")
+        .arg("--config")
+        .arg(dir.path().join("relay.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex_text = String::from_utf8(out.stdout).unwrap();
+    let bytes = hex::decode(hex_text.trim()).unwrap();
+    let d = spore_protocol::directory::RelayDescriptor::from_bytes(&bytes).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    d.verify(now).unwrap();
+    assert_eq!(d.id, keys.relay_id());
+    assert_eq!(d.link_key, keys.link_public());
+    assert_eq!(d.sphinx_keys.len(), 2, "current and next epoch");
+    assert!(d.roles.mix && d.roles.mailbox);
+}
