@@ -82,6 +82,8 @@ pub enum ApiMisuse {
     InvalidArgument(&'static str),
     #[error("sphinx: {0}")]
     Sphinx(String),
+    #[error("no route: {0}")]
+    NoRoute(&'static str),
 }
 
 /// Any error this crate returns.

@@ -24,6 +24,7 @@ pub mod ids;
 pub mod link;
 pub mod packet;
 pub mod params;
+pub mod route;
 pub mod seal;
 
 pub use bundle::{Bundle, BundleBody, FederationRequest, FederationResponse, pack, unpack};
