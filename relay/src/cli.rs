@@ -143,6 +143,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("system clock before 1970")?
                 .as_secs();
+            if config.public_address.is_none() && config.listen.ip().is_unspecified() {
+                bail!(
+                    "listen is {} and public_address is not set: set public_address in the config \
+                     to the host:port other relays and clients should dial",
+                    config.listen
+                );
+            }
             let address = config.advertised_address(config.listen);
             let d = spore_relay::build_descriptor(&config, &keys, &address, now)?;
             match out {

@@ -278,3 +278,57 @@ impl NetworkView {
             .filter(move |r| r.mix && r.layer == layer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use ed25519_dalek::SigningKey;
+    use spore_protocol::directory::NetworkParams;
+
+    fn doc(now: u64) -> Directory {
+        Directory {
+            epoch: now / 3600,
+            valid_after: now - 10,
+            valid_until: now + 3600,
+            params: NetworkParams::default(),
+            relays: vec![],
+            signatures: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn file_source_is_verified_and_reread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("directory.bin");
+        let auth = SigningKey::from_bytes(&[3; 32]);
+        let clock = Arc::new(SystemClock);
+        let now = clock.now_unix();
+        let view = DirectoryView::new(
+            DirectorySource::File(path.clone()),
+            Trust {
+                authorities: vec![auth.verifying_key().to_bytes()],
+                threshold: 1,
+            },
+            clock,
+        );
+        assert!(!view.refresh().await.expect("missing file is not an error"));
+
+        std::fs::write(&path, doc(now).to_bytes()).expect("write");
+        assert!(view.refresh().await.is_err(), "unsigned directory is refused");
+        assert!(view.current().is_none());
+
+        let mut signed = doc(now);
+        signed.sign(&auth).expect("sign");
+        std::fs::write(&path, signed.to_bytes()).expect("write");
+        assert!(view.refresh().await.expect("valid"));
+        assert!(!view.refresh().await.expect("same bytes"), "unchanged file is not reinstalled");
+
+        let mut forged = doc(now);
+        forged.epoch += 1;
+        forged.sign(&SigningKey::from_bytes(&[4; 32])).expect("sign");
+        std::fs::write(&path, forged.to_bytes()).expect("write");
+        assert!(view.refresh().await.is_err());
+        assert_eq!(view.current().expect("kept").epoch, now / 3600, "previous one kept");
+    }
+}
