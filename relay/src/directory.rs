@@ -315,20 +315,32 @@ mod tests {
         assert!(!view.refresh().await.expect("missing file is not an error"));
 
         std::fs::write(&path, doc(now).to_bytes()).expect("write");
-        assert!(view.refresh().await.is_err(), "unsigned directory is refused");
+        assert!(
+            view.refresh().await.is_err(),
+            "unsigned directory is refused"
+        );
         assert!(view.current().is_none());
 
         let mut signed = doc(now);
         signed.sign(&auth).expect("sign");
         std::fs::write(&path, signed.to_bytes()).expect("write");
         assert!(view.refresh().await.expect("valid"));
-        assert!(!view.refresh().await.expect("same bytes"), "unchanged file is not reinstalled");
+        assert!(
+            !view.refresh().await.expect("same bytes"),
+            "unchanged file is not reinstalled"
+        );
 
         let mut forged = doc(now);
         forged.epoch += 1;
-        forged.sign(&SigningKey::from_bytes(&[4; 32])).expect("sign");
+        forged
+            .sign(&SigningKey::from_bytes(&[4; 32]))
+            .expect("sign");
         std::fs::write(&path, forged.to_bytes()).expect("write");
         assert!(view.refresh().await.is_err());
-        assert_eq!(view.current().expect("kept").epoch, now / 3600, "previous one kept");
+        assert_eq!(
+            view.current().expect("kept").epoch,
+            now / 3600,
+            "previous one kept"
+        );
     }
 }

@@ -4,9 +4,12 @@
 use std::time::Duration;
 
 use rand::RngExt;
+use spore_protocol::link::WIRE_FRAME_LEN;
 use spore_protocol::link::{Frame, LinkErrorCode, MailboxItem, PullSlot};
 use spore_protocol::params::{PACKET_SIZE, PAYLOAD_SIZE};
-use tokio::io::AsyncWriteExt;
+use spore_relay::Link;
+use spore_relay::connection::connect_handshake;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::util::*;
@@ -112,16 +115,87 @@ async fn arbitrary_bytes_and_frames_from_a_socket_do_not_panic() {
 #[tokio::test]
 async fn random_records_after_the_handshake_close_the_link() {
     let relay = TestRelay::start().await;
-    let link = relay.link(&rand::random()).await;
-    let mut s = link.writer;
-    // Not a sealed frame: the relay must drop the link, not panic.
-    s.flush().await.unwrap();
-    drop(s);
-    let mut stream = TcpStream::connect(relay.addr()).await.unwrap();
-    let mut junk = vec![0u8; 4096];
-    rand::rng().fill(&mut junk[..]);
-    let _ = stream.write_all(&junk).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(relay.r().metrics().dropped("handshake_failed") >= 1);
+    for len in [
+        1usize,
+        WIRE_FRAME_LEN - 1,
+        WIRE_FRAME_LEN,
+        3 * WIRE_FRAME_LEN,
+    ] {
+        let mut s = TcpStream::connect(relay.addr()).await.unwrap();
+        connect_handshake(
+            &mut s,
+            &rand::random(),
+            Some(relay.keys.link_public()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let mut junk = vec![0u8; len];
+        rand::rng().fill(&mut junk[..]);
+        s.write_all(&junk).await.unwrap();
+        s.shutdown().await.unwrap();
+        // The relay closes the link: reading ends.
+        let mut buf = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || relay
+            .r()
+            .metrics()
+            .dropped("bad_frame")
+            >= 3)
+        .await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_cap_holds_further_links_until_one_closes() {
+    let relay = TestRelay::start_with(|c| c.limits.max_connections = 1).await;
+    let first = relay.link(&rand::random()).await;
+    let second = Link::connect_timeout(
+        &relay.addr(),
+        &rand::random(),
+        Some(relay.keys.link_public()),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(second.is_err(), "no handshake beyond the cap");
+    drop(first);
+    let third = Link::connect_timeout(
+        &relay.addr(),
+        &rand::random(),
+        Some(relay.keys.link_public()),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(third.is_ok());
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_link_sending_too_fast_is_rate_limited() {
+    let relay = TestRelay::start_with(|c| {
+        c.limits.packets_per_sec = 1;
+        c.limits.packet_burst = 5;
+    })
+    .await;
+    let owner = mailbox_key();
+    let packets: Vec<_> = (0..20u8)
+        .map(|i| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], &[i]))
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = relay.r().metrics();
+            m.dropped("rate_limited") >= 14 && m.packets_stored >= 5
+        })
+        .await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    assert!(relay.r().metrics().packets_stored <= 6);
     relay.shutdown().await;
 }

@@ -248,3 +248,51 @@ async fn directory_without_enough_signatures_is_refused() {
     assert!(net.entry.r().refresh_directory().await.is_err());
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
+    let mut net = Network::start(|_| {}).await;
+    let recipient = mailbox_key();
+    let send_one = |net: &Network, tag: u8| {
+        plain_packet(
+            &net.forward_route(),
+            recipient.mailbox_id(),
+            &[Duration::ZERO; 5],
+            &[tag],
+        )
+    };
+    let p = send_one(&net, 1);
+    send_packets(&net.entry, &[p]).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || net
+            .mailbox
+            .r()
+            .metrics()
+            .packets_stored
+            == 1)
+        .await
+    );
+
+    // The mailbox relay restarts on a new port; the directory says where it went.
+    net.mailbox.restart().await;
+    net.publish();
+    for r in net.all() {
+        r.r().refresh_directory().await.unwrap();
+    }
+    let p = send_one(&net, 2);
+    send_packets(&net.entry, &[p]).await;
+    assert!(
+        wait_until(Duration::from_secs(15), || net
+            .mailbox
+            .r()
+            .metrics()
+            .packets_stored
+            == 1)
+        .await,
+        "layer 3 {:?}",
+        net.mixes[2].r().metrics()
+    );
+    let mut inbox = net.mailbox.link(&recipient.secret_bytes()).await;
+    assert_eq!(pull(&mut inbox).await.len(), 2);
+    net.shutdown().await;
+}
