@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use spore_relay::{DirectorySource, Relay, RelayConfig, RelayKeys, RolesConfig};
+use spore_relay::{Relay, RelayConfig, RelayKeys, RolesConfig};
 
 /// The Spore relay: a mix node and/or mailbox for the Spore mixnet.
 #[derive(Debug, Parser)]
@@ -122,10 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing();
             let config = RelayConfig::load(&config)?;
             let keys = RelayKeys::load(&config.key_file)?;
-            let source = match &config.directory.path {
-                Some(p) => DirectorySource::File(p.clone()),
-                None => DirectorySource::None,
-            };
+            let source = config.directory_source();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -134,6 +134,8 @@ impl Default for MailboxConfig {
 pub struct DirectoryConfig {
     /// File holding the directory (as published by the authorities).
     pub path: Option<PathBuf>,
+    /// Or an authority's URL, `http://host:port/directory` (used when `path` is not set).
+    pub url: Option<String>,
     /// Hex ed25519 public keys of the directory authorities.
     pub authorities: Vec<String>,
     /// Valid authority signatures required.
@@ -146,6 +148,7 @@ impl Default for DirectoryConfig {
     fn default() -> Self {
         Self {
             path: None,
+            url: None,
             authorities: Vec::new(),
             threshold: 1,
             refresh_secs: 60,
@@ -270,7 +273,7 @@ impl RelayConfig {
         {
             return bad("limits: connection and queue sizes must be positive");
         }
-        if self.directory.path.is_some()
+        if (self.directory.path.is_some() || self.directory.url.is_some())
             && self.directory.authorities.len() < self.directory.threshold
         {
             return bad("directory.threshold exceeds the number of directory.authorities");
@@ -291,6 +294,16 @@ impl RelayConfig {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
+        }
+    }
+
+    /// The directory source this config names: `path`, else `url`, else none.
+    pub fn directory_source(&self) -> crate::directory::DirectorySource {
+        use crate::directory::DirectorySource;
+        match (&self.directory.path, &self.directory.url) {
+            (Some(p), _) => DirectorySource::File(p.clone()),
+            (None, Some(u)) => DirectorySource::Http(u.clone()),
+            (None, None) => DirectorySource::None,
         }
     }
 
@@ -338,6 +351,7 @@ impl RelayConfig {
             mailbox: MailboxConfig::default(),
             directory: DirectoryConfig {
                 path: None,
+                url: None,
                 authorities: Vec::new(),
                 threshold: 0,
                 refresh_secs: 1,
@@ -414,8 +428,9 @@ retention_secs = {retention}
 sweep_interval_secs = {sweep}
 
 [directory]
-# The signed directory, as published by the authorities.
+# The signed directory, as published by the authorities: a file, or an authority's URL.
 # path = "directory.bin"
+# url = "http://authority.example:8080/directory"
 # Hex ed25519 keys of the directory authorities, and how many must have signed.
 # (threshold = 0 accepts unsigned directories: for private test networks only.)
 authorities = []

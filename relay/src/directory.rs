@@ -26,6 +26,78 @@ pub enum DirectorySource {
     File(PathBuf),
     /// Bytes set in-process (tests, tools embedding a relay).
     Memory(MemoryDirectory),
+    /// `GET http://host:port/path` from a directory authority (`spore authority serve`).
+    /// Plain HTTP is enough: the document is signed and verified by threshold, so transport
+    /// security would add only hiding that a relay fetched the (public) directory.
+    Http(String),
+}
+
+/// Largest directory accepted over HTTP (4096 relays of under 500 bytes, plus signatures).
+pub const MAX_DIRECTORY_BYTES: usize = 4 << 20;
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Splits `http://host:port/path` into (`host:port`, `/path`).
+fn parse_http_url(url: &str) -> Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| RelayError::Directory(format!("{url}: only http:// URLs are supported")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(RelayError::Directory(format!("{url}: no host")));
+    }
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((authority, path.to_owned()))
+}
+
+async fn http_get(url: &str) -> Result<Option<Vec<u8>>> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper::body::Bytes;
+
+    let (authority, path) = parse_http_url(url)?;
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(&authority).await?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| RelayError::Directory(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| RelayError::Directory(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| RelayError::Directory(e.to_string()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_DIRECTORY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| RelayError::Directory(format!("directory body: {e}")))?
+            .to_bytes();
+        conn.abort();
+        if status == hyper::StatusCode::SERVICE_UNAVAILABLE
+            || status == hyper::StatusCode::NOT_FOUND
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(RelayError::Directory(format!(
+                "authority answered {status}"
+            )));
+        }
+        Ok(Some(body.to_vec()))
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, fetch)
+        .await
+        .map_err(|_| RelayError::Timeout)?
 }
 
 impl DirectorySource {
@@ -42,6 +114,7 @@ impl DirectorySource {
                 }),
             },
             DirectorySource::Memory(m) => Ok(m.get()),
+            DirectorySource::Http(url) => http_get(url).await,
         }
     }
 }
@@ -341,6 +414,71 @@ mod tests {
             view.current().expect("kept").epoch,
             now / 3600,
             "previous one kept"
+        );
+    }
+
+    #[test]
+    fn http_urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:8080/directory").expect("ok"),
+            ("127.0.0.1:8080".into(), "/directory".into())
+        );
+        assert_eq!(
+            parse_http_url("http://dir.example").expect("ok"),
+            ("dir.example:80".into(), "/".into())
+        );
+        assert!(parse_http_url("https://dir.example/").is_err());
+        assert!(parse_http_url("http:///x").is_err());
+    }
+
+    #[tokio::test]
+    async fn http_source_fetches_a_directory() {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        let auth = SigningKey::from_bytes(&[5; 32]);
+        let now = SystemClock.now_unix();
+        let mut d = doc(now);
+        d.sign(&auth).expect("sign");
+        let bytes = Bytes::from(d.to_bytes());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let bytes = bytes.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let bytes = bytes.clone();
+                            async move {
+                                let mut r = hyper::Response::new(Full::new(bytes));
+                                if req.uri().path() != "/directory" {
+                                    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                }
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let view = DirectoryView::new(
+            DirectorySource::Http(format!("http://{addr}/directory")),
+            Trust {
+                authorities: vec![auth.verifying_key().to_bytes()],
+                threshold: 1,
+            },
+            Arc::new(SystemClock),
+        );
+        assert!(view.refresh().await.expect("fetched and verified"));
+        let missing = DirectorySource::Http(format!("http://{addr}/nothing"));
+        assert_eq!(
+            missing.fetch().await.expect("404 is no directory yet"),
+            None
         );
     }
 }
