@@ -39,7 +39,7 @@ use crate::store::{Database, MailboxStore};
 pub type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);
 
 /// Packets a worker takes from the queue at once (one lock, one hand-off to the committer).
-const WORKER_BATCH: usize = 64;
+const WORKER_BATCH: usize = 16;
 
 /// The entry to the worker pool; cheap to clone, one per connection.
 #[derive(Clone)]
