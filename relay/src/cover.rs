@@ -52,7 +52,7 @@ pub(crate) fn loop_route(
             return None;
         }
         let i = rng.random_range(0..candidates.len());
-        route.push(candidates[i]);
+        route.push(*candidates.get(i)?);
     }
     route.push(RouteHop {
         id: keys.relay_id(),

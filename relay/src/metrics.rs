@@ -74,6 +74,7 @@ pub struct Metrics {
     link_connect_failures: Counter,
     mailbox_items: Gauge,
     mailbox_bytes: Gauge,
+    replay_tags: Gauge,
     pulls: Counter,
     items_deleted: Counter,
     items_expired: Counter,
@@ -104,6 +105,7 @@ pub struct MetricsSnapshot {
     pub connections_open: i64,
     pub mailbox_items: i64,
     pub mailbox_bytes: i64,
+    pub replay_tags: i64,
     pub pulls: u64,
     pub items_deleted: u64,
     pub items_expired: u64,
@@ -143,6 +145,7 @@ impl Metrics {
             link_connect_failures: Counter::default(),
             mailbox_items: Gauge::default(),
             mailbox_bytes: Gauge::default(),
+            replay_tags: Gauge::default(),
             pulls: Counter::default(),
             items_deleted: Counter::default(),
             items_expired: Counter::default(),
@@ -217,6 +220,11 @@ impl Metrics {
             "mailbox_bytes",
             "Payload bytes stored in all mailboxes",
             m.mailbox_bytes.clone(),
+        );
+        r.register(
+            "replay_tags",
+            "Replay tags held for the accepted key epochs",
+            m.replay_tags.clone(),
         );
         r.register("pulls", "Mailbox pull requests served", m.pulls.clone());
         r.register(
@@ -298,6 +306,9 @@ impl Metrics {
         self.mailbox_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
+    pub fn set_replay_tags(&self, n: usize) {
+        self.replay_tags.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     pub fn pull(&self) {
         self.pulls.inc();
     }
@@ -342,6 +353,7 @@ impl Metrics {
             connections_open: self.connections_open.get(),
             mailbox_items: self.mailbox_items.get(),
             mailbox_bytes: self.mailbox_bytes.get(),
+            replay_tags: self.replay_tags.get(),
             pulls: self.pulls.get(),
             items_deleted: self.items_deleted.get(),
             items_expired: self.items_expired.get(),

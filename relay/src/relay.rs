@@ -158,6 +158,8 @@ impl Relay {
             let directory = directory.clone();
             let replay = replay.clone();
             let clock = clock.clone();
+            let metrics2 = metrics.clone();
+            metrics2.set_replay_tags(replay.len());
             let shutdown2 = shutdown.clone();
             let every = Duration::from_secs(config.directory.refresh_secs.max(1));
             shutdown.spawn(async move {
@@ -172,8 +174,10 @@ impl Relay {
                         tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
                     }
                     let oldest = schedule.oldest_kept_epoch(clock.now_unix());
-                    let replay = replay.clone();
-                    match tokio::task::spawn_blocking(move || replay.expire_before(oldest)).await {
+                    let replay2 = replay.clone();
+                    let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
+                    metrics2.set_replay_tags(replay.len());
+                    match expired {
                         Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
                         Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
                         _ => {}

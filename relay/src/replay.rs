@@ -3,7 +3,9 @@
 //!
 //! One set (and one sled tree, `replay/<epoch>`) per key epoch: when an epoch's key is no longer
 //! accepted, packets for it cannot be processed at all, so its tags are dropped with it. Tags
-//! are truncated to 16 bytes (a collision needs ~2^64 packets under one key).
+//! are stored truncated to 16 bytes and held in memory as 8 (about 40 bytes per tag with the
+//! set's overhead; a false "replay" needs two of the ~10^7 tags of an epoch to share 64 bits,
+//! probability ~10^-5 per epoch, and costs one retransmission).
 //!
 //! Insertions are not flushed here: the group commit in the mix pipeline flushes once for a
 //! whole batch, and nothing is forwarded or stored before the tags of its batch are durable.
@@ -27,8 +29,14 @@ fn short(tag: &[u8]) -> ShortTag {
 
 const TREE_PREFIX: &str = "replay/";
 
+fn memory_key(s: &ShortTag) -> u64 {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&s[..8]);
+    u64::from_le_bytes(k)
+}
+
 struct EpochCache {
-    seen: HashSet<ShortTag>,
+    seen: HashSet<u64>,
     tree: sled::Tree,
 }
 
@@ -65,7 +73,7 @@ impl ReplayCache {
             for key in tree.iter().keys() {
                 let key = key?;
                 if let Ok(tag) = <ShortTag>::try_from(key.as_ref()) {
-                    seen.insert(tag);
+                    seen.insert(memory_key(&tag));
                 }
             }
             epochs.insert(epoch, EpochCache { seen, tree });
@@ -85,7 +93,7 @@ impl ReplayCache {
     pub fn contains(&self, epoch: u64, tag: &[u8]) -> bool {
         self.lock()
             .get(&epoch)
-            .is_some_and(|c| c.seen.contains(&short(tag)))
+            .is_some_and(|c| c.seen.contains(&memory_key(&short(tag))))
     }
 
     /// Records `tag` under `epoch`. Returns `false` if it was already there (a replay). Two
@@ -104,7 +112,7 @@ impl ReplayCache {
                     })
                 }
             };
-            if !cache.seen.insert(s) {
+            if !cache.seen.insert(memory_key(&s)) {
                 return Ok(false);
             }
             cache.tree.clone()
@@ -112,7 +120,7 @@ impl ReplayCache {
         if let Err(e) = tree.insert(s, &[]) {
             // Not recorded durably: forget it in memory too, the packet will be dropped.
             if let Some(c) = self.lock().get_mut(&epoch) {
-                c.seen.remove(&s);
+                c.seen.remove(&memory_key(&s));
             }
             return Err(e.into());
         }

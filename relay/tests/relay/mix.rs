@@ -170,3 +170,66 @@ async fn many_packets_through_one_relay() {
     assert_eq!(relay.r().metrics().dropped_total(), 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn replay_tags_are_dropped_with_their_expired_key_epoch() {
+    let start = UNIX_EPOCH + Duration::from_secs(100 * 10_000_000 + 50);
+    let clock = ManualClock::new(start);
+    let relay = TestRelay::start_full(
+        |c| {
+            c.mix.epoch_length_secs = 100;
+            c.mix.grace_secs = 10;
+            c.directory.refresh_secs = 1;
+        },
+        DirectorySource::None,
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let owner = mailbox_key();
+    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"x");
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().replay_tags == 1).await);
+    // Into the next epoch, past the grace window: the old key and its tags are gone.
+    clock.advance(Duration::from_secs(75));
+    assert!(
+        wait_until(WAIT, || relay.r().metrics().replay_tags == 0).await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn overload_drops_at_the_bounded_queue_instead_of_growing() {
+    let relay = TestRelay::start_with(|c| {
+        c.limits.unwrap_queue = 8;
+        c.mix.workers = 1;
+    })
+    .await;
+    let owner = mailbox_key();
+    let n = 400u64;
+    let packets: Vec<_> = (0..n)
+        .map(|i| {
+            plain_packet(
+                &[relay.hop()],
+                owner.mailbox_id(),
+                &[Duration::ZERO],
+                &i.to_be_bytes(),
+            )
+        })
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(
+        wait_until(WAIT, || {
+            let m = relay.r().metrics();
+            m.packets_stored + m.dropped("unwrap_queue_full") == n
+        })
+        .await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    let m = relay.r().metrics();
+    assert!(m.dropped("unwrap_queue_full") > 0, "{m:?}");
+    assert!(m.unwrap_queue <= 8);
+    relay.shutdown().await;
+}
