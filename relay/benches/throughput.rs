@@ -1,0 +1,286 @@
+//! Relay benchmarks (not timed tests). Prints one line per figure.
+//!
+//! * `bare`: parse + prepare (X25519) + unwrap of forward packets on one thread: the physical
+//!   floor per core.
+//! * `tcp/N workers`: the same packets sent by a client over a Noise link into a relay with N
+//!   Sphinx workers, replay-checked, group-committed, forwarded over a Noise link to a sink;
+//!   packets per second from the first write to the last packet at the sink, and the ratio to
+//!   `bare`.
+//! * `store`: mailbox inserts made durable with one flush per group.
+//! * `million` (with SPORE_BENCH_MILLION=1): 10^6 stored packets, then resident memory.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use spore_protocol::directory::{
+    DescriptorFields, Directory, NetworkParams, RelayDescriptor, Roles, SphinxKey,
+};
+use spore_protocol::link::{Frame, static_public_key};
+use spore_protocol::packet::{self, IncomingPacket, PacketLimits, RouteHop};
+use spore_protocol::params::{PACKET_SIZE, PAYLOAD_SIZE};
+use spore_protocol::{MailboxId, RelayId};
+use spore_relay::connection::{FrameReader, accept_handshake};
+use spore_relay::{
+    Database, DirectorySource, Link, MailboxLimits, MailboxStore, MemoryDirectory, Relay,
+    RelayConfig, RelayKeys, RolesConfig,
+};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+struct Sink {
+    addr: String,
+    id: SigningKey,
+    secret: [u8; 32],
+    received: Arc<AtomicU64>,
+}
+
+async fn start_sink() -> Sink {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let secret: [u8; 32] = rand::random();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok((t, _)) = accept_handshake(&mut s, &secret, Duration::from_secs(5)).await
+                else {
+                    return;
+                };
+                let (_sealer, opener) = t.split();
+                let (rd, _wr) = s.into_split();
+                let mut r = FrameReader::new(rd, opener);
+                while let Ok(Some(f)) = r.read_frame().await {
+                    if matches!(f, Frame::Packet(_)) {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    Sink {
+        addr,
+        id: SigningKey::from_bytes(&rand::random()),
+        secret,
+        received,
+    }
+}
+
+fn sink_descriptor(sink: &Sink, epoch: u64) -> RelayDescriptor {
+    RelayDescriptor::sign(
+        DescriptorFields {
+            address: sink.addr.clone(),
+            roles: Roles {
+                entry: false,
+                mix: true,
+                mailbox: false,
+            },
+            layer: 2,
+            link_key: static_public_key(&sink.secret),
+            sphinx_keys: vec![SphinxKey {
+                epoch,
+                public: rand::random(),
+            }],
+            published_at: now() - 10,
+            expires_at: now() + 3600,
+        },
+        &sink.id,
+    )
+    .unwrap()
+}
+
+fn build_packets(keys: &RelayKeys, epoch: u64, sink: RelayId, n: usize) -> Vec<Vec<u8>> {
+    let route = [
+        RouteHop {
+            id: keys.relay_id(),
+            sphinx_key: keys.sphinx_public(epoch),
+        },
+        RouteHop {
+            id: sink,
+            sphinx_key: x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([9u8; 32])),
+        },
+    ];
+    (0..n)
+        .map(|i| {
+            packet::build_packet(
+                &route,
+                MailboxId([1; 32]),
+                packet::random_surb_id(),
+                &[Duration::ZERO, Duration::ZERO],
+                &(i as u64).to_be_bytes(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn bare_rate(keys: &RelayKeys, epoch: u64, packets: &[Vec<u8>]) -> f64 {
+    let secret = keys.sphinx_secret(epoch);
+    let limits = PacketLimits::default();
+    let t0 = Instant::now();
+    for p in packets {
+        let prepared = IncomingPacket::parse(p, &limits)
+            .unwrap()
+            .prepare(&secret)
+            .unwrap();
+        std::hint::black_box(prepared.replay_tag());
+        std::hint::black_box(prepared.unwrap(&limits).unwrap());
+    }
+    packets.len() as f64 / t0.elapsed().as_secs_f64()
+}
+
+async fn tcp_rate(keys: &RelayKeys, packets: &[Vec<u8>], workers: usize, sink: &Sink) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::for_test(dir.path());
+    config.roles = RolesConfig {
+        entry: true,
+        mix: true,
+        mailbox: false,
+    };
+    config.mix.workers = workers;
+    config.limits.packets_per_sec = 10_000_000;
+    config.limits.packet_burst = 10_000_000;
+    config.limits.unwrap_queue = packets.len() + 16;
+    config.limits.link_queue = packets.len() + 16;
+    config.limits.delay_queue = packets.len() + 16;
+    let md = MemoryDirectory::new();
+    let relay = Relay::start(config, keys.clone(), DirectorySource::Memory(md.clone()))
+        .await
+        .unwrap();
+    let epoch = relay.current_epoch();
+    let doc = Directory {
+        epoch,
+        valid_after: now() - 60,
+        valid_until: now() + 3600,
+        params: NetworkParams::default(),
+        relays: vec![relay.descriptor().unwrap(), sink_descriptor(sink, epoch)],
+        signatures: vec![],
+    };
+    md.set(doc.to_bytes());
+    relay.refresh_directory().await.unwrap();
+
+    let start_count = sink.received.load(Ordering::Relaxed);
+    let mut link = Link::connect(
+        &relay.local_addr().to_string(),
+        &rand::random(),
+        Some(keys.link_public()),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    for p in packets {
+        let p: Box<[u8; PACKET_SIZE]> = p.clone().into_boxed_slice().try_into().unwrap();
+        link.writer.write_frame(&Frame::Packet(p)).await.unwrap();
+    }
+    link.writer.flush().await.unwrap();
+    let target = start_count + packets.len() as u64;
+    while sink.received.load(Ordering::Relaxed) < target {
+        if t0.elapsed() > Duration::from_secs(120) {
+            eprintln!("timeout: {:?}", relay.metrics());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = t0.elapsed();
+    let got = sink.received.load(Ordering::Relaxed) - start_count;
+    let m = relay.metrics();
+    if m.dropped_total() > 0 {
+        eprintln!("drops: {:?}", m.dropped);
+    }
+    relay.shutdown().await.unwrap();
+    got as f64 / elapsed.as_secs_f64()
+}
+
+fn store_rate(items: u64, group: u64, mailboxes: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), 64 << 20).unwrap();
+    let store = MailboxStore::open(
+        &db,
+        MailboxLimits {
+            quota_items: u64::MAX,
+            quota_bytes: u64::MAX,
+            disk_budget_bytes: u64::MAX,
+        },
+    )
+    .unwrap();
+    let payload = [0xabu8; PAYLOAD_SIZE];
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while i < items {
+        for _ in 0..group.min(items - i) {
+            let mut m = [0u8; 32];
+            m[..8].copy_from_slice(&(i % mailboxes).to_be_bytes());
+            store
+                .insert(&MailboxId(m), &[1; 16], &payload, now())
+                .unwrap()
+                .unwrap();
+            i += 1;
+        }
+        db.commit().unwrap();
+    }
+    let rate = items as f64 / t0.elapsed().as_secs_f64();
+    (rate, rss_mb())
+}
+
+fn main() {
+    let n: usize = std::env::var("SPORE_BENCH_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys = RelayKeys::generate();
+    let epoch = now() / 3600;
+    let sink = rt.block_on(start_sink());
+    let sink_id = RelayId(sink.id.verifying_key().to_bytes());
+    let t0 = Instant::now();
+    let packets = build_packets(&keys, epoch, sink_id, n);
+    println!(
+        "build:           {:>9.0} packets/s (2-hop, one thread)",
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
+    let bare = bare_rate(&keys, epoch, &packets);
+    println!("bare unwrap:     {bare:>9.0} packets/s per core");
+    let mut rates = Vec::new();
+    for workers in [1usize, 2] {
+        let r = rt.block_on(tcp_rate(&keys, &packets, workers, &sink));
+        println!(
+            "tcp, {workers} worker(s): {r:>9.0} packets/s  = {:.2} x bare per core ({:.2} x bare per worker)",
+            r / bare,
+            r / bare / workers as f64
+        );
+        rates.push(r);
+    }
+    println!("scaling 1 -> 2 workers: {:.2}x", rates[1] / rates[0]);
+    let (store, rss) = store_rate(100_000, 512, 1000);
+    println!(
+        "mailbox store:   {store:>9.0} packets/s durable (group commit of 512), rss {rss:.0} MB"
+    );
+    if std::env::var("SPORE_BENCH_MILLION").is_ok() {
+        let (rate, rss) = store_rate(1_000_000, 2048, 10_000);
+        println!("million stored:  {rate:>9.0} packets/s; resident memory {rss:.0} MB");
+    }
+}
