@@ -4,3 +4,5 @@
 //! analyst tools (inspector, load, benchmarks, anonymity analysis). The binary is a thin shell
 //! over these modules so that tests call them directly.
 #![forbid(unsafe_code)]
+
+pub mod analyze;

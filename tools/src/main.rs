@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Run a whole network on loopback and show a federation workload crossing it.
     Demo,
+    /// Privacy analysis: anonymity metrics, attack simulations, traces, figures.
+    Analyze(spore_tools::analyze::cli::AnalyzeArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +33,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             anyhow::bail!("the demo is not built yet");
         }
+        Command::Analyze(args) => spore_tools::analyze::cli::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
