@@ -2,7 +2,17 @@
 
 use clap::{Args, Subcommand};
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use super::metrics::Summary;
+use super::network::{self, AnonymityMetrics, NetworkParams};
 use super::poisson_mix::{self, PoissonMixParams};
+use super::trace::{self, TraceOptions, TraceWriter};
 
 /// Measure how well a Spore network hides who talks to whom.
 #[derive(Debug, Args)]
@@ -15,6 +25,62 @@ pub struct AnalyzeArgs {
 enum AnalyzeCommand {
     /// One Poisson (M/M/inf) mix: entropy of a message passing it, against Loopix's closed form.
     PoissonMix(PoissonMixArgs),
+    /// A stratified network: end-to-end sender entropy, epsilon for two senders, latency.
+    Network(NetworkArgs),
+    /// Replay a recorded trace (JSON lines) through the same adversary and score it.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    /// Mix layers.
+    #[arg(long, default_value_t = 3)]
+    layers: u32,
+    /// Mixes per layer.
+    #[arg(long)]
+    width: u32,
+    /// Total packets per second from all clients (cover included).
+    #[arg(long)]
+    rate: f64,
+    /// Mean per-hop delay in seconds (1/mu).
+    #[arg(long)]
+    delay: f64,
+    /// Clients (each owns one mailbox).
+    #[arg(long, default_value_t = 500)]
+    senders: u32,
+    /// Simulated seconds of sending.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Mixes the adversary controls (chosen at random).
+    #[arg(long, default_value_t = 0)]
+    corrupt: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the run as a trace (JSON lines) to this file.
+    #[arg(long)]
+    trace_out: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// Trace file (JSON lines).
+    file: PathBuf,
+    /// Ground truth in a separate file.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// A relay whose input-output links the adversary knows (repeatable).
+    #[arg(long)]
+    corrupt: Vec<String>,
+    /// Challenge senders for epsilon, `A,B` (default: the trace's meta record).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    challenge: Option<Vec<String>>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +109,8 @@ struct PoissonMixArgs {
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     match args.command {
         AnalyzeCommand::PoissonMix(a) => poisson_mix_cmd(a),
+        AnalyzeCommand::Network(a) => network_cmd(a),
+        AnalyzeCommand::Trace(a) => trace_cmd(a),
     }
 }
 
@@ -79,5 +147,113 @@ fn poisson_mix_cmd(a: PoissonMixArgs) -> anyhow::Result<()> {
     );
     println!("  effective set 2^H     {:>12.2}", r.effective_set);
     println!("  log2(e*rate/mu)       {:>12.4} bits", r.closed_form_bits);
+    Ok(())
+}
+
+fn print_summary(name: &str, unit: &str, s: &Summary) {
+    println!(
+        "  {name:<22}mean {:>9.4}  p50 {:>9.4}  p90 {:>9.4}  p99 {:>9.4}  max {:>9.4} {unit}  (n={})",
+        s.mean, s.p50, s.p90, s.p99, s.max, s.count
+    );
+}
+
+fn print_metrics(m: &AnonymityMetrics) {
+    println!("  messages scored       {:>12}", m.messages);
+    println!(
+        "  sender entropy        {:>12.4} bits  (log2 N = {:.4})",
+        m.entropy_bits,
+        (m.senders as f64).log2()
+    );
+    println!(
+        "  effective set 2^H     {:>12.2}  of {} senders",
+        m.effective_set, m.senders
+    );
+    println!("  degree H/log2 N       {:>12.4}", m.degree);
+    println!("  top-1 guess correct   {:>12.4}", m.top1_success);
+    print_summary("entropy", "bits", &m.entropy);
+    print_summary("epsilon |ln pa/pb|", "", &m.epsilon);
+    println!(
+        "  challenge msgs with one sender ruled out: {}",
+        m.distinguished
+    );
+    print_summary("latency (simulated)", "s", &m.latency);
+}
+
+fn network_cmd(a: NetworkArgs) -> anyhow::Result<()> {
+    let params = NetworkParams {
+        layers: a.layers,
+        width: a.width,
+        rate: a.rate,
+        delay: a.delay,
+        senders: a.senders,
+        duration: a.duration,
+        corrupt: a.corrupt,
+        seed: a.seed,
+    };
+    let started = Instant::now();
+    let r = match &a.trace_out {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let mut w = TraceWriter::new(BufWriter::new(file));
+            let r = network::simulate_traced(&params, Some(&mut w))?;
+            w.finish()?;
+            r
+        }
+        None => network::simulate(&params)?,
+    };
+    let elapsed = started.elapsed();
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "Network  {} layers x {} mixes  rate={} /s  delay={} s  senders={}  duration={} s  corrupt={}  seed={}",
+        r.layers, r.width, r.rate, r.delay, r.senders, r.duration, r.corrupt, r.seed
+    );
+    println!(
+        "  packets sent          {:>12}  (scored if sent in [{:.2}, {:.2}) s)",
+        r.sent, r.measure_from, r.measure_until
+    );
+    println!("  mean pool per mix     {:>12.3}", r.mean_pool);
+    print_metrics(&r.metrics);
+    let g = &r.latency_gamma;
+    println!(
+        "  latency Gamma(k={}, θ={})   mean {:>9.4}  p50 {:>9.4}  p99 {:>9.4} s",
+        g.shape, g.scale, g.mean, g.p50, g.p99
+    );
+    println!("  wall time             {:>12.2} s", elapsed.as_secs_f64());
+    Ok(())
+}
+
+fn trace_cmd(a: TraceArgs) -> anyhow::Result<()> {
+    let open = |p: &PathBuf| {
+        File::open(p)
+            .with_context(|| format!("opening {}", p.display()))
+            .map(BufReader::new)
+    };
+    let mut records = trace::read_records(open(&a.file)?)?;
+    if let Some(t) = &a.truth {
+        records.extend(trace::read_records(open(t)?)?);
+    }
+    let opts = TraceOptions {
+        corrupt: a.corrupt,
+        challenge: a.challenge.map(|v| (v[0].clone(), v[1].clone())),
+    };
+    let r = trace::analyze(&records, &opts)?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "Trace  {}  records={}  hops={}",
+        a.file.display(),
+        r.records,
+        r.hops
+    );
+    println!(
+        "  nodes                 {} clients, {} mixes, {} mailboxes",
+        r.nodes.0, r.nodes.1, r.nodes.2
+    );
+    println!("  corrupt relays        {:?}", r.corrupt);
+    print_metrics(&r.metrics);
     Ok(())
 }

@@ -51,6 +51,55 @@ impl fmt::Display for InvalidParams {
 
 impl std::error::Error for InvalidParams {}
 
+/// Why an analysis could not produce a result.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller asked for something no model can simulate.
+    Params(InvalidParams),
+    /// Reading or writing a trace failed.
+    Io(std::io::Error),
+    /// A trace line is malformed or inconsistent (1-based line number; 0 when not tied to a line).
+    BadTrace {
+        /// Line in the trace file.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Params(e) => e.fmt(f),
+            Error::Io(e) => write!(f, "trace i/o: {e}"),
+            Error::BadTrace { line, reason } => write!(f, "bad trace at line {line}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Params(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::BadTrace { .. } => None,
+        }
+    }
+}
+
+impl From<InvalidParams> for Error {
+    fn from(e: InvalidParams) -> Self {
+        Error::Params(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
 /// Fails with [`InvalidParams::OutOfRange`] unless `ok`.
 pub(crate) fn require(
     ok: bool,
