@@ -12,6 +12,7 @@ use anyhow::Context;
 use super::metrics::Summary;
 use super::network::{self, AnonymityMetrics, NetworkParams};
 use super::poisson_mix::{self, PoissonMixParams};
+use super::sda::{self, SdaParams};
 use super::trace::{self, TraceOptions, TraceWriter};
 
 /// Measure how well a Spore network hides who talks to whom.
@@ -29,6 +30,42 @@ enum AnalyzeCommand {
     Network(NetworkArgs),
     /// Replay a recorded trace (JSON lines) through the same adversary and score it.
     Trace(TraceArgs),
+    /// Statistical disclosure attack on a long-lived sender's contacts.
+    Sda(SdaArgs),
+}
+
+#[derive(Debug, Args)]
+struct SdaArgs {
+    /// Users (senders and receivers).
+    #[arg(long)]
+    users: usize,
+    /// Messages per round (mix batch, or a window of outputs).
+    #[arg(long)]
+    batch: usize,
+    /// Friends per user.
+    #[arg(long)]
+    contacts: usize,
+    /// Observed rounds in which the target sends.
+    #[arg(long)]
+    rounds: usize,
+    /// Rounds without the target for the background estimate (default: --rounds).
+    #[arg(long)]
+    background_rounds: Option<usize>,
+    /// Independent trials.
+    #[arg(long, default_value_t = 100)]
+    trials: usize,
+    /// Fraction of the target's messages replaced by cover.
+    #[arg(long, default_value_t = 0.0)]
+    cover: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also draw success against rounds (1/64 .. 1x --rounds, with and without --cover) to this SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +137,9 @@ struct PoissonMixArgs {
     /// Outputs measured after burn-in.
     #[arg(long, default_value_t = 200_000)]
     outputs: usize,
+    /// Also draw entropy against lambda/mu (1/4 .. 256, at this mu and loop rate) to this SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -111,6 +151,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         AnalyzeCommand::PoissonMix(a) => poisson_mix_cmd(a),
         AnalyzeCommand::Network(a) => network_cmd(a),
         AnalyzeCommand::Trace(a) => trace_cmd(a),
+        AnalyzeCommand::Sda(a) => sda_cmd(a),
     }
 }
 
@@ -255,5 +296,52 @@ fn trace_cmd(a: TraceArgs) -> anyhow::Result<()> {
     );
     println!("  corrupt relays        {:?}", r.corrupt);
     print_metrics(&r.metrics);
+    Ok(())
+}
+
+fn sda_cmd(a: SdaArgs) -> anyhow::Result<()> {
+    let params = SdaParams {
+        users: a.users,
+        batch: a.batch,
+        contacts: a.contacts,
+        rounds: a.rounds,
+        background_rounds: a.background_rounds.unwrap_or(a.rounds),
+        trials: a.trials,
+        cover: a.cover,
+        seed: a.seed,
+    };
+    let r = sda::simulate(&params)?;
+    if let Some(path) = &a.plot {
+        let rounds: Vec<usize> = (0..=6).rev().map(|k| (a.rounds >> k).max(1)).collect();
+        let mut series = vec![(
+            "no cover".to_string(),
+            sda::sweep_rounds(
+                &SdaParams {
+                    cover: 0.0,
+                    ..params
+                },
+                &rounds,
+            )?,
+        )];
+        if a.cover > 0.0 {
+            series.push((
+                format!("cover {}", a.cover),
+                sda::sweep_rounds(&params, &rounds)?,
+            ));
+        }
+        super::plot::sda_vs_rounds(path, &series)?;
+    }
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "Statistical disclosure  users={}  batch={}  contacts={}  rounds={} (+{} background)  trials={}  cover={}  seed={}",
+        r.users, r.batch, r.contacts, r.rounds, r.background_rounds, r.trials, r.cover, r.seed
+    );
+    println!(
+        "  contacts ranked in top {:<3}   {:>8.4}  (mean fraction)",
+        r.contacts, r.mean_fraction_found
+    );
+    println!("  trials with all found        {:>8.4}", r.all_found);
     Ok(())
 }

@@ -66,6 +66,8 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Drawing a figure failed.
+    Plot(String),
 }
 
 impl fmt::Display for Error {
@@ -74,6 +76,7 @@ impl fmt::Display for Error {
             Error::Params(e) => e.fmt(f),
             Error::Io(e) => write!(f, "trace i/o: {e}"),
             Error::BadTrace { line, reason } => write!(f, "bad trace at line {line}: {reason}"),
+            Error::Plot(e) => write!(f, "plot: {e}"),
         }
     }
 }
@@ -83,7 +86,7 @@ impl std::error::Error for Error {
         match self {
             Error::Params(e) => Some(e),
             Error::Io(e) => Some(e),
-            Error::BadTrace { .. } => None,
+            Error::BadTrace { .. } | Error::Plot(_) => None,
         }
     }
 }
