@@ -83,7 +83,7 @@ fn trial(p: &SdaParams, rng: &mut ChaCha8Rng) -> usize {
     let friends: Vec<Vec<usize>> = (0..p.users)
         .map(|u| contacts_of(rng, u, p.users, p.contacts))
         .collect();
-    let mut background_send = |rng: &mut ChaCha8Rng, counts: &mut [f64]| {
+    let background_send = |rng: &mut ChaCha8Rng, counts: &mut [f64]| {
         let sender = rng.random_range(1..p.users);
         let f = &friends[sender];
         counts[f[rng.random_range(0..f.len())]] += 1.0;
