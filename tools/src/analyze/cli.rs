@@ -233,6 +233,27 @@ fn poisson_mix_cmd(a: PoissonMixArgs) -> anyhow::Result<()> {
         outputs: a.outputs,
         seed: a.seed,
     })?;
+    if let Some(path) = &a.plot {
+        let ratios: Vec<f64> = (-2..=8).map(|k| 2f64.powi(k)).collect();
+        let sweep = poisson_mix::sweep(a.mu, &ratios, a.loop_rate, a.outputs, a.seed)?;
+        super::plot::entropy_vs_ratio(path, &sweep)?;
+        if !a.json {
+            println!(
+                "lambda/mu  simulated  closed-form  difference  (bits; mu {}, loop rate {})",
+                a.mu, a.loop_rate
+            );
+            for s in &sweep {
+                let d = s.entropy_bits - s.closed_form_bits;
+                println!(
+                    "{:>9.2}  {:>9.4}  {:>11.4}  {:>10.4}",
+                    s.lambda / s.mu,
+                    s.entropy_bits,
+                    s.closed_form_bits,
+                    d
+                );
+            }
+        }
+    }
     if a.json {
         return print_json(&r);
     }
