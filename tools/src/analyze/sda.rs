@@ -17,6 +17,7 @@
 
 use rand::RngExt;
 use rand::rngs::ChaCha8Rng;
+use rand_distr::{Binomial, Distribution};
 use serde::Serialize;
 
 use super::{InvalidParams, require, seeded_rng};
@@ -78,35 +79,68 @@ fn contacts_of(rng: &mut ChaCha8Rng, user: usize, users: usize, m: usize) -> Vec
     picked
 }
 
+/// Adds a Multinomial(`n`, `probs`) draw to `out` by conditional binomials: `O(len)` whatever
+/// `n` is, and distributed exactly as `n` independent categorical draws.
+fn add_multinomial(rng: &mut ChaCha8Rng, n: u64, probs: &[f64], out: &mut [f64]) {
+    let mut left = n;
+    let mut mass = 1.0f64;
+    for (p, o) in probs.iter().zip(out.iter_mut()) {
+        if left == 0 {
+            break;
+        }
+        let share = if mass > 0.0 {
+            (p / mass).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        let k = match Binomial::new(left, share) {
+            Ok(b) => b.sample(rng),
+            Err(_) => 0,
+        };
+        *o += k as f64;
+        left -= k;
+        mass -= p;
+    }
+}
+
 /// One trial: returns how many of Alice's friends the attack ranked in its top `contacts`.
+///
+/// Only the per-receiver totals over rounds enter the estimator, so each total is drawn at once
+/// as a multinomial over the exact per-message receiver law: the cost does not grow with
+/// `rounds * batch`.
 fn trial(p: &SdaParams, rng: &mut ChaCha8Rng) -> usize {
     let friends: Vec<Vec<usize>> = (0..p.users)
         .map(|u| contacts_of(rng, u, p.users, p.contacts))
         .collect();
-    let background_send = |rng: &mut ChaCha8Rng, counts: &mut [f64]| {
-        let sender = rng.random_range(1..p.users);
-        let f = &friends[sender];
-        counts[f[rng.random_range(0..f.len())]] += 1.0;
-    };
+    // A background message: a uniform sender other than Alice, to a uniform friend of theirs.
+    let mut background_law = vec![0.0; p.users];
+    let per_pair = 1.0 / ((p.users - 1) * p.contacts) as f64;
+    for f in &friends[1..] {
+        for r in f {
+            background_law[*r] += per_pair;
+        }
+    }
+    // Alice's message: cover to a uniform user with probability `cover`, else a uniform friend.
+    let mut alice_law = vec![p.cover / p.users as f64; p.users];
+    for r in &friends[0] {
+        alice_law[*r] += (1.0 - p.cover) / p.contacts as f64;
+    }
     let mut target = vec![0.0; p.users];
-    for _ in 0..p.rounds {
-        let alice = &friends[0];
-        let to = if rng.random_bool(p.cover) {
-            rng.random_range(0..p.users)
-        } else {
-            alice[rng.random_range(0..alice.len())]
-        };
-        target[to] += 1.0;
-        for _ in 1..p.batch {
-            background_send(rng, &mut target);
-        }
-    }
+    add_multinomial(rng, p.rounds as u64, &alice_law, &mut target);
+    add_multinomial(
+        rng,
+        (p.rounds * (p.batch - 1)) as u64,
+        &background_law,
+        &mut target,
+    );
     let mut background = vec![0.0; p.users];
-    for _ in 0..p.background_rounds {
-        for _ in 0..p.batch {
-            background_send(rng, &mut background);
-        }
-    }
+    add_multinomial(
+        rng,
+        (p.background_rounds * p.batch) as u64,
+        &background_law,
+        &mut background,
+    );
+
     let per_message = 1.0 / (p.batch * p.background_rounds) as f64;
     let expected_noise = (p.rounds * (p.batch - 1)) as f64 * per_message;
     let mut score: Vec<(f64, usize)> = (0..p.users)
@@ -218,6 +252,18 @@ mod tests {
                 .all(|w| w[0].mean_fraction_found < w[1].mean_fraction_found),
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn multinomial_totals_match_their_law() {
+        let mut rng = seeded_rng(5);
+        let law = [0.5, 0.25, 0.125, 0.125];
+        let mut out = [0.0; 4];
+        add_multinomial(&mut rng, 80_000, &law, &mut out);
+        assert_eq!(out.iter().sum::<f64>(), 80_000.0);
+        for (o, p) in out.iter().zip(law) {
+            assert!((o / 80_000.0 - p).abs() < 0.01, "{out:?}");
+        }
     }
 
     #[test]
