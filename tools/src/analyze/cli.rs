@@ -160,6 +160,9 @@ struct NetworkArgs {
     /// Also write the run as a trace (JSON lines) to this file.
     #[arg(long)]
     trace_out: Option<PathBuf>,
+    /// Also draw entropy against latency, sweeping --delay over 1/8 .. 4x, to this SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -330,6 +333,31 @@ fn network_cmd(a: NetworkArgs) -> anyhow::Result<()> {
         None => network::simulate(&params)?,
     };
     let elapsed = started.elapsed();
+    if let Some(path) = &a.plot {
+        let runs = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0]
+            .iter()
+            .map(|k| {
+                network::simulate(&NetworkParams {
+                    delay: a.delay * k,
+                    ..params.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        super::plot::entropy_vs_latency(path, &runs)?;
+        if !a.json {
+            println!("delay (s)  mean latency  p99 latency  entropy (bits)  epsilon p50");
+            for r in &runs {
+                println!(
+                    "{:>9.4}  {:>12.4}  {:>11.4}  {:>14.4}  {:>11.4}",
+                    r.delay,
+                    r.latency_gamma.mean,
+                    r.latency_gamma.p99,
+                    r.metrics.entropy_bits,
+                    r.metrics.epsilon.p50
+                );
+            }
+        }
+    }
     if a.json {
         return print_json(&r);
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::Error;
+use super::network::NetworkReport;
 use super::poisson_mix::{PoissonMixReport, closed_form_bits};
 use super::sda::SdaReport;
 
@@ -147,6 +148,75 @@ pub fn sda_vs_rounds(path: &Path, series: &[(String, Vec<SdaReport>)]) -> Result
     root.present().map_err(plot_err)
 }
 
+/// The latency/anonymity trade-off: mean sender entropy (left axis) and `log2 N` against the
+/// mean end-to-end latency, one point per network run (typically a sweep over `delay`).
+pub fn entropy_vs_latency(path: &Path, reports: &[NetworkReport]) -> Result<(), Error> {
+    let pts: Vec<(f64, f64)> = reports
+        .iter()
+        .map(|r| (r.latency_gamma.mean, r.metrics.entropy_bits))
+        .collect();
+    let p99: Vec<(f64, f64)> = reports
+        .iter()
+        .map(|r| (r.latency_gamma.p99, r.metrics.entropy_bits))
+        .collect();
+    let Some(first) = reports.first() else {
+        return Err(Error::Plot("no points to draw".into()));
+    };
+    let x_max = p99.iter().map(|p| p.0).fold(0.0f64, f64::max) * 1.05;
+    let bound = f64::from(first.senders).log2();
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} layers x {} mixes, {} pkt/s, {} senders",
+                first.layers, first.width, first.rate, first.senders
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..x_max, 0.0..(bound + 0.5).ceil())
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("end-to-end latency (s)")
+        .y_desc("sender entropy (bits)")
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(
+            vec![(0.0, bound), (x_max, bound)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(plot_err)?
+        .label("log2 N (perfect)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    for (i, (label, series)) in [("mean latency", pts), ("p99 latency", p99)]
+        .into_iter()
+        .enumerate()
+    {
+        let color = PALETTE[i];
+        chart
+            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(series.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(plot_err)?
+            .label(label)
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +238,38 @@ mod tests {
         assert!(svg.contains("closed form") && svg.contains("simulation"));
         assert!(svg.matches("<polyline").count() >= 2);
         assert!(entropy_vs_ratio(&path, &[]).is_err());
+    }
+
+    #[test]
+    fn latency_figure_has_a_point_per_run() {
+        use crate::analyze::network::{NetworkParams, simulate};
+        let p = NetworkParams {
+            layers: 3,
+            width: 2,
+            rate: 100.0,
+            delay: 0.05,
+            senders: 10,
+            duration: 4.0,
+            corrupt: 0,
+            seed: 1,
+        };
+        let runs: Vec<_> = [0.01, 0.05]
+            .iter()
+            .map(|d| {
+                simulate(&NetworkParams {
+                    delay: *d,
+                    ..p.clone()
+                })
+                .expect("valid")
+            })
+            .collect();
+        let path = temp_svg("latency");
+        entropy_vs_latency(&path, &runs).expect("draws");
+        let svg = std::fs::read_to_string(&path).expect("written");
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("p99 latency") && svg.contains("log2 N"));
+        assert!(svg.matches("<circle").count() >= 4);
+        assert!(entropy_vs_latency(&path, &[]).is_err());
     }
 
     #[test]
