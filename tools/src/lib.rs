@@ -5,6 +5,7 @@
 //! thin shell over these modules so that tests call them directly.
 #![forbid(unsafe_code)]
 
+pub mod analyze;
 pub mod authority;
 pub mod inspect;
 pub mod keyfile;

@@ -32,6 +32,8 @@ enum Command {
     /// Decode a packet, link frame, directory, descriptor or Spore address and say what an
     /// outside observer can and cannot learn from it.
     Inspect(InspectArgs),
+    /// Privacy analysis: anonymity metrics, attack simulations, traces, figures.
+    Analyze(spore_tools::analyze::cli::AnalyzeArgs),
 }
 
 #[derive(Subcommand)]
@@ -183,6 +185,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Analyze(args) => spore_tools::analyze::cli::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
