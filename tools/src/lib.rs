@@ -9,3 +9,4 @@ pub mod analyze;
 pub mod authority;
 pub mod inspect;
 pub mod keyfile;
+pub mod testnet;
