@@ -10,3 +10,4 @@ pub mod authority;
 pub mod inspect;
 pub mod keyfile;
 pub mod testnet;
+pub mod workload;
