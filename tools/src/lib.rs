@@ -9,5 +9,6 @@ pub mod analyze;
 pub mod authority;
 pub mod inspect;
 pub mod keyfile;
+pub mod load;
 pub mod testnet;
 pub mod workload;

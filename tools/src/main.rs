@@ -34,6 +34,47 @@ enum Command {
     Inspect(InspectArgs),
     /// Privacy analysis: anonymity metrics, attack simulations, traces, figures.
     Analyze(spore_tools::analyze::cli::AnalyzeArgs),
+    /// A local network on loopback that stays up for manual use.
+    #[command(subcommand)]
+    Testnet(TestnetCmd),
+    /// Drive a network with a fixed packet rate and report throughput and loss.
+    Load(LoadArgs),
+}
+
+#[derive(Subcommand)]
+enum TestnetCmd {
+    /// Start relays and a directory in DIR and keep them running until Ctrl-C or `down`.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Total relays: 2 entry/mailbox relays plus 3 mix layers sharing the rest (min 5).
+        #[arg(long, default_value_t = 8)]
+        relays: usize,
+    },
+    /// Stop the testnet running in DIR.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The signed directory of the network to load (e.g. DIR/directory.bin of a testnet).
+    #[arg(long)]
+    directory: PathBuf,
+    /// Packets per second offered to the entry relay.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Seconds to keep pulling after the last packet.
+    #[arg(long, default_value_t = 30)]
+    drain: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +226,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Testnet(cmd) => testnet(cmd),
+        Command::Load(args) => {
+            let dir = authority::read(&args.directory)?;
+            let cfg = spore_tools::load::LoadConfig {
+                rate: args.rate,
+                duration: std::time::Duration::from_secs(args.duration),
+                drain: std::time::Duration::from_secs(args.drain),
+                entry: None,
+            };
+            let report =
+                tokio::runtime::Runtime::new()?.block_on(spore_tools::load::run(&dir, &cfg))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", spore_tools::load::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Analyze(args) => spore_tools::analyze::cli::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -283,6 +342,81 @@ fn directory(cmd: DirectoryCmd) -> Result<ExitCode> {
                 })
                 .await
             })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn testnet(cmd: TestnetCmd) -> Result<ExitCode> {
+    use spore_tools::testnet::{Testnet, TestnetConfig};
+    match cmd {
+        TestnetCmd::Up { dir, relays } => {
+            if relays < 5 {
+                bail!("a network needs at least 5 relays (2 entry/mailbox + 3 mix layers)");
+            }
+            let pid_file = dir.join("testnet.pid");
+            if let Ok(pid) = std::fs::read_to_string(&pid_file)
+                && std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+            {
+                bail!(
+                    "a testnet is already running in {} (pid {})",
+                    dir.display(),
+                    pid.trim()
+                );
+            }
+            let mut cfg = TestnetConfig::new(&dir);
+            cfg.width = ((relays - 2) / 3).max(1);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let net = Testnet::start(cfg).await?;
+                std::fs::write(&pid_file, std::process::id().to_string())?;
+                let auth = hex::encode(net.authority_public());
+                println!(
+                    "testnet up: {} relays, directory {}",
+                    net.relay_count(),
+                    net.directory_path().display()
+                );
+                println!("authority key: {auth}");
+                for id in net.edge_relays() {
+                    println!("entry/mailbox relay: {id}");
+                }
+                println!();
+                println!("point a client or sidecar at it with:");
+                println!("  directory = \"{}\"", net.directory_path().display());
+                println!("  authorities = [\"{auth}\"]");
+                println!("  mailbox_relay = \"<one of the entry/mailbox relay ids above>\"");
+                println!(
+                    "load it with: spore load --directory {}",
+                    net.directory_path().display()
+                );
+                println!(
+                    "stop it with: spore testnet down --dir {}  (or Ctrl-C)",
+                    dir.display()
+                );
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                net.shutdown().await?;
+                let _ = std::fs::remove_file(&pid_file);
+                anyhow::Ok(())
+            })?;
+        }
+        TestnetCmd::Down { dir } => {
+            let pid_file = dir.join("testnet.pid");
+            let pid = std::fs::read_to_string(&pid_file)
+                .with_context(|| format!("no testnet running in {}", dir.display()))?;
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", pid.trim()])
+                .status()
+                .context("cannot run kill")?;
+            if !status.success() {
+                let _ = std::fs::remove_file(&pid_file);
+                bail!("testnet process {} is not running", pid.trim());
+            }
+            println!("stopping testnet (pid {})", pid.trim());
         }
     }
     Ok(ExitCode::SUCCESS)
