@@ -1,0 +1,189 @@
+//! `spore load`: drive a network with a fixed packet rate and measure what comes out.
+//!
+//! The generator builds real forward packets (entry → 3 mixes → mailbox relay, exponential
+//! per-hop delays from the directory's `mu`), each addressed to a mailbox the generator owns,
+//! sends them at `rate` packets/s on one Noise link into the entry relay, and pulls that
+//! mailbox until everything has arrived or the drain timeout passes. Throughput is what
+//! reached the mailbox per second; loss is what never did.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use spore_protocol::directory::Directory;
+use spore_protocol::link::{Frame, PullSlot};
+use spore_protocol::packet::{build_packet, random_surb_id, sample_delays};
+use spore_protocol::params::{FORWARD_HOPS, PACKET_SIZE, PAYLOAD_CAPACITY, PULL_SLOTS};
+use spore_protocol::route::RouteSelector;
+use spore_protocol::{MailboxKey, RelayId};
+use spore_relay::Link;
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Packets per second offered to the entry relay.
+    pub rate: f64,
+    /// How long to offer load.
+    pub duration: Duration,
+    /// How long to keep pulling after the last packet was sent.
+    pub drain: Duration,
+    /// Entry and mailbox relay (default: the first edge relay in the directory).
+    pub entry: Option<RelayId>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub offered_rate: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub loss_ratio: f64,
+    pub send_rate: f64,
+    pub throughput_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+async fn pull_all(link: &mut Link) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        link.send(&Frame::PullRequest).await?;
+        let mut handles = Vec::new();
+        for _ in 0..PULL_SLOTS {
+            match link.recv().await? {
+                Frame::PullSlot(PullSlot {
+                    item: Some(item), ..
+                }) => handles.push(item.handle),
+                Frame::PullSlot(_) => {}
+                other => bail!("unexpected frame while pulling: {other:?}"),
+            }
+        }
+        if handles.is_empty() {
+            return Ok(total);
+        }
+        total += handles.len() as u64;
+        link.send(&Frame::Delete { handles }).await?;
+        match link.recv().await? {
+            Frame::DeleteDone { .. } => {}
+            other => bail!("unexpected frame after delete: {other:?}"),
+        }
+    }
+}
+
+/// Runs the load against the network described by `directory`.
+pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> {
+    if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
+        bail!("--rate must be a positive number of packets per second");
+    }
+    let routes = RouteSelector::new(directory, directory.epoch);
+    let entry = match cfg.entry {
+        Some(e) => e,
+        None => routes.random_entry(&mut rand::rng())?,
+    };
+    let desc = directory
+        .relay(&entry)
+        .context("entry relay is not in the directory")?;
+    if !desc.roles.mailbox {
+        bail!("the entry relay must also be a mailbox relay (load pulls its own mailbox there)");
+    }
+    let me = MailboxKey::generate();
+    let mut send_link = Link::connect(&desc.address, &rand::random(), Some(desc.link_key))
+        .await
+        .with_context(|| format!("cannot reach the entry relay at {}", desc.address))?;
+    let mut pull_link =
+        Link::connect(&desc.address, &me.secret_bytes(), Some(desc.link_key)).await?;
+    let max_delay = Duration::from_millis(directory.params.max_delay_ms);
+    let total = (cfg.rate * cfg.duration.as_secs_f64()).ceil() as u64;
+    let interval = Duration::from_secs_f64(1.0 / cfg.rate);
+    let started = Instant::now();
+    let mut received = 0u64;
+    let mut next_pull = Instant::now();
+    let msg = vec![0u8; PAYLOAD_CAPACITY];
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (route, delays) = {
+            let mut rng = rand::rng();
+            let route = routes.forward_route(&mut rng, &entry, &entry)?;
+            let delays = sample_delays(&mut rng, directory.params.mu, FORWARD_HOPS, max_delay)?;
+            (route, delays)
+        };
+        let packet = build_packet(&route, me.mailbox_id(), random_surb_id(), &delays, &msg)?;
+        let packet: Box<[u8; PACKET_SIZE]> = packet
+            .into_boxed_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("built packet has the wrong size"))?;
+        send_link.writer.write_frame(&Frame::Packet(packet)).await?;
+        if Instant::now() >= next_pull {
+            send_link.writer.flush().await?;
+            received += pull_all(&mut pull_link).await?;
+            next_pull = Instant::now() + Duration::from_millis(250);
+        }
+    }
+    send_link.writer.flush().await?;
+    let send_elapsed = started.elapsed().as_secs_f64();
+    let drain_until = Instant::now() + cfg.drain;
+    while received < total && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        received += pull_all(&mut pull_link).await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let lost = total.saturating_sub(received);
+    Ok(LoadReport {
+        offered_rate: cfg.rate,
+        sent: total,
+        received,
+        lost,
+        loss_ratio: if total == 0 {
+            0.0
+        } else {
+            lost as f64 / total as f64
+        },
+        send_rate: total as f64 / send_elapsed.max(1e-9),
+        throughput_per_s: received as f64 / elapsed.max(1e-9),
+        elapsed_s: elapsed,
+    })
+}
+
+pub fn render(r: &LoadReport) -> String {
+    format!(
+        "offered {:.0} pkt/s for {} packets: sent at {:.0} pkt/s, received {} ({:.0} pkt/s end to end), lost {} ({:.2}%), {:.1} s\n",
+        r.offered_rate,
+        r.sent,
+        r.send_rate,
+        r.received,
+        r.throughput_per_s,
+        r.lost,
+        100.0 * r.loss_ratio,
+        r.elapsed_s
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testnet::{Testnet, TestnetConfig};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_through_a_testnet_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = TestnetConfig::new(tmp.path());
+        cfg.width = 1;
+        cfg.params.mu = 200.0;
+        let net = Testnet::start(cfg).await.unwrap();
+        let report = run(
+            net.directory(),
+            &LoadConfig {
+                rate: 100.0,
+                duration: Duration::from_secs(1),
+                drain: Duration::from_secs(10),
+                entry: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.sent, 100);
+        assert_eq!(report.received, 100, "{report:?}");
+        net.shutdown().await.unwrap();
+    }
+}
