@@ -61,6 +61,8 @@ enum Role {
     Both,
     /// Entry relay (first hop for clients).
     Entry,
+    /// Entry and mailbox: where homeservers connect and keep their mailboxes.
+    Edge,
 }
 
 impl Role {
@@ -85,6 +87,11 @@ impl Role {
                 entry: true,
                 mix: false,
                 mailbox: false,
+            },
+            Role::Edge => RolesConfig {
+                entry: true,
+                mix: false,
+                mailbox: true,
             },
         }
     }
@@ -167,7 +174,9 @@ fn init(dir: &Path, role: Role, layer: u8, listen: SocketAddr) -> anyhow::Result
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let keys = RelayKeys::generate();
     keys.save(&dir.join("relay.key"))?;
-    let text = RelayConfig::commented_template(listen, role.roles(), layer, "relay.key");
+    let roles = role.roles();
+    let layer = if roles.mix { layer } else { 0 };
+    let text = RelayConfig::commented_template(listen, roles, layer, "relay.key");
     RelayConfig::from_toml(&text).context("generated config does not validate")?;
     std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;

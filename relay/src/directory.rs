@@ -252,6 +252,12 @@ impl DirectoryView {
         Ok(true)
     }
 
+    /// Whether `key` is the link key of a relay in the directory.
+    pub fn is_relay_link_key(&self, key: &[u8; 32]) -> bool {
+        self.current()
+            .is_some_and(|v| v.relays.values().any(|r| r.link_key == *key))
+    }
+
     /// Address and link key of `id`, if the directory lists it.
     pub fn peer(&self, id: &RelayId) -> Option<Peer> {
         let view = self.current()?;

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::connection::{FrameReader, FrameWriter, accept_handshake};
+use crate::directory::DirectoryView;
 use crate::mailbox::MailboxService;
 use crate::metrics::Metrics;
 use crate::mix::PacketIngress;
@@ -35,6 +36,10 @@ pub(crate) struct LinkSettings {
 pub(crate) struct Shared {
     pub link_secret: [u8; 32],
     pub ingress: PacketIngress,
+    /// Entry relays take packets from anyone; other relays only from relays in the directory
+    /// (so clients cannot skip the entry layer, and strangers cannot load a mix directly).
+    pub packets_from_anyone: bool,
+    pub directory: Arc<DirectoryView>,
     pub mailbox: Option<MailboxService>,
     pub metrics: Arc<Metrics>,
     pub settings: LinkSettings,
@@ -153,6 +158,8 @@ impl Handler {
         let mut reader = FrameReader::new(rd, opener);
         let (reply_tx, reply_rx) = mpsc::channel(self.shared.settings.reply_queue);
         let writer = tokio::spawn(write_loop(FrameWriter::new(wr, sealer), reply_rx));
+        // Decided at the first packet, from the directory in force then.
+        let mut may_send_packets = None;
         let mut bucket = TokenBucket::new(
             self.shared.settings.packets_per_sec,
             self.shared.settings.packet_burst,
@@ -178,7 +185,17 @@ impl Handler {
                     break;
                 }
             };
-            match self.handle(frame, &owner, &mut bucket, &reply_tx).await {
+            match self
+                .handle(
+                    frame,
+                    &owner,
+                    &remote_static,
+                    &mut may_send_packets,
+                    &mut bucket,
+                    &reply_tx,
+                )
+                .await
+            {
                 Next::Continue => {}
                 Next::Close => break,
             }
@@ -193,6 +210,8 @@ impl Handler {
         &self,
         frame: Frame,
         owner: &MailboxId,
+        remote_static: &[u8; 32],
+        may_send_packets: &mut Option<bool>,
         bucket: &mut TokenBucket,
         reply: &mpsc::Sender<Frame>,
     ) -> Next {
@@ -200,6 +219,16 @@ impl Handler {
         match frame {
             Frame::Packet(p) => {
                 m.packet_in();
+                if !*may_send_packets.get_or_insert_with(|| {
+                    self.shared.packets_from_anyone
+                        || self.shared.directory.is_relay_link_key(remote_static)
+                }) {
+                    m.dropped("not_authorized");
+                    let _ = reply.try_send(Frame::Error {
+                        code: LinkErrorCode::NotAuthorized,
+                    });
+                    return Next::Close;
+                }
                 if bucket.take() {
                     self.shared.ingress.submit(p);
                 } else {

@@ -191,6 +191,8 @@ impl Relay {
         let shared = Arc::new(Shared {
             link_secret: *keys.link_secret(),
             ingress: ingress.clone(),
+            packets_from_anyone: config.roles.entry,
+            directory: directory.clone(),
             mailbox: mailbox.clone(),
             metrics: metrics.clone(),
             settings: LinkSettings {

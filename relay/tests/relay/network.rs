@@ -296,3 +296,27 @@ async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
     assert_eq!(pull(&mut inbox).await.len(), 2);
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_mix_takes_packets_only_from_relays_in_the_directory() {
+    let net = Network::start(|_| {}).await;
+    let recipient = mailbox_key();
+    let route: Vec<RouteHop> = net.all()[1..].iter().map(|r| r.hop()).collect();
+    let p = plain_packet(
+        &route,
+        recipient.mailbox_id(),
+        &[Duration::ZERO; 4],
+        b"skip",
+    );
+    // A client (key not in the directory) tries to skip the entry layer.
+    send_packets(&net.mixes[0], &[p]).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            net.mixes[0].r().metrics().dropped("not_authorized") == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(net.mailbox.r().metrics().packets_stored, 0);
+    net.shutdown().await;
+}

@@ -26,7 +26,7 @@ fn init(dir: &Path) -> String {
     let out = Command::new(BIN)
         .args(["init", "--dir"])
         .arg(dir)
-        .args(["--role", "both", "--layer", "1", "--listen", &listen])
+        .args(["--role", "edge", "--listen", &listen])
         .output()
         .unwrap();
     assert!(
@@ -104,7 +104,7 @@ async fn init_writes_private_keys_and_a_valid_config() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path());
     let config = RelayConfig::load(&dir.path().join("relay.toml")).unwrap();
-    assert!(config.roles.mix && config.roles.mailbox);
+    assert!(config.roles.entry && config.roles.mailbox && !config.roles.mix);
     assert!(config.key_file.starts_with(dir.path()));
     RelayKeys::load(&config.key_file).unwrap();
     #[cfg(unix)]
@@ -216,5 +216,5 @@ async fn descriptor_command_prints_a_signed_descriptor() {
     assert_eq!(d.id, keys.relay_id());
     assert_eq!(d.link_key, keys.link_public());
     assert_eq!(d.sphinx_keys.len(), 2, "current and next epoch");
-    assert!(d.roles.mix && d.roles.mailbox);
+    assert!(d.roles.entry && d.roles.mailbox && !d.roles.mix);
 }
