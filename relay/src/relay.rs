@@ -58,6 +58,9 @@ impl Relay {
         clock: Arc<dyn Clock>,
     ) -> Result<RunningRelay> {
         config.validate()?;
+        // Bind first: a busy port fails before anything is opened or started.
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
         let schedule = KeySchedule {
             epoch_length_secs: config.mix.epoch_length_secs,
@@ -85,6 +88,13 @@ impl Relay {
             .map_err(|_| RelayError::Corrupt("database open panicked"))??
         };
         let shutdown = Shutdown::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        // If anything below fails, stop what was already started (and so close the database).
+        let mut guard = StartGuard {
+            shutdown: shutdown.clone(),
+            stop: stop.clone(),
+            armed: true,
+        };
 
         let trust = Trust::from_hex(&config.directory.authorities, config.directory.threshold)?;
         if trust.threshold == 0 {
@@ -139,7 +149,6 @@ impl Relay {
         });
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(workers * 4);
         let committer = mix::spawn_committer(db.clone(), commit_rx, delay_tx, metrics.clone())?;
-        let stop = Arc::new(AtomicBool::new(false));
         let worker_threads = mix::spawn_workers(workers, ctx, unwrap_rx, commit_tx, stop.clone())?;
 
         let mailbox = store.map(|s| MailboxService::new(s, db.clone(), metrics.clone()));
@@ -186,8 +195,6 @@ impl Relay {
             });
         }
 
-        let listener = TcpListener::bind(config.listen).await?;
-        let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             link_secret: *keys.link_secret(),
             ingress: ingress.clone(),
@@ -244,6 +251,7 @@ impl Relay {
             entry = config.roles.entry,
             "relay started"
         );
+        guard.armed = false;
         Ok(RunningRelay {
             local_addr,
             metrics_addr,
@@ -260,6 +268,22 @@ impl Relay {
             workers: worker_threads,
             committer: Some(committer),
         })
+    }
+}
+
+/// Stops a half-started relay when `Relay::start` returns an error.
+struct StartGuard {
+    shutdown: Shutdown,
+    stop: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shutdown.trigger();
+            self.stop.store(true, Ordering::Release);
+        }
     }
 }
 

@@ -53,3 +53,55 @@ async fn metrics_endpoint_exports_counters_by_reason_and_latency() {
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_start_releases_the_port_and_the_database() {
+    let busy = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = spore_relay::RelayKeys::generate();
+
+    // Listen port taken: fails before opening anything.
+    let mut config = spore_relay::RelayConfig::for_test(dir.path());
+    config.listen = busy.r().local_addr();
+    let err = spore_relay::Relay::start(
+        config.clone(),
+        keys.clone(),
+        spore_relay::DirectorySource::None,
+    )
+    .await;
+    assert!(err.is_err());
+
+    // Metrics port taken: fails after the database is open and tasks run; they must stop.
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.metrics_listen = Some(taken.local_addr().unwrap());
+    let err = spore_relay::Relay::start(
+        config.clone(),
+        keys.clone(),
+        spore_relay::DirectorySource::None,
+    )
+    .await;
+    assert!(err.is_err());
+
+    config.metrics_listen = None;
+    let mut started = None;
+    for _ in 0..40 {
+        if let Ok(r) = spore_relay::Relay::start(
+            config.clone(),
+            keys.clone(),
+            spore_relay::DirectorySource::None,
+        )
+        .await
+        {
+            started = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started
+        .expect("the database was released")
+        .shutdown()
+        .await
+        .unwrap();
+    busy.shutdown().await;
+}
