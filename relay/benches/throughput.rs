@@ -46,6 +46,34 @@ fn rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system) of one thread, from `/proc/<path>/stat` (100 Hz ticks).
+fn cpu_secs(stat_path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
+        return 0.0;
+    };
+    let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by threads whose name starts with `prefix`.
+fn threads_cpu(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim().starts_with(prefix))
+        })
+        .map(|t| cpu_secs(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
 struct Sink {
     addr: String,
     id: SigningKey,
@@ -134,9 +162,11 @@ fn build_packets(keys: &RelayKeys, epoch: u64, sink: RelayId, n: usize) -> Vec<V
         .collect()
 }
 
-fn bare_rate(keys: &RelayKeys, epoch: u64, packets: &[Vec<u8>]) -> f64 {
+/// (packets per wall second, packets per CPU second) on this thread.
+fn bare_rate(keys: &RelayKeys, epoch: u64, packets: &[Vec<u8>]) -> (f64, f64) {
     let secret = keys.sphinx_secret(epoch);
     let limits = PacketLimits::default();
+    let cpu0 = cpu_secs("/proc/thread-self/stat");
     let t0 = Instant::now();
     for p in packets {
         let prepared = IncomingPacket::parse(p, &limits)
@@ -146,10 +176,18 @@ fn bare_rate(keys: &RelayKeys, epoch: u64, packets: &[Vec<u8>]) -> f64 {
         std::hint::black_box(prepared.replay_tag());
         std::hint::black_box(prepared.unwrap(&limits).unwrap());
     }
-    packets.len() as f64 / t0.elapsed().as_secs_f64()
+    let n = packets.len() as f64;
+    let cpu = cpu_secs("/proc/thread-self/stat") - cpu0;
+    (n / t0.elapsed().as_secs_f64(), n / cpu.max(0.01))
 }
 
-async fn tcp_rate(keys: &RelayKeys, packets: &[Vec<u8>], workers: usize, sink: &Sink) -> f64 {
+/// (packets per wall second at the sink, packets per worker-thread CPU second).
+async fn tcp_rate(
+    keys: &RelayKeys,
+    packets: &[Vec<u8>],
+    workers: usize,
+    sink: &Sink,
+) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = RelayConfig::for_test(dir.path());
     config.roles = RolesConfig {
@@ -187,9 +225,13 @@ async fn tcp_rate(keys: &RelayKeys, packets: &[Vec<u8>], workers: usize, sink: &
     )
     .await
     .unwrap();
+    let framed: Vec<Box<[u8; PACKET_SIZE]>> = packets
+        .iter()
+        .map(|p| p.clone().into_boxed_slice().try_into().unwrap())
+        .collect();
+    let cpu0 = threads_cpu("sphinx-");
     let t0 = Instant::now();
-    for p in packets {
-        let p: Box<[u8; PACKET_SIZE]> = p.clone().into_boxed_slice().try_into().unwrap();
+    for p in framed {
         link.writer.write_frame(&Frame::Packet(p)).await.unwrap();
     }
     link.writer.flush().await.unwrap();
@@ -202,13 +244,17 @@ async fn tcp_rate(keys: &RelayKeys, packets: &[Vec<u8>], workers: usize, sink: &
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = t0.elapsed();
+    let worker_cpu = threads_cpu("sphinx-") - cpu0;
     let got = sink.received.load(Ordering::Relaxed) - start_count;
     let m = relay.metrics();
     if m.dropped_total() > 0 {
         eprintln!("drops: {:?}", m.dropped);
     }
     relay.shutdown().await.unwrap();
-    got as f64 / elapsed.as_secs_f64()
+    (
+        got as f64 / elapsed.as_secs_f64(),
+        got as f64 / worker_cpu.max(0.01),
+    )
 }
 
 fn store_rate(items: u64, group: u64, mailboxes: u64) -> (f64, f64) {
@@ -262,19 +308,24 @@ fn main() {
         "build:           {:>9.0} packets/s (2-hop, one thread)",
         n as f64 / t0.elapsed().as_secs_f64()
     );
-    let bare = bare_rate(&keys, epoch, &packets);
-    println!("bare unwrap:     {bare:>9.0} packets/s per core");
+    let (bare, bare_cpu) = bare_rate(&keys, epoch, &packets);
+    println!(
+        "bare unwrap:     {bare:>9.0} packets/s wall, {bare_cpu:>7.0} per CPU second (one thread)"
+    );
     let mut rates = Vec::new();
     for workers in [1usize, 2] {
-        let r = rt.block_on(tcp_rate(&keys, &packets, workers, &sink));
+        let (r, per_cpu) = rt.block_on(tcp_rate(&keys, &packets, workers, &sink));
         println!(
-            "tcp, {workers} worker(s): {r:>9.0} packets/s  = {:.2} x bare per core ({:.2} x bare per worker)",
-            r / bare,
-            r / bare / workers as f64
+            "tcp, {workers} worker(s): {r:>9.0} packets/s wall = {:.2} x bare per worker; \
+             {per_cpu:>7.0} per worker CPU second = {:.2} x bare",
+            r / bare / workers as f64,
+            per_cpu / bare_cpu,
         );
         rates.push(r);
     }
-    println!("scaling 1 -> 2 workers: {:.2}x", rates[1] / rates[0]);
+    println!("scaling 1 -> 2 workers: {:.2}x (wall)", rates[1] / rates[0]);
+    let (bare2, _) = bare_rate(&keys, epoch, &packets[..packets.len().min(2000)]);
+    println!("bare unwrap again: {bare2:>7.0} packets/s wall (machine noise check)");
     let (store, rss) = store_rate(100_000, 512, 1000);
     println!(
         "mailbox store:   {store:>9.0} packets/s durable (group commit of 512), rss {rss:.0} MB"
