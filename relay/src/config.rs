@@ -196,6 +196,10 @@ pub struct RelayConfig {
     /// Lifetime of the descriptor `spore-relay descriptor` prints.
     #[serde(default = "default_descriptor_lifetime")]
     pub descriptor_lifetime_secs: u64,
+    /// If set, the running relay keeps a fresh signed descriptor (binary) in this file,
+    /// rewritten at start and every half epoch, for the operator to submit to the authorities.
+    #[serde(default)]
+    pub descriptor_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -241,6 +245,9 @@ impl RelayConfig {
         };
         self.data_dir = abs(&self.data_dir);
         self.key_file = abs(&self.key_file);
+        if let Some(p) = &self.descriptor_file {
+            self.descriptor_file = Some(abs(p));
+        }
         if let Some(p) = &self.directory.path {
             self.directory.path = Some(abs(p));
         }
@@ -338,6 +345,7 @@ impl RelayConfig {
             key_file: dir.join("relay.key"),
             metrics_listen: None,
             descriptor_lifetime_secs: 3600,
+            descriptor_file: None,
             limits: LimitsConfig {
                 handshake_timeout_ms: 2_000,
                 delay_queue: 10_000,
@@ -390,6 +398,8 @@ key_file = "{key_file}"
 metrics_listen = "127.0.0.1:9464"
 # How long a descriptor printed by `spore-relay descriptor` stays valid.
 descriptor_lifetime_secs = {lifetime}
+# Keep a fresh signed descriptor in this file while running (rewritten every half epoch).
+# descriptor_file = "relay.desc"
 
 [roles]
 entry = {entry}

@@ -243,6 +243,32 @@ impl Relay {
             );
         }
 
+        if let Some(path) = config.descriptor_file.clone() {
+            let config = config.clone();
+            let keys = keys.clone();
+            let clock = clock.clone();
+            let address = config.advertised_address(local_addr);
+            let every = Duration::from_secs((config.mix.epoch_length_secs / 2).max(1));
+            let task_shutdown = shutdown.clone();
+            // Written once before start returns, so the file is there when the caller looks.
+            write_descriptor(&path, &config, &keys, &address, clock.now_unix()).await?;
+            shutdown.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = task_shutdown.signalled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) =
+                        write_descriptor(&path, &config, &keys, &address, clock.now_unix()).await
+                    {
+                        tracing::error!(error = %e, "could not write the descriptor file");
+                    }
+                }
+            });
+        }
+
         tracing::info!(
             id = %keys.relay_id().short(),
             workers,
@@ -269,6 +295,25 @@ impl Relay {
             committer: Some(committer),
         })
     }
+}
+
+/// Writes the signed descriptor atomically (temporary file, then rename).
+async fn write_descriptor(
+    path: &std::path::Path,
+    config: &RelayConfig,
+    keys: &RelayKeys,
+    address: &str,
+    now_unix: u64,
+) -> Result<()> {
+    let d = crate::descriptor::build(config, keys, address, now_unix)?;
+    let tmp = path.with_extension("tmp");
+    let err = |source| RelayError::File {
+        path: path.to_owned(),
+        source,
+    };
+    tokio::fs::write(&tmp, d.to_bytes()).await.map_err(err)?;
+    tokio::fs::rename(&tmp, path).await.map_err(err)?;
+    Ok(())
 }
 
 /// Stops a half-started relay when `Relay::start` returns an error.

@@ -105,3 +105,22 @@ async fn a_failed_start_releases_the_port_and_the_database() {
         .unwrap();
     busy.shutdown().await;
 }
+
+#[tokio::test]
+async fn running_relay_keeps_a_fresh_descriptor_file() {
+    let relay = TestRelay::start_with(|c| {
+        c.descriptor_file = Some(c.data_dir.with_file_name("relay.desc"))
+    })
+    .await;
+    let path = relay.config.descriptor_file.clone().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let d = spore_protocol::directory::RelayDescriptor::from_bytes(&bytes).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    d.verify(now).unwrap();
+    assert_eq!(d.id, relay.keys.relay_id());
+    assert_eq!(d.address, relay.addr());
+    relay.shutdown().await;
+}
