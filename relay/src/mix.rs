@@ -280,7 +280,15 @@ fn worker_loop(
         let mut outcomes = Vec::with_capacity(batch.len());
         for packet in batch {
             let t0 = StdInstant::now();
-            let result = ctx.process(&packet, &secrets);
+            // A bug in the Sphinx code on some hostile input must cost one packet, not a
+            // worker: contain it, count it, keep going.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                ctx.process(&packet, &secrets)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!("panic while processing a packet; packet dropped");
+                Err("internal_panic")
+            });
             ctx.metrics.observe_unwrap(t0.elapsed());
             match result {
                 Ok(Some(o)) => outcomes.push(o),

@@ -109,6 +109,7 @@ async fn arbitrary_bytes_and_frames_from_a_socket_do_not_panic() {
     assert_eq!(pull(&mut link).await.len(), 1);
     let m = relay.r().metrics();
     assert!(m.dropped_total() > 0);
+    assert_eq!(m.dropped("internal_panic"), 0);
     relay.shutdown().await;
 }
 
@@ -197,5 +198,57 @@ async fn a_link_sending_too_fast_is_rate_limited() {
         relay.r().metrics()
     );
     assert!(relay.r().metrics().packets_stored <= 6);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn mutated_and_random_packets_never_panic_the_workers() {
+    let relay = TestRelay::start().await;
+    let owner = mailbox_key();
+    let valid = plain_packet(
+        &[relay.hop(), relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO; 2],
+        b"seed",
+    );
+    let mut rng = rand::rng();
+    let n = 3000u64;
+    for i in 0..n {
+        let mut p = Box::new([0u8; PACKET_SIZE]);
+        if i % 2 == 0 {
+            rng.fill(&mut p[..]);
+        } else {
+            p.copy_from_slice(&valid);
+            for _ in 0..rng.random_range(1..8) {
+                let at = rng.random_range(0..PACKET_SIZE);
+                p[at] ^= 1 << rng.random_range(0..8);
+            }
+            if i % 7 == 1 {
+                p[..32].fill(0);
+                p[31] = rng.random_range(0..2);
+            }
+        }
+        relay.r().inject_packet(p);
+        if i % 256 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"after",
+    );
+    send_packets(&relay, &[p]).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let m = relay.r().metrics();
+            m.unwrap_queue == 0 && m.packets_stored >= 1 && m.dropped_total() >= n / 2
+        })
+        .await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    assert_eq!(relay.r().metrics().dropped("internal_panic"), 0);
     relay.shutdown().await;
 }
