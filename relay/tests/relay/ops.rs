@@ -124,3 +124,65 @@ async fn running_relay_keeps_a_fresh_descriptor_file() {
     assert_eq!(d.address, relay.addr());
     relay.shutdown().await;
 }
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn info_logs_name_no_addresses_mailboxes_or_timings() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let relay = TestRelay::start().await;
+    let owner = mailbox_key();
+    let p = plain_packet(
+        &[relay.hop(), relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::from_millis(5), Duration::ZERO],
+        b"log",
+    );
+    send_packets(&relay, &[p.clone(), p]).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || relay
+            .r()
+            .metrics()
+            .packets_stored
+            == 1)
+        .await
+    );
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    delete(&mut link, items.iter().map(|i| i.handle).collect()).await;
+    let mut junk = TcpStream::connect(relay.addr()).await.unwrap();
+    junk.write_all(&[0xff; 64]).await.unwrap();
+    drop(junk);
+    drop(link);
+    relay.shutdown().await;
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("relay started"), "{logs}");
+    assert!(!logs.contains("127.0.0.1"), "{logs}");
+    assert!(!logs.contains("MailboxId"), "{logs}");
+    assert!(
+        !logs.contains(&hex::encode(&owner.mailbox_id().0[..3])),
+        "{logs}"
+    );
+    assert!(!logs.contains("delay"), "{logs}");
+}
