@@ -11,7 +11,16 @@ use spore_relay::{Relay, RelayConfig, RelayKeys, RolesConfig};
 
 /// The Spore relay: a mix node and/or mailbox for the Spore mixnet.
 #[derive(Debug, Parser)]
-#[command(name = "spore-relay", version, about, long_about = None)]
+#[command(
+    name = "spore-relay",
+    version,
+    about = "Spore relay: a mix node, entry and/or mailbox of the Spore mixnet for Matrix.",
+    after_help = "Getting started:\n  \
+        spore-relay init --dir /var/lib/spore-relay --role mix --layer 2\n  \
+        spore-relay descriptor --config /var/lib/spore-relay/relay.toml --out relay.desc\n  \
+        spore-relay run --config /var/lib/spore-relay/relay.toml\n\n\
+        Logs go to stderr; RUST_LOG=debug shows per-link detail (never at info)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +37,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Role::Mix)]
         role: Role,
         /// Mix layer (1..=3) for a mix.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
         layer: u8,
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7400")]
