@@ -207,14 +207,15 @@ impl MailboxStore {
         let mut max_handle = 0u64;
         for entry in index.iter() {
             let (k, v) = entry?;
-            let Some((_, m, handle)) = parse_index_key(&k) else {
-                return Err(RelayError::Corrupt("mailbox index key"));
+            let parsed = parse_index_key(&k).zip(
+                <[u8; 4]>::try_from(v.as_ref())
+                    .ok()
+                    .map(|b| u64::from(u32::from_be_bytes(b))),
+            );
+            let Some(((_, m, handle), bytes)) = parsed else {
+                tracing::error!("skipping a damaged mailbox index record");
+                continue;
             };
-            let bytes = v
-                .as_ref()
-                .try_into()
-                .map(|b: [u8; 4]| u64::from(u32::from_be_bytes(b)))
-                .map_err(|_| RelayError::Corrupt("mailbox index value"))?;
             usage.add(m, bytes);
             max_handle = max_handle.max(handle);
         }
@@ -307,12 +308,11 @@ impl MailboxStore {
                 break;
             }
             let (k, v) = entry?;
-            let Some(handle) = u64_at(&k, 32) else {
-                return Err(RelayError::Corrupt("mailbox item key"));
-            };
-            match parse_value(handle, &v) {
+            // A damaged record must not make the rest of the mailbox unreadable: skip it
+            // (it stays on disk for inspection, and retention removes it eventually).
+            match u64_at(&k, 32).and_then(|handle| parse_value(handle, &v)) {
                 Some(item) => out.push(item),
-                None => return Err(RelayError::Corrupt("mailbox item value")),
+                None => tracing::error!("skipping a damaged mailbox record"),
             }
         }
         Ok(out)
@@ -384,6 +384,29 @@ mod tests {
             quota_bytes: 1 << 20,
             disk_budget_bytes: 1 << 30,
         }
+    }
+
+    #[test]
+    fn a_damaged_record_does_not_hide_the_rest_of_the_mailbox() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, limits()).expect("store");
+        let a = MailboxId([1; 32]);
+        s.insert(&a, &[1; 16], &[1; PAYLOAD_SIZE], 1)
+            .expect("io")
+            .expect("stored");
+        s.items
+            .insert(item_key(&a, 0), &b"damaged"[..])
+            .expect("insert");
+        s.index
+            .insert(&b"not an index key"[..], &b"x"[..])
+            .expect("insert");
+        let items = s.pull(&a, 16).expect("pull");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].surb_id, [1; 16]);
+        drop(s);
+        let s = MailboxStore::open(&db, limits()).expect("reopens despite a damaged index");
+        assert_eq!(s.total_usage().0, 1);
     }
 
     #[test]
