@@ -312,6 +312,21 @@ fn main() {
     println!(
         "bare unwrap:     {bare:>9.0} packets/s wall, {bare_cpu:>7.0} per CPU second (one thread)"
     );
+    // What the machine itself gives two threads (the ceiling for worker scaling here).
+    let t0 = Instant::now();
+    let halves: Vec<(f64, f64)> = std::thread::scope(|scope| {
+        let (a, b) = packets.split_at(packets.len() / 2);
+        let ha = scope.spawn(|| bare_rate(&keys, epoch, a));
+        let hb = scope.spawn(|| bare_rate(&keys, epoch, b));
+        vec![ha.join().unwrap(), hb.join().unwrap()]
+    });
+    let bare2_wall = packets.len() as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "bare, 2 threads: {bare2_wall:>9.0} packets/s wall = {:.2}x one thread; per CPU second {:.0} and {:.0}",
+        bare2_wall / bare,
+        halves[0].1,
+        halves[1].1
+    );
     let mut rates = Vec::new();
     for workers in [1usize, 2] {
         let (r, per_cpu) = rt.block_on(tcp_rate(&keys, &packets, workers, &sink));
