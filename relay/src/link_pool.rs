@@ -23,7 +23,8 @@ use crate::shutdown::Shutdown;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// An outbound link with nothing to send for this long is closed (and reopened on demand).
-const IDLE_CLOSE: Duration = Duration::from_secs(600);
+/// Shorter than the default inbound idle timeout, so that the dialling side closes first.
+const IDLE_CLOSE: Duration = Duration::from_secs(240);
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -168,6 +169,9 @@ impl LinkPool {
                         // Outbound links carry packets one way; the peer only ever closes them.
                         match incoming {
                             Ok(Some(_)) => continue,
+                            // Closed by the peer: reconnect if packets wait, else end (the
+                            // next packet for this hop starts a new link).
+                            _ if rx.is_empty() => break 'outer,
                             _ => continue 'outer,
                         }
                     }
@@ -199,12 +203,21 @@ impl LinkPool {
             }
         }
         rx.close();
-        let mut left = 0i64;
-        while rx.try_recv().is_ok() {
-            left += 1;
-            self.metrics.dropped("link_closed");
+        // Packets that raced with the close: hand them to a fresh link (or drop them when
+        // the relay is stopping or the hop left the directory).
+        let mut left = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            left.push(p);
         }
-        self.metrics.queue_sub(Queue::Link, left);
+        self.metrics.queue_sub(Queue::Link, left.len() as i64);
+        let resubmit = !self.shutdown.is_triggered() && self.directory.peer(&hop).is_some();
+        for p in left {
+            if resubmit {
+                self.send(hop, p);
+            } else {
+                self.metrics.dropped("link_closed");
+            }
+        }
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if links.get(&hop).is_some_and(|tx| tx.is_closed()) {
             links.remove(&hop);
