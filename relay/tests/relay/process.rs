@@ -137,9 +137,11 @@ async fn relay_sigkilled_after_acking_keeps_every_acked_packet() {
     let child = run(dir.path());
     let mut link = connect(&addr, &keys, &rand::random()).await;
     let h = hop(&keys);
-    for _ in 0..n {
-        let (p, _) = acked_packet(&[h], recipient.mailbox_id(), &[h], sender.mailbox_id());
-        let p = p.into_boxed_slice().try_into().unwrap();
+    let packets: Vec<Vec<u8>> = (0..n)
+        .map(|_| acked_packet(&[h], recipient.mailbox_id(), &[h], sender.mailbox_id()).0)
+        .collect();
+    for p in &packets {
+        let p = p.clone().into_boxed_slice().try_into().unwrap();
         link.writer
             .write_frame(&spore_protocol::link::Frame::Packet(p))
             .await
@@ -163,6 +165,41 @@ async fn relay_sigkilled_after_acking_keeps_every_acked_packet() {
     let _child = run(dir.path());
     let mut recipient_link = connect(&addr, &keys, &recipient.secret_bytes()).await;
     assert_eq!(drain(&mut recipient_link).await, n);
+
+    // The replay tags were durable before the acks too: the same packets are refused now.
+    let mut link = connect(&addr, &keys, &rand::random()).await;
+    for p in &packets {
+        let p = p.clone().into_boxed_slice().try_into().unwrap();
+        link.writer
+            .write_frame(&spore_protocol::link::Frame::Packet(p))
+            .await
+            .unwrap();
+    }
+    // A fresh packet behind them shows they were all processed.
+    let fresh = plain_packet(&[h], recipient.mailbox_id(), &[Duration::ZERO], b"fresh");
+    link.writer
+        .write_frame(&spore_protocol::link::Frame::Packet(
+            fresh.into_boxed_slice().try_into().unwrap(),
+        ))
+        .await
+        .unwrap();
+    link.writer.flush().await.unwrap();
+    let mut got = 0;
+    for _ in 0..200 {
+        got += drain(&mut recipient_link).await;
+        if got > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    got += drain(&mut recipient_link).await;
+    assert_eq!(
+        got, 1,
+        "only the fresh packet is stored; the replays are refused"
+    );
+    let mut sender_link = connect(&addr, &keys, &sender.secret_bytes()).await;
+    assert_eq!(drain(&mut sender_link).await, 0, "replays were acked");
 }
 
 #[cfg(unix)]
