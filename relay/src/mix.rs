@@ -97,7 +97,10 @@ struct SecretCache {
 
 impl SecretCache {
     fn accepted(&mut self, ctx: &MixContext) -> Vec<(u64, StaticSecret)> {
-        let epochs = ctx.schedule.accepted_epochs(ctx.clock.now_unix());
+        let mut epochs = ctx.schedule.accepted_epochs(ctx.clock.now_unix());
+        // Never an epoch whose replay tags are gone (the clock stepped back).
+        let floor = ctx.replay.floor();
+        epochs.retain(|e| *e >= floor);
         self.secrets.retain(|e, _| epochs.contains(e));
         epochs
             .into_iter()

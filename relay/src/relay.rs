@@ -87,6 +87,13 @@ impl Relay {
             .await
             .map_err(|_| RelayError::Corrupt("database open panicked"))??
         };
+        if replay.floor() > schedule.epoch_at(clock.now_unix()) {
+            tracing::warn!(
+                floor = replay.floor(),
+                "the clock is behind the last expired key epoch: packets are refused until it \
+                 catches up (was the clock wrong before?)"
+            );
+        }
         let shutdown = Shutdown::new();
         let stop = Arc::new(AtomicBool::new(false));
         // If anything below fails, stop what was already started (and so close the database).

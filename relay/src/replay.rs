@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
 use crate::store::Database;
@@ -44,7 +45,13 @@ struct EpochCache {
 pub struct ReplayCache {
     db: Database,
     epochs: Mutex<HashMap<u64, EpochCache>>,
+    /// Epochs below this have had their tags dropped: their packets are refused outright,
+    /// even if the wall clock steps back and the epoch looks acceptable again. Persisted.
+    floor: AtomicU64,
+    meta: sled::Tree,
 }
+
+const FLOOR_KEY: &[u8] = b"replay-floor";
 
 impl std::fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +62,13 @@ impl std::fmt::Debug for ReplayCache {
 impl ReplayCache {
     /// Loads the tags of every epoch from `oldest_epoch` on; older epochs' trees are dropped.
     pub fn open(db: &Database, oldest_epoch: u64) -> Result<Self> {
+        let meta = db.sled().open_tree("relay/meta")?;
+        let stored_floor = meta
+            .get(FLOOR_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let oldest_epoch = oldest_epoch.max(stored_floor);
         let mut epochs = HashMap::new();
         for name in db.sled().tree_names() {
             let Some(epoch) = std::str::from_utf8(&name)
@@ -78,10 +92,18 @@ impl ReplayCache {
             }
             epochs.insert(epoch, EpochCache { seen, tree });
         }
+        meta.insert(FLOOR_KEY, &oldest_epoch.to_be_bytes())?;
         Ok(Self {
             db: db.clone(),
             epochs: Mutex::new(epochs),
+            floor: AtomicU64::new(oldest_epoch),
+            meta,
         })
+    }
+
+    /// The oldest epoch whose packets can still be accepted.
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, EpochCache>> {
@@ -91,6 +113,9 @@ impl ReplayCache {
     /// Whether `tag` was already seen under `epoch`'s key. A cheap pre-check before unwrapping;
     /// [`ReplayCache::insert`] is the authority.
     pub fn contains(&self, epoch: u64, tag: &[u8]) -> bool {
+        if epoch < self.floor() {
+            return true;
+        }
         self.lock()
             .get(&epoch)
             .is_some_and(|c| c.seen.contains(&memory_key(&short(tag))))
@@ -99,6 +124,9 @@ impl ReplayCache {
     /// Records `tag` under `epoch`. Returns `false` if it was already there (a replay). Two
     /// workers racing on the same packet get exactly one `true`.
     pub fn insert(&self, epoch: u64, tag: &[u8]) -> Result<bool> {
+        if epoch < self.floor() {
+            return Ok(false);
+        }
         let s = short(tag);
         let tree = {
             let mut epochs = self.lock();
@@ -129,6 +157,9 @@ impl ReplayCache {
 
     /// Drops every epoch older than `oldest_epoch`, in memory and on disk.
     pub fn expire_before(&self, oldest_epoch: u64) -> Result<usize> {
+        if oldest_epoch > self.floor.fetch_max(oldest_epoch, Ordering::AcqRel) {
+            self.meta.insert(FLOOR_KEY, &oldest_epoch.to_be_bytes())?;
+        }
         let old: Vec<u64> = {
             let mut epochs = self.lock();
             let old: Vec<u64> = epochs
@@ -177,7 +208,13 @@ mod tests {
         assert!(r.contains(5, &[1; 32]));
         assert!(!r.insert(5, &[1; 32]).expect("io"));
         assert_eq!(r.expire_before(6).expect("expire"), 1);
-        assert!(!r.contains(5, &[1; 32]));
         assert!(r.contains(6, &[1; 32]));
+        // An expired epoch stays refused, even if the clock steps back after a restart.
+        assert!(!r.insert(5, &[2; 32]).expect("io"));
+        db.commit().expect("commit");
+        drop(r);
+        let r = ReplayCache::open(&db, 3).expect("open");
+        assert_eq!(r.floor(), 6);
+        assert!(!r.insert(5, &[3; 32]).expect("io"));
     }
 }
