@@ -17,6 +17,22 @@
 //! In-process use (tests, tools): build a [`RelayConfig`] (e.g. [`RelayConfig::for_test`]),
 //! then [`Relay::start`] returns a [`RunningRelay`] with the bound address, the descriptor,
 //! a metrics snapshot and `shutdown()`. Talk to it with [`Link`].
+//!
+//! ## What a peer on a link can rely on
+//!
+//! * Entry relays take `Packet` frames from any key; other relays only from keys that are a
+//!   relay's `link_key` in the directory (`Error { NotAuthorized }`, then close).
+//! * Packets over the per-link token bucket (`limits.packets_per_sec`, `limits.packet_burst`)
+//!   are dropped silently (counted). A `PullRequest` costs `PULL_SLOTS` tokens; without them
+//!   the relay answers `Error { RateLimited }` and keeps the link.
+//! * `PullRequest` → exactly `PULL_SLOTS` `PullSlot` frames (index 0..16, items oldest first,
+//!   then `item: None`); on a relay without the mailbox role → `Error { NotAuthorized }`.
+//!   `Delete { handles }` → `DeleteDone { count }` once the deletion is on disk; handles of
+//!   other mailboxes count nothing. Pulling deletes nothing.
+//! * A link that sends nothing for `limits.idle_timeout_secs` (default 300 s) is closed; send
+//!   `Padding` to keep it. Any record that fails to decrypt or parse closes the link.
+//! * Sphinx keys: packets for the current epoch, the previous one during `mix.grace_secs`
+//!   after a rotation and the next one during `mix.grace_secs` before it are accepted.
 #![forbid(unsafe_code)]
 
 mod clock;
