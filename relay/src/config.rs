@@ -38,6 +38,8 @@ impl Default for RolesConfig {
 pub struct LimitsConfig {
     /// Open links at once (inbound); further connections wait in the kernel backlog.
     pub max_connections: usize,
+    /// Open links at once from one IP address; further ones are closed at once.
+    pub max_connections_per_ip: usize,
     /// A Noise handshake must finish within this many milliseconds.
     pub handshake_timeout_ms: u64,
     /// A link that sends nothing for this long is closed.
@@ -60,6 +62,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_ip: 64,
             handshake_timeout_ms: 10_000,
             idle_timeout_secs: 300,
             packets_per_sec: 20_000,
@@ -273,6 +276,7 @@ impl RelayConfig {
             return bad("mix.loop_rate must be a non-negative number");
         }
         if self.limits.max_connections == 0
+            || self.limits.max_connections_per_ip == 0
             || self.limits.unwrap_queue == 0
             || self.limits.delay_queue == 0
             || self.limits.link_queue == 0
@@ -348,6 +352,8 @@ impl RelayConfig {
             descriptor_file: None,
             limits: LimitsConfig {
                 handshake_timeout_ms: 2_000,
+                // Everything in a test comes from 127.0.0.1.
+                max_connections_per_ip: 1024,
                 delay_queue: 10_000,
                 unwrap_queue: 4_096,
                 ..LimitsConfig::default()
@@ -408,6 +414,7 @@ mailbox = {mailbox}
 
 [limits]
 max_connections = {max_connections}
+max_connections_per_ip = {max_per_ip}
 handshake_timeout_ms = {handshake_timeout_ms}
 idle_timeout_secs = {idle_timeout_secs}
 # Per-link token bucket; packets above it are dropped and counted.
@@ -457,6 +464,7 @@ cache_bytes = {cache}
             mix = roles.mix,
             mailbox = roles.mailbox,
             max_connections = l.max_connections,
+            max_per_ip = l.max_connections_per_ip,
             handshake_timeout_ms = l.handshake_timeout_ms,
             idle_timeout_secs = l.idle_timeout_secs,
             pps = l.packets_per_sec,

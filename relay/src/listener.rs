@@ -45,9 +45,50 @@ pub(crate) struct Shared {
     pub settings: LinkSettings,
 }
 
+/// Open links per source address.
+#[derive(Debug, Default)]
+pub(crate) struct PerIp {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Holds one slot of an address's allowance; gives it back on drop.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub(crate) struct Listener {
     pub listener: TcpListener,
     pub limit: Arc<Semaphore>,
+    pub per_ip: Arc<PerIp>,
+    pub max_per_ip: usize,
     pub shared: Arc<Shared>,
     pub shutdown: Shutdown,
 }
@@ -64,12 +105,19 @@ impl Listener {
                     Err(_) => return,
                 },
             };
-            let socket = tokio::select! {
+            let (socket, ip_slot) = tokio::select! {
                 _ = self.shutdown.signalled() => return,
                 r = self.listener.accept() => match r {
-                    Ok((socket, _peer)) => {
+                    Ok((socket, peer)) => {
                         backoff = Duration::from_millis(10);
-                        socket
+                        match self.per_ip.take(peer.ip(), self.max_per_ip) {
+                            Some(slot) => (socket, slot),
+                            None => {
+                                // Never logged with the address, even at debug.
+                                self.shared.metrics.dropped("per_ip_limit");
+                                continue;
+                            }
+                        }
                     }
                     Err(e) => {
                         // Typically EMFILE: wait instead of spinning.
@@ -86,6 +134,7 @@ impl Listener {
             };
             self.shutdown.spawn(async move {
                 handler.run(socket).await;
+                drop(ip_slot);
                 drop(permit);
             });
         }

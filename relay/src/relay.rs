@@ -221,6 +221,8 @@ impl Relay {
             Listener {
                 listener,
                 limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+                per_ip: Arc::default(),
+                max_per_ip: config.limits.max_connections_per_ip,
                 shared,
                 shutdown: shutdown.clone(),
             }

@@ -252,3 +252,32 @@ async fn mutated_and_random_packets_never_panic_the_workers() {
     assert_eq!(relay.r().metrics().dropped("internal_panic"), 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let relay = TestRelay::start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    let _a = relay.link(&rand::random()).await;
+    let _b = relay.link(&rand::random()).await;
+    let third = Link::connect_timeout(
+        &relay.addr(),
+        &rand::random(),
+        Some(relay.keys.link_public()),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(third.is_err());
+    assert_eq!(relay.r().metrics().dropped("per_ip_limit"), 1);
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        Link::connect_timeout(
+            &relay.addr(),
+            &rand::random(),
+            Some(relay.keys.link_public()),
+            Duration::from_secs(2),
+        )
+        .await
+        .is_ok()
+    );
+    relay.shutdown().await;
+}
