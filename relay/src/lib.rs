@@ -1,6 +1,56 @@
 //! # spore-relay
 //!
-//! The daemon volunteers run. Mix role: accept fixed-size Sphinx packets, unwrap one layer,
-//! drop replays, hold each packet for its delay, forward it. Mailbox role: durably store sealed
-//! payloads for offline recipients and release them to their authenticated owner.
+//! The daemon volunteers run, and a library to run it in-process. It sits in the middle of the
+//! Spore data path: clients' Sphinx packets arrive on Noise links ([`connection`]), a pool of
+//! worker threads unwraps one layer each, drops replays and holds every packet for the delay its
+//! header asks for ([`mix`], [`replay`], [`delay_queue`]), then forwards it on a pooled link to
+//! the next hop named in the header and found in the signed directory. At the last hop the
+//! mailbox role stores the still-sealed payload durably in sled ([`store`]), releases the
+//! sender's SURB-ack, and later hands the payload to the mailbox's owner, and only to it
+//! ([`mailbox`]).
+//!
+//! Promises: every network input is bounded and never panics the relay; nothing is forwarded
+//! or acknowledged before its replay tag and payload are on disk (one group commit per batch);
+//! every queue is bounded and overload drops (and counts) rather than grows; info-level logs
+//! name no client address, mailbox id or per-packet timing.
+//!
+//! In-process use (tests, tools): build a [`RelayConfig`] (e.g. [`RelayConfig::for_test`]),
+//! then [`Relay::start`] returns a [`RunningRelay`] with the bound address, the descriptor,
+//! a metrics snapshot and `shutdown()`. Talk to it with [`Link`].
 #![forbid(unsafe_code)]
+
+mod clock;
+mod config;
+pub mod connection;
+mod cover;
+pub mod delay_queue;
+mod descriptor;
+mod directory;
+mod error;
+mod keys;
+mod link_pool;
+mod listener;
+pub mod mailbox;
+mod metrics;
+pub mod mix;
+mod relay;
+pub mod replay;
+mod shutdown;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{
+    DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig,
+    StorageConfig,
+};
+pub use connection::Link;
+pub use delay_queue::DelayQueue;
+pub use descriptor::build as build_descriptor;
+pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};
+pub use error::{RelayError, Result};
+pub use keys::{KeySchedule, RelayKeys};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use relay::{Relay, RunningRelay};
+pub use replay::ReplayCache;
+pub use shutdown::{Shutdown, os_signal};
+pub use store::{Database, MailboxLimits, MailboxStore};

@@ -1,0 +1,482 @@
+//! `relay.toml`: what an operator configures. Every field has a default, so a config file only
+//! needs the lines that differ; [`RelayConfig::commented_template`] is what `spore-relay init`
+//! writes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RelayError, Result};
+
+/// What this relay does in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesConfig {
+    /// First hop: accepts packets from clients.
+    pub entry: bool,
+    /// Mix node in layer `layer`.
+    pub mix: bool,
+    /// Stores final-hop packets for offline recipients.
+    pub mailbox: bool,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        Self {
+            entry: false,
+            mix: true,
+            mailbox: false,
+        }
+    }
+}
+
+/// Bounds on what a peer can make the relay hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open links at once (inbound); further connections wait in the kernel backlog.
+    pub max_connections: usize,
+    /// A Noise handshake must finish within this many milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// A link that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Per-link packet rate (token bucket refill per second); excess packets are dropped.
+    pub packets_per_sec: u32,
+    /// Per-link burst (token bucket size).
+    pub packet_burst: u32,
+    /// Packets waiting for a Sphinx worker.
+    pub unwrap_queue: usize,
+    /// Packets held for their delay. Each costs about 1.4 kB.
+    pub delay_queue: usize,
+    /// Packets waiting to be written to one next hop.
+    pub link_queue: usize,
+    /// Frames waiting to be written to one inbound link (pull responses).
+    pub reply_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_secs: 300,
+            packets_per_sec: 20_000,
+            packet_burst: 4_000,
+            unwrap_queue: 16_384,
+            delay_queue: 200_000,
+            link_queue: 8_192,
+            reply_queue: 64,
+        }
+    }
+}
+
+/// Sphinx processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MixConfig {
+    /// Sphinx worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Longest per-hop delay a header may ask for.
+    pub max_delay_ms: u64,
+    /// Sphinx key epoch length; must match the network's directory parameters.
+    pub epoch_length_secs: u64,
+    /// After an epoch ends, packets for its key are still accepted this long.
+    pub grace_secs: u64,
+    /// Loop cover packets per second sent by the relay itself (Loopix lambda_M); 0 = off.
+    pub loop_rate: f64,
+}
+
+impl Default for MixConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            max_delay_ms: spore_protocol::params::DEFAULT_MAX_DELAY.as_millis() as u64,
+            epoch_length_secs: 3600,
+            grace_secs: 600,
+            loop_rate: 0.0,
+        }
+    }
+}
+
+/// Mailbox role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Items per mailbox.
+    pub quota_items: u64,
+    /// Payload bytes per mailbox.
+    pub quota_bytes: u64,
+    /// Payload bytes over all mailboxes.
+    pub disk_budget_bytes: u64,
+    /// Items older than this are deleted unread.
+    pub retention_secs: u64,
+    /// How often the retention sweeper runs.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            quota_items: 20_000,
+            quota_bytes: 32 << 20,
+            disk_budget_bytes: 8 << 30,
+            retention_secs: 7 * 24 * 3600,
+            sweep_interval_secs: 600,
+        }
+    }
+}
+
+/// Where the signed directory comes from and who must have signed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// File holding the directory (as published by the authorities).
+    pub path: Option<PathBuf>,
+    /// Hex ed25519 public keys of the directory authorities.
+    pub authorities: Vec<String>,
+    /// Valid authority signatures required.
+    pub threshold: usize,
+    /// How often the source is re-read.
+    pub refresh_secs: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            authorities: Vec::new(),
+            threshold: 1,
+            refresh_secs: 60,
+        }
+    }
+}
+
+/// Storage engine tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled page cache; bounds resident memory independent of the number of stored items.
+    pub cache_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The whole `relay.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Address the link listener binds.
+    pub listen: SocketAddr,
+    /// Address published in the descriptor (what other relays and clients dial).
+    #[serde(default)]
+    pub public_address: Option<String>,
+    /// Mix layer (1..=MIX_LAYERS) when `roles.mix` is set.
+    #[serde(default)]
+    pub layer: u8,
+    #[serde(default)]
+    pub roles: RolesConfig,
+    /// Directory for the databases. Relative paths are relative to the config file.
+    pub data_dir: PathBuf,
+    /// The relay's secret keys (identity, link, Sphinx master). Mode 0600.
+    pub key_file: PathBuf,
+    /// Loopback address for the Prometheus endpoint; absent = no endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Lifetime of the descriptor `spore-relay descriptor` prints.
+    #[serde(default = "default_descriptor_lifetime")]
+    pub descriptor_lifetime_secs: u64,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub mix: MixConfig,
+    #[serde(default)]
+    pub mailbox: MailboxConfig,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+fn default_descriptor_lifetime() -> u64 {
+    7 * 24 * 3600
+}
+
+impl RelayConfig {
+    /// Reads and validates a config file; relative paths are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| RelayError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| RelayError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        self.data_dir = abs(&self.data_dir);
+        self.key_file = abs(&self.key_file);
+        if let Some(p) = &self.directory.path {
+            self.directory.path = Some(abs(p));
+        }
+    }
+
+    /// Rejects settings that cannot work, with a message naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(RelayError::Config(m.to_owned()));
+        let layers = spore_protocol::params::MIX_LAYERS as u8;
+        if self.roles.mix && !(1..=layers).contains(&self.layer) {
+            return bad("layer must be between 1 and the number of mix layers for a mix");
+        }
+        if !(self.roles.mix || self.roles.entry || self.roles.mailbox) {
+            return bad("roles: at least one of entry, mix, mailbox must be set");
+        }
+        if self.mix.epoch_length_secs == 0 {
+            return bad("mix.epoch_length_secs must be positive");
+        }
+        if self.mix.grace_secs > self.mix.epoch_length_secs {
+            return bad("mix.grace_secs must not exceed mix.epoch_length_secs");
+        }
+        if !(self.mix.loop_rate.is_finite() && self.mix.loop_rate >= 0.0) {
+            return bad("mix.loop_rate must be a non-negative number");
+        }
+        if self.limits.max_connections == 0
+            || self.limits.unwrap_queue == 0
+            || self.limits.delay_queue == 0
+            || self.limits.link_queue == 0
+            || self.limits.reply_queue == 0
+        {
+            return bad("limits: connection and queue sizes must be positive");
+        }
+        if self.directory.authorities.len() < self.directory.threshold {
+            return bad("directory.threshold exceeds the number of authorities");
+        }
+        if let Some(m) = self.metrics_listen
+            && !m.ip().is_loopback()
+        {
+            return bad("metrics_listen must be a loopback address");
+        }
+        Ok(())
+    }
+
+    /// Worker threads to start: `mix.workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.mix.workers > 0 {
+            self.mix.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// The address to publish: `public_address`, or the listen address.
+    pub fn advertised_address(&self, bound: SocketAddr) -> String {
+        self.public_address
+            .clone()
+            .unwrap_or_else(|| bound.to_string())
+    }
+
+    pub fn epoch_length(&self) -> Duration {
+        Duration::from_secs(self.mix.epoch_length_secs)
+    }
+
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_millis(self.mix.max_delay_ms)
+    }
+
+    /// A config for in-process tests: listens on 127.0.0.1:0, keeps its data under `dir`, small
+    /// queues and short timeouts, all roles set, no metrics endpoint, unverified directory.
+    pub fn for_test(dir: &Path) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_address: None,
+            layer: 1,
+            roles: RolesConfig {
+                entry: true,
+                mix: true,
+                mailbox: true,
+            },
+            data_dir: dir.join("data"),
+            key_file: dir.join("relay.key"),
+            metrics_listen: None,
+            descriptor_lifetime_secs: 3600,
+            limits: LimitsConfig {
+                handshake_timeout_ms: 2_000,
+                delay_queue: 10_000,
+                unwrap_queue: 4_096,
+                ..LimitsConfig::default()
+            },
+            mix: MixConfig {
+                workers: 2,
+                ..MixConfig::default()
+            },
+            mailbox: MailboxConfig::default(),
+            directory: DirectoryConfig {
+                path: None,
+                authorities: Vec::new(),
+                threshold: 0,
+                refresh_secs: 1,
+            },
+            storage: StorageConfig {
+                cache_bytes: 8 << 20,
+            },
+        }
+    }
+
+    /// The commented `relay.toml` that `spore-relay init` writes.
+    pub fn commented_template(
+        listen: SocketAddr,
+        roles: RolesConfig,
+        layer: u8,
+        key_file: &str,
+    ) -> String {
+        let l = LimitsConfig::default();
+        let m = MixConfig::default();
+        let b = MailboxConfig::default();
+        format!(
+            r#"# Spore relay configuration. Every setting except listen, data_dir and key_file has a
+# default; delete a line to use it. Relative paths are relative to this file.
+
+# Address the link listener binds.
+listen = "{listen}"
+# Address other relays and clients dial (published in the descriptor). Defaults to `listen`.
+# public_address = "relay.example.org:{port}"
+# Mix layer (1..=3); only used when roles.mix is set.
+layer = {layer}
+# Databases (replay tags, mailboxes).
+data_dir = "data"
+# Secret keys: identity (ed25519), link (Noise X25519), Sphinx master secret. Keep it 0600.
+key_file = "{key_file}"
+# Prometheus endpoint, loopback only. Comment out to disable.
+metrics_listen = "127.0.0.1:9464"
+# How long a descriptor printed by `spore-relay descriptor` stays valid.
+descriptor_lifetime_secs = {lifetime}
+
+[roles]
+entry = {entry}
+mix = {mix}
+mailbox = {mailbox}
+
+[limits]
+max_connections = {max_connections}
+handshake_timeout_ms = {handshake_timeout_ms}
+idle_timeout_secs = {idle_timeout_secs}
+# Per-link token bucket; packets above it are dropped and counted.
+packets_per_sec = {pps}
+packet_burst = {burst}
+# Bounded queues: when one is full the relay drops (and counts) instead of growing.
+unwrap_queue = {unwrap_queue}
+delay_queue = {delay_queue}
+link_queue = {link_queue}
+reply_queue = {reply_queue}
+
+[mix]
+# Sphinx worker threads; 0 = one per core.
+workers = {workers}
+max_delay_ms = {max_delay_ms}
+# Must match the directory's epoch length.
+epoch_length_secs = {epoch}
+# Packets for the previous epoch's key are accepted this long after it ends.
+grace_secs = {grace}
+# Loop cover packets per second from the relay itself (Loopix lambda_M). 0 = off.
+loop_rate = 0.0
+
+[mailbox]
+quota_items = {quota_items}
+quota_bytes = {quota_bytes}
+disk_budget_bytes = {disk_budget}
+retention_secs = {retention}
+sweep_interval_secs = {sweep}
+
+[directory]
+# The signed directory, as published by the authorities.
+# path = "directory.bin"
+# Hex ed25519 keys of the directory authorities, and how many must have signed.
+authorities = []
+threshold = 0
+refresh_secs = 60
+
+[storage]
+# sled page cache in bytes; bounds memory however many packets are stored.
+cache_bytes = {cache}
+"#,
+            port = listen.port(),
+            lifetime = default_descriptor_lifetime(),
+            entry = roles.entry,
+            mix = roles.mix,
+            mailbox = roles.mailbox,
+            max_connections = l.max_connections,
+            handshake_timeout_ms = l.handshake_timeout_ms,
+            idle_timeout_secs = l.idle_timeout_secs,
+            pps = l.packets_per_sec,
+            burst = l.packet_burst,
+            unwrap_queue = l.unwrap_queue,
+            delay_queue = l.delay_queue,
+            link_queue = l.link_queue,
+            reply_queue = l.reply_queue,
+            workers = m.workers,
+            max_delay_ms = m.max_delay_ms,
+            epoch = m.epoch_length_secs,
+            grace = m.grace_secs,
+            quota_items = b.quota_items,
+            quota_bytes = b.quota_bytes,
+            disk_budget = b.disk_budget_bytes,
+            retention = b.retention_secs,
+            sweep = b.sweep_interval_secs,
+            cache = StorageConfig::default().cache_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_validates() {
+        let text = RelayConfig::commented_template(
+            "127.0.0.1:7400".parse().expect("addr"),
+            RolesConfig {
+                entry: false,
+                mix: true,
+                mailbox: true,
+            },
+            2,
+            "relay.key",
+        );
+        let c = RelayConfig::from_toml(&text).expect("template parses");
+        assert_eq!(c.layer, 2);
+        assert!(c.roles.mailbox);
+        assert_eq!(c.mailbox.retention_secs, 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn public_metrics_address_is_rejected() {
+        let mut c = RelayConfig::for_test(Path::new("/tmp"));
+        c.metrics_listen = Some("0.0.0.0:9464".parse().expect("addr"));
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! A framed Noise link over TCP: the handshake (u16-BE length-prefixed messages, each at most
+//! `HANDSHAKE_MAX_LEN` bytes) and then fixed-size encrypted frames with no length prefix.
+//!
+//! Every read has a size limit known before anything is buffered: a handshake message length
+//! above the limit, or any record that fails authentication, ends the link.
+
+use std::time::Duration;
+
+use spore_protocol::link::{
+    Frame, HANDSHAKE_MAX_LEN, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, WIRE_FRAME_LEN,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::error::{RelayError, Result};
+
+async fn write_handshake<S: AsyncWrite + Unpin>(s: &mut S, msg: &[u8]) -> Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| RelayError::Link("handshake message too long".into()))?;
+    let mut buf = Vec::with_capacity(2 + msg.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(msg);
+    s.write_all(&buf).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+async fn read_handshake<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > HANDSHAKE_MAX_LEN {
+        return Err(RelayError::Link(
+            "handshake message exceeds the limit".into(),
+        ));
+    }
+    let mut msg = vec![0u8; len];
+    s.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    mut hs: LinkHandshake,
+) -> Result<(LinkTransport, [u8; 32])> {
+    while !hs.is_finished() {
+        if hs.is_my_turn() {
+            let msg = hs.write_message()?;
+            write_handshake(s, &msg).await?;
+        } else {
+            let msg = read_handshake(s).await?;
+            hs.read_message(&msg)?;
+        }
+    }
+    Ok(hs.into_transport()?)
+}
+
+/// Runs the responder side of the handshake; returns the transport and the peer's
+/// authenticated static key.
+pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    local_secret: &[u8; 32],
+    timeout: Duration,
+) -> Result<(LinkTransport, [u8; 32])> {
+    let hs = LinkHandshake::responder(local_secret)?;
+    tokio::time::timeout(timeout, drive(s, hs))
+        .await
+        .map_err(|_| RelayError::Timeout)?
+}
+
+/// Runs the initiator side; fails unless the responder proves `expected_remote` (if given).
+pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    local_secret: &[u8; 32],
+    expected_remote: Option<[u8; 32]>,
+    timeout: Duration,
+) -> Result<(LinkTransport, [u8; 32])> {
+    let hs = LinkHandshake::initiator(local_secret, expected_remote)?;
+    tokio::time::timeout(timeout, drive(s, hs))
+        .await
+        .map_err(|_| RelayError::Timeout)?
+}
+
+/// The receiving half of an established link.
+pub struct FrameReader<R> {
+    rd: R,
+    opener: LinkOpener,
+    buf: Box<[u8; WIRE_FRAME_LEN]>,
+    /// Bytes of the next record already read; kept across calls so that `read_frame` is
+    /// cancel-safe (usable in `select!`).
+    filled: usize,
+}
+
+impl<R> std::fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader").finish_non_exhaustive()
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(rd: R, opener: LinkOpener) -> Self {
+        Self {
+            rd,
+            opener,
+            buf: Box::new([0u8; WIRE_FRAME_LEN]),
+            filled: 0,
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed the connection between frames.
+    /// Cancel-safe.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        while self.filled < WIRE_FRAME_LEN {
+            let Some(rest) = self.buf.get_mut(self.filled..) else {
+                break;
+            };
+            let n = self.rd.read(rest).await?;
+            if n == 0 {
+                return if self.filled == 0 {
+                    Ok(None)
+                } else {
+                    Err(RelayError::Link("connection closed inside a frame".into()))
+                };
+            }
+            self.filled += n;
+        }
+        self.filled = 0;
+        Ok(Some(self.opener.open(&self.buf[..])?))
+    }
+}
+
+/// The sending half of an established link. Frames are buffered until [`FrameWriter::flush`].
+pub struct FrameWriter<W: AsyncWrite> {
+    wr: BufWriter<W>,
+    sealer: LinkSealer,
+    buf: Box<[u8; WIRE_FRAME_LEN]>,
+}
+
+impl<W: AsyncWrite> std::fmt::Debug for FrameWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameWriter").finish_non_exhaustive()
+    }
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(wr: W, sealer: LinkSealer) -> Self {
+        Self {
+            wr: BufWriter::with_capacity(16 * WIRE_FRAME_LEN, wr),
+            sealer,
+            buf: Box::new([0u8; WIRE_FRAME_LEN]),
+        }
+    }
+
+    /// Seals and buffers one frame.
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<()> {
+        self.sealer.seal(frame, &mut self.buf)?;
+        self.wr.write_all(&self.buf[..]).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<()> {
+        self.wr.flush().await?;
+        Ok(())
+    }
+
+    /// Flushes and closes the sending direction.
+    pub async fn shutdown(&mut self) -> Result<()> {
+        self.wr.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// A whole link as one value; what clients, tools and tests use to talk to a relay.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), spore_relay::RelayError> {
+/// use spore_protocol::link::Frame;
+/// let mailbox_secret = [7u8; 32];
+/// let relay_link_key = [1u8; 32]; // from the relay's descriptor
+/// let mut link = spore_relay::Link::connect("127.0.0.1:7400", &mailbox_secret, Some(relay_link_key)).await?;
+/// link.send(&Frame::PullRequest).await?;
+/// let first_slot = link.recv().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Link {
+    pub reader: FrameReader<OwnedReadHalf>,
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    /// The peer's authenticated static key.
+    pub remote_static: [u8; 32],
+}
+
+/// Connect and handshake timeout used by [`Link::connect`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Link {
+    /// Opens a TCP connection to `addr` and runs the Noise handshake as initiator.
+    pub async fn connect(
+        addr: &str,
+        local_secret: &[u8; 32],
+        expected_remote: Option<[u8; 32]>,
+    ) -> Result<Self> {
+        Self::connect_timeout(addr, local_secret, expected_remote, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    pub async fn connect_timeout(
+        addr: &str,
+        local_secret: &[u8; 32],
+        expected_remote: Option<[u8; 32]>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| RelayError::Timeout)??;
+        stream.set_nodelay(true)?;
+        let (transport, remote_static) =
+            connect_handshake(&mut stream, local_secret, expected_remote, timeout).await?;
+        let (sealer, opener) = transport.split();
+        let (rd, wr) = stream.into_split();
+        Ok(Self {
+            reader: FrameReader::new(rd, opener),
+            writer: FrameWriter::new(wr, sealer),
+            remote_static,
+        })
+    }
+
+    /// Sends one frame and flushes.
+    pub async fn send(&mut self, frame: &Frame) -> Result<()> {
+        self.writer.write_frame(frame).await?;
+        self.writer.flush().await
+    }
+
+    /// The next frame; an error if the peer closed the link.
+    pub async fn recv(&mut self) -> Result<Frame> {
+        self.reader
+            .read_frame()
+            .await?
+            .ok_or_else(|| RelayError::Link("closed by peer".into()))
+    }
+}

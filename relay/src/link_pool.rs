@@ -1,0 +1,218 @@
+//! Outbound links to next hops: one task per [`RelayId`], created on first use, reconnecting
+//! with exponential backoff, closed after a while without traffic.
+//!
+//! Each link has a bounded queue; when it is full (the next hop is slow or down) packets are
+//! dropped and counted. The initiator pins the next hop's link key from the directory, so a
+//! packet is never handed to anyone but the relay the header named.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spore_protocol::RelayId;
+use spore_protocol::link::Frame;
+use spore_protocol::params::PACKET_SIZE;
+use tokio::sync::mpsc;
+
+use crate::connection::Link;
+use crate::directory::DirectoryView;
+use crate::metrics::{Metrics, Queue};
+use crate::mix::PacketIngress;
+use crate::shutdown::Shutdown;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// An outbound link with nothing to send for this long is closed (and reopened on demand).
+const IDLE_CLOSE: Duration = Duration::from_secs(600);
+/// Frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+type PacketTx = mpsc::Sender<Box<[u8; PACKET_SIZE]>>;
+
+/// Settings for outbound links.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolSettings {
+    pub queue: usize,
+    pub connect_timeout: Duration,
+}
+
+/// All outbound links of one relay.
+pub(crate) struct LinkPool {
+    self_id: RelayId,
+    local_secret: [u8; 32],
+    local: PacketIngress,
+    directory: Arc<DirectoryView>,
+    settings: PoolSettings,
+    links: Mutex<HashMap<RelayId, PacketTx>>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+}
+
+impl LinkPool {
+    pub fn new(
+        self_id: RelayId,
+        local_secret: [u8; 32],
+        local: PacketIngress,
+        directory: Arc<DirectoryView>,
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            self_id,
+            local_secret,
+            local,
+            directory,
+            settings,
+            links: Mutex::new(HashMap::new()),
+            metrics,
+            shutdown,
+        })
+    }
+
+    /// Queues `packet` for `next_hop`. Never blocks; drops and counts on a full queue or an
+    /// unknown hop. A packet addressed to this relay itself goes straight to its own workers.
+    pub fn send(self: &Arc<Self>, next_hop: RelayId, packet: Box<[u8; PACKET_SIZE]>) {
+        if next_hop == self.self_id {
+            self.metrics.forwarded();
+            self.local.submit(packet);
+            return;
+        }
+        if self.shutdown.is_triggered() {
+            self.metrics.dropped("shutting_down");
+            return;
+        }
+        let mut packet = packet;
+        for _ in 0..2 {
+            let tx = {
+                let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+                match links.get(&next_hop) {
+                    Some(tx) if !tx.is_closed() => tx.clone(),
+                    _ => {
+                        if self.directory.peer(&next_hop).is_none() {
+                            drop(links);
+                            self.metrics.dropped("unknown_next_hop");
+                            return;
+                        }
+                        let (tx, rx) = mpsc::channel(self.settings.queue);
+                        links.insert(next_hop, tx.clone());
+                        let pool = self.clone();
+                        self.shutdown
+                            .spawn(async move { pool.run_link(next_hop, rx).await });
+                        tx
+                    }
+                }
+            };
+            match tx.try_send(packet) {
+                Ok(()) => {
+                    self.metrics.queue_add(Queue::Link, 1);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.dropped("link_queue_full");
+                    return;
+                }
+                // The link task just closed (idle); start a new one.
+                Err(mpsc::error::TrySendError::Closed(p)) => packet = p,
+            }
+        }
+        self.metrics.dropped("link_closed");
+    }
+
+    async fn run_link(
+        self: Arc<Self>,
+        hop: RelayId,
+        mut rx: mpsc::Receiver<Box<[u8; PACKET_SIZE]>>,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        'outer: loop {
+            if self.shutdown.is_triggered() {
+                break;
+            }
+            let Some(peer) = self.directory.peer(&hop) else {
+                tracing::debug!(hop = ?hop, "next hop left the directory");
+                break;
+            };
+            let connected = tokio::select! {
+                _ = self.shutdown.signalled() => break,
+                r = Link::connect_timeout(
+                    &peer.address,
+                    &self.local_secret,
+                    Some(peer.link_key),
+                    self.settings.connect_timeout,
+                ) => r,
+            };
+            let mut link = match connected {
+                Ok(link) => {
+                    backoff = BACKOFF_MIN;
+                    link
+                }
+                Err(e) => {
+                    tracing::debug!(hop = ?hop, error = %e, "link connect failed");
+                    self.metrics.link_connect_failed();
+                    let wait = jitter(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::select! {
+                        _ = self.shutdown.signalled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = self.shutdown.signalled() => {
+                        let _ = link.send(&Frame::Error { code: spore_protocol::link::LinkErrorCode::ShuttingDown }).await;
+                        break 'outer;
+                    }
+                    incoming = link.reader.read_frame() => {
+                        // Outbound links carry packets one way; the peer only ever closes them.
+                        match incoming {
+                            Ok(Some(_)) => continue,
+                            _ => continue 'outer,
+                        }
+                    }
+                    next = tokio::time::timeout(IDLE_CLOSE, rx.recv()) => {
+                        let Ok(next) = next else { break 'outer };
+                        let Some(first) = next else { break 'outer };
+                        let mut n = 0i64;
+                        let mut pending = Some(first);
+                        let mut failed = false;
+                        while let Some(p) = pending.take() {
+                            n += 1;
+                            if let Err(e) = link.writer.write_frame(&Frame::Packet(p)).await {
+                                tracing::debug!(hop = ?hop, error = %e, "link write failed");
+                                self.metrics.dropped("link_write_failed");
+                                failed = true;
+                                break;
+                            }
+                            self.metrics.forwarded();
+                            if n < WRITE_BATCH as i64 {
+                                pending = rx.try_recv().ok();
+                            }
+                        }
+                        self.metrics.queue_sub(Queue::Link, n);
+                        if failed || link.writer.flush().await.is_err() {
+                            continue 'outer;
+                        }
+                    }
+                }
+            }
+        }
+        rx.close();
+        let mut left = 0i64;
+        while rx.try_recv().is_ok() {
+            left += 1;
+            self.metrics.dropped("link_closed");
+        }
+        self.metrics.queue_sub(Queue::Link, left);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(&hop).is_some_and(|tx| tx.is_closed()) {
+            links.remove(&hop);
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = 0.5 + rand::random::<f64>();
+    d.mul_f64(f)
+}

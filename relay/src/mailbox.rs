@@ -1,0 +1,125 @@
+//! The mailbox role's link side: owner-authenticated pulls and deletes, and retention.
+//!
+//! A link's mailbox is `MailboxId::for_key_bytes(remote static key)`, fixed at the handshake.
+//! Requests name no mailbox, so a peer can only ever read or delete the mailbox of the key it
+//! proved it holds; any other key simply owns an (empty) mailbox of its own.
+//!
+//! A pull answers with exactly `PULL_SLOTS` slots, real items oldest first and dummies after,
+//! so the response size says nothing about how much is waiting. Pulling deletes nothing: an
+//! item goes away only when its owner sends `Delete` for its handle (after storing it durably
+//! on its side), so a pull interrupted at any point loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spore_protocol::MailboxId;
+use spore_protocol::link::{Frame, MailboxItem, PullSlot};
+use spore_protocol::params::PULL_SLOTS;
+
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::{Database, MailboxStore};
+
+/// Pulls, deletes and retention over a [`MailboxStore`].
+#[derive(Debug, Clone)]
+pub struct MailboxService {
+    store: Arc<MailboxStore>,
+    db: Database,
+    metrics: Arc<Metrics>,
+}
+
+impl MailboxService {
+    pub(crate) fn new(store: Arc<MailboxStore>, db: Database, metrics: Arc<Metrics>) -> Self {
+        let s = Self { store, db, metrics };
+        s.update_gauges();
+        s
+    }
+
+    fn update_gauges(&self) {
+        let (items, bytes) = self.store.total_usage();
+        self.metrics.set_mailbox_usage(items, bytes);
+    }
+
+    /// The [`PULL_SLOTS`] frames answering a pull by `owner`. Blocking (sled reads).
+    pub fn pull(&self, owner: &MailboxId) -> Result<Vec<Frame>> {
+        self.metrics.pull();
+        let items = self.store.pull(owner, PULL_SLOTS)?;
+        let mut items = items.into_iter();
+        Ok((0..PULL_SLOTS)
+            .map(|i| {
+                Frame::PullSlot(PullSlot {
+                    index: i as u8,
+                    item: items.next().map(|it| MailboxItem {
+                        handle: it.handle,
+                        surb_id: it.surb_id,
+                        payload: it.payload,
+                    }),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes `owner`'s items with these handles, durably; returns how many there were.
+    /// Blocking (sled writes and a flush).
+    pub fn delete(&self, owner: &MailboxId, handles: &[u64]) -> Result<u32> {
+        let n = self.store.delete(owner, handles)?;
+        if n > 0 {
+            self.db.commit()?;
+            self.metrics.deleted(u64::from(n));
+            self.update_gauges();
+        }
+        Ok(n)
+    }
+
+    /// Deletes items older than `retention`; returns how many.
+    pub fn sweep(&self, now_unix: u64, retention: Duration) -> Result<u64> {
+        let cutoff = now_unix.saturating_sub(retention.as_secs());
+        let n = self.store.sweep(cutoff)?;
+        if n > 0 {
+            self.db.commit()?;
+            self.metrics.expired(n);
+        }
+        self.update_gauges();
+        Ok(n)
+    }
+
+    /// Refreshes the occupancy gauges (after stores by the workers).
+    pub fn refresh_gauges(&self) {
+        self.update_gauges();
+    }
+
+    pub fn store(&self) -> &MailboxStore {
+        &self.store
+    }
+}
+
+/// Runs the retention sweeper every `interval` until shutdown; also refreshes occupancy
+/// gauges once a second.
+pub(crate) async fn run_sweeper(
+    service: MailboxService,
+    clock: Arc<dyn Clock>,
+    retention: Duration,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let mut sweep = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.signalled() => break,
+            _ = gauges.tick() => service.refresh_gauges(),
+            _ = sweep.tick() => {
+                let s = service.clone();
+                let now = clock.now_unix();
+                match tokio::task::spawn_blocking(move || s.sweep(now, retention)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(expired = n, "retention sweep"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                    Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                }
+            }
+        }
+    }
+}

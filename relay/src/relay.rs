@@ -1,0 +1,425 @@
+//! Assembling a relay from its parts, and the handle a caller gets back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use spore_protocol::packet::PacketLimits;
+use spore_protocol::params::PACKET_SIZE;
+use spore_protocol::{MailboxId, RelayId};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::RelayConfig;
+use crate::delay_queue;
+use crate::directory::{DirectorySource, DirectoryView, Trust};
+use crate::error::{RelayError, Result};
+use crate::keys::{KeySchedule, RelayKeys};
+use crate::link_pool::{LinkPool, PoolSettings};
+use crate::listener::{LinkSettings, Listener, Shared};
+use crate::mailbox::{self, MailboxService};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::mix::{self, MixContext, PacketIngress};
+use crate::replay::ReplayCache;
+use crate::shutdown::Shutdown;
+use crate::store::{Database, MailboxLimits, MailboxStore};
+
+/// Starts relays. See [`RunningRelay`] for what a started relay offers.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), spore_relay::RelayError> {
+/// use spore_relay::{DirectorySource, Relay, RelayConfig, RelayKeys};
+/// let dir = std::path::Path::new("/tmp/relay-a");
+/// let relay = Relay::start(RelayConfig::for_test(dir), RelayKeys::generate(), DirectorySource::None).await?;
+/// println!("listening on {}", relay.local_addr());
+/// relay.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Opens the database, binds the listener and starts every task, with the system clock.
+    pub async fn start(
+        config: RelayConfig,
+        keys: RelayKeys,
+        directory: DirectorySource,
+    ) -> Result<RunningRelay> {
+        Self::start_with_clock(config, keys, directory, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Relay::start`], with an injected wall clock (epochs, retention, descriptors).
+    pub async fn start_with_clock(
+        config: RelayConfig,
+        keys: RelayKeys,
+        directory: DirectorySource,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RunningRelay> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let schedule = KeySchedule {
+            epoch_length_secs: config.mix.epoch_length_secs,
+            grace_secs: config.mix.grace_secs,
+        };
+        let oldest_epoch = schedule.oldest_kept_epoch(clock.now_unix());
+        let (db, replay, store) = {
+            let data_dir = config.data_dir.clone();
+            let cache = config.storage.cache_bytes;
+            let limits = config.roles.mailbox.then_some(MailboxLimits {
+                quota_items: config.mailbox.quota_items,
+                quota_bytes: config.mailbox.quota_bytes,
+                disk_budget_bytes: config.mailbox.disk_budget_bytes,
+            });
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let db = Database::open(&data_dir, cache)?;
+                let replay = Arc::new(ReplayCache::open(&db, oldest_epoch)?);
+                let store = match limits {
+                    Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
+                    None => None,
+                };
+                Ok((db, replay, store))
+            })
+            .await
+            .map_err(|_| RelayError::Corrupt("database open panicked"))??
+        };
+        let shutdown = Shutdown::new();
+
+        let trust = Trust::from_hex(&config.directory.authorities, config.directory.threshold)?;
+        if trust.threshold == 0 {
+            tracing::warn!("directory signatures are not checked (threshold 0): testing only");
+        }
+        let directory = Arc::new(DirectoryView::new(directory, trust, clock.clone()));
+        if let Err(e) = directory.refresh().await {
+            tracing::warn!(error = %e, "no usable directory yet");
+        }
+
+        let (ingress, unwrap_rx) = mix::unwrap_queue(config.limits.unwrap_queue, metrics.clone());
+        let pool = LinkPool::new(
+            keys.relay_id(),
+            *keys.link_secret(),
+            ingress.clone(),
+            directory.clone(),
+            PoolSettings {
+                queue: config.limits.link_queue,
+                connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+            },
+            metrics.clone(),
+            shutdown.clone(),
+        );
+
+        let (delay_tx, delay_rx) = mpsc::channel(4096);
+        {
+            let pool = pool.clone();
+            shutdown.spawn(delay_queue::run(
+                delay_rx,
+                config.limits.delay_queue,
+                move |(hop, packet): mix::OutboundPacket| pool.send(hop, packet),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+
+        let workers = config.worker_count();
+        let ctx = Arc::new(MixContext {
+            keys: keys.clone(),
+            schedule,
+            limits: PacketLimits {
+                max_delay: config.max_delay(),
+                ..PacketLimits::default()
+            },
+            replay: replay.clone(),
+            mailbox: store.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        });
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(workers * 4);
+        let committer = mix::spawn_committer(db.clone(), commit_rx, delay_tx, metrics.clone())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker_threads = mix::spawn_workers(workers, ctx, unwrap_rx, commit_tx, stop.clone())?;
+
+        let mailbox = store.map(|s| MailboxService::new(s, db.clone(), metrics.clone()));
+        if let Some(service) = &mailbox {
+            shutdown.spawn(mailbox::run_sweeper(
+                service.clone(),
+                clock.clone(),
+                Duration::from_secs(config.mailbox.retention_secs),
+                Duration::from_secs(config.mailbox.sweep_interval_secs),
+                shutdown.clone(),
+            ));
+        }
+
+        // Directory refresh and replay-cache expiry.
+        {
+            let directory = directory.clone();
+            let replay = replay.clone();
+            let clock = clock.clone();
+            let shutdown2 = shutdown.clone();
+            let every = Duration::from_secs(config.directory.refresh_secs.max(1));
+            shutdown.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = shutdown2.signalled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = directory.refresh().await {
+                        tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
+                    }
+                    let oldest = schedule.oldest_kept_epoch(clock.now_unix());
+                    let replay = replay.clone();
+                    match tokio::task::spawn_blocking(move || replay.expire_before(oldest)).await {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
+                        Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
+                        _ => {}
+                    }
+                }
+            });
+        }
+
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            link_secret: *keys.link_secret(),
+            ingress: ingress.clone(),
+            mailbox: mailbox.clone(),
+            metrics: metrics.clone(),
+            settings: LinkSettings {
+                handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+                packets_per_sec: config.limits.packets_per_sec,
+                packet_burst: config.limits.packet_burst,
+                reply_queue: config.limits.reply_queue,
+            },
+        });
+        shutdown.spawn(
+            Listener {
+                listener,
+                limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+                shared,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                Some(crate::metrics::serve(addr, metrics.clone(), shutdown.clone()).await?)
+            }
+            None => None,
+        };
+
+        if config.mix.loop_rate > 0.0 {
+            crate::cover::spawn(
+                crate::cover::CoverSettings {
+                    rate: config.mix.loop_rate,
+                    schedule,
+                    max_delay: config.max_delay(),
+                },
+                keys.clone(),
+                directory.clone(),
+                pool.clone(),
+                clock.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+        }
+
+        tracing::info!(
+            id = %keys.relay_id().short(),
+            workers,
+            mix = config.roles.mix,
+            mailbox = config.roles.mailbox,
+            entry = config.roles.entry,
+            "relay started"
+        );
+        Ok(RunningRelay {
+            local_addr,
+            metrics_addr,
+            config,
+            keys,
+            clock,
+            metrics,
+            directory,
+            mailbox,
+            ingress: Some(ingress),
+            db: Some(db),
+            shutdown,
+            stop,
+            workers: worker_threads,
+            committer: Some(committer),
+        })
+    }
+}
+
+/// A started relay. Dropping it stops it without waiting; prefer [`RunningRelay::shutdown`].
+pub struct RunningRelay {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    config: RelayConfig,
+    keys: RelayKeys,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    directory: Arc<DirectoryView>,
+    mailbox: Option<MailboxService>,
+    ingress: Option<PacketIngress>,
+    db: Option<Database>,
+    shutdown: Shutdown,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningRelay")
+            .field("id", &self.keys.relay_id())
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningRelay {
+    /// The bound listen address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bound metrics address, if the endpoint is enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn id(&self) -> RelayId {
+        self.keys.relay_id()
+    }
+
+    pub fn keys(&self) -> &RelayKeys {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// The Noise static public key clients and relays pin.
+    pub fn link_public(&self) -> [u8; 32] {
+        self.keys.link_public()
+    }
+
+    /// The Sphinx key epoch now (by the relay's clock).
+    pub fn current_epoch(&self) -> u64 {
+        self.clock.now_unix() / self.config.mix.epoch_length_secs.max(1)
+    }
+
+    /// The Sphinx public key for `epoch`.
+    pub fn sphinx_public(&self, epoch: u64) -> x25519_dalek::PublicKey {
+        self.keys.sphinx_public(epoch)
+    }
+
+    /// Counters, gauges and drop reasons right now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        if let Some(m) = &self.mailbox {
+            m.refresh_gauges();
+        }
+        self.metrics.snapshot()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// (items, payload bytes) stored for `mailbox` (mailbox role only).
+    pub fn mailbox_usage(&self, mailbox: &MailboxId) -> (u64, u64) {
+        self.mailbox
+            .as_ref()
+            .map(|m| m.store().mailbox_usage(mailbox))
+            .unwrap_or((0, 0))
+    }
+
+    /// Runs the retention sweeper now; returns how many items expired.
+    pub async fn sweep_now(&self) -> Result<u64> {
+        let Some(m) = self.mailbox.clone() else {
+            return Ok(0);
+        };
+        let now = self.clock.now_unix();
+        let retention = Duration::from_secs(self.config.mailbox.retention_secs);
+        tokio::task::spawn_blocking(move || m.sweep(now, retention))
+            .await
+            .map_err(|_| RelayError::ShuttingDown)?
+    }
+
+    /// Re-reads the directory source now; returns whether a new directory was installed.
+    pub async fn refresh_directory(&self) -> Result<bool> {
+        self.directory.refresh().await
+    }
+
+    /// Feeds a packet to the workers as if it had arrived on a link.
+    pub fn inject_packet(&self, packet: Box<[u8; PACKET_SIZE]>) {
+        if let Some(i) = &self.ingress {
+            i.submit(packet);
+        }
+    }
+
+    /// The signed descriptor to submit to the directory authorities, valid from now for
+    /// `descriptor_lifetime_secs`, publishing the current and next Sphinx keys.
+    pub fn descriptor(&self) -> Result<spore_protocol::directory::RelayDescriptor> {
+        crate::descriptor::build(
+            &self.config,
+            &self.keys,
+            &self.config.advertised_address(self.local_addr),
+            self.clock.now_unix(),
+        )
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<()> {
+        crate::shutdown::os_signal().await;
+        tracing::info!("signal received, shutting down");
+        self.shutdown().await
+    }
+
+    /// Stops accepting, closes links, lets the workers finish what they hold, commits the
+    /// database, and returns once the database is closed (so it can be reopened at once).
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.shutdown.trigger();
+        if tokio::time::timeout(Duration::from_secs(10), self.shutdown.wait_tasks())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 10 s");
+        }
+        self.ingress = None;
+        self.stop.store(true, Ordering::Release);
+        let workers = std::mem::take(&mut self.workers);
+        let committer = self.committer.take();
+        let db = self.db.take();
+        self.mailbox = None;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for w in workers {
+                let _ = w.join();
+            }
+            if let Some(c) = committer {
+                let _ = c.join();
+            }
+            if let Some(db) = db {
+                db.commit()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| RelayError::ShuttingDown)??;
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        self.stop.store(true, Ordering::Release);
+    }
+}

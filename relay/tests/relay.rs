@@ -1,0 +1,17 @@
+//! Integration tests for spore-relay: real relays on 127.0.0.1 over real TCP and Noise links.
+//! One test binary; each module is one promise area.
+#![allow(clippy::unwrap_used)]
+
+#[path = "relay/util.rs"]
+mod util;
+
+#[path = "relay/hostile.rs"]
+mod hostile;
+#[path = "relay/mailbox.rs"]
+mod mailbox;
+#[path = "relay/mix.rs"]
+mod mix;
+#[path = "relay/network.rs"]
+mod network;
+#[path = "relay/process.rs"]
+mod process;

@@ -1,0 +1,275 @@
+//! Mailbox role: durable store, owner-only pulls, deletes, quotas, retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spore_protocol::MailboxId;
+use spore_relay::{DirectorySource, ManualClock};
+
+use crate::util::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
+    let relay = TestRelay::start().await;
+    let owner = mailbox_key();
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"hello",
+    );
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
+
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    assert_eq!(items.len(), 1);
+    let plain = spore_protocol::packet::open_final_payload(&items[0].payload[..]).unwrap();
+    assert_eq!(plain, b"hello");
+    // Pulling again without a delete returns the same item: nothing is lost by reading.
+    let again = pull(&mut link).await;
+    assert_eq!(again, items);
+    assert_eq!(delete(&mut link, vec![items[0].handle]).await, 1);
+    assert!(pull(&mut link).await.is_empty());
+    assert_eq!(relay.r().metrics().items_deleted, 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
+    let relay = TestRelay::start().await;
+    let owner = mailbox_key();
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"secret",
+    );
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
+
+    let intruder = mailbox_key();
+    let mut link = relay.link(&intruder.secret_bytes()).await;
+    assert!(
+        pull(&mut link).await.is_empty(),
+        "intruder sees dummies only"
+    );
+    // Guessing handles does not delete anyone else's items.
+    assert_eq!(delete(&mut link, (0..128).collect()).await, 0);
+
+    let mut owner_link = relay.link(&owner.secret_bytes()).await;
+    assert_eq!(pull(&mut owner_link).await.len(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn interrupted_pull_loses_nothing() {
+    let relay = TestRelay::start().await;
+    let owner = mailbox_key();
+    let packets: Vec<_> = (0..20u8)
+        .map(|i| {
+            plain_packet(
+                &[relay.hop()],
+                owner.mailbox_id(),
+                &[Duration::ZERO],
+                &[i; 8],
+            )
+        })
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 20).await);
+
+    // Ask for a pull and hang up before reading the answer.
+    {
+        let mut link = relay.link(&owner.secret_bytes()).await;
+        link.send(&spore_protocol::link::Frame::PullRequest)
+            .await
+            .unwrap();
+    }
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let mut seen = Vec::new();
+    loop {
+        let items = pull(&mut link).await;
+        if items.is_empty() {
+            break;
+        }
+        // Oldest first.
+        assert!(items.windows(2).all(|w| w[0].handle < w[1].handle));
+        let handles: Vec<u64> = items.iter().map(|i| i.handle).collect();
+        seen.extend(
+            items
+                .iter()
+                .map(|i| spore_protocol::packet::open_final_payload(&i.payload[..]).unwrap()),
+        );
+        assert_eq!(
+            delete(&mut link, handles.clone()).await as usize,
+            handles.len()
+        );
+    }
+    seen.sort();
+    let expected: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
+    assert_eq!(seen, expected);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
+    let relay = TestRelay::start_with(|c| c.mailbox.quota_items = 3).await;
+    let owner = mailbox_key();
+    let other = mailbox_key();
+    let packets: Vec<_> = (0..5u8)
+        .map(|i| {
+            plain_packet(
+                &[relay.hop()],
+                owner.mailbox_id(),
+                &[Duration::ZERO],
+                &[i; 4],
+            )
+        })
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(
+        wait_until(WAIT, || {
+            let m = relay.r().metrics();
+            m.packets_stored == 3 && m.dropped("mailbox_quota_items") == 2
+        })
+        .await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    // Another mailbox still has room.
+    let p = plain_packet(&[relay.hop()], other.mailbox_id(), &[Duration::ZERO], b"x");
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 4).await);
+
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    assert_eq!(items.len(), 3);
+    for item in &items {
+        let plain = spore_protocol::packet::open_final_payload(&item.payload[..]).unwrap();
+        assert_eq!(plain.len(), 4, "stored items are intact");
+    }
+    // Room again after a delete.
+    assert_eq!(delete(&mut link, vec![items[0].handle]).await, 1);
+    let p = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"late",
+    );
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 5).await);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn byte_quota_and_disk_budget_refuse_with_their_reason() {
+    let relay = TestRelay::start_with(|c| {
+        c.mailbox.quota_bytes = 2 * 1040;
+        c.mailbox.disk_budget_bytes = 3 * 1040;
+    })
+    .await;
+    let a = mailbox_key();
+    let b = mailbox_key();
+    let mut packets: Vec<_> = (0..3u8)
+        .map(|i| plain_packet(&[relay.hop()], a.mailbox_id(), &[Duration::ZERO], &[i]))
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(
+        wait_until(WAIT, || relay.r().metrics().dropped("mailbox_quota_bytes")
+            == 1)
+        .await
+    );
+    packets = (0..2u8)
+        .map(|i| plain_packet(&[relay.hop()], b.mailbox_id(), &[Duration::ZERO], &[i]))
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(
+        wait_until(WAIT, || {
+            let m = relay.r().metrics();
+            m.dropped("disk_budget") == 1 && m.packets_stored == 3
+        })
+        .await
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_items_older_than_the_limit() {
+    let clock = ManualClock::starting_now();
+    let relay = TestRelay::start_full(
+        |c| c.mailbox.retention_secs = 7 * 24 * 3600,
+        DirectorySource::None,
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let owner = mailbox_key();
+    let old = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"old",
+    );
+    send_packets(&relay, &[old]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
+
+    clock.advance(Duration::from_secs(6 * 24 * 3600));
+    let young = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        b"young",
+    );
+    send_packets(&relay, &[young]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
+
+    assert_eq!(
+        relay.r().sweep_now().await.unwrap(),
+        0,
+        "nothing is 7 days old yet"
+    );
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    assert_eq!(relay.r().sweep_now().await.unwrap(), 1);
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        spore_protocol::packet::open_final_payload(&items[0].payload[..]).unwrap(),
+        b"young"
+    );
+    assert_eq!(relay.r().mailbox_usage(&owner.mailbox_id()).0, 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn cover_for_the_drop_mailbox_is_discarded() {
+    let relay = TestRelay::start().await;
+    let p = plain_packet(&[relay.hop()], MailboxId::DROP, &[Duration::ZERO], b"cover");
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().cover_received == 1).await);
+    assert_eq!(relay.r().metrics().packets_stored, 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn surb_ack_is_released_after_the_store() {
+    let relay = TestRelay::start().await;
+    let recipient = mailbox_key();
+    let sender = mailbox_key();
+    let (p, ack_id) = acked_packet(
+        &[relay.hop(), relay.hop()],
+        recipient.mailbox_id(),
+        &[relay.hop()],
+        sender.mailbox_id(),
+    );
+    send_packets(&relay, &[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
+    assert_eq!(relay.r().metrics().acks_sent, 1);
+    let mut link = relay.link(&sender.secret_bytes()).await;
+    let acks = pull(&mut link).await;
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].surb_id, ack_id);
+    relay.shutdown().await;
+}
