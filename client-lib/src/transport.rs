@@ -246,11 +246,7 @@ impl Transport {
             path: data_dir.clone(),
             source,
         })?;
-        let store = tokio::task::spawn_blocking(move || {
-            Store::open(&data_dir, InboundLimits::default())
-        })
-        .await
-        .map_err(|_| ClientError::Stopped)??;
+        let store = open_store(data_dir).await?;
 
         let key = config.mailbox_key.clone();
         let address = SporeAddress {
@@ -581,6 +577,27 @@ impl Drop for Transport {
         // The last handle going away stops the tasks (they hold `shared`, not `tasks`).
         if Arc::strong_count(&self.tasks) == 1 {
             self.shared.shutdown.send_replace(true);
+        }
+    }
+}
+
+/// Opens the store, waiting a little if a previous instance in this process still holds the
+/// lock (a transport that was just aborted releases it once its last task is dropped).
+async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
+    let mut attempt = 0;
+    loop {
+        let dir = data_dir.clone();
+        let result = tokio::task::spawn_blocking(move || Store::open(&dir, InboundLimits::default()))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        match result {
+            Ok(store) => return Ok(store),
+            Err(ClientError::Storage(sled::Error::Io(e))) if attempt < 50 => {
+                tracing::debug!(error = %e, "store is locked; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
