@@ -101,8 +101,13 @@ enum PullState {
         since: Instant,
     },
     /// Forward items are being opened and persisted; `handles` waits for them.
-    Processing { handles: Vec<u64>, since: Instant },
-    AwaitingDeleteDone { since: Instant },
+    Processing {
+        handles: Vec<u64>,
+        since: Instant,
+    },
+    AwaitingDeleteDone {
+        since: Instant,
+    },
 }
 
 struct Link {
@@ -356,16 +361,16 @@ impl Engine {
                     if !matches!(f.state, FragState::Queued) {
                         continue;
                     }
-                    let Some(destination) = self.messages.get(&key.0).map(|m| m.destination.clone())
+                    let Some(destination) =
+                        self.messages.get(&key.0).map(|m| m.destination.clone())
                     else {
                         continue;
                     };
                     let dir = self.shared.directory.current();
-                    let built = self.shared.factory(&dir).fragment(
-                        &mut self.rng,
-                        &destination,
-                        &f.bytes,
-                    );
+                    let built =
+                        self.shared
+                            .factory(&dir)
+                            .fragment(&mut self.rng, &destination, &f.bytes);
                     let built = match built {
                         Ok(b) => b,
                         Err(e) => {
@@ -691,9 +696,8 @@ impl Engine {
             }
         }
         // Message lifetime.
-        let lifetime_ms =
-            u64::try_from(self.shared.config.timeouts.message_lifetime.as_millis())
-                .unwrap_or(u64::MAX);
+        let lifetime_ms = u64::try_from(self.shared.config.timeouts.message_lifetime.as_millis())
+            .unwrap_or(u64::MAX);
         let now_ms = now_ms();
         let expired: Vec<MessageId> = self
             .messages
@@ -715,11 +719,7 @@ impl Engine {
         self.acks.retain(|_, a| a.forget_at() > now);
         // Lost loops.
         let lost = {
-            let mut loops = self
-                .shared
-                .loops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut loops = self.shared.loops.lock().unwrap_or_else(|e| e.into_inner());
             let before = loops.len();
             loops.retain(|_, deadline| *deadline > now);
             before - loops.len()

@@ -72,10 +72,13 @@ impl PacketFactory<'_> {
             sealed_fragment,
         }
         .encode()?;
-        let mailbox_relay = destination
-            .mailbox_relays
-            .first()
-            .ok_or(spore_protocol::Error::from(spore_protocol::ApiMisuse::NoRoute("address names no mailbox relay")))?;
+        let mailbox_relay =
+            destination
+                .mailbox_relays
+                .first()
+                .ok_or(spore_protocol::Error::from(
+                    spore_protocol::ApiMisuse::NoRoute("address names no mailbox relay"),
+                ))?;
         let route = self
             .routes()
             .forward_route(rng, &self.own_relay, mailbox_relay)?;
@@ -110,13 +113,7 @@ impl PacketFactory<'_> {
         let mailbox_relay = routes.random_mailbox_relay(rng)?;
         let route = routes.forward_route(rng, &self.own_relay, &mailbox_relay)?;
         let delays = sample_delays(rng, self.rates.mu, FORWARD_HOPS, self.rates.max_delay)?;
-        let bytes = build_packet(
-            &route,
-            MailboxId::DROP,
-            random_surb_id(),
-            &delays,
-            &payload,
-        )?;
+        let bytes = build_packet(&route, MailboxId::DROP, random_surb_id(), &delays, &payload)?;
         Ok(BuiltPacket {
             bytes,
             ack: None,
@@ -135,7 +132,9 @@ impl PacketFactory<'_> {
         let peer_relay = peer
             .mailbox_relays
             .first()
-            .ok_or(spore_protocol::Error::from(spore_protocol::ApiMisuse::NoRoute("address names no mailbox relay")))?;
+            .ok_or(spore_protocol::Error::from(
+                spore_protocol::ApiMisuse::NoRoute("address names no mailbox relay"),
+            ))?;
         let route = self
             .routes()
             .forward_route(rng, peer_relay, &self.own_relay)?;

@@ -200,13 +200,38 @@ mod tests {
 
     #[test]
     fn transactions_dedup_by_origin_and_txn_id_other_requests_by_request_id() {
-        let a = dedup_key("a.example", "PUT", "/_matrix/federation/v1/send/42", &[1; 16]);
-        let b = dedup_key("a.example", "PUT", "/_matrix/federation/v1/send/42", &[2; 16]);
+        let a = dedup_key(
+            "a.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[1; 16],
+        );
+        let b = dedup_key(
+            "a.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[2; 16],
+        );
         assert_eq!(a, b, "a retried transaction is the same transaction");
-        let c = dedup_key("b.example", "PUT", "/_matrix/federation/v1/send/42", &[1; 16]);
+        let c = dedup_key(
+            "b.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[1; 16],
+        );
         assert_ne!(a, c, "txn ids are scoped by origin");
-        let d = dedup_key("a.example", "GET", "/_matrix/federation/v1/query/x", &[1; 16]);
-        let e = dedup_key("a.example", "GET", "/_matrix/federation/v1/query/x", &[2; 16]);
+        let d = dedup_key(
+            "a.example",
+            "GET",
+            "/_matrix/federation/v1/query/x",
+            &[1; 16],
+        );
+        let e = dedup_key(
+            "a.example",
+            "GET",
+            "/_matrix/federation/v1/query/x",
+            &[2; 16],
+        );
         assert_ne!(d, e);
     }
 }

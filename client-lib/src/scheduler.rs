@@ -214,7 +214,10 @@ mod tests {
         for attempt in 0..4 {
             let b = backoff(&mut rng, base, attempt, max);
             let lo = base * 2u32.pow(attempt);
-            assert!(b >= lo.min(max) && b <= (lo * 2).min(max), "{attempt}: {b:?}");
+            assert!(
+                b >= lo.min(max) && b <= (lo * 2).min(max),
+                "{attempt}: {b:?}"
+            );
         }
         assert_eq!(backoff(&mut rng, base, 30, max), max);
     }

@@ -204,7 +204,8 @@ impl<R: Resolver> SporeFederationClient<R> {
         timeout: Duration,
         req: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>> {
-        let server = destination_of(&req).ok_or_else(|| ClientError::UnknownDestination(String::new()))?;
+        let server =
+            destination_of(&req).ok_or_else(|| ClientError::UnknownDestination(String::new()))?;
         let address = resolver
             .resolve(&server)
             .ok_or(ClientError::UnknownDestination(server))?;
@@ -251,7 +252,10 @@ mod tests {
             transaction_id("PUT", "/_matrix/federation/v1/send/abc?x=1"),
             Some("abc")
         );
-        assert_eq!(transaction_id("GET", "/_matrix/federation/v1/send/abc"), None);
+        assert_eq!(
+            transaction_id("GET", "/_matrix/federation/v1/send/abc"),
+            None
+        );
         assert_eq!(
             transaction_id("PUT", "/_matrix/federation/v1/send_join/!r/$e"),
             None
@@ -260,7 +264,9 @@ mod tests {
 
     #[test]
     fn destination_comes_from_the_uri_or_the_host_header() {
-        let r = http::Request::get("https://bob.example:8448/x").body(()).unwrap_or_default();
+        let r = http::Request::get("https://bob.example:8448/x")
+            .body(())
+            .unwrap_or_default();
         assert_eq!(destination_of(&r).as_deref(), Some("bob.example:8448"));
         let r = http::Request::get("/x")
             .header("Host", "bob.example")

@@ -190,12 +190,13 @@ impl Sidecar {
         let transport = Transport::start(config.transport_config()?).await?;
         let client = SporeFederationClient::new(transport.clone(), config.resolver()?)
             .with_request_timeout(Duration::from_secs(config.request_timeout_secs));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ClientError::File {
-                path: PathBuf::from(config.listen.to_string()),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ClientError::File {
+                    path: PathBuf::from(config.listen.to_string()),
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| ClientError::File {
             path: PathBuf::from(config.listen.to_string()),
             source,
@@ -301,7 +302,11 @@ async fn outbound(
 }
 
 /// Delivers each inbound request to the homeserver until it answers 2xx, then acks it.
-async fn deliver_inbound(transport: Transport, homeserver: String, mut stop: watch::Receiver<bool>) {
+async fn deliver_inbound(
+    transport: Transport,
+    homeserver: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let http: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     loop {
@@ -332,7 +337,10 @@ async fn deliver_inbound(transport: Transport, homeserver: String, mut stop: wat
                 }
                 Some(response) if (200..300).contains(&response.status) => break,
                 Some(response) => {
-                    tracing::info!(status = response.status, "homeserver refused an inbound request; retrying");
+                    tracing::info!(
+                        status = response.status,
+                        "homeserver refused an inbound request; retrying"
+                    );
                 }
                 None => tracing::info!("homeserver unreachable; retrying"),
             }
@@ -372,7 +380,11 @@ async fn deliver_once(
     let headers = resp
         .headers()
         .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
+        .filter_map(|(n, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (n.as_str().to_owned(), v.to_owned()))
+        })
         .collect();
     let body = Limited::new(resp.into_body(), MAX_BODY)
         .collect()

@@ -42,6 +42,9 @@ impl Default for InboundLimits {
     }
 }
 
+/// An unacknowledged fragment of a queued message: (index, encoded fragment).
+pub type QueuedFragment = (u16, Vec<u8>);
+
 /// A message in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingMessage {
@@ -211,7 +214,7 @@ impl Store {
     }
 
     /// Every queued message with its unacknowledged fragments (index, encoded fragment).
-    pub fn load_outbox(&self) -> Result<Vec<(OutgoingMessage, Vec<(u16, Vec<u8>)>)>> {
+    pub fn load_outbox(&self) -> Result<Vec<(OutgoingMessage, Vec<QueuedFragment>)>> {
         let mut out = Vec::new();
         for entry in self.out_msgs.iter() {
             let (k, v) = entry?;
@@ -483,7 +486,10 @@ mod tests {
         assert_eq!(loaded[0].0, msg);
         assert_eq!(loaded[0].1.len(), 2);
         assert!(!store.ack_fragment(&msg.id, 0).unwrap());
-        assert!(!store.ack_fragment(&msg.id, 0).unwrap(), "a repeated ack is a no-op");
+        assert!(
+            !store.ack_fragment(&msg.id, 0).unwrap(),
+            "a repeated ack is a no-op"
+        );
         assert!(store.ack_fragment(&msg.id, 1).unwrap());
         assert_eq!(store.outbox_len(), 0);
     }
@@ -559,7 +565,10 @@ mod tests {
             let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
             first = store.deliver(b"a.example/txn1", b"bundle", 1).unwrap();
             assert!(first.is_some());
-            assert_eq!(store.deliver(b"a.example/txn1", b"bundle", 2).unwrap(), None);
+            assert_eq!(
+                store.deliver(b"a.example/txn1", b"bundle", 2).unwrap(),
+                None
+            );
             store.flush_blocking().unwrap();
         }
         let store = Store::open(dir.path(), InboundLimits::default()).unwrap();

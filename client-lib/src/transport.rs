@@ -219,8 +219,7 @@ impl Transport {
         if config.server_name.is_empty() {
             return Err(ClientError::Config("server_name is empty".into()));
         }
-        let directory =
-            DirectoryView::load(config.directory.clone(), config.trust.clone()).await?;
+        let directory = DirectoryView::load(config.directory.clone(), config.trust.clone()).await?;
         let dir = directory.current();
         let own = dir.relay(&config.mailbox_relay).ok_or_else(|| {
             ClientError::Directory("our mailbox relay is not in the directory".into())
@@ -386,7 +385,12 @@ impl Transport {
                 .replies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            for _ in 0..self.shared.config.reply_surbs.clamp(1, bundle::MAX_REPLY_SURBS) {
+            for _ in 0..self
+                .shared
+                .config
+                .reply_surbs
+                .clamp(1, bundle::MAX_REPLY_SURBS)
+            {
                 let (surb, recovery, id) = factory.reply_surb(&mut rng, destination)?;
                 table.surbs.insert(id, (request_id, recovery));
                 surbs.push(surb);
@@ -587,9 +591,10 @@ async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
     let mut attempt = 0;
     loop {
         let dir = data_dir.clone();
-        let result = tokio::task::spawn_blocking(move || Store::open(&dir, InboundLimits::default()))
-            .await
-            .map_err(|_| ClientError::Stopped)?;
+        let result =
+            tokio::task::spawn_blocking(move || Store::open(&dir, InboundLimits::default()))
+                .await
+                .map_err(|_| ClientError::Stopped)?;
         match result {
             Ok(store) => return Ok(store),
             Err(ClientError::Storage(sled::Error::Io(e))) if attempt < 50 => {

@@ -36,10 +36,11 @@ impl StubHomeserver {
             while let Ok((socket, _)) = listener.accept().await {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                        let s = s.clone();
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                            let s = s.clone();
+                            async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(socket), service)
                         .await;
@@ -71,7 +72,11 @@ impl StubHomeserver {
 
 async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = parts
         .uri
         .path_and_query()
@@ -87,7 +92,11 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<F
             headers: parts
                 .headers
                 .iter()
-                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
+                .filter_map(|(n, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (n.as_str().to_owned(), v.to_owned()))
+                })
                 .collect(),
             body: body.to_vec(),
         });

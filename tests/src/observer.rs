@@ -82,7 +82,11 @@ impl Observer {
                                 seen.partial = pending;
                             }
                         }
-                        if rw.write_all(buf.get(..n).unwrap_or_default()).await.is_err() {
+                        if rw
+                            .write_all(buf.get(..n).unwrap_or_default())
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }

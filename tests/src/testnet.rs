@@ -319,7 +319,9 @@ impl Testnet {
                 }
             }
         }
-        Err(last.map(TestnetError::from).unwrap_or(TestnetError::NoSuchRelay(index)))
+        Err(last
+            .map(TestnetError::from)
+            .unwrap_or(TestnetError::NoSuchRelay(index)))
     }
 
     /// A client config for this network: the fixed directory, this testnet's authority, rates

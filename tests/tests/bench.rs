@@ -16,7 +16,12 @@ fn thread_cpu() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12 (in clock ticks, 100/s).
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -28,7 +33,9 @@ fn client_cpu_at_ten_packets_per_second_with_cover() {
     // Relays on their own runtime; the client alone on a current-thread runtime, so this
     // thread's CPU time is the client's (sled's flusher thread aside; it is idle here).
     let relays = tokio::runtime::Runtime::new().unwrap();
-    let net = relays.block_on(Testnet::start(TestnetConfig::default())).unwrap();
+    let net = relays
+        .block_on(Testnet::start(TestnetConfig::default()))
+        .unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
     let mut config = net.client_config("alice.example", mailboxes[0], data.path().join("a"));
@@ -93,7 +100,10 @@ async fn sustained_real_fragment_throughput() {
     let n = 3000;
     let t0 = Instant::now();
     for i in 0..n {
-        alice.send(&bob, transaction("alice.example", i)).await.unwrap();
+        alice
+            .send(&bob, transaction("alice.example", i))
+            .await
+            .unwrap();
     }
     let queued = t0.elapsed().as_secs_f64();
     wait_until(Duration::from_secs(120), || alice.outbox_len() == 0).await;

@@ -40,9 +40,16 @@ async fn offline_delivery(n: usize) {
     // First half, then a crash once some (not all) fragments are acknowledged.
     let alice = Transport::start(alice_config.clone()).await.unwrap();
     for i in 0..n / 2 {
-        alice.send(&bob_address, transaction("alice.example", i)).await.unwrap();
+        alice
+            .send(&bob_address, transaction("alice.example", i))
+            .await
+            .unwrap();
     }
-    assert!(wait_until(Duration::from_secs(30), || alice.stats().acks >= (n / 8) as u64).await);
+    assert!(
+        wait_until(Duration::from_secs(30), || alice.stats().acks
+            >= (n / 8) as u64)
+        .await
+    );
     let before_crash = alice.stats();
     alice.abort().await;
     drop(alice);
@@ -54,13 +61,19 @@ async fn offline_delivery(n: usize) {
     // Restart from the same data dir; re-queued fragments go out again.
     let alice = Transport::start(alice_config).await.unwrap();
     for i in n / 2..3 * n / 4 {
-        alice.send(&bob_address, transaction("alice.example", i)).await.unwrap();
+        alice
+            .send(&bob_address, transaction("alice.example", i))
+            .await
+            .unwrap();
     }
     // One mix relay restarts while traffic flows.
     let mix = net.mix_indexes()[0];
     net.restart_relay(mix).await.unwrap();
     for i in 3 * n / 4..n {
-        alice.send(&bob_address, transaction("alice.example", i)).await.unwrap();
+        alice
+            .send(&bob_address, transaction("alice.example", i))
+            .await
+            .unwrap();
     }
     assert!(
         wait_until(Duration::from_secs(120), || alice.outbox_len() == 0).await,
@@ -71,23 +84,34 @@ async fn offline_delivery(n: usize) {
 
     // Bob comes online only now.
     let bob = Transport::start(fast(
-        net.client_config_with_key("bob.example", mailboxes[1], data.path().join("bob"), bob_key),
+        net.client_config_with_key(
+            "bob.example",
+            mailboxes[1],
+            data.path().join("bob"),
+            bob_key,
+        ),
         50.0,
     ))
     .await
     .unwrap();
     let mut counts: HashMap<String, usize> = HashMap::new();
     while counts.len() < n {
-        let inbound = within(Duration::from_secs(60), "bob's next transaction", bob.incoming())
-            .await
-            .unwrap();
+        let inbound = within(
+            Duration::from_secs(60),
+            "bob's next transaction",
+            bob.incoming(),
+        )
+        .await
+        .unwrap();
         assert_eq!(inbound.origin, "alice.example");
         *counts.entry(txn_of(&inbound.request.path)).or_default() += 1;
         bob.ack(inbound.id).await.unwrap();
     }
     // Nothing more arrives: every duplicate was dropped before the inbox.
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), bob.incoming()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(2), bob.incoming())
+            .await
+            .is_err(),
         "an extra request arrived"
     );
     for i in 0..n {
@@ -124,7 +148,12 @@ async fn unacked_inbound_requests_are_handed_out_again_after_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let bob_key = MailboxKey::generate();
     let bob_config = fast(
-        net.client_config_with_key("bob.example", mailboxes[1], data.path().join("bob"), bob_key),
+        net.client_config_with_key(
+            "bob.example",
+            mailboxes[1],
+            data.path().join("bob"),
+            bob_key,
+        ),
         50.0,
     );
     let bob = Transport::start(bob_config.clone()).await.unwrap();
@@ -135,11 +164,18 @@ async fn unacked_inbound_requests_are_handed_out_again_after_a_restart() {
     .await
     .unwrap();
     for i in 0..3 {
-        alice.send(&bob.address(), transaction("alice.example", i)).await.unwrap();
+        alice
+            .send(&bob.address(), transaction("alice.example", i))
+            .await
+            .unwrap();
     }
     let mut first = Vec::new();
     for _ in 0..3 {
-        first.push(within(Duration::from_secs(30), "inbound", bob.incoming()).await.unwrap());
+        first.push(
+            within(Duration::from_secs(30), "inbound", bob.incoming())
+                .await
+                .unwrap(),
+        );
     }
     bob.ack(first[0].id).await.unwrap();
     bob.abort().await;
@@ -147,14 +183,22 @@ async fn unacked_inbound_requests_are_handed_out_again_after_a_restart() {
     let bob = Transport::start(bob_config).await.unwrap();
     let mut again = Vec::new();
     for _ in 0..2 {
-        again.push(within(Duration::from_secs(10), "redelivery", bob.incoming()).await.unwrap());
+        again.push(
+            within(Duration::from_secs(10), "redelivery", bob.incoming())
+                .await
+                .unwrap(),
+        );
     }
     let mut paths: Vec<String> = again.iter().map(|r| r.request.path.clone()).collect();
     paths.sort();
     let mut expected: Vec<String> = first[1..].iter().map(|r| r.request.path.clone()).collect();
     expected.sort();
     assert_eq!(paths, expected, "exactly the unacked requests come again");
-    assert!(tokio::time::timeout(Duration::from_millis(500), bob.incoming()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), bob.incoming())
+            .await
+            .is_err()
+    );
     bob.shutdown().await;
     alice.shutdown().await;
 }

@@ -15,7 +15,9 @@ async fn link_has_the_same_frame_sizes_and_poisson_timing_busy_or_idle() {
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let relay = net.index_of(&mailboxes[0]).unwrap();
-    let observer = Observer::start(net.relay_address(relay).unwrap()).await.unwrap();
+    let observer = Observer::start(net.relay_address(relay).unwrap())
+        .await
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut config = net.client_config("alice.example", mailboxes[0], data.path().join("a"));
     config.relay_address_override = Some(observer.local_addr().to_string());
@@ -43,29 +45,38 @@ async fn link_has_the_same_frame_sizes_and_poisson_timing_busy_or_idle() {
 
     // Enough real traffic to keep the payload stream busy for the whole window.
     for i in 0..500 {
-        alice.send(&bob, transaction("alice.example", i)).await.unwrap();
+        alice
+            .send(&bob, transaction("alice.example", i))
+            .await
+            .unwrap();
     }
     let busy_from = Instant::now();
     tokio::time::sleep(window).await;
     let busy = observer.stats_between(busy_from, Instant::now());
     let busy_stats = alice.stats();
-    assert!(alice.outbox_len() > 0, "the queue ran dry during the window");
+    assert!(
+        alice.outbox_len() > 0,
+        "the queue ran dry during the window"
+    );
     let real = busy_stats.real_sent - idle_stats.real_sent;
     let drops = busy_stats.drop_sent - idle_stats.drop_sent;
-    eprintln!("idle {idle:?}\nbusy {busy:?}\nreal packets in busy window {real}, drop cover {drops}");
+    eprintln!(
+        "idle {idle:?}\nbusy {busy:?}\nreal packets in busy window {real}, drop cover {drops}"
+    );
 
     assert!(real > 200, "real traffic was sent ({real})");
     assert!(
-        observer
-            .records()
-            .iter()
-            .all(|r| r.len == WIRE_FRAME_LEN),
+        observer.records().iter().all(|r| r.len == WIRE_FRAME_LEN),
         "every record has the same size"
     );
     // Expected: 60 packets/s (40 + 10 + 10) plus one pull request and one delete per 250 ms.
     for s in [idle, busy] {
         assert!((s.rate - 68.0).abs() < 12.0, "rate {}", s.rate);
-        assert!((s.cv - 1.0).abs() < 0.2, "coefficient of variation {}", s.cv);
+        assert!(
+            (s.cv - 1.0).abs() < 0.2,
+            "coefficient of variation {}",
+            s.cv
+        );
     }
     assert!(
         (idle.rate - busy.rate).abs() / idle.rate < 0.2,
@@ -73,6 +84,11 @@ async fn link_has_the_same_frame_sizes_and_poisson_timing_busy_or_idle() {
         idle.rate,
         busy.rate
     );
-    assert!((idle.cv - busy.cv).abs() < 0.15, "cv differs: idle {} busy {}", idle.cv, busy.cv);
+    assert!(
+        (idle.cv - busy.cv).abs() < 0.15,
+        "cv differs: idle {} busy {}",
+        idle.cv,
+        busy.cv
+    );
     alice.shutdown().await;
 }

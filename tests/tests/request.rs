@@ -34,7 +34,9 @@ async fn request_gets_its_response_on_reply_surbs_and_the_tower_adapter_queues_t
         let bob = bob.clone();
         tokio::spawn(async move {
             loop {
-                let Ok(inbound) = bob.incoming().await else { return };
+                let Ok(inbound) = bob.incoming().await else {
+                    return;
+                };
                 if inbound.wants_response {
                     // A response that needs several reply fragments.
                     let body = vec![b'x'; 3000];
@@ -93,8 +95,18 @@ async fn request_gets_its_response_on_reply_surbs_and_the_tower_adapter_queues_t
     .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.body().len(), 3000);
-    let unknown = http::Request::get("https://nobody.example/x").body(Bytes::new()).unwrap();
-    assert!(federation.ready().await.unwrap().call(unknown).await.is_err());
+    let unknown = http::Request::get("https://nobody.example/x")
+        .body(Bytes::new())
+        .unwrap();
+    assert!(
+        federation
+            .ready()
+            .await
+            .unwrap()
+            .call(unknown)
+            .await
+            .is_err()
+    );
 
     assert!(crate::wait_until(Duration::from_secs(30), || bob.stats().received >= 3).await);
     responder.abort();

@@ -114,16 +114,27 @@ async fn sidecar_delivers_a_transaction_once_after_homeserver_errors_and_proxies
     assert!(
         wait_until(Duration::from_secs(30), || bob.transport().inbox_len() == 0
             && bob_hs.received().len() >= 3)
-            .await,
+        .await,
         "delivered after two failures: {:?}",
         bob_hs.received().len()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let got = bob_hs.received();
-    assert_eq!(got.len(), 3, "two refused attempts and one success, nothing more");
-    assert!(got.iter().all(|r| r.path == "/_matrix/federation/v1/send/txn-1"));
-    assert!(got[2].headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("authorization")
-        && v.contains("alice.example")));
+    assert_eq!(
+        got.len(),
+        3,
+        "two refused attempts and one success, nothing more"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.path == "/_matrix/federation/v1/send/txn-1")
+    );
+    assert!(
+        got[2]
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("authorization") && v.contains("alice.example"))
+    );
 
     // A query goes out with reply SURBs; Bob's homeserver answers; Alice's caller gets it.
     let query = http::Request::get(format!(

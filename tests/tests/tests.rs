@@ -29,7 +29,9 @@ pub fn transaction(origin: &str, txn: usize) -> FederationRequest {
         headers: vec![
             (
                 "Authorization".into(),
-                format!(r#"X-Matrix origin="{origin}",destination="bob.example",key="ed25519:a",sig="c2ln""#),
+                format!(
+                    r#"X-Matrix origin="{origin}",destination="bob.example",key="ed25519:a",sig="c2ln""#
+                ),
             ),
             ("Content-Type".into(), "application/json".into()),
         ],
