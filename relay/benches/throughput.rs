@@ -341,6 +341,20 @@ fn main() {
     println!("scaling 1 -> 2 workers: {:.2}x (wall)", rates[1] / rates[0]);
     let (bare2, _) = bare_rate(&keys, epoch, &packets[..packets.len().min(2000)]);
     println!("bare unwrap again: {bare2:>7.0} packets/s wall (machine noise check)");
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), 64 << 20).unwrap();
+        let replay = spore_relay::ReplayCache::open(&db, 0).unwrap();
+        let tags: Vec<[u8; 32]> = (0..100_000).map(|_| rand::random()).collect();
+        let t0 = Instant::now();
+        for t in &tags {
+            replay.insert(1, t).unwrap();
+        }
+        println!(
+            "replay insert:   {:>9.2} us per tag (memory + sled, unflushed)",
+            t0.elapsed().as_secs_f64() * 1e6 / tags.len() as f64
+        );
+    }
     let (store, rss) = store_rate(100_000, 512, 1000);
     println!(
         "mailbox store:   {store:>9.0} packets/s durable (group commit of 512), rss {rss:.0} MB"

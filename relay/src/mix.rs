@@ -9,9 +9,10 @@
 //! ```
 //!
 //! Workers are dedicated OS threads, never async tasks: a Sphinx unwrap is ~100 µs of pure CPU.
-//! A worker records a packet's replay tag (and, for a final hop, stores its payload) without
-//! flushing; the commit thread flushes once for everything the workers have produced since the
-//! last flush and only then releases those packets. So a packet leaves this relay, and a SURB-ack
+//! A worker marks a packet's replay tag in memory (and, for a final hop, stores its payload)
+//! without flushing; the commit thread writes the group's tags (one sled batch per epoch),
+//! flushes once for everything the workers have produced since the last flush, and only then
+//! releases those packets. So a packet leaves this relay, and a SURB-ack
 //! says "stored", only once its replay tag and payload are on disk. While one flush runs the
 //! workers keep unwrapping into the next batch, so the fsync costs latency, not throughput.
 
@@ -32,7 +33,7 @@ use crate::clock::Clock;
 use crate::delay_queue::Scheduled;
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::metrics::{Metrics, Queue};
-use crate::replay::ReplayCache;
+use crate::replay::{ReplayCache, ShortTag};
 use crate::store::{Database, MailboxStore};
 
 /// A packet on its way to a next hop.
@@ -78,6 +79,14 @@ pub(crate) enum Outcome {
     Stored { ack: Option<OutboundPacket> },
 }
 
+/// What one worker batch hands to the commit thread: replay tags to persist, and the packets
+/// to release once they (and any stored payloads) are durable.
+#[derive(Debug)]
+pub(crate) struct CommitGroup {
+    tags: Vec<(u64, ShortTag)>,
+    outcomes: Vec<Outcome>,
+}
+
 /// Everything a worker needs; shared by all workers.
 pub(crate) struct MixContext {
     pub keys: RelayKeys,
@@ -121,11 +130,13 @@ type Reason = &'static str;
 
 impl MixContext {
     /// Processes one packet: exact-size parse, one X25519 operation per key tried, replay check
-    /// before unwrap, then unwrap and the final-hop store.
+    /// before unwrap, then unwrap and the final-hop store. The packet's replay tag is added to
+    /// `tags` for the commit thread to persist.
     fn process(
         &self,
         bytes: &[u8; PACKET_SIZE],
         secrets: &[(u64, StaticSecret)],
+        tags: &mut Vec<(u64, ShortTag)>,
     ) -> Result<Option<Outcome>, Reason> {
         let last = secrets.len().saturating_sub(1);
         for (i, (epoch, secret)) in secrets.iter().enumerate() {
@@ -141,9 +152,9 @@ impl MixContext {
                 Err(e) if e.reason() == "bad_mac" && i < last => continue,
                 Err(e) => return Err(e.reason()),
             };
-            match self.replay.insert(*epoch, &tag) {
-                Ok(true) => {}
-                Ok(false) => return Err("replay"),
+            match self.replay.mark(*epoch, &tag) {
+                Ok(Some(short)) => tags.push((*epoch, short)),
+                Ok(None) => return Err("replay"),
                 Err(e) => {
                     tracing::error!(error = %e, "replay cache write failed");
                     return Err("storage_error");
@@ -226,7 +237,7 @@ pub(crate) fn spawn_workers(
     n: usize,
     ctx: Arc<MixContext>,
     rx: Receiver<Box<[u8; PACKET_SIZE]>>,
-    commit_tx: SyncSender<Vec<Outcome>>,
+    commit_tx: SyncSender<CommitGroup>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let rx = Arc::new(Mutex::new(rx));
@@ -273,7 +284,7 @@ fn next_batch(
 fn worker_loop(
     ctx: &MixContext,
     rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
-    commit_tx: &SyncSender<Vec<Outcome>>,
+    commit_tx: &SyncSender<CommitGroup>,
     stop: &AtomicBool,
 ) {
     let mut cache = SecretCache::default();
@@ -281,12 +292,13 @@ fn worker_loop(
         ctx.metrics.queue_sub(Queue::Unwrap, batch.len() as i64);
         let secrets = cache.accepted(ctx);
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut tags = Vec::with_capacity(batch.len());
         for packet in batch {
             let t0 = StdInstant::now();
             // A bug in the Sphinx code on some hostile input must cost one packet, not a
             // worker: contain it, count it, keep going.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                ctx.process(&packet, &secrets)
+                ctx.process(&packet, &secrets, &mut tags)
             }))
             .unwrap_or_else(|_| {
                 tracing::error!("panic while processing a packet; packet dropped");
@@ -299,10 +311,10 @@ fn worker_loop(
                 Err(reason) => ctx.metrics.dropped(reason),
             }
         }
-        if !outcomes.is_empty() {
+        if !outcomes.is_empty() || !tags.is_empty() {
             let n = outcomes.len() as i64;
             ctx.metrics.queue_add(Queue::Commit, n);
-            if commit_tx.send(outcomes).is_err() {
+            if commit_tx.send(CommitGroup { tags, outcomes }).is_err() {
                 ctx.metrics.queue_sub(Queue::Commit, n);
                 return;
             }
@@ -314,7 +326,8 @@ fn worker_loop(
 /// delay queue. Exits when every worker is gone.
 pub(crate) fn spawn_committer(
     db: Database,
-    rx: Receiver<Vec<Outcome>>,
+    replay: Arc<ReplayCache>,
+    rx: Receiver<CommitGroup>,
     delay_tx: mpsc::Sender<Scheduled<OutboundPacket>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -326,10 +339,12 @@ pub(crate) fn spawn_committer(
                 while let Ok(more) = rx.try_recv() {
                     group.push(more);
                 }
-                let n: usize = group.iter().map(Vec::len).sum();
+                let n: usize = group.iter().map(|g| g.outcomes.len()).sum();
                 metrics.queue_sub(Queue::Commit, n as i64);
                 let t0 = StdInstant::now();
-                let committed = db.commit();
+                let tags: Vec<(u64, ShortTag)> =
+                    group.iter().flat_map(|g| g.tags.iter().copied()).collect();
+                let committed = replay.persist(&tags).and_then(|()| db.commit());
                 metrics.observe_commit(t0.elapsed());
                 if let Err(e) = committed {
                     tracing::error!(error = %e, "group commit failed; dropping the group");
@@ -338,7 +353,7 @@ pub(crate) fn spawn_committer(
                     }
                     continue;
                 }
-                for outcome in group.into_iter().flatten() {
+                for outcome in group.into_iter().flat_map(|g| g.outcomes) {
                     let scheduled = match outcome {
                         Outcome::Forward {
                             at,

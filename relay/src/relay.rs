@@ -155,7 +155,13 @@ impl Relay {
             metrics: metrics.clone(),
         });
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(workers * 4);
-        let committer = mix::spawn_committer(db.clone(), commit_rx, delay_tx, metrics.clone())?;
+        let committer = mix::spawn_committer(
+            db.clone(),
+            replay.clone(),
+            commit_rx,
+            delay_tx,
+            metrics.clone(),
+        )?;
         let worker_threads = mix::spawn_workers(workers, ctx, unwrap_rx, commit_tx, stop.clone())?;
 
         let mailbox = store.map(|s| MailboxService::new(s, db.clone(), metrics.clone()));

@@ -124,35 +124,53 @@ impl ReplayCache {
     /// Records `tag` under `epoch`. Returns `false` if it was already there (a replay). Two
     /// workers racing on the same packet get exactly one `true`.
     pub fn insert(&self, epoch: u64, tag: &[u8]) -> Result<bool> {
-        if epoch < self.floor() {
+        let Some(s) = self.mark(epoch, tag)? else {
             return Ok(false);
+        };
+        self.persist(&[(epoch, s)])?;
+        Ok(true)
+    }
+
+    /// The in-memory half of [`ReplayCache::insert`]: records `tag` under `epoch` and returns
+    /// its stored form, or `None` for a replay. The caller must [`ReplayCache::persist`] it
+    /// (and commit the database) before acting on the packet; the mix pipeline does that once
+    /// per group in its commit thread, which keeps the sled write off the Sphinx workers.
+    pub fn mark(&self, epoch: u64, tag: &[u8]) -> Result<Option<ShortTag>> {
+        if epoch < self.floor() {
+            return Ok(None);
         }
         let s = short(tag);
-        let tree = {
-            let mut epochs = self.lock();
-            let cache = match epochs.entry(epoch) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let tree = self.db.sled().open_tree(format!("{TREE_PREFIX}{epoch}"))?;
-                    v.insert(EpochCache {
-                        seen: HashSet::new(),
-                        tree,
-                    })
-                }
-            };
-            if !cache.seen.insert(memory_key(&s)) {
-                return Ok(false);
+        let mut epochs = self.lock();
+        let cache = match epochs.entry(epoch) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let tree = self.db.sled().open_tree(format!("{TREE_PREFIX}{epoch}"))?;
+                v.insert(EpochCache {
+                    seen: HashSet::new(),
+                    tree,
+                })
             }
-            cache.tree.clone()
         };
-        if let Err(e) = tree.insert(s, &[]) {
-            // Not recorded durably: forget it in memory too, the packet will be dropped.
-            if let Some(c) = self.lock().get_mut(&epoch) {
-                c.seen.remove(&memory_key(&s));
-            }
-            return Err(e.into());
+        Ok(cache.seen.insert(memory_key(&s)).then_some(s))
+    }
+
+    /// Writes marked tags to their epochs' trees, one batch per epoch (not flushed). Tags of
+    /// epochs expired in the meantime are skipped: their packets can no longer be accepted.
+    pub fn persist(&self, tags: &[(u64, ShortTag)]) -> Result<()> {
+        let mut by_epoch: HashMap<u64, sled::Batch> = HashMap::new();
+        for (epoch, tag) in tags {
+            by_epoch
+                .entry(*epoch)
+                .or_default()
+                .insert(&tag[..], &[][..]);
         }
-        Ok(true)
+        for (epoch, batch) in by_epoch {
+            let tree = self.lock().get(&epoch).map(|c| c.tree.clone());
+            if let Some(tree) = tree {
+                tree.apply_batch(batch)?;
+            }
+        }
+        Ok(())
     }
 
     /// Drops every epoch older than `oldest_epoch`, in memory and on disk.
