@@ -359,7 +359,7 @@ fn main() {
         let persist_us = t0.elapsed().as_secs_f64() * 1e6 / tags.len() as f64;
         println!(
             "replay tags:     {mark_us:>9.2} us per tag on a worker (memory), \
-             {persist_us:.2} us in the commit thread (sled batch of 512)"
+             {persist_us:.2} us in the commit thread (groups of 512)"
         );
     }
     let (store, rss) = store_rate(100_000, 512, 1000);

@@ -10,7 +10,7 @@
 //!
 //! Workers are dedicated OS threads, never async tasks: a Sphinx unwrap is ~100 µs of pure CPU.
 //! A worker marks a packet's replay tag in memory (and, for a final hop, stores its payload)
-//! without flushing; the commit thread writes the group's tags (one sled batch per epoch),
+//! without flushing; the commit thread writes the group's tags,
 //! flushes once for everything the workers have produced since the last flush, and only then
 //! releases those packets. So a packet leaves this relay, and a SURB-ack
 //! says "stored", only once its replay tag and payload are on disk. While one flush runs the

@@ -154,20 +154,17 @@ impl ReplayCache {
         Ok(cache.seen.insert(memory_key(&s)).then_some(s))
     }
 
-    /// Writes marked tags to their epochs' trees, one batch per epoch (not flushed). Tags of
-    /// epochs expired in the meantime are skipped: their packets can no longer be accepted.
+    /// Writes marked tags to their epochs' trees (not flushed). Tags of epochs expired in the
+    /// meantime are skipped: their packets can no longer be accepted.
     pub fn persist(&self, tags: &[(u64, ShortTag)]) -> Result<()> {
-        let mut by_epoch: HashMap<u64, sled::Batch> = HashMap::new();
+        let mut current: Option<(u64, Option<sled::Tree>)> = None;
         for (epoch, tag) in tags {
-            by_epoch
-                .entry(*epoch)
-                .or_default()
-                .insert(&tag[..], &[][..]);
-        }
-        for (epoch, batch) in by_epoch {
-            let tree = self.lock().get(&epoch).map(|c| c.tree.clone());
-            if let Some(tree) = tree {
-                tree.apply_batch(batch)?;
+            if current.as_ref().is_none_or(|(e, _)| e != epoch) {
+                let tree = self.lock().get(epoch).map(|c| c.tree.clone());
+                current = Some((*epoch, tree));
+            }
+            if let Some((_, Some(tree))) = &current {
+                tree.insert(&tag[..], &[][..])?;
             }
         }
         Ok(())
