@@ -1,7 +1,6 @@
 //! Test harness: relays in-process on 127.0.0.1:0, clients over real Noise links, packets built
 //! with the protocol crate.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,9 +212,4 @@ pub fn acked_packet(
 
 pub fn mailbox_key() -> MailboxKey {
     MailboxKey::generate()
-}
-
-#[allow(dead_code)]
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
