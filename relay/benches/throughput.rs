@@ -380,7 +380,11 @@ fn main() {
     println!("bare unwrap again: {bare2:>7.0} packets/s wall (machine noise check)");
     {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path(), 64 << 20).unwrap();
+        let db = Database::open(
+            dir.path(),
+            spore_relay::StorageConfig::default().cache_bytes,
+        )
+        .unwrap();
         let replay = spore_relay::ReplayCache::open(&db, 0).unwrap();
         let tags: Vec<[u8; 32]> = (0..100_000).map(|_| rand::random()).collect();
         let t0 = Instant::now();
