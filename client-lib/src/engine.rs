@@ -177,7 +177,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         let reconnect_at = tokio::time::Instant::from_std(engine.connect_at);
         let connected = engine.link.is_some();
         tokio::select! {
-            _ = stop.changed() => break,
+            () = crate::transport::stopped(&mut stop) => break,
             _ = tokio::time::sleep_until(send_at), if next_send.is_some() => {
                 if let Some((_, stream)) = next_send {
                     engine.schedule.fire(stream, Instant::now(), &mut engine.rng);

@@ -181,7 +181,7 @@ pub(crate) async fn run_sweeper(shared: Arc<Shared>) {
     let mut stop = shared.shutdown.subscribe();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            () = crate::transport::stopped(&mut stop) => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
         let store: Store = shared.store.clone();

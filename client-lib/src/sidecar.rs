@@ -244,7 +244,7 @@ async fn serve_outbound(
 ) {
     loop {
         let (socket, _) = tokio::select! {
-            _ = stop.changed() => return,
+            () = crate::transport::stopped(&mut stop) => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -311,7 +311,7 @@ async fn deliver_inbound(
         Client::builder(TokioExecutor::new()).build_http();
     loop {
         let inbound = tokio::select! {
-            _ = stop.changed() => return,
+            () = crate::transport::stopped(&mut stop) => return,
             r = transport.incoming() => match r {
                 Ok(i) => i,
                 Err(ClientError::Stopped) => return,
@@ -325,7 +325,7 @@ async fn deliver_inbound(
         let mut wait = Duration::from_millis(100);
         loop {
             let result = tokio::select! {
-                _ = stop.changed() => return,
+                () = crate::transport::stopped(&mut stop) => return,
                 r = deliver_once(&http, &homeserver, &inbound) => r,
             };
             match result {
@@ -345,7 +345,7 @@ async fn deliver_inbound(
                 None => tracing::info!("homeserver unreachable; retrying"),
             }
             tokio::select! {
-                _ = stop.changed() => return,
+                () = crate::transport::stopped(&mut stop) => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(Duration::from_secs(30));

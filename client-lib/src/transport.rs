@@ -284,7 +284,7 @@ impl Transport {
                 let mut stop = s.shutdown.subscribe();
                 loop {
                     tokio::select! {
-                        _ = stop.changed() => return,
+                        () = crate::transport::stopped(&mut stop) => return,
                         _ = tokio::time::sleep(every) => {}
                     }
                     if let Err(e) = s.directory.refresh().await {
@@ -456,7 +456,7 @@ impl Transport {
             }
             tokio::select! {
                 _ = &mut notified => {}
-                _ = stop.changed() => return Err(ClientError::Stopped),
+                () = crate::transport::stopped(&mut stop) => return Err(ClientError::Stopped),
             }
         }
     }
@@ -627,3 +627,9 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
 
 // A forward route is entry + mixes + mailbox; reply SURBs reuse it, so it must fit a SURB.
 const _: () = assert!(spore_protocol::params::FORWARD_HOPS <= MAX_HOPS);
+
+/// Resolves once shutdown has been requested — also if it was requested before this task
+/// subscribed (a plain `changed()` would miss that and sleep until its next timer).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stopped| *stopped).await;
+}

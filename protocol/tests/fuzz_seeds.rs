@@ -1,5 +1,6 @@
 //! Writes valid samples of every parsed format into `fuzz/corpus/<target>/` so the fuzzers
 //! start from real structure. Run on demand: `cargo test -p spore-protocol --test fuzz_seeds -- --ignored`.
+#![allow(clippy::unwrap_used)] // a seed writer that cannot write should stop loudly
 
 use std::path::PathBuf;
 use std::time::Duration;

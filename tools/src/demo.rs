@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use spore_client::{DirectorySource, RateOverrides, Transport, TransportConfig, TransportEvent, Trust};
+use spore_client::{
+    DirectorySource, RateOverrides, Transport, TransportConfig, TransportEvent, Trust,
+};
 use spore_protocol::MailboxKey;
 
 use crate::testnet::{Role, Testnet, TestnetConfig};
@@ -65,14 +67,22 @@ pub struct Percentiles {
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
     if v.is_empty() {
-        return Percentiles { p50: 0.0, p90: 0.0, p99: 0.0 };
+        return Percentiles {
+            p50: 0.0,
+            p90: 0.0,
+            p99: 0.0,
+        };
     }
     v.sort_by(f64::total_cmp);
     let at = |q: f64| {
         let i = ((v.len() as f64 - 1.0) * q).round() as usize;
         v[i.min(v.len() - 1)]
     };
-    Percentiles { p50: at(0.5), p90: at(0.9), p99: at(0.99) }
+    Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+    }
 }
 
 /// Packets one client put on its link, by kind. An observer of the link sees only the total:
@@ -190,31 +200,61 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
     tcfg.width = cfg.width;
     tcfg.params.mu = cfg.mu;
     tcfg.params.lambda_p = cfg.lambda_p;
-    let net = Testnet::start(tcfg).await.context("the local network did not start")?;
+    let net = Testnet::start(tcfg)
+        .await
+        .context("the local network did not start")?;
+    tracing::info!(stage = "testnet up", "demo");
     let edges = net.edge_relays();
     let (relay_a, relay_b) = (edges[0], edges[edges.len() - 1]);
 
     let a_id = ServerIdentity::generate("a.spore.test");
     let b_name = "b.spore.test";
     let b_key = MailboxKey::generate();
-    let a = Transport::start(client_config(&dir, "a.spore.test", MailboxKey::generate(), &net, relay_a, &cfg))
-        .await
-        .context("client A did not start")?;
+    let a = Transport::start(client_config(
+        &dir,
+        "a.spore.test",
+        MailboxKey::generate(),
+        &net,
+        relay_a,
+        &cfg,
+    ))
+    .await
+    .context("client A did not start")?;
     // B registers (its address is what A learns out of band), then goes offline.
-    let b = Transport::start(client_config(&dir, b_name, b_key.clone(), &net, relay_b, &cfg))
-        .await
-        .context("client B did not start")?;
+    let b = Transport::start(client_config(
+        &dir,
+        b_name,
+        b_key.clone(),
+        &net,
+        relay_b,
+        &cfg,
+    ))
+    .await
+    .context("client B did not start")?;
     let b_address = b.address();
+    tracing::info!(stage = "clients up", "demo");
     let b_first = traffic("B (before going offline)", &b);
     b.shutdown().await;
+    drop(b); // releases B's database so B can come back from the same folder
+    tracing::info!(stage = "B offline", "demo");
 
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let txns = transactions(&mut rand::rng(), &a_id, b_name, cfg.transactions, now_ms);
     let mut events = a.events();
     let mut sent_at: HashMap<_, Instant> = HashMap::new();
-    let send_bar = bar(cfg.progress, txns.len() as u64, "A → mixnet → B's mailbox (B offline)");
+    let send_bar = bar(
+        cfg.progress,
+        txns.len() as u64,
+        "A → mixnet → B's mailbox (B offline)",
+    );
     for t in &txns {
-        let id = a.send(&b_address, t.clone()).await.context("A could not queue a transaction")?;
+        let id = a
+            .send(&b_address, t.clone())
+            .await
+            .context("A could not queue a transaction")?;
         sent_at.insert(id, Instant::now());
     }
     let mut latency = Vec::new();
@@ -235,6 +275,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
         }
     }
     send_bar.finish();
+    tracing::info!(stage = "sent", "demo");
     tokio::time::sleep(cfg.offline).await;
 
     // B comes back and pulls its mailbox.
@@ -242,15 +283,24 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
     let b = Transport::start(client_config(&dir, b_name, b_key, &net, relay_b, &cfg))
         .await
         .context("client B did not come back")?;
-    let recv_bar = bar(cfg.progress, txns.len() as u64, "B back online, pulling its mailbox");
-    let expected: HashSet<String> = txns.iter().filter_map(|t| txn_id(t).map(str::to_string)).collect();
+    let recv_bar = bar(
+        cfg.progress,
+        txns.len() as u64,
+        "B back online, pulling its mailbox",
+    );
+    let expected: HashSet<String> = txns
+        .iter()
+        .filter_map(|t| txn_id(t).map(str::to_string))
+        .collect();
     let mut seen: HashSet<String> = HashSet::new();
     let mut duplicates = 0usize;
     let mut valid = 0usize;
     let mut pickup = Vec::new();
     while seen.len() < expected.len() && Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(inbound) = tokio::time::timeout(left, b.incoming()).await else { break };
+        let Ok(inbound) = tokio::time::timeout(left, b.incoming()).await else {
+            break;
+        };
         let inbound = inbound.context("B's inbox failed")?;
         let txn = txn_id(&inbound.request).unwrap_or_default().to_string();
         if verify_request(&inbound.request, b_name, &a_id.key.verifying_key()).is_ok() {
@@ -265,13 +315,18 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
         b.ack(inbound.id).await.context("B could not ack")?;
     }
     recv_bar.finish();
+    tracing::info!(stage = "received", "demo");
     // Anything still arriving late would be a duplicate: give it a moment to show itself.
     if let Ok(Ok(extra)) = tokio::time::timeout(Duration::from_millis(500), b.incoming()).await {
         duplicates += 1;
         let _ = b.ack(extra.id).await;
     }
 
-    let mut links = vec![traffic("A", &a), b_first, traffic("B (after coming back)", &b)];
+    let mut links = vec![
+        traffic("A", &a),
+        b_first,
+        traffic("B (after coming back)", &b),
+    ];
     links.retain(|l| l.real + l.drop_cover + l.loop_cover > 0);
     let relays = net
         .metrics()
@@ -309,19 +364,64 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
 pub fn render(s: &DemoSummary) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "\nSpore demo: {} transactions from a.spore.test to b.spore.test (B offline while they were sent)", s.sent);
-    let _ = writeln!(o, "  delivered {}   duplicates {}   lost {}   X-Matrix signatures valid {}/{}", s.delivered, s.duplicates, s.lost, s.signatures_valid, s.delivered + s.duplicates);
-    let _ = writeln!(o, "  mixnet latency (send → durably in B's mailbox): p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms", s.latency_ms.p50, s.latency_ms.p90, s.latency_ms.p99);
-    let _ = writeln!(o, "  pickup after B came back:                       p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms", s.pickup_ms.p50, s.pickup_ms.p90, s.pickup_ms.p99);
-    let _ = writeln!(o, "\n  client links (an observer sees only the total: same size, one Poisson stream)");
-    let _ = writeln!(o, "    {:<26} {:>6} {:>8} {:>8} {:>7} {:>6} {:>8}", "client", "real", "drop", "loop", "loops↩", "acks", "resent");
+    let _ = writeln!(
+        o,
+        "\nSpore demo: {} transactions from a.spore.test to b.spore.test (B offline while they were sent)",
+        s.sent
+    );
+    let _ = writeln!(
+        o,
+        "  delivered {}   duplicates {}   lost {}   X-Matrix signatures valid {}/{}",
+        s.delivered,
+        s.duplicates,
+        s.lost,
+        s.signatures_valid,
+        s.delivered + s.duplicates
+    );
+    let _ = writeln!(
+        o,
+        "  mixnet latency (send → durably in B's mailbox): p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms",
+        s.latency_ms.p50, s.latency_ms.p90, s.latency_ms.p99
+    );
+    let _ = writeln!(
+        o,
+        "  pickup after B came back:                       p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms",
+        s.pickup_ms.p50, s.pickup_ms.p90, s.pickup_ms.p99
+    );
+    let _ = writeln!(
+        o,
+        "\n  client links (an observer sees only the total: same size, one Poisson stream)"
+    );
+    let _ = writeln!(
+        o,
+        "    {:<26} {:>6} {:>8} {:>8} {:>7} {:>6} {:>8}",
+        "client", "real", "drop", "loop", "loops↩", "acks", "resent"
+    );
     for l in &s.links {
-        let _ = writeln!(o, "    {:<26} {:>6} {:>8} {:>8} {:>7} {:>6} {:>8}", l.client, l.real, l.drop_cover, l.loop_cover, l.loops_returned, l.acks_received, l.retransmissions);
+        let _ = writeln!(
+            o,
+            "    {:<26} {:>6} {:>8} {:>8} {:>7} {:>6} {:>8}",
+            l.client,
+            l.real,
+            l.drop_cover,
+            l.loop_cover,
+            l.loops_returned,
+            l.acks_received,
+            l.retransmissions
+        );
     }
     let _ = writeln!(o, "\n  relays");
-    let _ = writeln!(o, "    {:<16} {:>8} {:>10} {:>8} {:>8}", "role", "in", "forwarded", "stored", "dropped");
+    let _ = writeln!(
+        o,
+        "    {:<16} {:>8} {:>10} {:>8} {:>8}",
+        "role", "in", "forwarded", "stored", "dropped"
+    );
     for r in &s.relays {
-        let _ = writeln!(o, "    {:<16} {:>8} {:>10} {:>8} {:>8}", r.role, r.packets_in, r.packets_forwarded, r.stored, r.dropped);
+        let _ = writeln!(
+            o,
+            "    {:<16} {:>8} {:>10} {:>8} {:>8}",
+            r.role, r.packets_in, r.packets_forwarded, r.stored, r.dropped
+        );
     }
     let _ = writeln!(o, "\n  finished in {:.1} s", s.elapsed_s);
     o

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole network on loopback and show a federation workload crossing it.
-    Demo,
+    Demo(DemoArgs),
     /// Generate keys: a directory authority key or a homeserver mailbox key.
     #[command(subcommand)]
     Keygen(KeygenCmd),
@@ -73,6 +73,22 @@ struct LoadArgs {
     #[arg(long, default_value_t = 30)]
     drain: u64,
     /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Keep the network's data here instead of a temporary folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Federation transactions A sends to B.
+    #[arg(long, default_value_t = spore_tools::demo::DemoConfig::default().transactions)]
+    transactions: usize,
+    /// Mixes per layer.
+    #[arg(long, default_value_t = 2)]
+    width: usize,
+    /// Print the summary as one JSON object (keys sent, delivered, duplicates, lost, latency_ms).
     #[arg(long)]
     json: bool,
 }
@@ -189,6 +205,15 @@ struct InspectArgs {
 }
 
 fn main() -> ExitCode {
+    // Quiet by default so the demo's own output reads cleanly; RUST_LOG=info shows the
+    // relays' and clients' logs (which never name addresses, mailboxes or packet timings).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -207,7 +232,24 @@ fn now_unix() -> u64 {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Demo => bail!("the demo is not built yet"),
+        Command::Demo(args) => {
+            use spore_tools::demo;
+            let cfg = demo::DemoConfig {
+                dir: args.dir,
+                transactions: args.transactions,
+                width: args.width,
+                progress: !args.json,
+                ..demo::DemoConfig::default()
+            };
+            let summary = tokio::runtime::Runtime::new()?.block_on(demo::run(cfg))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", demo::render(&summary));
+            }
+            demo::check(&summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen(cmd) => keygen(cmd),
         Command::Directory(cmd) => directory(cmd),
         Command::Inspect(args) => {
