@@ -65,7 +65,7 @@ async fn request_gets_its_response_on_reply_surbs_and_the_tower_adapter_queues_t
                 headers: vec![],
                 body: vec![],
             },
-            Duration::from_secs(30),
+            Duration::from_secs(90),
         )
         .await
         .unwrap();
@@ -75,7 +75,7 @@ async fn request_gets_its_response_on_reply_surbs_and_the_tower_adapter_queues_t
     // The tower adapter: a transaction is answered 200 {} once queued; a query waits.
     let resolver = StaticResolver::new([("bob.example".to_owned(), bob.address())]);
     let mut federation = SporeFederationClient::new(alice.clone(), resolver)
-        .with_request_timeout(Duration::from_secs(30));
+        .with_request_timeout(Duration::from_secs(90));
     let txn = http::Request::put("https://bob.example/_matrix/federation/v1/send/t1")
         .header("Authorization", "X-Matrix origin=\"alice.example\"")
         .body(Bytes::from_static(br#"{"pdus":[],"edus":[]}"#))
@@ -87,7 +87,7 @@ async fn request_gets_its_response_on_reply_surbs_and_the_tower_adapter_queues_t
         .body(Bytes::new())
         .unwrap();
     let r = within(
-        Duration::from_secs(40),
+        Duration::from_secs(120),
         "query through the adapter",
         federation.ready().await.unwrap().call(query),
     )
