@@ -12,5 +12,7 @@ mod server_keys;
 mod tls;
 pub use homeserver::{DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound};
 pub use proxy::{CarryError, CarryFuture, Carrier, FEDERATION_PORT, OutboundProxy, ProxySettings};
-pub use server_keys::{KeyError, ServerKeyCache, ServerKeys, canonical_json, verify_key_response};
+pub use server_keys::{
+    KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
+};
 pub use tls::{CA_CERT_FILE, LocalCa, TlsError};
