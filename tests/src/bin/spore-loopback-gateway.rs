@@ -134,7 +134,7 @@ async fn inbound(homeserver: &LocalHomeserver, keys: &ServerKeyCache, bytes: &[u
     let BundleBody::Request { request_id, request, reply_surbs } = bundle.body else {
         return (400, Vec::new());
     };
-    // The loopback stand-in marks "wants a response" with one empty reply SURB.
+    // The loopback stand-in marks "wants a response" with one all-zero reply SURB.
     let wants_response = !reply_surbs.is_empty();
     match deliver_inbound(
         homeserver,
@@ -194,7 +194,11 @@ impl LoopbackCarrier {
             body: BundleBody::Request {
                 request_id: rand_id(),
                 request,
-                reply_surbs: if wants_response { vec![Vec::new()] } else { Vec::new() },
+                reply_surbs: if wants_response {
+                    vec![vec![0u8; spore_protocol::params::SURB_SIZE]]
+                } else {
+                    Vec::new()
+                },
             },
         }
     }
