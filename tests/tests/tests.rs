@@ -1,1 +1,79 @@
-//! One integration test binary for the whole network (links once).
+//! Whole-network tests: real relays on loopback, real clients, real links. One binary.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod bench;
+mod delivery;
+mod observer;
+mod request;
+mod sidecar;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use spore_client::{RateOverrides, TransportConfig};
+use spore_protocol::FederationRequest;
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A small signed-looking transaction with id `txn`.
+pub fn transaction(origin: &str, txn: usize) -> FederationRequest {
+    FederationRequest {
+        method: "PUT".into(),
+        path: format!("/_matrix/federation/v1/send/{txn}"),
+        headers: vec![
+            (
+                "Authorization".into(),
+                format!(
+                    r#"X-Matrix origin="{origin}",destination="bob.example",key="ed25519:a",sig="c2ln""#
+                ),
+            ),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+        body: format!(r#"{{"origin":"{origin}","origin_server_ts":{txn},"pdus":[],"edus":[]}}"#)
+            .into_bytes(),
+    }
+}
+
+/// The txn id of a transaction path.
+pub fn txn_of(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Fast rates for tests: the real-packet stream at `lambda_p`, a little cover, 1 ms mean
+/// per-hop delay, 50 ms pulls.
+pub fn fast(mut c: TransportConfig, lambda_p: f64) -> TransportConfig {
+    c.rates = RateOverrides {
+        lambda_p: Some(lambda_p),
+        lambda_l: Some(5.0),
+        lambda_d: Some(5.0),
+        mu: Some(1000.0),
+        pull_interval: Some(Duration::from_millis(50)),
+    };
+    c
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+/// Runs `fut` with a deadline, panicking with `what` if it is missed.
+pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}

@@ -1,0 +1,146 @@
+//! What a [`crate::Transport`] is started with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use spore_protocol::directory::NetworkParams;
+use spore_protocol::{Directory, MailboxKey, RelayId};
+
+/// Where the signed directory comes from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum DirectorySource {
+    /// A file as published by the authorities, re-read every `refresh` (a new document is
+    /// used once it verifies).
+    File { path: PathBuf, refresh: Duration },
+    /// A fixed document (tests, embedded testnets). Still verified against [`Trust`].
+    Fixed(Directory),
+}
+
+/// Who must have signed the directory.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// ed25519 public keys of the directory authorities.
+    pub authorities: Vec<[u8; 32]>,
+    /// Valid signatures required. 0 accepts an unsigned directory: tests only.
+    pub threshold: usize,
+}
+
+/// Per-client overrides of the directory's rates. Every client of a network should use the
+/// directory's values (so all clients look alike); overrides exist for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateOverrides {
+    /// Poisson rate (per second) of the stream that carries real packets or drop cover.
+    pub lambda_p: Option<f64>,
+    /// Loop cover rate (per second).
+    pub lambda_l: Option<f64>,
+    /// Extra drop cover rate (per second).
+    pub lambda_d: Option<f64>,
+    /// Per-hop delay rate: mean delay per hop is `1 / mu` seconds.
+    pub mu: Option<f64>,
+    /// Mailbox pull interval.
+    pub pull_interval: Option<Duration>,
+}
+
+/// The rates in force: the directory's parameters with any overrides applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    pub lambda_p: f64,
+    pub lambda_l: f64,
+    pub lambda_d: f64,
+    pub mu: f64,
+    pub pull_interval: Duration,
+    pub max_delay: Duration,
+}
+
+impl Rates {
+    pub fn resolve(params: &NetworkParams, o: &RateOverrides) -> Self {
+        Self {
+            lambda_p: o.lambda_p.unwrap_or(params.lambda_p),
+            lambda_l: o.lambda_l.unwrap_or(params.lambda_l),
+            lambda_d: o.lambda_d.unwrap_or(params.lambda_d),
+            mu: o.mu.unwrap_or(params.mu),
+            pull_interval: o
+                .pull_interval
+                .unwrap_or(Duration::from_millis(params.pull_interval_ms)),
+            max_delay: Duration::from_millis(params.max_delay_ms),
+        }
+    }
+}
+
+/// Retransmission and expiry timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Added to a packet's own sampled delays (forward + SURB-ack) before its ack is late.
+    pub ack_margin: Duration,
+    /// Longest randomized backoff before a retransmission.
+    pub max_backoff: Duration,
+    /// A message whose fragments are not all acknowledged after this long fails.
+    pub message_lifetime: Duration,
+    /// Partial inbound messages are dropped after this long.
+    pub reassembly_ttl: Duration,
+    /// `(origin, txnId)` pairs are remembered this long to drop duplicates.
+    pub dedup_ttl: Duration,
+    /// TCP connect + Noise handshake to the mailbox relay.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ack_margin: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(60),
+            message_lifetime: Duration::from_secs(24 * 3600),
+            reassembly_ttl: Duration::from_secs(48 * 3600),
+            dedup_ttl: Duration::from_secs(14 * 24 * 3600),
+            connect: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything [`crate::Transport::start`] needs.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Where the outbox, inbox and dedup tables live (sled).
+    pub data_dir: PathBuf,
+    /// This node's mailbox key: authenticates pulls and opens inbound fragments.
+    pub mailbox_key: MailboxKey,
+    /// This homeserver's Matrix server name (the `origin` of what it sends).
+    pub server_name: String,
+    /// The relay holding our mailbox; also our entry relay, where all our packets enter.
+    pub mailbox_relay: RelayId,
+    pub directory: DirectorySource,
+    pub trust: Trust,
+    pub rates: RateOverrides,
+    pub timeouts: Timeouts,
+    /// Reply SURBs attached to a `request()`: the largest response it can receive is this many
+    /// reply fragments.
+    pub reply_surbs: usize,
+    /// Dial this address instead of the one in the directory (tests put an observer here).
+    pub relay_address_override: Option<String>,
+}
+
+impl TransportConfig {
+    /// A config with default rates and timeouts.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        mailbox_key: MailboxKey,
+        server_name: impl Into<String>,
+        mailbox_relay: RelayId,
+        directory: DirectorySource,
+        trust: Trust,
+    ) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            mailbox_key,
+            server_name: server_name.into(),
+            mailbox_relay,
+            directory,
+            trust,
+            rates: RateOverrides::default(),
+            timeouts: Timeouts::default(),
+            reply_surbs: 8,
+            relay_address_override: None,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The inbound side: pulled forward items are opened, persisted, reassembled, deduplicated
+//! and put in the durable inbox, all flushed before the engine deletes them at the relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spore_protocol::bundle::{self, BundleBody};
+use spore_protocol::link::MailboxItem;
+use spore_protocol::packet::{ForwardPayload, open_final_payload};
+use spore_protocol::params::FRAGMENT_DATA_SIZE;
+use spore_protocol::{Fragment, MessageId, seal};
+
+use crate::directory::now_ms;
+use crate::error::Result;
+use crate::store::{FragmentOutcome, Store};
+use crate::transport::{Shared, bump};
+
+/// How often stale partial messages and old dedup keys are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Opens, persists and delivers forward items; returns the handles that may now be deleted
+/// (every item: garbage is deleted too, it will never become readable). Only returns after
+/// everything is flushed; on a storage error returns no handles, so the items are pulled
+/// again later.
+pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem>) -> Vec<u64> {
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut handles = Vec::with_capacity(items.len());
+        let mut delivered = 0usize;
+        for item in items {
+            match open_item(&s, &item) {
+                Ok(Some(fragment)) => match store_fragment(&s, &fragment) {
+                    Ok(n) => delivered += n,
+                    Err(e) => return Err(e),
+                },
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            handles.push(item.handle);
+        }
+        Ok((handles, delivered))
+    })
+    .await;
+    let (handles, delivered) = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store pulled items; they stay at the relay");
+            return Vec::new();
+        }
+        Err(_) => return Vec::new(),
+    };
+    if let Err(e) = shared.store.flush().await {
+        tracing::error!(error = %e, "cannot flush pulled items; they stay at the relay");
+        return Vec::new();
+    }
+    if delivered > 0 {
+        shared.inbox_notify.notify_waiters();
+    }
+    handles
+}
+
+/// The fragment inside a forward item, or `None` for anything that does not open with our key
+/// (a stale ack from before a restart, a forged or corrupted item). Never an error for bad
+/// input: only the store can fail.
+fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<Fragment>> {
+    let opened = open_final_payload(&item.payload[..])
+        .and_then(|plain| ForwardPayload::decode(&plain))
+        .and_then(|fwd| seal::open(shared.key.secret(), &fwd.sealed_fragment))
+        .and_then(|plain| Fragment::decode(&plain, FRAGMENT_DATA_SIZE));
+    match opened {
+        Ok(f) => Ok(Some(f)),
+        Err(e) => {
+            tracing::debug!(reason = e.reason(), "dropping an unreadable mailbox item");
+            Ok(None)
+        }
+    }
+}
+
+/// Persists one fragment; if it completes its message, handles the bundle. Returns the number
+/// of requests put in the inbox (0 or 1).
+fn store_fragment(shared: &Shared, fragment: &Fragment) -> Result<usize> {
+    let now = now_ms();
+    match shared.store.put_fragment(fragment, now)? {
+        FragmentOutcome::Complete(padded) => {
+            let n = handle_message(shared, &padded)?;
+            if fragment.count > 1 {
+                shared.store.finish_message(&fragment.message_id, now)?;
+            }
+            Ok(n)
+        }
+        FragmentOutcome::Refused(why) => {
+            tracing::debug!(why, "refused an inbound fragment");
+            Ok(0)
+        }
+        FragmentOutcome::Stored | FragmentOutcome::Duplicate => Ok(0),
+    }
+}
+
+/// The key under which a request is delivered at most once: `(origin, txnId)` for a
+/// transaction, `(origin, request id)` for anything else.
+pub(crate) fn dedup_key(origin: &str, method: &str, path: &str, request_id: &[u8; 16]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(origin.len() + 64);
+    key.extend_from_slice(origin.as_bytes());
+    key.push(0);
+    match crate::service::transaction_id(method, path) {
+        Some(txn) => {
+            key.extend_from_slice(b"txn\0");
+            key.extend_from_slice(txn.as_bytes());
+        }
+        None => {
+            key.extend_from_slice(b"req\0");
+            key.extend_from_slice(request_id);
+        }
+    }
+    key
+}
+
+fn handle_message(shared: &Shared, padded: &[u8]) -> Result<usize> {
+    let bundle = match bundle::unpack(padded) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(reason = e.reason(), "dropping an undecodable message");
+            return Ok(0);
+        }
+    };
+    match &bundle.body {
+        BundleBody::Loop { nonce } => {
+            let known = shared
+                .loops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(nonce)
+                .is_some();
+            if known {
+                bump(&shared.counters.loops_returned);
+            }
+            Ok(0)
+        }
+        BundleBody::Request {
+            request_id,
+            request,
+            ..
+        } => {
+            let key = dedup_key(&bundle.origin, &request.method, &request.path, request_id);
+            match shared.store.deliver(&key, &bundle.encode(), now_ms())? {
+                Some(_) => {
+                    bump(&shared.counters.received);
+                    Ok(1)
+                }
+                None => {
+                    bump(&shared.counters.duplicates);
+                    Ok(0)
+                }
+            }
+        }
+        // Responses arrive on reply SURBs, never as forward messages.
+        BundleBody::Response { .. } => Ok(0),
+    }
+}
+
+/// Finishes messages whose last fragment was stored but which a crash kept from delivery.
+pub(crate) async fn finish_interrupted(shared: &Arc<Shared>) -> Result<()> {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let pending: Vec<(MessageId, Vec<u8>)> = s.store.completed_but_unfinished()?;
+        for (id, padded) in pending {
+            handle_message(&s, &padded)?;
+            s.store.finish_message(&id, now_ms())?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| crate::error::ClientError::Stopped)??;
+    shared.store.flush().await
+}
+
+/// Periodically drops stale partial messages and old dedup keys.
+pub(crate) async fn run_sweeper(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        let store: Store = shared.store.clone();
+        let t = shared.config.timeouts;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (ttl, dedup) = (ms(t.reassembly_ttl), ms(t.dedup_ttl));
+        match tokio::task::spawn_blocking(move || store.sweep(now_ms(), ttl, dedup)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(messages = n, "dropped stale partial messages"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dedup_key;
+
+    #[test]
+    fn transactions_dedup_by_origin_and_txn_id_other_requests_by_request_id() {
+        let a = dedup_key(
+            "a.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[1; 16],
+        );
+        let b = dedup_key(
+            "a.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[2; 16],
+        );
+        assert_eq!(a, b, "a retried transaction is the same transaction");
+        let c = dedup_key(
+            "b.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[1; 16],
+        );
+        assert_ne!(a, c, "txn ids are scoped by origin");
+        let d = dedup_key(
+            "a.example",
+            "GET",
+            "/_matrix/federation/v1/query/x",
+            &[1; 16],
+        );
+        let e = dedup_key(
+            "a.example",
+            "GET",
+            "/_matrix/federation/v1/query/x",
+            &[2; 16],
+        );
+        assert_ne!(d, e);
+    }
+}

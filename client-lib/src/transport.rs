@@ -1,0 +1,629 @@
+//! [`Transport`]: the handle a homeserver (or the sidecar) holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spore_protocol::bundle::{self, Bundle, BundleBody, FederationRequest, FederationResponse};
+use spore_protocol::fragment::{self, Reassembler, ReassemblyLimits};
+use spore_protocol::packet::{SurbRecovery, use_surb};
+use spore_protocol::params::{FRAGMENT_DATA_SIZE, MAX_HOPS, REPLY_FRAGMENT_DATA_SIZE};
+use spore_protocol::{MailboxKey, MessageId, RelayId, SporeAddress};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Rates, TransportConfig};
+use crate::directory::{DirectoryView, now_ms, now_unix};
+use crate::engine::{self, Command};
+use crate::error::{ClientError, Result};
+use crate::packets::{PacketFactory, random_id};
+use crate::receiver;
+use crate::store::{InboundLimits, OutgoingMessage, Store};
+
+/// Identifies a request in the inbox until it is [`Transport::ack`]ed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundId(pub u64);
+
+/// A federation request that arrived through Spore, exactly as its origin signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRequest {
+    pub id: InboundId,
+    /// The sending homeserver's server name, as its bundle claims (the X-Matrix signature
+    /// inside `request` is what proves it).
+    pub origin: String,
+    /// Where the sender can be reached through Spore, if it said.
+    pub sender: Option<SporeAddress>,
+    pub request: FederationRequest,
+    /// The sender is waiting for an answer: call [`Transport::respond`] before acking.
+    pub wants_response: bool,
+}
+
+/// What happened to a message [`Transport::send`] queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// Every fragment is durably stored at the recipient's mailbox relay.
+    Delivered(MessageId),
+    /// Not every fragment was acknowledged within the message lifetime; the message is dropped.
+    Failed(MessageId),
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Real fragment packets sent (first sends and retransmissions).
+    pub real_sent: u64,
+    /// Reply packets sent on somebody's reply SURBs.
+    pub replies_sent: u64,
+    /// Drop cover packets sent (on the payload stream and the drop stream).
+    pub drop_sent: u64,
+    pub loops_sent: u64,
+    pub loops_returned: u64,
+    /// Loops not back within their expected round trip (loss, or an active attack).
+    pub loops_lost: u64,
+    /// Fragments acknowledged by the recipient's mailbox relay.
+    pub acks: u64,
+    pub retransmissions: u64,
+    pub messages_queued: u64,
+    pub messages_delivered: u64,
+    pub messages_failed: u64,
+    /// Inbound requests put in the inbox.
+    pub received: u64,
+    /// Inbound requests dropped as duplicates.
+    pub duplicates: u64,
+    pub pulls: u64,
+    /// Mailbox items pulled (real ones, not dummy slots).
+    pub items_pulled: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub real_sent: AtomicU64,
+    pub replies_sent: AtomicU64,
+    pub drop_sent: AtomicU64,
+    pub loops_sent: AtomicU64,
+    pub loops_returned: AtomicU64,
+    pub loops_lost: AtomicU64,
+    pub acks: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub messages_queued: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub messages_failed: AtomicU64,
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub pulls: AtomicU64,
+    pub items_pulled: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> TransportStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            real_sent: g(&self.real_sent),
+            replies_sent: g(&self.replies_sent),
+            drop_sent: g(&self.drop_sent),
+            loops_sent: g(&self.loops_sent),
+            loops_returned: g(&self.loops_returned),
+            loops_lost: g(&self.loops_lost),
+            acks: g(&self.acks),
+            retransmissions: g(&self.retransmissions),
+            messages_queued: g(&self.messages_queued),
+            messages_delivered: g(&self.messages_delivered),
+            messages_failed: g(&self.messages_failed),
+            received: g(&self.received),
+            duplicates: g(&self.duplicates),
+            pulls: g(&self.pulls),
+            items_pulled: g(&self.items_pulled),
+        }
+    }
+}
+
+/// A `request()` waiting for its response.
+pub(crate) struct PendingResponse {
+    pub tx: Option<oneshot::Sender<FederationResponse>>,
+    pub reassembler: Reassembler,
+}
+
+/// Reply SURBs we handed out and the requests waiting on them.
+#[derive(Default)]
+pub(crate) struct ReplyTable {
+    pub surbs: HashMap<[u8; 16], ([u8; 16], SurbRecovery)>,
+    pub pending: HashMap<[u8; 16], PendingResponse>,
+}
+
+/// State shared by the handle and the tasks.
+pub(crate) struct Shared {
+    pub config: TransportConfig,
+    pub key: MailboxKey,
+    pub address: SporeAddress,
+    pub store: Store,
+    pub directory: DirectoryView,
+    pub rates: Rates,
+    pub counters: Counters,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub inbox_notify: Notify,
+    pub inbox_cursor: tokio::sync::Mutex<Option<u64>>,
+    /// Loop nonces in flight and when each counts as lost.
+    pub loops: Mutex<HashMap<[u8; 16], Instant>>,
+    pub replies: Mutex<ReplyTable>,
+    pub events: broadcast::Sender<TransportEvent>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn factory<'a>(&'a self, directory: &'a spore_protocol::Directory) -> PacketFactory<'a> {
+        PacketFactory {
+            directory,
+            epoch: directory.epoch_at(now_unix()),
+            rates: &self.rates,
+            own_relay: self.config.mailbox_relay,
+            own_mailbox: self.key.mailbox_id(),
+        }
+    }
+
+    pub fn own_relay(&self) -> RelayId {
+        self.config.mailbox_relay
+    }
+}
+
+/// The Spore transport: federation requests in, cover-hidden Sphinx packets out, inbound
+/// requests delivered exactly once.
+///
+/// Cloning is cheap and every clone drives the same transport.
+///
+/// ```no_run
+/// # async fn demo(config: spore_client::TransportConfig, bob: spore_protocol::SporeAddress)
+/// # -> Result<(), spore_client::ClientError> {
+/// use spore_client::Transport;
+/// use spore_protocol::FederationRequest;
+///
+/// let transport = Transport::start(config).await?;
+/// println!("publish this address: {}", transport.address().to_text());
+///
+/// // Outbound: returns once the request is durably queued.
+/// let txn = FederationRequest {
+///     method: "PUT".into(),
+///     path: "/_matrix/federation/v1/send/1".into(),
+///     headers: vec![("Authorization".into(), "X-Matrix origin=...".into())],
+///     body: br#"{"pdus":[],"edus":[]}"#.to_vec(),
+/// };
+/// transport.send(&bob, txn).await?;
+///
+/// // Inbound: each request exactly once; ack after the homeserver took it.
+/// let inbound = transport.incoming().await?;
+/// // ... hand `inbound.request` to the homeserver ...
+/// transport.ack(inbound.id).await?;
+/// transport.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Opens the data dir, loads and verifies the directory, re-queues whatever the outbox
+    /// holds from before a crash, and starts sending (cover at once) and pulling.
+    pub async fn start(config: TransportConfig) -> Result<Transport> {
+        if config.server_name.is_empty() {
+            return Err(ClientError::Config("server_name is empty".into()));
+        }
+        let directory = DirectoryView::load(config.directory.clone(), config.trust.clone()).await?;
+        let dir = directory.current();
+        let own = dir.relay(&config.mailbox_relay).ok_or_else(|| {
+            ClientError::Directory("our mailbox relay is not in the directory".into())
+        })?;
+        if !(own.roles.entry && own.roles.mailbox) {
+            return Err(ClientError::Directory(
+                "our mailbox relay must have the entry and mailbox roles".into(),
+            ));
+        }
+        let rates = Rates::resolve(&dir.params, &config.rates);
+        for r in [rates.lambda_p, rates.lambda_l, rates.lambda_d] {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(ClientError::Config("rates must be non-negative".into()));
+            }
+        }
+        if !(rates.mu.is_finite() && rates.mu > 0.0) || rates.pull_interval.is_zero() {
+            return Err(ClientError::Config(
+                "mu and the pull interval must be positive".into(),
+            ));
+        }
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| ClientError::File {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let store = open_store(data_dir).await?;
+
+        let key = config.mailbox_key.clone();
+        let address = SporeAddress {
+            mailbox_relays: vec![config.mailbox_relay],
+            mailbox_key: key.public().to_bytes(),
+        };
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(1024);
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config,
+            key,
+            address,
+            store,
+            directory,
+            rates,
+            counters: Counters::default(),
+            commands,
+            inbox_notify: Notify::new(),
+            inbox_cursor: tokio::sync::Mutex::new(None),
+            loops: Mutex::new(HashMap::new()),
+            replies: Mutex::new(ReplyTable::default()),
+            events,
+            shutdown,
+        });
+
+        // A crash between storing a message's last fragment and delivering it: finish now.
+        receiver::finish_interrupted(&shared).await?;
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(engine::run(shared.clone(), command_rx)));
+        tasks.push(tokio::spawn(receiver::run_sweeper(shared.clone())));
+        if let Some(every) = shared.directory.refresh_interval() {
+            let s = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stop = s.shutdown.subscribe();
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if let Err(e) = s.directory.refresh().await {
+                        tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
+                    }
+                }
+            }));
+        }
+        tracing::info!("spore transport started");
+        Ok(Transport {
+            shared,
+            tasks: Arc::new(Mutex::new(tasks)),
+        })
+    }
+
+    /// The address to publish so that others can send to us.
+    pub fn address(&self) -> SporeAddress {
+        self.shared.address.clone()
+    }
+
+    /// The rates in force (directory parameters with overrides applied).
+    pub fn rates(&self) -> Rates {
+        self.shared.rates
+    }
+
+    /// Queues `request` for `destination` and returns once it is durable. It is then sent,
+    /// acknowledged fragment by fragment and retransmitted as needed, across restarts; watch
+    /// [`Transport::events`] for its fate.
+    pub async fn send(
+        &self,
+        destination: &SporeAddress,
+        request: FederationRequest,
+    ) -> Result<MessageId> {
+        self.enqueue(destination, random_id(), request, Vec::new())
+            .await
+    }
+
+    async fn enqueue(
+        &self,
+        destination: &SporeAddress,
+        request_id: [u8; 16],
+        request: FederationRequest,
+        reply_surbs: Vec<Vec<u8>>,
+    ) -> Result<MessageId> {
+        let bundle = Bundle {
+            origin: self.shared.config.server_name.clone(),
+            sender: Some(self.shared.address.clone()),
+            server_keys: None,
+            body: BundleBody::Request {
+                request_id,
+                request,
+                reply_surbs,
+            },
+        };
+        let padded = bundle::pack(&bundle, FRAGMENT_DATA_SIZE)?;
+        let id = random_id();
+        let fragments = fragment::split(id, &padded, FRAGMENT_DATA_SIZE)?;
+        let message = OutgoingMessage {
+            id,
+            created_ms: now_ms(),
+            destination: destination.clone(),
+        };
+        let store = self.shared.store.clone();
+        let (message, fragments) = tokio::task::spawn_blocking(move || {
+            store.put_outgoing(&message, &fragments)?;
+            Ok::<_, ClientError>((message, fragments))
+        })
+        .await
+        .map_err(|_| ClientError::Stopped)??;
+        self.shared.store.flush().await?;
+        bump(&self.shared.counters.messages_queued);
+        let fragments = fragments.iter().map(|f| (f.index, f.encode())).collect();
+        self.shared
+            .commands
+            .send(Command::Enqueue { message, fragments })
+            .map_err(|_| ClientError::Stopped)?;
+        Ok(id)
+    }
+
+    /// Sends `request` with reply SURBs and waits up to `timeout` for the response. For
+    /// request/response federation calls (make_join, key queries...) when the peer is online.
+    pub async fn request(
+        &self,
+        destination: &SporeAddress,
+        request: FederationRequest,
+        timeout: Duration,
+    ) -> Result<FederationResponse> {
+        let request_id = random_id();
+        let (tx, rx) = oneshot::channel();
+        let mut surbs = Vec::new();
+        let mut surb_ids = Vec::new();
+        {
+            let dir = self.shared.directory.current();
+            let factory = self.shared.factory(&dir);
+            let mut rng = rand::rng();
+            let mut table = self
+                .shared
+                .replies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for _ in 0..self
+                .shared
+                .config
+                .reply_surbs
+                .clamp(1, bundle::MAX_REPLY_SURBS)
+            {
+                let (surb, recovery, id) = factory.reply_surb(&mut rng, destination)?;
+                table.surbs.insert(id, (request_id, recovery));
+                surbs.push(surb);
+                surb_ids.push(id);
+            }
+            table.pending.insert(
+                request_id,
+                PendingResponse {
+                    tx: Some(tx),
+                    reassembler: Reassembler::new(ReassemblyLimits {
+                        max_messages: 4,
+                        max_bytes: 4 << 20,
+                        ttl: timeout,
+                        max_completed: 4,
+                    }),
+                },
+            );
+        }
+        let result = async {
+            self.enqueue(destination, request_id, request, surbs)
+                .await?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(_)) => Err(ClientError::Stopped),
+                Err(_) => Err(ClientError::Timeout),
+            }
+        }
+        .await;
+        let mut table = self
+            .shared
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        table.pending.remove(&request_id);
+        for id in surb_ids {
+            table.surbs.remove(&id);
+        }
+        result
+    }
+
+    /// The next inbound request not yet handed out by this `Transport`. Requests stay in the
+    /// durable inbox until [`Transport::ack`]: after a restart, unacked ones come again.
+    pub async fn incoming(&self) -> Result<InboundRequest> {
+        let mut stop = self.shared.shutdown.subscribe();
+        loop {
+            let notified = self.shared.inbox_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut cursor = self.shared.inbox_cursor.lock().await;
+                let store = self.shared.store.clone();
+                let after = *cursor;
+                let next = tokio::task::spawn_blocking(move || store.inbox_after(after))
+                    .await
+                    .map_err(|_| ClientError::Stopped)??;
+                if let Some((id, bytes)) = next {
+                    *cursor = Some(id);
+                    return decode_inbound(id, &bytes);
+                }
+            }
+            if *stop.borrow_and_update() {
+                return Err(ClientError::Stopped);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = stop.changed() => return Err(ClientError::Stopped),
+            }
+        }
+    }
+
+    /// Removes a request from the inbox, durably: it will never be handed out again.
+    pub async fn ack(&self, id: InboundId) -> Result<()> {
+        let store = self.shared.store.clone();
+        let removed = tokio::task::spawn_blocking(move || store.inbox_remove(id.0))
+            .await
+            .map_err(|_| ClientError::Stopped)??;
+        self.shared.store.flush().await?;
+        if removed {
+            Ok(())
+        } else {
+            Err(ClientError::UnknownInbound)
+        }
+    }
+
+    /// Answers an inbound request on the reply SURBs it carried. Call before [`Transport::ack`].
+    /// Replies are not retransmitted: the requester retries the whole request if needed.
+    pub async fn respond(&self, id: InboundId, response: FederationResponse) -> Result<()> {
+        let store = self.shared.store.clone();
+        let bytes = tokio::task::spawn_blocking(move || store.inbox_get(id.0))
+            .await
+            .map_err(|_| ClientError::Stopped)??
+            .ok_or(ClientError::UnknownInbound)?;
+        let request = Bundle::decode(&bytes).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+        let BundleBody::Request {
+            request_id,
+            reply_surbs,
+            ..
+        } = request.body
+        else {
+            return Err(ClientError::Corrupt("inbox bundle"));
+        };
+        if reply_surbs.is_empty() {
+            return Err(ClientError::CannotRespond(
+                "the request carries no reply SURBs",
+            ));
+        }
+        let reply = Bundle {
+            origin: self.shared.config.server_name.clone(),
+            sender: None,
+            server_keys: None,
+            body: BundleBody::Response {
+                request_id,
+                response,
+            },
+        };
+        let padded = bundle::pack(&reply, REPLY_FRAGMENT_DATA_SIZE)?;
+        let fragments = fragment::split(random_id(), &padded, REPLY_FRAGMENT_DATA_SIZE)?;
+        if fragments.len() > reply_surbs.len() {
+            return Err(ClientError::CannotRespond(
+                "the response is larger than the reply SURBs carry",
+            ));
+        }
+        let mut packets = Vec::with_capacity(fragments.len());
+        for (f, surb) in fragments.iter().zip(&reply_surbs) {
+            let (first_hop, packet) = use_surb(surb, &f.encode())?;
+            if first_hop != self.shared.own_relay() {
+                return Err(ClientError::CannotRespond(
+                    "a reply SURB does not start at our relay",
+                ));
+            }
+            packets.push(packet);
+        }
+        for packet in packets {
+            self.shared
+                .commands
+                .send(Command::Reply { packet })
+                .map_err(|_| ClientError::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Delivered / failed notifications for sent messages.
+    pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Messages still in the outbox (not every fragment acknowledged yet).
+    pub fn outbox_len(&self) -> usize {
+        self.shared.store.outbox_len()
+    }
+
+    /// Requests in the inbox (received, not yet acked).
+    pub fn inbox_len(&self) -> usize {
+        self.shared.store.inbox_len()
+    }
+
+    /// Stops sending and pulling, flushes the store and waits for every task.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = self.shared.store.flush().await;
+        tracing::info!("spore transport stopped");
+    }
+
+    /// Stops every task at once, without flushing anything: the closest an in-process test
+    /// gets to a crash. Whatever `send`/`ack` had not yet returned for may be lost.
+    pub async fn abort(&self) {
+        self.shared.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // The last handle going away stops the tasks (they hold `shared`, not `tasks`).
+        if Arc::strong_count(&self.tasks) == 1 {
+            self.shared.shutdown.send_replace(true);
+        }
+    }
+}
+
+/// Opens the store, waiting a little if a previous instance in this process still holds the
+/// lock (a transport that was just aborted releases it once its last task is dropped).
+async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
+    let mut attempt = 0;
+    loop {
+        let dir = data_dir.clone();
+        let result =
+            tokio::task::spawn_blocking(move || Store::open(&dir, InboundLimits::default()))
+                .await
+                .map_err(|_| ClientError::Stopped)?;
+        match result {
+            Ok(store) => return Ok(store),
+            Err(ClientError::Storage(sled::Error::Io(e))) if attempt < 50 => {
+                tracing::debug!(error = %e, "store is locked; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
+    let bundle = Bundle::decode(bytes).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+    match bundle.body {
+        BundleBody::Request {
+            request,
+            reply_surbs,
+            ..
+        } => Ok(InboundRequest {
+            id: InboundId(id),
+            origin: bundle.origin,
+            sender: bundle.sender,
+            request,
+            wants_response: !reply_surbs.is_empty(),
+        }),
+        _ => Err(ClientError::Corrupt("inbox bundle")),
+    }
+}
+
+// A forward route is entry + mixes + mailbox; reply SURBs reuse it, so it must fit a SURB.
+const _: () = assert!(spore_protocol::params::FORWARD_HOPS <= MAX_HOPS);
