@@ -47,10 +47,12 @@ pub use transport::{InboundId, InboundRequest, Transport, TransportEvent, Transp
 mod homeserver;
 mod proxy;
 mod server_keys;
+mod sidecar_proxy;
 mod tls;
 pub use homeserver::{DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound};
 pub use proxy::{CarryError, CarryFuture, Carrier, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{
     KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
 };
+pub use sidecar_proxy::TransportCarrier;
 pub use tls::{CA_CERT_FILE, LocalCa, TlsError};

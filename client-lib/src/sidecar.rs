@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ use tower::Service;
 use crate::config::{DirectorySource, RateOverrides, TransportConfig, Trust};
 use crate::error::{ClientError, Result};
 use crate::service::{SporeFederationClient, StaticResolver, transaction_id};
+use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::transport::{InboundRequest, Transport};
 
 /// `[directory]` in the sidecar config.
@@ -83,6 +85,10 @@ pub struct SidecarConfig {
     pub homeserver_url: String,
     /// Where the homeserver sends its outbound federation requests.
     pub listen: SocketAddr,
+    /// Where an unmodified homeserver's `https_proxy` points: an HTTP CONNECT proxy that ends
+    /// TLS with the sidecar's local CA (`data_dir/ca/ca.pem`). See `docs/synapse.md`.
+    #[serde(default)]
+    pub https_proxy_listen: Option<SocketAddr>,
     /// How long a request/response call waits.
     #[serde(default = "sixty")]
     pub request_timeout_secs: u64,
@@ -202,14 +208,34 @@ impl Sidecar {
             source,
         })?;
         let (stop, _) = watch::channel(false);
-        let tasks = vec![
+        let keys = Arc::new(ServerKeyCache::open(
+            config.data_dir.join("server_keys.json"),
+            unix_ms(),
+        ));
+        let mut tasks = vec![
             tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
             tokio::spawn(deliver_inbound(
                 transport.clone(),
                 config.homeserver_url.trim_end_matches('/').to_owned(),
+                keys.clone(),
                 stop.subscribe(),
             )),
         ];
+        if let Some(listen) = config.https_proxy_listen {
+            let (_, task) = crate::sidecar_proxy::start(
+                listen,
+                config.data_dir.clone(),
+                &config.server_name,
+                &config.homeserver_url,
+                transport.clone(),
+                config.resolver()?,
+                keys,
+                Duration::from_secs(config.request_timeout_secs),
+                stop.subscribe(),
+            )
+            .await?;
+            tasks.push(task);
+        }
         tracing::info!("spore sidecar started");
         Ok(Sidecar {
             transport,
@@ -305,6 +331,7 @@ async fn outbound(
 async fn deliver_inbound(
     transport: Transport,
     homeserver: String,
+    keys: Arc<ServerKeyCache>,
     mut stop: watch::Receiver<bool>,
 ) {
     let http: Client<HttpConnector, Full<Bytes>> =
@@ -322,6 +349,11 @@ async fn deliver_inbound(
                 }
             },
         };
+        if let Some(json) = &inbound.server_keys
+            && let Err(e) = keys.insert(&inbound.origin, json, unix_ms())
+        {
+            tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
+        }
         let mut wait = Duration::from_millis(100);
         loop {
             let result = tokio::select! {
