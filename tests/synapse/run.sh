@@ -14,6 +14,10 @@
 # Environment:
 #   SPORE_SYNAPSE_VENV   where the venv lives (default: $CARGO_TARGET_DIR or target/, /synapse-venv)
 #   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
+#   SPORE_SYNAPSE_CARRIER=spore (default): a Spore testnet (relays: entry/mailbox + 3 mix
+#                        layers) and `spore-sidecar` with `https_proxy_listen`
+#   SPORE_SYNAPSE_CARRIER=loopback: the same proxy/keys/delivery code, bundles carried directly
+#                        between two `spore-loopback-gateway`s (isolates homeserver issues)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,9 +51,13 @@ fi
 say "synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
 
 # ---------------------------------------------------------------- the sidecars
-say "building the sidecar"
-(cd "$ROOT" && cargo build -q -p spore-tests --bin spore-loopback-gateway)
+CARRIER=${SPORE_SYNAPSE_CARRIER:-spore}
+say "building the sidecar ($CARRIER)"
+(cd "$ROOT" && cargo build -q -p spore-client --bin spore-sidecar \
+    && cargo build -q -p spore-tests --bin spore-loopback-gateway --bin spore-testnet)
 GATEWAY="$TARGET/debug/spore-loopback-gateway"
+SIDECAR="$TARGET/debug/spore-sidecar"
+TESTNET="$TARGET/debug/spore-testnet"
 
 # Ports: a block chosen from the PID so parallel runs do not collide.
 BASE=$((20000 + ($$ % 2000) * 10))
@@ -74,14 +82,25 @@ cleanup() {
 trap cleanup EXIT
 
 start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
-    RUST_LOG=${RUST_LOG:-info} "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
-        --homeserver "http://127.0.0.1:$5" --proxy-listen "127.0.0.1:$3" \
-        --bundle-listen "127.0.0.1:$4" --peer "$6=http://127.0.0.1:$7" \
-        >>"$RUN/$1.sidecar.log" 2>&1 &
+    if [ "$CARRIER" = loopback ]; then
+        RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
+            --homeserver "http://127.0.0.1:$5" --proxy-listen "127.0.0.1:$3" \
+            --bundle-listen "127.0.0.1:$4" --peer "$6=http://127.0.0.1:$7" \
+            >>"$RUN/$1.sidecar.log" 2>&1 &
+        CA="$2/sidecar/ca.pem"
+    else
+        RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
+            >>"$RUN/$1.sidecar.log" 2>&1 &
+        CA="$RUN/net/$1/data/ca/ca.pem"
+    fi
     PIDS+=($!)
     LAST_PID=$!
-    for _ in $(seq 100); do [ -f "$2/sidecar/ca.pem" ] && return 0; sleep 0.1; done
-    say "sidecar $1 did not start"; exit 1
+    for _ in $(seq 300); do
+        [ -f "$CA" ] && { mkdir -p "$2/sidecar"; ln -sf "$CA" "$2/sidecar/ca.pem"; return 0; }
+        kill -0 $LAST_PID 2>/dev/null || break
+        sleep 0.1
+    done
+    say "sidecar $1 did not start"; tail -20 "$RUN/$1.sidecar.log"; exit 1
 }
 
 # ---------------------------------------------------------------- the homeservers
@@ -150,6 +169,17 @@ configure hs-b.spore.test "$B" $B_CLIENT $B_FED
 
 $DRIVER watch "$RUN/ss.log" & PIDS+=($!)
 
+if [ "$CARRIER" != loopback ]; then
+    say "starting a Spore testnet (2 entry/mailbox relays, 3 mix layers)"
+    "$TESTNET" --dir "$RUN/net" \
+        --homeserver "hs-a.spore.test,http://127.0.0.1:$A_FED,127.0.0.1:$A_PROXY" \
+        --homeserver "hs-b.spore.test,http://127.0.0.1:$B_FED,127.0.0.1:$B_PROXY" \
+        >>"$RUN/testnet.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 300); do [ -f "$RUN/net/ready" ] && break; sleep 0.1; done
+    [ -f "$RUN/net/ready" ] || { say "testnet did not start"; cat "$RUN/testnet.log"; exit 1; }
+fi
+
 start_sidecar hs-a.spore.test "$A" $A_PROXY $A_BUNDLE $A_FED hs-b.spore.test $B_BUNDLE
 start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
 B_SIDECAR=$LAST_PID
@@ -175,6 +205,7 @@ $DRIVER check "$RUN/state.json" 20 300
 
 # ---------------------------------------------------------------- no direct route
 $DRIVER conns "$RUN/ss.log" "$RUN/synapse-pids"
-grep -hE "queued through spore|answered through spore|answered from the verified cache|delivered" \
+say "sidecar log summary (both sidecars, whole run):"
+grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered" \
     "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//' | sort | uniq -c | sed 's/^/    /'
 say "PASS in $(( $(date +%s) - START ))s"
