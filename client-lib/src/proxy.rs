@@ -237,7 +237,7 @@ impl OutboundProxy {
         if is_transaction(&request.method, bare) {
             return match self.carrier.send(destination, request, own).await {
                 Ok(()) => {
-                    tracing::info!("transaction queued through spore");
+                    tracing::debug!("transaction queued through spore");
                     json(200, r#"{"pdus":{}}"#.into())
                 }
                 Err(e) => {
@@ -253,11 +253,11 @@ impl OutboundProxy {
             .await
         {
             Ok(response) => {
-                tracing::info!(endpoint = what, status = response.status, "request answered through spore");
+                tracing::debug!(endpoint = what, status = response.status, "request answered through spore");
                 to_response(response)
             }
             Err(e) => {
-                tracing::info!(endpoint = what, error = %e, "request not answered");
+                tracing::debug!(endpoint = what, error = %e, "request not answered");
                 unavailable(&e)
             }
         }
@@ -267,7 +267,7 @@ impl OutboundProxy {
     async fn server_keys(&self, destination: &str, parts: http::request::Parts, body: Bytes) -> hyper::Response<Full<Bytes>> {
         let now = unix_ms();
         if let Some(keys) = self.keys.get(destination, now) {
-            tracing::info!("server keys answered from the verified cache");
+            tracing::debug!("server keys answered from the verified cache");
             return json_bytes(200, keys.json.into());
         }
         // Not cached: ask the server itself through Spore (it must be online).
@@ -285,7 +285,7 @@ impl OutboundProxy {
         {
             Ok(r) if (200..300).contains(&r.status) => match self.keys.insert(destination, &r.body, now) {
                 Ok(()) => {
-                    tracing::info!("server keys fetched through spore and verified");
+                    tracing::debug!("server keys fetched through spore and verified");
                     json_bytes(200, r.body.into())
                 }
                 Err(e) => {

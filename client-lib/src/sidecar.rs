@@ -382,6 +382,10 @@ async fn deliver_inbound(
             }
             wait = (wait * 2).min(Duration::from_secs(30));
         }
+        tracing::debug!(
+            wants_response = inbound.wants_response,
+            "inbound request delivered to the homeserver"
+        );
         if let Err(e) = transport.ack(inbound.id).await {
             tracing::warn!(error = %e, "cannot ack an inbound request");
         }

@@ -146,47 +146,83 @@ def check(state_path, n, timeout):
 def watch(out):
     with open(out, "a") as f:
         while True:
-            snap = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True).stdout
-            f.write(f"@ {time.time():.3f}\n{snap}")
+            conns = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True).stdout
+            listens = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True).stdout
+            f.write(f"@ {time.time():.3f}\n{conns}" + "".join("L " + l + "\n" for l in listens.splitlines()))
             f.flush()
             time.sleep(0.2)
 
 
+def _pid(line):
+    i = line.find("pid=")
+    return line[i + 4:line.index(",", i)] if i >= 0 else None
+
+
+def _port(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
 def conns(out, pids_file):
-    # pids file lines: LABEL PID PROXY_PORT LISTEN_PORT[,LISTEN_PORT...]
-    synapses = {}
+    """Checks, from the snapshots, who each process opened connections to.
+
+    PIDS lines: KIND NODE PID, KIND one of synapse, sidecar, gateway (loopback stand-in, not
+    checked), testnet (the relays).
+    - a Synapse's outbound connections all go to a listening port of its own sidecar;
+    - a sidecar's outbound connections all go to its own Synapse or to a relay.
+    """
+    procs = {}
     for line in open(pids_file):
-        label, pid, proxy, listen = line.split()
-        synapses[pid] = (label, int(proxy), {int(p) for p in listen.split(",")})
-    all_listen = {p: lab for (lab, _, ports) in synapses.values() for p in ports}
+        kind, node, pid = line.split()
+        procs[pid] = (kind, node)
+    listening = {}  # pid -> ports
+    lines = [l for l in open(out) if not l.startswith("@")]
+    for line in lines:
+        if line.startswith("L "):
+            parts = line[2:].split()
+            pid = _pid(line)
+            if pid in procs and len(parts) >= 4:
+                listening.setdefault(pid, set()).add(_port(parts[3]))
+
+    def ports_of(kind, node=None):
+        return {p for pid, (k, n) in procs.items() if k == kind and (node is None or n == node)
+                for p in listening.get(pid, set())}
+    owner_of_port = {p: f"{k} {n}" for pid, (k, n) in procs.items() for p in listening.get(pid, set())}
     outbound, violations, seen = {}, [], set()
-    for line in open(out):
-        if line.startswith("@") or "pid=" not in line:
+    for line in lines:
+        if line.startswith("L ") or "pid=" not in line:
             continue
         parts = line.split()
         local, peer = parts[3], parts[4]
-        for pid, (label, proxy, listen) in synapses.items():
-            if f"pid={pid}," not in line:
-                continue
-            lport, pport = int(local.rsplit(":", 1)[1]), int(peer.rsplit(":", 1)[1])
-            if lport in listen:
-                continue  # inbound: its own sidecar delivering, or the test's client API calls
-            key = (label, local, peer)
-            if key in seen:
-                continue
-            seen.add(key)
-            outbound.setdefault(label, set()).add(peer)
-            if pport != proxy or not peer.startswith("127.0.0.1:"):
-                other = all_listen.get(pport)
-                violations.append(f"synapse {label} (pid {pid}) connected to {peer}"
-                                  + (f" = synapse {other}'s listener" if other else ""))
-    for label in sorted({v[0] for v in synapses.values()}):
-        log(f"synapse {label}: outbound TCP connections to {sorted(outbound.get(label, set()))}")
+        pid = _pid(line)
+        if pid not in procs:
+            continue
+        kind, node = procs[pid]
+        if _port(local) in listening.get(pid, set()):
+            continue  # accepted, not opened by this process
+        if (pid, local, peer) in seen:
+            continue
+        seen.add((pid, local, peer))
+        who = owner_of_port.get(_port(peer), "unknown")
+        outbound.setdefault((kind, node), {}).setdefault(who, set()).add(peer)
+        if kind == "synapse":
+            allowed = ports_of("sidecar", node) | ports_of("gateway", node)
+        elif kind == "sidecar":
+            allowed = ports_of("synapse", node) | ports_of("testnet")
+        else:
+            continue
+        if _port(peer) not in allowed or not peer.startswith("127.0.0.1:"):
+            violations.append(f"{kind} {node} (pid {pid}) connected to {peer} ({who})")
+    for (kind, node), peers in sorted(outbound.items()):
+        if kind in ("synapse", "sidecar", "gateway"):
+            summary = ", ".join(f"{who}: {len(addrs)} connection(s)" for who, addrs in sorted(peers.items()))
+            log(f"{kind} {node} opened TCP connections to -> {summary}")
     if violations:
-        raise SystemExit("FAIL: direct connections:\n  " + "\n  ".join(violations))
-    if not outbound:
-        raise SystemExit("FAIL: no outbound connection seen at all (is ss working?)")
-    log("OK: every outbound TCP connection of each Synapse went to its own sidecar; none between the Synapses")
+        raise SystemExit("FAIL: forbidden connections:\n  " + "\n  ".join(violations))
+    if not any(k == "synapse" for (k, _) in outbound):
+        raise SystemExit("FAIL: no outbound Synapse connection seen at all (is ss working?)")
+    log("OK: each Synapse only ever connected to its own sidecar"
+        + ("; each sidecar only to its own Synapse and the relays" if any(k == "sidecar" for (k, _) in outbound) else "")
+        + "; no connection between the two Synapses")
 
 
 if __name__ == "__main__":

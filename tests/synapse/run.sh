@@ -83,18 +83,19 @@ trap cleanup EXIT
 
 start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
     if [ "$CARRIER" = loopback ]; then
-        RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
+        RUST_LOG=${RUST_LOG:-info,spore_client::proxy=debug} NO_COLOR=1 "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
             --homeserver "http://127.0.0.1:$5" --proxy-listen "127.0.0.1:$3" \
             --bundle-listen "127.0.0.1:$4" --peer "$6=http://127.0.0.1:$7" \
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$2/sidecar/ca.pem"
     else
-        RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
+        RUST_LOG=${RUST_LOG:-info,spore_client::proxy=debug,spore_client::sidecar=debug} NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$RUN/net/$1/data/ca/ca.pem"
     fi
     PIDS+=($!)
     LAST_PID=$!
+    echo "$([ "$CARRIER" = loopback ] && echo gateway || echo sidecar) ${1%%.*} $LAST_PID" >>"$RUN/pids"
     for _ in $(seq 300); do
         [ -f "$CA" ] && { mkdir -p "$2/sidecar"; ln -sf "$CA" "$2/sidecar/ca.pem"; return 0; }
         kill -0 $LAST_PID 2>/dev/null || break
@@ -149,7 +150,7 @@ start_synapse() { # LABEL DIR CLIENT FED PROXY
     local pid=$!
     PIDS+=($pid)
     LAST_PID=$pid
-    echo "$1 $pid $5 $3,$4" >>"$RUN/synapse-pids"
+    echo "synapse $1 $pid" >>"$RUN/pids"
     for _ in $(seq 600); do
         curl -sf "http://127.0.0.1:$3/health" >/dev/null 2>&1 && { say "synapse $1 up (pid $pid)"; return 0; }
         kill -0 $pid 2>/dev/null || { say "synapse $1 died"; tail -20 "$2/stdout.log"; exit 1; }
@@ -176,6 +177,7 @@ if [ "$CARRIER" != loopback ]; then
         --homeserver "hs-b.spore.test,http://127.0.0.1:$B_FED,127.0.0.1:$B_PROXY" \
         >>"$RUN/testnet.log" 2>&1 &
     PIDS+=($!)
+    echo "testnet - $!" >>"$RUN/pids"
     for _ in $(seq 300); do [ -f "$RUN/net/ready" ] && break; sleep 0.1; done
     [ -f "$RUN/net/ready" ] || { say "testnet did not start"; cat "$RUN/testnet.log"; exit 1; }
 fi
@@ -183,8 +185,8 @@ fi
 start_sidecar hs-a.spore.test "$A" $A_PROXY $A_BUNDLE $A_FED hs-b.spore.test $B_BUNDLE
 start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
 B_SIDECAR=$LAST_PID
-start_synapse A "$A" $A_CLIENT $A_FED $A_PROXY
-start_synapse B "$B" $B_CLIENT $B_FED $B_PROXY
+start_synapse hs-a "$A" $A_CLIENT $A_FED $A_PROXY
+start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
 B_SYNAPSE=$LAST_PID
 register alice $A_CLIENT
 register bob $B_CLIENT
@@ -200,12 +202,12 @@ $DRIVER send "$RUN/state.json" 20
 sleep 2
 say "restarting B"
 start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
-start_synapse B "$B" $B_CLIENT $B_FED $B_PROXY
+start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
 $DRIVER check "$RUN/state.json" 20 300
 
 # ---------------------------------------------------------------- no direct route
-$DRIVER conns "$RUN/ss.log" "$RUN/synapse-pids"
+$DRIVER conns "$RUN/ss.log" "$RUN/pids"
 say "sidecar log summary (both sidecars, whole run):"
-grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered" \
-    "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//' | sort | uniq -c | sed 's/^/    /'
+grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify" \
+    "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//; s/^(DEBUG|INFO|WARN) +//' | sort | uniq -c | sed 's/^/    /'
 say "PASS in $(( $(date +%s) - START ))s"
