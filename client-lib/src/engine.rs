@@ -80,6 +80,8 @@ enum AckFor {
         key: FragKey,
         recovery: SurbRecovery,
         forget_at: Instant,
+        sent_at: Instant,
+        round_trip: Duration,
     },
     /// The ack of a loop packet: recognised and discarded.
     Loop { forget_at: Instant },
@@ -128,6 +130,9 @@ struct Engine {
     connect_backoff: Duration,
     pull: PullState,
     processed_tx: mpsc::UnboundedSender<Vec<u64>>,
+    /// Smoothed time acks take beyond their packets' own delays (pull backlog, queues): the
+    /// retransmission timeout grows with it, so a slow mailbox does not cause a storm.
+    ack_lag: Duration,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -148,6 +153,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         connect_backoff: Duration::from_millis(100),
         pull: PullState::Idle,
         processed_tx,
+        ack_lag: Duration::ZERO,
     };
     engine.load_outbox().await;
 
@@ -321,12 +327,12 @@ impl Engine {
         self.write(&Frame::Packet(packet)).await
     }
 
-    /// The expected time for an ack or a loop: its own delays, a pull interval, a margin.
-    fn deadline(&self, built: &BuiltPacket) -> Instant {
-        Instant::now()
-            + built.round_trip
-            + self.shared.rates.pull_interval * 2
-            + self.shared.config.timeouts.ack_margin
+    /// The expected time for an ack or a loop: its own delays, two pull intervals, and a
+    /// margin that grows with the observed ack lag and doubles with every retransmission.
+    fn deadline(&self, built: &BuiltPacket, attempts: u32) -> Instant {
+        let slack = self.shared.config.timeouts.ack_margin + self.ack_lag * 2;
+        let doublings = 1u32 << attempts.min(4);
+        Instant::now() + built.round_trip + self.shared.rates.pull_interval * 2 + slack * doublings
     }
 
     async fn on_send_tick(&mut self, stream: Stream) {
@@ -379,7 +385,7 @@ impl Engine {
                             return false;
                         }
                     };
-                    let deadline = self.deadline(&built);
+                    let deadline = self.deadline(&built, f.attempts);
                     if let Some((surb_id, recovery)) = built.ack {
                         self.acks.insert(
                             surb_id,
@@ -389,6 +395,8 @@ impl Engine {
                                 forget_at: deadline
                                     + self.shared.config.timeouts.max_backoff
                                     + self.shared.config.timeouts.ack_margin,
+                                sent_at: Instant::now(),
+                                round_trip: built.round_trip,
                             },
                         );
                     }
@@ -466,7 +474,7 @@ impl Engine {
                 return;
             }
         };
-        let deadline = self.deadline(&built);
+        let deadline = self.deadline(&built, 0);
         if let Some((surb_id, _)) = &built.ack {
             self.acks.insert(
                 *surb_id,
@@ -568,8 +576,16 @@ impl Engine {
         for item in items {
             if let Some(ack) = self.acks.remove(&item.surb_id) {
                 match ack {
-                    AckFor::Fragment { key, recovery, .. } => {
+                    AckFor::Fragment {
+                        key,
+                        recovery,
+                        sent_at,
+                        round_trip,
+                        ..
+                    } => {
                         if is_ack(&recovery, &item.payload[..]) {
+                            let lag = sent_at.elapsed().saturating_sub(round_trip);
+                            self.ack_lag = (self.ack_lag * 7 + lag) / 8;
                             self.on_ack(key);
                         }
                     }

@@ -27,21 +27,19 @@ pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem
     let result = tokio::task::spawn_blocking(move || {
         let mut handles = Vec::with_capacity(items.len());
         let mut delivered = 0usize;
+        let mut wrote = false;
         for item in items {
-            match open_item(&s, &item) {
-                Ok(Some(fragment)) => match store_fragment(&s, &fragment) {
-                    Ok(n) => delivered += n,
-                    Err(e) => return Err(e),
-                },
-                Ok(None) => {}
-                Err(e) => return Err(e),
+            if let Some(fragment) = open_item(&s, &item)? {
+                let (stored, n) = store_fragment(&s, &fragment)?;
+                wrote |= stored;
+                delivered += n;
             }
             handles.push(item.handle);
         }
-        Ok((handles, delivered))
+        Ok::<_, crate::error::ClientError>((handles, delivered, wrote))
     })
     .await;
-    let (handles, delivered) = match result {
+    let (handles, delivered, wrote) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot store pulled items; they stay at the relay");
@@ -49,7 +47,8 @@ pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem
         }
         Err(_) => return Vec::new(),
     };
-    if let Err(e) = shared.store.flush().await {
+    // Loops and garbage leave nothing on disk: only pay for a flush when something was stored.
+    if wrote && let Err(e) = shared.store.flush().await {
         tracing::error!(error = %e, "cannot flush pulled items; they stay at the relay");
         return Vec::new();
     }
@@ -76,23 +75,25 @@ fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<Fragment>> {
     }
 }
 
-/// Persists one fragment; if it completes its message, handles the bundle. Returns the number
-/// of requests put in the inbox (0 or 1).
-fn store_fragment(shared: &Shared, fragment: &Fragment) -> Result<usize> {
+/// Persists one fragment; if it completes its message, handles the bundle. Returns whether
+/// anything was written, and the number of requests put in the inbox (0 or 1).
+fn store_fragment(shared: &Shared, fragment: &Fragment) -> Result<(bool, usize)> {
     let now = now_ms();
     match shared.store.put_fragment(fragment, now)? {
         FragmentOutcome::Complete(padded) => {
-            let n = handle_message(shared, &padded)?;
+            let (wrote, n) = handle_message(shared, &padded)?;
             if fragment.count > 1 {
                 shared.store.finish_message(&fragment.message_id, now)?;
+                return Ok((true, n));
             }
-            Ok(n)
+            Ok((wrote, n))
         }
         FragmentOutcome::Refused(why) => {
             tracing::debug!(why, "refused an inbound fragment");
-            Ok(0)
+            Ok((false, 0))
         }
-        FragmentOutcome::Stored | FragmentOutcome::Duplicate => Ok(0),
+        FragmentOutcome::Stored => Ok((true, 0)),
+        FragmentOutcome::Duplicate => Ok((false, 0)),
     }
 }
 
@@ -115,12 +116,13 @@ pub(crate) fn dedup_key(origin: &str, method: &str, path: &str, request_id: &[u8
     key
 }
 
-fn handle_message(shared: &Shared, padded: &[u8]) -> Result<usize> {
+/// Returns whether anything was written, and the number of requests put in the inbox.
+fn handle_message(shared: &Shared, padded: &[u8]) -> Result<(bool, usize)> {
     let bundle = match bundle::unpack(padded) {
         Ok(b) => b,
         Err(e) => {
             tracing::debug!(reason = e.reason(), "dropping an undecodable message");
-            return Ok(0);
+            return Ok((false, 0));
         }
     };
     match &bundle.body {
@@ -134,7 +136,7 @@ fn handle_message(shared: &Shared, padded: &[u8]) -> Result<usize> {
             if known {
                 bump(&shared.counters.loops_returned);
             }
-            Ok(0)
+            Ok((false, 0))
         }
         BundleBody::Request {
             request_id,
@@ -145,16 +147,16 @@ fn handle_message(shared: &Shared, padded: &[u8]) -> Result<usize> {
             match shared.store.deliver(&key, &bundle.encode(), now_ms())? {
                 Some(_) => {
                     bump(&shared.counters.received);
-                    Ok(1)
+                    Ok((true, 1))
                 }
                 None => {
                     bump(&shared.counters.duplicates);
-                    Ok(0)
+                    Ok((false, 0))
                 }
             }
         }
         // Responses arrive on reply SURBs, never as forward messages.
-        BundleBody::Response { .. } => Ok(0),
+        BundleBody::Response { .. } => Ok((false, 0)),
     }
 }
 
