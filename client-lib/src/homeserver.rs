@@ -112,10 +112,12 @@ impl LocalHomeserver {
         let headers = parts
             .headers
             .iter()
-            .filter(|(n, _)| {
-                matches!(n.as_str(), "content-type" | "cache-control" | "retry-after")
+            .filter(|(n, _)| matches!(n.as_str(), "content-type" | "cache-control" | "retry-after"))
+            .filter_map(|(n, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (n.as_str().to_owned(), v.to_owned()))
             })
-            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
             .collect();
         Ok(FederationResponse {
             status: parts.status.as_u16(),
@@ -166,7 +168,10 @@ impl LocalHomeserver {
         };
         let r = self.deliver_once(&request).await?;
         if r.status != 200 || r.body.len() > MAX_SERVER_KEYS_LEN {
-            return Err(DeliveryError::Unreachable(format!("key request: status {}", r.status)));
+            return Err(DeliveryError::Unreachable(format!(
+                "key request: status {}",
+                r.status
+            )));
         }
         verify_key_response(&self.server_name, &r.body, unix_ms())
             .map_err(|e| DeliveryError::BadRequest(format!("own keys: {e}")))

@@ -50,7 +50,7 @@ mod server_keys;
 mod sidecar_proxy;
 mod tls;
 pub use homeserver::{DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound};
-pub use proxy::{CarryError, CarryFuture, Carrier, FEDERATION_PORT, OutboundProxy, ProxySettings};
+pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{
     KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
 };

@@ -137,7 +137,11 @@ impl OutboundProxy {
     }
 
     /// Accepts tunnels on `listener` until `shutdown` turns true.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let slots = Arc::new(Semaphore::new(MAX_TUNNELS));
         loop {
             let permit = tokio::select! {
@@ -165,7 +169,11 @@ impl OutboundProxy {
         }
     }
 
-    async fn tunnel(self: Arc<Self>, mut stream: TcpStream, _peer: SocketAddr) -> std::io::Result<()> {
+    async fn tunnel(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        _peer: SocketAddr,
+    ) -> std::io::Result<()> {
         let head = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream))
             .await
             .map_err(|_| std::io::Error::other("CONNECT head timed out"))??;
@@ -205,11 +213,21 @@ impl OutboundProxy {
             .map_err(std::io::Error::other)
     }
 
-    async fn handle(&self, destination: &str, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        destination: &str,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return json(413, r#"{"errcode":"M_TOO_LARGE","error":"request body too large for Spore"}"#.into()),
+            Err(_) => {
+                return json(
+                    413,
+                    r#"{"errcode":"M_TOO_LARGE","error":"request body too large for Spore"}"#
+                        .into(),
+                );
+            }
         };
         let path = parts
             .uri
@@ -253,7 +271,11 @@ impl OutboundProxy {
             .await
         {
             Ok(response) => {
-                tracing::debug!(endpoint = what, status = response.status, "request answered through spore");
+                tracing::debug!(
+                    endpoint = what,
+                    status = response.status,
+                    "request answered through spore"
+                );
                 to_response(response)
             }
             Err(e) => {
@@ -264,7 +286,12 @@ impl OutboundProxy {
     }
 
     /// `GET /_matrix/key/v2/server[/keyId]` for `destination`.
-    async fn server_keys(&self, destination: &str, parts: http::request::Parts, body: Bytes) -> hyper::Response<Full<Bytes>> {
+    async fn server_keys(
+        &self,
+        destination: &str,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> hyper::Response<Full<Bytes>> {
         let now = unix_ms();
         if let Some(keys) = self.keys.get(destination, now) {
             tracing::debug!("server keys answered from the verified cache");
@@ -273,7 +300,11 @@ impl OutboundProxy {
         // Not cached: ask the server itself through Spore (it must be online).
         let request = FederationRequest {
             method: "GET".into(),
-            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
             headers: carried_headers(&parts.headers),
             body: body.to_vec(),
         };
@@ -283,16 +314,22 @@ impl OutboundProxy {
             .request(destination, request, own, self.settings.request_timeout)
             .await
         {
-            Ok(r) if (200..300).contains(&r.status) => match self.keys.insert(destination, &r.body, now) {
-                Ok(()) => {
-                    tracing::debug!("server keys fetched through spore and verified");
-                    json_bytes(200, r.body.into())
+            Ok(r) if (200..300).contains(&r.status) => {
+                match self.keys.insert(destination, &r.body, now) {
+                    Ok(()) => {
+                        tracing::debug!("server keys fetched through spore and verified");
+                        json_bytes(200, r.body.into())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "server keys from the peer do not verify");
+                        json(
+                            502,
+                            r#"{"errcode":"M_UNKNOWN","error":"server keys did not verify"}"#
+                                .into(),
+                        )
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "server keys from the peer do not verify");
-                    json(502, r#"{"errcode":"M_UNKNOWN","error":"server keys did not verify"}"#.into())
-                }
-            },
+            }
             Ok(r) => to_response(r),
             Err(e) => unavailable(&e),
         }
@@ -408,7 +445,12 @@ fn to_response(r: FederationResponse) -> hyper::Response<Full<Bytes>> {
         let lower = name.to_ascii_lowercase();
         if matches!(
             lower.as_str(),
-            "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "upgrade" | "trailer"
+            "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "content-length"
+                | "upgrade"
+                | "trailer"
         ) {
             continue;
         }
@@ -416,7 +458,12 @@ fn to_response(r: FederationResponse) -> hyper::Response<Full<Bytes>> {
     }
     builder
         .body(Full::new(Bytes::from(r.body)))
-        .unwrap_or_else(|_| json(502, r#"{"errcode":"M_UNKNOWN","error":"bad response through spore"}"#.into()))
+        .unwrap_or_else(|_| {
+            json(
+                502,
+                r#"{"errcode":"M_UNKNOWN","error":"bad response through spore"}"#.into(),
+            )
+        })
 }
 
 fn unavailable(e: &CarryError) -> hyper::Response<Full<Bytes>> {
@@ -424,8 +471,12 @@ fn unavailable(e: &CarryError) -> hyper::Response<Full<Bytes>> {
         CarryError::UnknownDestination(_) => {
             r#"{"errcode":"M_UNKNOWN","error":"destination has no Spore address"}"#
         }
-        CarryError::Timeout => r#"{"errcode":"M_UNKNOWN","error":"peer did not answer through Spore in time"}"#,
-        CarryError::Failed(_) => r#"{"errcode":"M_UNKNOWN","error":"Spore could not carry the request"}"#,
+        CarryError::Timeout => {
+            r#"{"errcode":"M_UNKNOWN","error":"peer did not answer through Spore in time"}"#
+        }
+        CarryError::Failed(_) => {
+            r#"{"errcode":"M_UNKNOWN","error":"Spore could not carry the request"}"#
+        }
     };
     json(502, body.into())
 }
@@ -464,7 +515,13 @@ mod tests {
     fn only_put_send_is_a_transaction() {
         assert!(is_transaction("PUT", "/_matrix/federation/v1/send/abc"));
         assert!(!is_transaction("GET", "/_matrix/federation/v1/send/abc"));
-        assert!(!is_transaction("PUT", "/_matrix/federation/v2/send_join/!r/$e"));
-        assert_eq!(endpoint_name("/_matrix/federation/v1/make_join/!r/@u"), "make_join");
+        assert!(!is_transaction(
+            "PUT",
+            "/_matrix/federation/v2/send_join/!r/$e"
+        ));
+        assert_eq!(
+            endpoint_name("/_matrix/federation/v1/make_join/!r/@u"),
+            "make_join"
+        );
     }
 }

@@ -98,8 +98,10 @@ pub fn verify_key_response(
         else {
             return false;
         };
-        let (Some(key), Some(sig)) = (decode_b64::<32>(key), sig.as_str().and_then(decode_b64::<64>))
-        else {
+        let (Some(key), Some(sig)) = (
+            decode_b64::<32>(key),
+            sig.as_str().and_then(decode_b64::<64>),
+        ) else {
             return false;
         };
         let Ok(key) = VerifyingKey::from_bytes(&key) else {
@@ -308,14 +310,25 @@ mod tests {
         let path = dir.path().join("keys.json");
         let cache = ServerKeyCache::open(&path, 1_000);
         cache
-            .insert("hs-a.spore.test", &signed("hs-a.spore.test", 5_000, 1), 1_000)
+            .insert(
+                "hs-a.spore.test",
+                &signed("hs-a.spore.test", 5_000, 1),
+                1_000,
+            )
             .unwrap();
         cache
-            .insert("hs-a.spore.test", &signed("hs-a.spore.test", 4_000, 1), 1_000)
+            .insert(
+                "hs-a.spore.test",
+                &signed("hs-a.spore.test", 4_000, 1),
+                1_000,
+            )
             .unwrap();
         let reopened = ServerKeyCache::open(&path, 1_000);
         assert_eq!(
-            reopened.get("HS-A.spore.test", 1_000).unwrap().valid_until_ts,
+            reopened
+                .get("HS-A.spore.test", 1_000)
+                .unwrap()
+                .valid_until_ts,
             5_000
         );
         assert!(reopened.get("hs-a.spore.test", 6_000).is_none());

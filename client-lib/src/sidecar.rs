@@ -32,8 +32,8 @@ use tower::Service;
 
 use crate::config::{DirectorySource, RateOverrides, TransportConfig, Trust};
 use crate::error::{ClientError, Result};
-use crate::service::{SporeFederationClient, StaticResolver, transaction_id};
 use crate::server_keys::{ServerKeyCache, unix_ms};
+use crate::service::{SporeFederationClient, StaticResolver, transaction_id};
 use crate::transport::{InboundRequest, Transport};
 
 /// `[directory]` in the sidecar config.
@@ -223,14 +223,10 @@ impl Sidecar {
         ];
         if let Some(listen) = config.https_proxy_listen {
             let (_, task) = crate::sidecar_proxy::start(
+                &config,
                 listen,
-                config.data_dir.clone(),
-                &config.server_name,
-                &config.homeserver_url,
                 transport.clone(),
-                config.resolver()?,
                 keys,
-                Duration::from_secs(config.request_timeout_secs),
                 stop.subscribe(),
             )
             .await?;

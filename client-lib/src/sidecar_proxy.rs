@@ -13,9 +13,10 @@ use tokio::task::JoinHandle;
 
 use crate::error::{ClientError, Result};
 use crate::homeserver::{LocalHomeserver, OwnKeys};
-use crate::proxy::{CarryError, CarryFuture, Carrier, OutboundProxy, ProxySettings};
+use crate::proxy::{Carrier, CarryError, CarryFuture, OutboundProxy, ProxySettings};
 use crate::server_keys::ServerKeyCache;
 use crate::service::{Resolver, StaticResolver};
+use crate::sidecar::SidecarConfig;
 use crate::tls::LocalCa;
 use crate::transport::Transport;
 
@@ -92,27 +93,27 @@ impl Carrier for TransportCarrier {
 }
 
 /// Starts the CONNECT proxy on `listen`: local CA in `data_dir/ca` (the homeserver must trust
-/// `data_dir/ca/ca.pem`), peers' keys from `keys`, our own keys from `homeserver_url`.
+/// `data_dir/ca/ca.pem`), peers' keys from `keys`, our own keys from the homeserver.
 pub(crate) async fn start(
+    config: &SidecarConfig,
     listen: SocketAddr,
-    data_dir: PathBuf,
-    server_name: &str,
-    homeserver_url: &str,
     transport: Transport,
-    resolver: StaticResolver,
     keys: Arc<ServerKeyCache>,
-    request_timeout: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let ca_dir = data_dir.join("ca");
+    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    let ca_dir = config.data_dir.join("ca");
     let ca = LocalCa::load_or_create(&ca_dir)
         .map_err(|e| ClientError::Config(format!("local CA in {}: {e}", ca_dir.display())))?;
-    let own_keys = OwnKeys::new(LocalHomeserver::new(homeserver_url, server_name));
+    let own_keys = OwnKeys::new(LocalHomeserver::new(
+        config.homeserver_url.as_str(),
+        config.server_name.as_str(),
+    ));
     let proxy = OutboundProxy::new(
         Arc::new(ca),
         keys,
         own_keys,
-        Arc::new(TransportCarrier::new(transport, resolver)),
+        Arc::new(TransportCarrier::new(transport, config.resolver()?)),
         ProxySettings { request_timeout },
     );
     let listener = TcpListener::bind(listen)

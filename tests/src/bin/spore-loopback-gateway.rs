@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use spore_client::{
-    CarryError, CarryFuture, Carrier, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
+    Carrier, CarryError, CarryFuture, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
     ProxySettings, ServerKeyCache, deliver_inbound,
 };
 use spore_protocol::bundle::{Bundle, BundleBody};
@@ -57,8 +57,7 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match run(Args::parse()) {
@@ -82,7 +81,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut peers = HashMap::new();
     for p in &args.peer {
         let (name, url) = p.split_once('=').context("--peer name=url")?;
-        peers.insert(name.to_ascii_lowercase(), url.trim_end_matches('/').to_owned());
+        peers.insert(
+            name.to_ascii_lowercase(),
+            url.trim_end_matches('/').to_owned(),
+        );
     }
     let carrier = Arc::new(LoopbackCarrier::new(args.server_name.clone(), peers));
     let proxy = OutboundProxy::new(
@@ -104,20 +106,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let homeserver = homeserver.clone();
         let keys = keys.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let homeserver = homeserver.clone();
-                let keys = keys.clone();
-                async move {
-                    let status_body = match Limited::new(req.into_body(), 16 << 20).collect().await {
-                        Err(_) => (400, Vec::new()),
-                        Ok(b) => inbound(&homeserver, &keys, &b.to_bytes()).await,
-                    };
-                    let mut r = hyper::Response::new(Full::new(Bytes::from(status_body.1)));
-                    *r.status_mut() = http::StatusCode::from_u16(status_body.0)
-                        .unwrap_or(http::StatusCode::BAD_GATEWAY);
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let homeserver = homeserver.clone();
+                    let keys = keys.clone();
+                    async move {
+                        let status_body =
+                            match Limited::new(req.into_body(), 16 << 20).collect().await {
+                                Err(_) => (400, Vec::new()),
+                                Ok(b) => inbound(&homeserver, &keys, &b.to_bytes()).await,
+                            };
+                        let mut r = hyper::Response::new(Full::new(Bytes::from(status_body.1)));
+                        *r.status_mut() = http::StatusCode::from_u16(status_body.0)
+                            .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -127,11 +131,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// One bundle from the peer gateway: 200 + the encoded response bundle (request/response),
 /// 200 empty once a transaction is accepted, 5xx if it could not be delivered.
-async fn inbound(homeserver: &LocalHomeserver, keys: &ServerKeyCache, bytes: &[u8]) -> (u16, Vec<u8>) {
+async fn inbound(
+    homeserver: &LocalHomeserver,
+    keys: &ServerKeyCache,
+    bytes: &[u8],
+) -> (u16, Vec<u8>) {
     let Ok(bundle) = Bundle::decode(bytes) else {
         return (400, Vec::new());
     };
-    let BundleBody::Request { request_id, request, reply_surbs } = bundle.body else {
+    let BundleBody::Request {
+        request_id,
+        request,
+        reply_surbs,
+    } = bundle.body
+    else {
         return (400, Vec::new());
     };
     // The loopback stand-in marks "wants a response" with one all-zero reply SURB.
@@ -147,12 +160,18 @@ async fn inbound(homeserver: &LocalHomeserver, keys: &ServerKeyCache, bytes: &[u
     .await
     {
         Ok(Some(response)) => {
-            tracing::info!(status = response.status, "request delivered, response returned");
+            tracing::info!(
+                status = response.status,
+                "request delivered, response returned"
+            );
             let reply = Bundle {
                 origin: homeserver.server_name().to_owned(),
                 sender: None,
                 server_keys: None,
-                body: BundleBody::Response { request_id, response },
+                body: BundleBody::Response {
+                    request_id,
+                    response,
+                },
             };
             (200, reply.encode())
         }
@@ -167,13 +186,16 @@ async fn inbound(homeserver: &LocalHomeserver, keys: &ServerKeyCache, bytes: &[u
     }
 }
 
+/// Encoded bundles waiting for one destination, and a wake-up for its sender task.
+type TxnQueue = Arc<(Mutex<VecDeque<Vec<u8>>>, Notify)>;
+
 /// Carries bundles to the peer gateway over loopback HTTP. Transactions wait in a FIFO per
 /// destination until the peer takes them (the peer may be down for a while).
 struct LoopbackCarrier {
     origin: String,
     peers: HashMap<String, String>,
     client: Client<HttpConnector, Full<Bytes>>,
-    queues: Mutex<HashMap<String, Arc<(Mutex<VecDeque<Vec<u8>>>, Notify)>>>,
+    queues: Mutex<HashMap<String, TxnQueue>>,
 }
 
 impl LoopbackCarrier {
@@ -186,7 +208,12 @@ impl LoopbackCarrier {
         }
     }
 
-    fn bundle(&self, request: FederationRequest, server_keys: Option<Vec<u8>>, wants_response: bool) -> Bundle {
+    fn bundle(
+        &self,
+        request: FederationRequest,
+        server_keys: Option<Vec<u8>>,
+        wants_response: bool,
+    ) -> Bundle {
         Bundle {
             origin: self.origin.clone(),
             sender: None,
@@ -203,13 +230,22 @@ impl LoopbackCarrier {
         }
     }
 
-    async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &str, bytes: Vec<u8>) -> Result<(u16, Bytes), String> {
+    async fn post(
+        client: &Client<HttpConnector, Full<Bytes>>,
+        url: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(u16, Bytes), String> {
         let req = http::Request::post(format!("{url}/_spore/bundle"))
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| e.to_string())?;
         let r = client.request(req).await.map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
-        let body = r.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = r
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok((status, body))
     }
 }
@@ -225,7 +261,12 @@ fn rand_id() -> [u8; 16] {
 }
 
 impl Carrier for LoopbackCarrier {
-    fn send(&self, destination: &str, request: FederationRequest, server_keys: Option<Vec<u8>>) -> CarryFuture<'_, ()> {
+    fn send(
+        &self,
+        destination: &str,
+        request: FederationRequest,
+        server_keys: Option<Vec<u8>>,
+    ) -> CarryFuture<'_, ()> {
         let destination = destination.to_ascii_lowercase();
         Box::pin(async move {
             let url = self
@@ -280,10 +321,11 @@ impl Carrier for LoopbackCarrier {
                 .cloned()
                 .ok_or(CarryError::UnknownDestination(destination.clone()))?;
             let bytes = self.bundle(request, server_keys, true).encode();
-            let (status, body) = tokio::time::timeout(timeout, Self::post(&self.client, &url, bytes))
-                .await
-                .map_err(|_| CarryError::Timeout)?
-                .map_err(CarryError::Failed)?;
+            let (status, body) =
+                tokio::time::timeout(timeout, Self::post(&self.client, &url, bytes))
+                    .await
+                    .map_err(|_| CarryError::Timeout)?
+                    .map_err(CarryError::Failed)?;
             if status != 200 {
                 return Err(CarryError::Failed(format!("peer gateway status {status}")));
             }

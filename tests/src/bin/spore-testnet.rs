@@ -27,8 +27,7 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_ansi(false)
         .init();
@@ -53,7 +52,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut nodes = Vec::new();
     for (i, spec) in args.homeserver.iter().enumerate() {
         let mut parts = spec.split(',');
-        let (Some(name), Some(fed), Some(proxy)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(name), Some(fed), Some(proxy)) = (parts.next(), parts.next(), parts.next())
+        else {
             anyhow::bail!("--homeserver NAME,FEDERATION_URL,PROXY_ADDR");
         };
         let key = MailboxKey::generate();
@@ -61,7 +61,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             mailbox_relays: vec![mailboxes[i % mailboxes.len()]],
             mailbox_key: key.public().to_bytes(),
         };
-        nodes.push((name.to_owned(), fed.to_owned(), proxy.to_owned(), key, address));
+        nodes.push((
+            name.to_owned(),
+            fed.to_owned(),
+            proxy.to_owned(),
+            key,
+            address,
+        ));
     }
     for (name, fed, proxy, key, address) in &nodes {
         let dir = args.dir.join(name);
@@ -103,7 +109,11 @@ pull_interval_ms = 50
         std::fs::write(dir.join("sidecar.toml"), text)?;
     }
     std::fs::write(args.dir.join("ready"), b"ready\n")?;
-    eprintln!("spore-testnet: {} relays up; sidecar configs in {}", net.relay_ids().len(), args.dir.display());
+    eprintln!(
+        "spore-testnet: {} relays up; sidecar configs in {}",
+        net.relay_ids().len(),
+        args.dir.display()
+    );
     tokio::signal::ctrl_c().await?;
     net.shutdown().await;
     Ok(ExitCode::SUCCESS)
