@@ -8,3 +8,6 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 echo "== cargo test --workspace"
 cargo test --workspace --locked 2>&1
+
+echo "== tests/synapse/run.sh (two Synapse homeservers federating only through Spore)"
+bash tests/synapse/run.sh
