@@ -18,7 +18,7 @@ use crate::server_keys::ServerKeyCache;
 use crate::service::{Resolver, StaticResolver};
 use crate::sidecar::SidecarConfig;
 use crate::tls::LocalCa;
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportEvent};
 
 /// Carries the proxy's requests through Spore.
 pub struct TransportCarrier {
@@ -102,6 +102,7 @@ pub(crate) async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
     let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    let transport_events = transport.events();
     let ca_dir = config.data_dir.join("ca");
     let ca = LocalCa::load_or_create(&ca_dir)
         .map_err(|e| ClientError::Config(format!("local CA in {}: {e}", ca_dir.display())))?;
@@ -126,6 +127,31 @@ pub(crate) async fn start(
         path: PathBuf::from(listen.to_string()),
         source,
     })?;
+    tokio::spawn(log_mailbox_acks(transport_events, stop.clone()));
     tracing::info!(%local, ca = %ca_dir.join(crate::tls::CA_CERT_FILE).display(), "https proxy for the homeserver listening");
     Ok((local, tokio::spawn(proxy.serve(listener, stop))))
+}
+
+/// Debug-logs each message once its recipient's mailbox relay holds all of it (what tests
+/// and operators use to see store-and-forward at work; no metadata in the line).
+async fn log_mailbox_acks(
+    mut events: tokio::sync::broadcast::Receiver<TransportEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(TransportEvent::Delivered(_)) => {
+                tracing::debug!("a sent message is stored at its recipient's mailbox relay")
+            }
+            Ok(TransportEvent::Failed(_)) => {
+                tracing::info!("a sent message was not acknowledged in its lifetime")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }

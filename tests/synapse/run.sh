@@ -89,7 +89,7 @@ start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$2/sidecar/ca.pem"
     else
-        RUST_LOG=${RUST_LOG:-info,spore_client::proxy=debug,spore_client::sidecar=debug} NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
+        RUST_LOG=${RUST_LOG:-info,spore_client::proxy=debug,spore_client::sidecar=debug,spore_client::sidecar_proxy=debug} NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$RUN/net/$1/data/ca/ca.pem"
     fi
@@ -165,6 +165,12 @@ register() { # USER CLIENT
 }
 
 A=$RUN/hs-a; B=$RUN/hs-b
+for name in hs-a.spore.test hs-b.spore.test; do
+    if getent hosts "$name" >/dev/null 2>&1; then
+        say "FAIL: $name resolves on this machine; the test needs it not to"; exit 1
+    fi
+done
+say "hs-a.spore.test and hs-b.spore.test do not resolve: the only way between them is the sidecars"
 configure hs-a.spore.test "$A" $A_CLIENT $A_FED
 configure hs-b.spore.test "$B" $B_CLIENT $B_FED
 
@@ -198,8 +204,22 @@ $DRIVER setup "$RUN/state.json" "http://127.0.0.1:$A_CLIENT" "http://127.0.0.1:$
 say "stopping B (Synapse and sidecar)"
 kill $B_SYNAPSE $B_SIDECAR
 while kill -0 $B_SYNAPSE 2>/dev/null || kill -0 $B_SIDECAR 2>/dev/null; do sleep 0.2; done
+count() { grep -c "$1" "$RUN/hs-a.spore.test.sidecar.log" || true; }
+QUEUED0=$(count "transaction queued through spore"); ACKED0=$(count "stored at its recipient's mailbox relay")
 $DRIVER send "$RUN/state.json" 20
-sleep 2
+if [ "$CARRIER" != loopback ]; then
+    # Hold B down until every transaction A queued meanwhile is stored in B's mailbox relay.
+    for _ in $(seq 600); do
+        Q=$(( $(count "transaction queued through spore") - QUEUED0 ))
+        K=$(( $(count "stored at its recipient's mailbox relay") - ACKED0 ))
+        [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] && break
+        sleep 0.1
+    done
+    say "while B was offline: A's sidecar queued $Q transaction(s) for B; $K stored at B's mailbox relay (SURB-acks)"
+    [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] || { say "FAIL: not everything reached B's mailbox"; exit 1; }
+else
+    sleep 2
+fi
 say "restarting B"
 start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
 start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
@@ -208,6 +228,6 @@ $DRIVER check "$RUN/state.json" 20 300
 # ---------------------------------------------------------------- no direct route
 $DRIVER conns "$RUN/ss.log" "$RUN/pids"
 say "sidecar log summary (both sidecars, whole run):"
-grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify" \
+grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify|mailbox relay\$" \
     "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//; s/^(DEBUG|INFO|WARN) +//' | sort | uniq -c | sed 's/^/    /'
 say "PASS in $(( $(date +%s) - START ))s"
