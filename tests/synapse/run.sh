@@ -97,7 +97,11 @@ start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
     LAST_PID=$!
     echo "$([ "$CARRIER" = loopback ] && echo gateway || echo sidecar) ${1%%.*} $LAST_PID" >>"$RUN/pids"
     for _ in $(seq 300); do
-        [ -f "$CA" ] && { mkdir -p "$2/sidecar"; ln -sf "$CA" "$2/sidecar/ca.pem"; return 0; }
+        if [ -f "$CA" ]; then
+            mkdir -p "$2/sidecar"
+            [ "$CA" -ef "$2/sidecar/ca.pem" ] || ln -sf "$CA" "$2/sidecar/ca.pem"
+            return 0
+        fi
         kill -0 $LAST_PID 2>/dev/null || break
         sleep 0.1
     done
