@@ -129,6 +129,18 @@ def send_many(state_path, n):
     log(f"alice sent offline-1..offline-{n} while B is down")
 
 
+def profile(state_path):
+    """While B is offline: a request/response call A -> B must fail with a Matrix error."""
+    s = json.load(open(state_path))
+    t0 = time.time()
+    status, r = call(s["a"], "GET", "/_matrix/client/v3/profile/" + urllib.parse.quote("@bob:hs-b.spore.test"),
+                     s["ta"], timeout=120)
+    log(f"alice asked for bob's profile while B is offline: {status} {r.get('errcode')} "
+        f"after {time.time() - t0:.1f}s")
+    if status < 400 or "errcode" not in r:
+        raise SystemExit(f"FAIL: expected a Matrix error, got {status} {r}")
+
+
 def check(state_path, n, timeout):
     s = json.load(open(state_path))
     want = [f"offline-{i}" for i in range(1, n + 1)]
@@ -231,6 +243,8 @@ if __name__ == "__main__":
         setup(*args)
     elif cmd == "send":
         send_many(args[0], int(args[1]))
+    elif cmd == "profile":
+        profile(args[0])
     elif cmd == "check":
         check(args[0], int(args[1]), int(args[2]))
     elif cmd == "watch":

@@ -111,8 +111,9 @@ start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
 # ---------------------------------------------------------------- the homeservers
 configure() { # NAME DIR CLIENT FED
     mkdir -p "$2"
-    "$VENV/bin/python" -m synapse.app.homeserver --server-name "$1" --config-path "$2/base.yaml" \
-        --data-directory "$2" --generate-config --report-stats=no >/dev/null
+    # (from inside DIR: the generated log config puts homeserver.log in the working directory)
+    (cd "$2" && "$VENV/bin/python" -m synapse.app.homeserver --server-name "$1" \
+        --config-path "$2/base.yaml" --data-directory "$2" --generate-config --report-stats=no >/dev/null)
     cat >"$2/spore.yaml" <<EOF
 listeners:
   - port: $3
@@ -210,6 +211,7 @@ kill $B_SYNAPSE $B_SIDECAR
 while kill -0 $B_SYNAPSE 2>/dev/null || kill -0 $B_SIDECAR 2>/dev/null; do sleep 0.2; done
 count() { grep -c "$1" "$RUN/hs-a.spore.test.sidecar.log" || true; }
 QUEUED0=$(count "transaction queued through spore"); ACKED0=$(count "stored at its recipient's mailbox relay")
+$DRIVER profile "$RUN/state.json"
 $DRIVER send "$RUN/state.json" 20
 if [ "$CARRIER" != loopback ]; then
     # Hold B down until every transaction A queued meanwhile is stored in B's mailbox relay.

@@ -81,7 +81,7 @@ mailbox_relay = "{relay}"
 homeserver_url = "{fed}"
 listen = "127.0.0.1:0"
 https_proxy_listen = "{proxy}"
-request_timeout_secs = 30
+request_timeout_secs = 10
 
 [directory]
 path = "{dir_path}"
