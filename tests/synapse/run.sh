@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 VENV=${SPORE_SYNAPSE_VENV:-$TARGET/synapse-venv}
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/spore-synapse.XXXXXX")
-DRIVER="python3 $ROOT/tests/synapse/driver.py"
+DRIVER="python3 -B $ROOT/tests/synapse/driver.py"
 SECRET=spore-test-shared-secret
 START=$(date +%s)
 
