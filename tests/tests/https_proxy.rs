@@ -48,13 +48,27 @@ impl Carrier for FakeCarrier {
         _timeout: Duration,
     ) -> CarryFuture<'_, FederationResponse> {
         let offline = destination == "offline.test";
+        let key_request = request.path.starts_with("/_matrix/key/v2/server");
         self.sent
             .lock()
             .unwrap()
             .push((destination.to_owned(), request));
+        let destination = destination.to_owned();
         Box::pin(async move {
             if offline {
                 return Err(CarryError::Timeout);
+            }
+            if key_request {
+                let body = if destination == "forger.test" {
+                    key_response("someone-else.test")
+                } else {
+                    key_response(&destination)
+                };
+                return Ok(FederationResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body,
+                });
             }
             Ok(FederationResponse {
                 status: 200,
@@ -234,4 +248,45 @@ async fn proxy_refuses_anything_but_connect() {
     let mut buf = Vec::new();
     tcp.read_to_end(&mut buf).await.unwrap();
     assert!(buf.starts_with(b"HTTP/1.1 405"));
+}
+
+#[tokio::test]
+async fn missing_keys_are_fetched_through_spore_verified_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(LocalCa::load_or_create(dir.path()).unwrap());
+    let ca_pem = ca.cert_pem().to_owned();
+    let keys = Arc::new(ServerKeyCache::in_memory());
+    let carrier = Arc::new(FakeCarrier::default());
+    let proxy = OutboundProxy::new(
+        ca,
+        keys.clone(),
+        OwnKeys::new(LocalHomeserver::new("http://127.0.0.1:1", "hs-a.test")),
+        carrier.clone(),
+        ProxySettings::default(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(proxy.serve(listener, stop_rx));
+
+    let mut s = tunnel(addr, &ca_pem, "hs-c.test", 8448).await;
+    let (status, _) = call(&mut s, "GET", "/_matrix/key/v2/server", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        keys.get("hs-c.test", unix_ms()).is_some(),
+        "verified and cached"
+    );
+    let (status, _) = call(&mut s, "GET", "/_matrix/key/v2/server", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        carrier.sent.lock().unwrap().len(),
+        1,
+        "second answer from the cache"
+    );
+
+    // A peer answering with somebody else's keys is refused, and nothing is cached.
+    let mut s = tunnel(addr, &ca_pem, "forger.test", 8448).await;
+    let (status, body) = call(&mut s, "GET", "/_matrix/key/v2/server", "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(keys.get("forger.test", unix_ms()).is_none());
 }
