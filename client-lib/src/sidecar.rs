@@ -89,6 +89,11 @@ pub struct SidecarConfig {
     /// TLS with the sidecar's local CA (`data_dir/ca/ca.pem`). See `docs/synapse.md`.
     #[serde(default)]
     pub https_proxy_listen: Option<SocketAddr>,
+    /// Reply SURBs per request/response call (default 8, at most 64): the largest answer is
+    /// about this many KB. A Synapse `send_join` for a room with more than a few dozen state
+    /// events needs more than the default.
+    #[serde(default)]
+    pub reply_surbs: Option<usize>,
     /// How long a request/response call waits.
     #[serde(default = "sixty")]
     pub request_timeout_secs: u64,
@@ -160,6 +165,9 @@ impl SidecarConfig {
                 threshold: self.directory.threshold,
             },
         );
+        if let Some(n) = self.reply_surbs {
+            config.reply_surbs = n;
+        }
         config.rates = RateOverrides {
             lambda_p: self.rates.lambda_p,
             lambda_l: self.rates.lambda_l,

@@ -11,6 +11,7 @@ Subcommands:
                                Synapse goes to its own sidecar's proxy, never to the other
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -102,6 +103,15 @@ def setup(state_path, a, b):
         raise SystemExit(f"FAIL: createRoom + invite over federation: {status} {r}")
     room = r["room_id"]
     log(f"alice created {room} and invited {bob} (the invite went A -> B through the sidecars)")
+    # Optional: a bigger room state, to probe how large a send_join response Spore can carry.
+    extra = int(os.environ.get("SPORE_SYNAPSE_EXTRA_STATE", "0"))
+    for i in range(extra):
+        st, r = call(a, "PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/state/org.spore.test/k{i}",
+                     ta, {"filler": "x" * 200, "i": i})
+        if st != 200:
+            raise SystemExit(f"FAIL: state event {i}: {st} {r}")
+    if extra:
+        log(f"alice added {extra} extra state events (~300 bytes each) before bob joins")
 
     def invited():
         s, r = call(b, "GET", "/_matrix/client/v3/sync?timeout=0", tb)

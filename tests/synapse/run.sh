@@ -14,6 +14,8 @@
 # Environment:
 #   SPORE_SYNAPSE_VENV   where the venv lives (default: $CARGO_TARGET_DIR or target/, /synapse-venv)
 #   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
+#   SPORE_SYNAPSE_EXTRA_STATE=N  N extra state events in the room before bob joins (a bigger
+#                        send_join answer through the reply SURBs)
 #   SPORE_SYNAPSE_CARRIER=spore (default): a Spore testnet (relays: entry/mailbox + 3 mix
 #                        layers) and `spore-sidecar` with `https_proxy_listen`
 #   SPORE_SYNAPSE_CARRIER=loopback: the same proxy/keys/delivery code, bundles carried directly

@@ -82,6 +82,8 @@ homeserver_url = "{fed}"
 listen = "127.0.0.1:0"
 https_proxy_listen = "{proxy}"
 request_timeout_secs = 10
+# Big enough for a send_join answer in a room with ~100 small state events.
+reply_surbs = 32
 
 [directory]
 path = "{dir_path}"
