@@ -34,6 +34,21 @@ const MAX_REFUSALS: u32 = 20;
 /// Refresh our own key response when it has less than this left.
 const OWN_KEYS_MARGIN_MS: u64 = 3600 * 1000;
 
+/// Header a sidecar adds to request/response calls: when (Unix ms) the caller stops waiting.
+pub const DEADLINE_HEADER: &str = "x-spore-deadline-ms";
+
+/// Whether a request/response call's caller has given up by `now_ms` (its answer would go
+/// nowhere, and a late `/invite` would show an invite that never entered the room). Requests
+/// without a deadline never expire here.
+pub fn request_expired(request: &FederationRequest, now_ms: u64) -> bool {
+    request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(DEADLINE_HEADER))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .is_some_and(|deadline| now_ms > deadline)
+}
+
 /// The homeserver's federation listener (plain HTTP on loopback).
 #[derive(Clone)]
 pub struct LocalHomeserver {
@@ -235,5 +250,31 @@ pub async fn deliver_inbound(
     } else {
         homeserver.deliver_until_accepted(request).await?;
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(headers: Vec<(String, String)>) -> FederationRequest {
+        FederationRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_requests_past_their_deadline_expire() {
+        let r = with(vec![("X-Spore-Deadline-Ms".into(), "1000".into())]);
+        assert!(!request_expired(&r, 1000));
+        assert!(request_expired(&r, 1001));
+        assert!(!request_expired(&with(Vec::new()), u64::MAX));
+        assert!(!request_expired(
+            &with(vec![(DEADLINE_HEADER.into(), "soon".into())]),
+            5
+        ));
     }
 }

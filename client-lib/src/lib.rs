@@ -49,7 +49,9 @@ mod proxy;
 mod server_keys;
 mod sidecar_proxy;
 mod tls;
-pub use homeserver::{DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound};
+pub use homeserver::{
+    DEADLINE_HEADER, DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound, request_expired,
+};
 pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{
     KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,

@@ -265,6 +265,8 @@ impl OutboundProxy {
             };
         }
         let what = endpoint_name(bare);
+        let mut request = request;
+        with_deadline(&mut request, self.settings.request_timeout);
         match self
             .carrier
             .request(destination, request, own, self.settings.request_timeout)
@@ -308,6 +310,8 @@ impl OutboundProxy {
             headers: carried_headers(&parts.headers),
             body: body.to_vec(),
         };
+        let mut request = request;
+        with_deadline(&mut request, self.settings.request_timeout);
         let own = self.own_keys.get().await;
         match self
             .carrier
@@ -334,6 +338,20 @@ impl OutboundProxy {
             Err(e) => unavailable(&e),
         }
     }
+}
+
+/// Marks a request/response call with the moment its caller stops waiting, so that the
+/// receiving sidecar does not deliver it after that ([`crate::request_expired`]). Headers are
+/// outside the X-Matrix signature, and this one travels sealed inside the bundle.
+fn with_deadline(request: &mut FederationRequest, timeout: Duration) {
+    let deadline = unix_ms().saturating_add(timeout.as_millis() as u64);
+    request
+        .headers
+        .retain(|(n, _)| !n.eq_ignore_ascii_case(crate::homeserver::DEADLINE_HEADER));
+    request.headers.push((
+        crate::homeserver::DEADLINE_HEADER.to_owned(),
+        deadline.to_string(),
+    ));
 }
 
 /// The target of a CONNECT request.

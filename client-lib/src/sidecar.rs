@@ -358,6 +358,14 @@ async fn deliver_inbound(
         {
             tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
         }
+        if inbound.wants_response && crate::homeserver::request_expired(&inbound.request, unix_ms())
+        {
+            tracing::debug!("dropping a request whose caller has stopped waiting");
+            if let Err(e) = transport.ack(inbound.id).await {
+                tracing::warn!(error = %e, "cannot ack an inbound request");
+            }
+            continue;
+        }
         let mut wait = Duration::from_millis(100);
         loop {
             let result = tokio::select! {

@@ -232,10 +232,15 @@ say "restarting B"
 start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
 start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
 $DRIVER check "$RUN/state.json" 20 300
+if [ "$CARRIER" != loopback ]; then
+    STALE=$(grep -c "caller has stopped waiting" "$RUN/hs-b.spore.test.sidecar.log" || true)
+    [ "$STALE" -ge 1 ] || { say "FAIL: the profile query A gave up on was delivered to B late"; exit 1; }
+    say "B's sidecar dropped $STALE request(s) whose caller had stopped waiting (the profile query), instead of delivering them late"
+fi
 
 # ---------------------------------------------------------------- no direct route
 $DRIVER conns "$RUN/ss.log" "$RUN/pids"
 say "sidecar log summary (both sidecars, whole run):"
-grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify|mailbox relay\$" \
+grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify|stopped waiting|mailbox relay\$" \
     "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//; s/^(DEBUG|INFO|WARN) +//' | sort | uniq -c | sed 's/^/    /'
 say "PASS in $(( $(date +%s) - START ))s"

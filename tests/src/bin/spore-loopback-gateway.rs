@@ -149,6 +149,9 @@ async fn inbound(
     };
     // The loopback stand-in marks "wants a response" with one all-zero reply SURB.
     let wants_response = !reply_surbs.is_empty();
+    if wants_response && spore_client::request_expired(&request, spore_client::unix_ms()) {
+        return (504, Vec::new());
+    }
     match deliver_inbound(
         homeserver,
         keys,
