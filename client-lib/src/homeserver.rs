@@ -49,6 +49,16 @@ pub fn request_expired(request: &FederationRequest, now_ms: u64) -> bool {
         .is_some_and(|deadline| now_ms > deadline)
 }
 
+/// What a request/response caller gets when the answer does not fit its reply SURBs: a 4xx,
+/// so that its homeserver reports the failure without marking us as down.
+pub fn too_large_response() -> FederationResponse {
+    FederationResponse {
+        status: 413,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: br#"{"errcode":"M_TOO_LARGE","error":"the answer is larger than the Spore reply SURBs carry"}"#.to_vec(),
+    }
+}
+
 /// The homeserver's federation listener (plain HTTP on loopback).
 #[derive(Clone)]
 pub struct LocalHomeserver {

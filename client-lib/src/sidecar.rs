@@ -376,6 +376,13 @@ async fn deliver_inbound(
                 Some(response) if inbound.wants_response => {
                     if let Err(e) = transport.respond(inbound.id, response).await {
                         tracing::warn!(error = %e, "cannot send a response back");
+                        // Too large for the reply SURBs: a short error (4xx, so the caller's
+                        // homeserver does not back off from us) instead of a silent timeout.
+                        if let ClientError::CannotRespond(_) = e {
+                            let _ = transport
+                                .respond(inbound.id, crate::homeserver::too_large_response())
+                                .await;
+                        }
                     }
                     break;
                 }

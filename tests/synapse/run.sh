@@ -16,6 +16,7 @@
 #   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
 #   SPORE_SYNAPSE_EXTRA_STATE=N  N extra state events in the room before bob joins (a bigger
 #                        send_join answer through the reply SURBs)
+#   SPORE_SYNAPSE_REPLY_SURBS=N  reply SURBs per request/response call (the testnet uses 32)
 #   SPORE_SYNAPSE_CARRIER=spore (default): a Spore testnet (relays: entry/mailbox + 3 mix
 #                        layers) and `spore-sidecar` with `https_proxy_listen`
 #   SPORE_SYNAPSE_CARRIER=loopback: the same proxy/keys/delivery code, bundles carried directly
@@ -193,6 +194,9 @@ if [ "$CARRIER" != loopback ]; then
     echo "testnet - $!" >>"$RUN/pids"
     for _ in $(seq 300); do [ -f "$RUN/net/ready" ] && break; sleep 0.1; done
     [ -f "$RUN/net/ready" ] || { say "testnet did not start"; cat "$RUN/testnet.log"; exit 1; }
+    if [ -n "${SPORE_SYNAPSE_REPLY_SURBS:-}" ]; then
+        sed -i "s/^reply_surbs = .*/reply_surbs = $SPORE_SYNAPSE_REPLY_SURBS/" "$RUN"/net/*/sidecar.toml
+    fi
 fi
 
 start_sidecar hs-a.spore.test "$A" $A_PROXY $A_BUNDLE $A_FED hs-b.spore.test $B_BUNDLE
