@@ -6,6 +6,17 @@ cd "$(dirname "$0")/.."
 # Rust toolchain pieces the checks need (present on a fresh machine via rustup).
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
+# The Synapse interop test needs a venv-capable python3, curl and ss (iproute2).
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \
+        || echo "warning: could not install ${missing[*]}"
+fi
+
 echo "== unit, property and per-crate integration tests"
 cargo test --workspace --exclude spore-tests --locked 2>&1
 
@@ -13,3 +24,6 @@ cargo test --workspace --exclude spore-tests --locked 2>&1
 # run them one at a time so they do not share two cores with each other.
 echo "== whole-network tests"
 cargo test -p spore-tests --locked -- --test-threads=1 2>&1
+
+echo "== tests/synapse/run.sh (two Synapse homeservers federating only through Spore)"
+bash tests/synapse/run.sh

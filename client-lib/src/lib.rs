@@ -42,3 +42,19 @@ pub use service::{
 };
 pub use store::{FragmentOutcome, InboundLimits, OutgoingMessage, Store};
 pub use transport::{InboundId, InboundRequest, Transport, TransportEvent, TransportStats};
+
+// Synapse interop (issue 7): the outbound proxy, its local CA, server keys, inbound delivery.
+mod homeserver;
+mod proxy;
+mod server_keys;
+mod sidecar_proxy;
+mod tls;
+pub use homeserver::{
+    DEADLINE_HEADER, DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound, request_expired,
+};
+pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
+pub use server_keys::{
+    KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
+};
+pub use sidecar_proxy::TransportCarrier;
+pub use tls::{CA_CERT_FILE, LocalCa, TlsError};

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use tower::Service;
 
 use crate::config::{DirectorySource, RateOverrides, TransportConfig, Trust};
 use crate::error::{ClientError, Result};
+use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::service::{SporeFederationClient, StaticResolver, transaction_id};
 use crate::transport::{InboundRequest, Transport};
 
@@ -83,6 +85,15 @@ pub struct SidecarConfig {
     pub homeserver_url: String,
     /// Where the homeserver sends its outbound federation requests.
     pub listen: SocketAddr,
+    /// Where an unmodified homeserver's `https_proxy` points: an HTTP CONNECT proxy that ends
+    /// TLS with the sidecar's local CA (`data_dir/ca/ca.pem`). See `docs/synapse.md`.
+    #[serde(default)]
+    pub https_proxy_listen: Option<SocketAddr>,
+    /// Reply SURBs per request/response call (default 8, at most 64): the largest answer is
+    /// about this many KB. A Synapse `send_join` for a room with more than a few dozen state
+    /// events needs more than the default.
+    #[serde(default)]
+    pub reply_surbs: Option<usize>,
     /// How long a request/response call waits.
     #[serde(default = "sixty")]
     pub request_timeout_secs: u64,
@@ -154,6 +165,9 @@ impl SidecarConfig {
                 threshold: self.directory.threshold,
             },
         );
+        if let Some(n) = self.reply_surbs {
+            config.reply_surbs = n;
+        }
         config.rates = RateOverrides {
             lambda_p: self.rates.lambda_p,
             lambda_l: self.rates.lambda_l,
@@ -202,14 +216,30 @@ impl Sidecar {
             source,
         })?;
         let (stop, _) = watch::channel(false);
-        let tasks = vec![
+        let keys = Arc::new(ServerKeyCache::open(
+            config.data_dir.join("server_keys.json"),
+            unix_ms(),
+        ));
+        let mut tasks = vec![
             tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
             tokio::spawn(deliver_inbound(
                 transport.clone(),
                 config.homeserver_url.trim_end_matches('/').to_owned(),
+                keys.clone(),
                 stop.subscribe(),
             )),
         ];
+        if let Some(listen) = config.https_proxy_listen {
+            let (_, task) = crate::sidecar_proxy::start(
+                &config,
+                listen,
+                transport.clone(),
+                keys,
+                stop.subscribe(),
+            )
+            .await?;
+            tasks.push(task);
+        }
         tracing::info!("spore sidecar started");
         Ok(Sidecar {
             transport,
@@ -305,6 +335,7 @@ async fn outbound(
 async fn deliver_inbound(
     transport: Transport,
     homeserver: String,
+    keys: Arc<ServerKeyCache>,
     mut stop: watch::Receiver<bool>,
 ) {
     let http: Client<HttpConnector, Full<Bytes>> =
@@ -322,6 +353,19 @@ async fn deliver_inbound(
                 }
             },
         };
+        if let Some(json) = &inbound.server_keys
+            && let Err(e) = keys.insert(&inbound.origin, json, unix_ms())
+        {
+            tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
+        }
+        if inbound.wants_response && crate::homeserver::request_expired(&inbound.request, unix_ms())
+        {
+            tracing::debug!("dropping a request whose caller has stopped waiting");
+            if let Err(e) = transport.ack(inbound.id).await {
+                tracing::warn!(error = %e, "cannot ack an inbound request");
+            }
+            continue;
+        }
         let mut wait = Duration::from_millis(100);
         loop {
             let result = tokio::select! {
@@ -332,6 +376,13 @@ async fn deliver_inbound(
                 Some(response) if inbound.wants_response => {
                     if let Err(e) = transport.respond(inbound.id, response).await {
                         tracing::warn!(error = %e, "cannot send a response back");
+                        // Too large for the reply SURBs: a short error (4xx, so the caller's
+                        // homeserver does not back off from us) instead of a silent timeout.
+                        if let ClientError::CannotRespond(_) = e {
+                            let _ = transport
+                                .respond(inbound.id, crate::homeserver::too_large_response())
+                                .await;
+                        }
                     }
                     break;
                 }
@@ -350,6 +401,10 @@ async fn deliver_inbound(
             }
             wait = (wait * 2).min(Duration::from_secs(30));
         }
+        tracing::debug!(
+            wants_response = inbound.wants_response,
+            "inbound request delivered to the homeserver"
+        );
         if let Err(e) = transport.ack(inbound.id).await {
             tracing::warn!(error = %e, "cannot ack an inbound request");
         }

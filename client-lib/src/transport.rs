@@ -37,6 +37,9 @@ pub struct InboundRequest {
     pub request: FederationRequest,
     /// The sender is waiting for an answer: call [`Transport::respond`] before acking.
     pub wants_response: bool,
+    /// The origin's self-signed `/_matrix/key/v2/server` response, if the bundle carried one
+    /// (unverified: see `ServerKeyCache::insert`).
+    pub server_keys: Option<Vec<u8>>,
 }
 
 /// What happened to a message [`Transport::send`] queued.
@@ -151,6 +154,8 @@ pub(crate) struct Shared {
     pub loops: Mutex<HashMap<[u8; 16], Instant>>,
     pub replies: Mutex<ReplyTable>,
     pub events: broadcast::Sender<TransportEvent>,
+    /// Our homeserver's self-signed key response, attached to every request bundle we send.
+    pub server_keys: Mutex<Option<Vec<u8>>>,
     pub shutdown: watch::Sender<bool>,
 }
 
@@ -269,6 +274,7 @@ impl Transport {
             loops: Mutex::new(HashMap::new()),
             replies: Mutex::new(ReplyTable::default()),
             events,
+            server_keys: Mutex::new(None),
             shutdown,
         });
 
@@ -332,7 +338,12 @@ impl Transport {
         let bundle = Bundle {
             origin: self.shared.config.server_name.clone(),
             sender: Some(self.shared.address.clone()),
-            server_keys: None,
+            server_keys: self
+                .shared
+                .server_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             body: BundleBody::Request {
                 request_id,
                 request,
@@ -532,6 +543,16 @@ impl Transport {
         Ok(())
     }
 
+    /// Sets the key response (our homeserver's `/_matrix/key/v2/server`) that every request
+    /// sent from now on carries, so that peers can verify us while we are offline.
+    pub fn set_server_keys(&self, keys: Option<Vec<u8>>) {
+        *self
+            .shared
+            .server_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
     /// Delivered / failed notifications for sent messages.
     pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
         self.shared.events.subscribe()
@@ -620,6 +641,7 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
             sender: bundle.sender,
             request,
             wants_response: !reply_surbs.is_empty(),
+            server_keys: bundle.server_keys,
         }),
         _ => Err(ClientError::Corrupt("inbox bundle")),
     }

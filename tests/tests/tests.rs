@@ -3,6 +3,7 @@
 
 mod bench;
 mod delivery;
+mod https_proxy;
 mod observer;
 mod request;
 mod sidecar;

@@ -1,0 +1,290 @@
+//! The local homeserver's federation listener, as the sidecar sees it.
+//!
+//! Inbound: a request that came through Spore is replayed to the homeserver byte for byte
+//! (same method, path, `Authorization: X-Matrix ...` and body), so it verifies exactly as if
+//! it had come directly. A transaction is retried until the homeserver answers 2xx; a
+//! request/response call is delivered once and its answer (whatever the status) goes back on
+//! the reply SURBs.
+//!
+//! Outbound: [`OwnKeys`] keeps the homeserver's own self-signed key response, which travels
+//! with every bundle (see [`crate::server_keys`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use spore_protocol::bundle::{MAX_BODY, MAX_SERVER_KEYS_LEN};
+use spore_protocol::{FederationRequest, FederationResponse};
+use tokio::sync::Mutex;
+
+use crate::server_keys::{ServerKeyCache, ServerKeys, unix_ms, verify_key_response};
+
+/// One delivery attempt may take this long (the homeserver may be fetching keys, or busy).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest pause between delivery attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// A transaction the homeserver keeps refusing with a 4xx (other than 401/408/429: keys not
+/// there yet, overload) is dropped after this many attempts: it will never be accepted and
+/// would hold up the inbox forever.
+const MAX_REFUSALS: u32 = 20;
+/// Refresh our own key response when it has less than this left.
+const OWN_KEYS_MARGIN_MS: u64 = 3600 * 1000;
+
+/// Header a sidecar adds to request/response calls: when (Unix ms) the caller stops waiting.
+pub const DEADLINE_HEADER: &str = "x-spore-deadline-ms";
+
+/// Whether a request/response call's caller has given up by `now_ms` (its answer would go
+/// nowhere, and a late `/invite` would show an invite that never entered the room). Requests
+/// without a deadline never expire here.
+pub fn request_expired(request: &FederationRequest, now_ms: u64) -> bool {
+    request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(DEADLINE_HEADER))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .is_some_and(|deadline| now_ms > deadline)
+}
+
+/// What a request/response caller gets when the answer does not fit its reply SURBs: a 4xx,
+/// so that its homeserver reports the failure without marking us as down.
+pub fn too_large_response() -> FederationResponse {
+    FederationResponse {
+        status: 413,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: br#"{"errcode":"M_TOO_LARGE","error":"the answer is larger than the Spore reply SURBs carry"}"#.to_vec(),
+    }
+}
+
+/// The homeserver's federation listener (plain HTTP on loopback).
+#[derive(Clone)]
+pub struct LocalHomeserver {
+    base: String,
+    server_name: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for LocalHomeserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalHomeserver")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    #[error("homeserver unreachable: {0}")]
+    Unreachable(String),
+    #[error("homeserver timed out")]
+    Timeout,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("homeserver refused the transaction {attempts} times (last status {status})")]
+    Refused { status: u16, attempts: u32 },
+}
+
+impl LocalHomeserver {
+    /// `base` is the federation listener, e.g. `http://127.0.0.1:8008`.
+    pub fn new(base: impl Into<String>, server_name: impl Into<String>) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            server_name: server_name.into(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// One attempt: the request as the origin signed it, and the homeserver's answer.
+    pub async fn deliver_once(
+        &self,
+        request: &FederationRequest,
+    ) -> Result<FederationResponse, DeliveryError> {
+        if !request.path.starts_with('/') {
+            return Err(DeliveryError::BadRequest("path".into()));
+        }
+        let mut builder = http::Request::builder()
+            .method(request.method.as_str())
+            .uri(format!("{}{}", self.base, request.path))
+            .header(http::header::HOST, self.server_name.as_str());
+        for (name, value) in &request.headers {
+            if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(request.body.clone())))
+            .map_err(|e| DeliveryError::BadRequest(e.to_string()))?;
+        let response = tokio::time::timeout(ATTEMPT_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| DeliveryError::Timeout)?
+            .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(ATTEMPT_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+            .await
+            .map_err(|_| DeliveryError::Timeout)?
+            .map_err(|e| DeliveryError::Unreachable(e.to_string()))?
+            .to_bytes();
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(n, _)| matches!(n.as_str(), "content-type" | "cache-control" | "retry-after"))
+            .filter_map(|(n, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (n.as_str().to_owned(), v.to_owned()))
+            })
+            .collect();
+        Ok(FederationResponse {
+            status: parts.status.as_u16(),
+            headers,
+            body: body.to_vec(),
+        })
+    }
+
+    /// Delivers a transaction, retrying (with backoff) until the homeserver answers 2xx.
+    /// Returns the accepting response.
+    pub async fn deliver_until_accepted(
+        &self,
+        request: &FederationRequest,
+    ) -> Result<FederationResponse, DeliveryError> {
+        let mut delay = Duration::from_millis(250);
+        let mut refusals = 0;
+        loop {
+            match self.deliver_once(request).await {
+                Ok(r) if (200..300).contains(&r.status) => return Ok(r),
+                Ok(r) => {
+                    let transient = r.status >= 500 || matches!(r.status, 401 | 408 | 429);
+                    if !transient {
+                        refusals += 1;
+                        if refusals >= MAX_REFUSALS {
+                            return Err(DeliveryError::Refused {
+                                status: r.status,
+                                attempts: refusals,
+                            });
+                        }
+                    }
+                    tracing::info!(status = r.status, "homeserver did not accept yet; retrying");
+                }
+                Err(DeliveryError::BadRequest(e)) => return Err(DeliveryError::BadRequest(e)),
+                Err(e) => tracing::info!(error = %e, "homeserver not reachable yet; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    /// Fetches the homeserver's own `/_matrix/key/v2/server` response and checks it.
+    pub async fn fetch_own_keys(&self) -> Result<ServerKeys, DeliveryError> {
+        let request = FederationRequest {
+            method: "GET".into(),
+            path: "/_matrix/key/v2/server".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let r = self.deliver_once(&request).await?;
+        if r.status != 200 || r.body.len() > MAX_SERVER_KEYS_LEN {
+            return Err(DeliveryError::Unreachable(format!(
+                "key request: status {}",
+                r.status
+            )));
+        }
+        verify_key_response(&self.server_name, &r.body, unix_ms())
+            .map_err(|e| DeliveryError::BadRequest(format!("own keys: {e}")))
+    }
+}
+
+/// Our homeserver's key response, fetched once and refreshed before it expires.
+#[derive(Debug)]
+pub struct OwnKeys {
+    homeserver: LocalHomeserver,
+    current: Mutex<Option<ServerKeys>>,
+}
+
+impl OwnKeys {
+    pub fn new(homeserver: LocalHomeserver) -> Arc<Self> {
+        Arc::new(Self {
+            homeserver,
+            current: Mutex::new(None),
+        })
+    }
+
+    /// The key response to attach to a bundle (None if the homeserver cannot give one now:
+    /// the bundle still goes, and the peer may have our keys cached already).
+    pub async fn get(&self) -> Option<Vec<u8>> {
+        let mut current = self.current.lock().await;
+        let now = unix_ms();
+        let fresh = current
+            .as_ref()
+            .is_some_and(|k| k.valid_until_ts > now + OWN_KEYS_MARGIN_MS);
+        if !fresh {
+            match self.homeserver.fetch_own_keys().await {
+                Ok(k) => *current = Some(k),
+                Err(e) => tracing::warn!(error = %e, "could not fetch our homeserver's keys"),
+            }
+        }
+        current
+            .as_ref()
+            .filter(|k| k.valid_until_ts > now)
+            .map(|k| k.json.clone())
+    }
+}
+
+/// Hands one inbound request to the homeserver: caches the origin's keys it carries (after
+/// checking them) first, so the homeserver can verify the request, then delivers it.
+/// Returns the response to send back when the sender wants one.
+pub async fn deliver_inbound(
+    homeserver: &LocalHomeserver,
+    keys: &ServerKeyCache,
+    origin: &str,
+    server_keys: Option<&[u8]>,
+    request: &FederationRequest,
+    wants_response: bool,
+) -> Result<Option<FederationResponse>, DeliveryError> {
+    if let Some(json) = server_keys
+        && let Err(e) = keys.insert(origin, json, unix_ms())
+    {
+        tracing::warn!(error = %e, "bundle carried server keys that do not verify; ignored");
+    }
+    if wants_response {
+        Ok(Some(homeserver.deliver_once(request).await?))
+    } else {
+        homeserver.deliver_until_accepted(request).await?;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(headers: Vec<(String, String)>) -> FederationRequest {
+        FederationRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_requests_past_their_deadline_expire() {
+        let r = with(vec![("X-Spore-Deadline-Ms".into(), "1000".into())]);
+        assert!(!request_expired(&r, 1000));
+        assert!(request_expired(&r, 1001));
+        assert!(!request_expired(&with(Vec::new()), u64::MAX));
+        assert!(!request_expired(
+            &with(vec![(DEADLINE_HEADER.into(), "soon".into())]),
+            5
+        ));
+    }
+}

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Two unmodified Synapse homeservers (from PyPI) federating only through Spore sidecars.
+#
+#   bash tests/synapse/run.sh
+#
+# hs-a.spore.test and hs-b.spore.test run on loopback, each with HTTPS_PROXY pointing at its
+# own sidecar. There is no DNS for *.spore.test: a Synapse can only reach the other one through
+# its sidecar's CONNECT proxy. The script registers alice@A and bob@B, alice creates a room and
+# invites bob, bob joins, both exchange a message; then B (Synapse and sidecar) stops, alice
+# sends 20 messages, B comes back and all 20 must appear in bob's timeline, in order, once.
+# Throughout, `ss -tnp` snapshots check that each Synapse's outbound connections only ever go
+# to its own sidecar.
+#
+# Environment:
+#   SPORE_SYNAPSE_VENV   where the venv lives (default: $CARGO_TARGET_DIR or target/, /synapse-venv)
+#   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
+#   SPORE_SYNAPSE_EXTRA_STATE=N  N extra state events in the room before bob joins (a bigger
+#                        send_join answer through the reply SURBs)
+#   SPORE_SYNAPSE_REPLY_SURBS=N  reply SURBs per request/response call (the testnet uses 32)
+#   SPORE_SYNAPSE_CARRIER=spore (default): a Spore testnet (relays: entry/mailbox + 3 mix
+#                        layers) and `spore-sidecar` with `https_proxy_listen`
+#   SPORE_SYNAPSE_CARRIER=loopback: the same proxy/keys/delivery code, bundles carried directly
+#                        between two `spore-loopback-gateway`s (isolates homeserver issues)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+VENV=${SPORE_SYNAPSE_VENV:-$TARGET/synapse-venv}
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/spore-synapse.XXXXXX")
+DRIVER="python3 -B $ROOT/tests/synapse/driver.py"
+SECRET=spore-test-shared-secret
+START=$(date +%s)
+
+say() { echo "[run.sh $(date +%H:%M:%S)] $*"; }
+loud_skip() {
+    echo
+    echo "##############################################################################"
+    echo "##  SKIPPED: Synapse interop test — $*"
+    echo "##############################################################################"
+    echo
+    exit 0
+}
+
+# ---------------------------------------------------------------- Synapse from PyPI, in a venv
+if ! [ -x "$VENV/bin/synapse_homeserver" ]; then
+    if ! python3 -c "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/matrix-synapse/', timeout=15)" 2>/dev/null; then
+        loud_skip "PyPI is unreachable, cannot install matrix-synapse"
+    fi
+    say "installing matrix-synapse into $VENV (first run only)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q matrix-synapse
+fi
+say "synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
+
+# ---------------------------------------------------------------- the sidecars
+CARRIER=${SPORE_SYNAPSE_CARRIER:-spore}
+say "building the sidecar ($CARRIER)"
+(cd "$ROOT" && cargo build -q -p spore-client --bin spore-sidecar \
+    && cargo build -q -p spore-tests --bin spore-loopback-gateway --bin spore-testnet)
+GATEWAY="$TARGET/debug/spore-loopback-gateway"
+SIDECAR="$TARGET/debug/spore-sidecar"
+TESTNET="$TARGET/debug/spore-testnet"
+
+# Ports: a block chosen from the PID so parallel runs do not collide.
+BASE=$((20000 + ($$ % 2000) * 10))
+A_CLIENT=$((BASE + 0)); A_FED=$((BASE + 1)); A_PROXY=$((BASE + 2)); A_BUNDLE=$((BASE + 3))
+B_CLIENT=$((BASE + 5)); B_FED=$((BASE + 6)); B_PROXY=$((BASE + 7)); B_BUNDLE=$((BASE + 8))
+
+PIDS=()
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ $rc -ne 0 ]; then
+        say "FAILED (exit $rc); logs kept in $RUN"
+        for f in "$RUN"/*/homeserver.log; do echo "--- tail $f"; grep -E "WARNING|ERROR" "$f" | tail -15 || true; done
+        for f in "$RUN"/*.sidecar.log; do echo "--- tail $f"; tail -15 "$f"; done
+    elif [ "${SPORE_SYNAPSE_KEEP:-}" = 1 ]; then
+        say "run directory kept: $RUN"
+    else
+        rm -rf "$RUN"
+    fi
+}
+trap cleanup EXIT
+
+start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
+    if [ "$CARRIER" = loopback ]; then
+        RUST_LOG="${RUST_LOG:-info},spore_client::proxy=debug" NO_COLOR=1 "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
+            --homeserver "http://127.0.0.1:$5" --proxy-listen "127.0.0.1:$3" \
+            --bundle-listen "127.0.0.1:$4" --peer "$6=http://127.0.0.1:$7" \
+            >>"$RUN/$1.sidecar.log" 2>&1 &
+        CA="$2/sidecar/ca.pem"
+    else
+        RUST_LOG="${RUST_LOG:-info},spore_client::proxy=debug,spore_client::sidecar=debug,spore_client::sidecar_proxy=debug" NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
+            >>"$RUN/$1.sidecar.log" 2>&1 &
+        CA="$RUN/net/$1/data/ca/ca.pem"
+    fi
+    PIDS+=($!)
+    LAST_PID=$!
+    echo "$([ "$CARRIER" = loopback ] && echo gateway || echo sidecar) ${1%%.*} $LAST_PID" >>"$RUN/pids"
+    for _ in $(seq 300); do
+        if [ -f "$CA" ]; then
+            mkdir -p "$2/sidecar"
+            [ "$CA" -ef "$2/sidecar/ca.pem" ] || ln -sf "$CA" "$2/sidecar/ca.pem"
+            return 0
+        fi
+        kill -0 $LAST_PID 2>/dev/null || break
+        sleep 0.1
+    done
+    say "sidecar $1 did not start"; tail -20 "$RUN/$1.sidecar.log"; exit 1
+}
+
+# ---------------------------------------------------------------- the homeservers
+configure() { # NAME DIR CLIENT FED
+    mkdir -p "$2"
+    # (from inside DIR: the generated log config puts homeserver.log in the working directory)
+    (cd "$2" && "$VENV/bin/python" -m synapse.app.homeserver --server-name "$1" \
+        --config-path "$2/base.yaml" --data-directory "$2" --generate-config --report-stats=no >/dev/null)
+    cat >"$2/spore.yaml" <<EOF
+listeners:
+  - port: $3
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    x_forwarded: false
+    resources: [{names: [client], compress: false}]
+  - port: $4
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    resources: [{names: [federation], compress: false}]
+registration_shared_secret: "$SECRET"
+enable_registration: false
+# Federation leaves only through HTTPS_PROXY (the sidecar), whose local CA signs every
+# destination's certificate; no notary: peer keys come from the sidecar's verified cache.
+federation_verify_certificates: true
+federation_custom_ca_list: ["$2/sidecar/ca.pem"]
+trusted_key_servers: []
+suppress_key_server_warning: true
+ip_range_whitelist: ['127.0.0.1']
+# Small and quiet for 2 cores.
+caches: {global_factor: 0.2}
+presence: {enabled: false}
+url_preview_enabled: false
+rc_message: {per_second: 1000, burst_count: 1000}
+rc_joins: {local: {per_second: 1000, burst_count: 1000}, remote: {per_second: 1000, burst_count: 1000}}
+rc_invites: {per_room: {per_second: 1000, burst_count: 1000}, per_user: {per_second: 1000, burst_count: 1000}}
+rc_login: {address: {per_second: 1000, burst_count: 1000}, account: {per_second: 1000, burst_count: 1000}}
+rc_federation: {window_size: 1000, sleep_limit: 1000, sleep_delay: 1, reject_limit: 1000, concurrent: 100}
+EOF
+}
+
+start_synapse() { # LABEL DIR CLIENT FED PROXY
+    HTTPS_PROXY="http://127.0.0.1:$5" https_proxy="http://127.0.0.1:$5" NO_PROXY= no_proxy= \
+        "$VENV/bin/python" -m synapse.app.homeserver -c "$2/base.yaml" -c "$2/spore.yaml" \
+        >>"$2/stdout.log" 2>&1 &
+    local pid=$!
+    PIDS+=($pid)
+    LAST_PID=$pid
+    echo "synapse $1 $pid" >>"$RUN/pids"
+    for _ in $(seq 600); do
+        curl -sf "http://127.0.0.1:$3/health" >/dev/null 2>&1 && { say "synapse $1 up (pid $pid)"; return 0; }
+        kill -0 $pid 2>/dev/null || { say "synapse $1 died"; tail -20 "$2/stdout.log"; exit 1; }
+        sleep 0.2
+    done
+    say "synapse $1 did not come up"; exit 1
+}
+
+register() { # USER CLIENT
+    "$VENV/bin/register_new_matrix_user" -u "$1" -p spore-test-password --no-admin -k "$SECRET" \
+        "http://127.0.0.1:$2" >/dev/null
+}
+
+A=$RUN/hs-a; B=$RUN/hs-b
+for name in hs-a.spore.test hs-b.spore.test; do
+    if getent hosts "$name" >/dev/null 2>&1; then
+        say "FAIL: $name resolves on this machine; the test needs it not to"; exit 1
+    fi
+done
+say "hs-a.spore.test and hs-b.spore.test do not resolve: the only way between them is the sidecars"
+configure hs-a.spore.test "$A" $A_CLIENT $A_FED
+configure hs-b.spore.test "$B" $B_CLIENT $B_FED
+
+$DRIVER watch "$RUN/ss.log" & PIDS+=($!)
+
+if [ "$CARRIER" != loopback ]; then
+    say "starting a Spore testnet (2 entry/mailbox relays, 3 mix layers)"
+    "$TESTNET" --dir "$RUN/net" \
+        --homeserver "hs-a.spore.test,http://127.0.0.1:$A_FED,127.0.0.1:$A_PROXY" \
+        --homeserver "hs-b.spore.test,http://127.0.0.1:$B_FED,127.0.0.1:$B_PROXY" \
+        >>"$RUN/testnet.log" 2>&1 &
+    PIDS+=($!)
+    echo "testnet - $!" >>"$RUN/pids"
+    for _ in $(seq 300); do [ -f "$RUN/net/ready" ] && break; sleep 0.1; done
+    [ -f "$RUN/net/ready" ] || { say "testnet did not start"; cat "$RUN/testnet.log"; exit 1; }
+    if [ -n "${SPORE_SYNAPSE_REPLY_SURBS:-}" ]; then
+        sed -i "s/^reply_surbs = .*/reply_surbs = $SPORE_SYNAPSE_REPLY_SURBS/" "$RUN"/net/*/sidecar.toml
+    fi
+fi
+
+start_sidecar hs-a.spore.test "$A" $A_PROXY $A_BUNDLE $A_FED hs-b.spore.test $B_BUNDLE
+start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
+B_SIDECAR=$LAST_PID
+start_synapse hs-a "$A" $A_CLIENT $A_FED $A_PROXY
+start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
+B_SYNAPSE=$LAST_PID
+register alice $A_CLIENT
+register bob $B_CLIENT
+
+# ---------------------------------------------------------------- online: invite, join, talk
+$DRIVER setup "$RUN/state.json" "http://127.0.0.1:$A_CLIENT" "http://127.0.0.1:$B_CLIENT"
+
+# ---------------------------------------------------------------- B offline: store and forward
+say "stopping B (Synapse and sidecar)"
+kill $B_SYNAPSE $B_SIDECAR
+while kill -0 $B_SYNAPSE 2>/dev/null || kill -0 $B_SIDECAR 2>/dev/null; do sleep 0.2; done
+count() { grep -c "$1" "$RUN/hs-a.spore.test.sidecar.log" || true; }
+QUEUED0=$(count "transaction queued through spore"); ACKED0=$(count "stored at its recipient's mailbox relay")
+$DRIVER profile "$RUN/state.json"
+$DRIVER send "$RUN/state.json" 20
+if [ "$CARRIER" != loopback ]; then
+    # Hold B down until every transaction A queued meanwhile is stored in B's mailbox relay.
+    for _ in $(seq 600); do
+        Q=$(( $(count "transaction queued through spore") - QUEUED0 ))
+        K=$(( $(count "stored at its recipient's mailbox relay") - ACKED0 ))
+        [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] && break
+        sleep 0.1
+    done
+    say "while B was offline: A's sidecar queued $Q transaction(s) for B; $K stored at B's mailbox relay (SURB-acks)"
+    [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] || { say "FAIL: not everything reached B's mailbox"; exit 1; }
+else
+    sleep 2
+fi
+say "restarting B"
+start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
+start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
+$DRIVER check "$RUN/state.json" 20 300
+if [ "$CARRIER" != loopback ]; then
+    STALE=$(grep -c "caller has stopped waiting" "$RUN/hs-b.spore.test.sidecar.log" || true)
+    [ "$STALE" -ge 1 ] || { say "FAIL: the profile query A gave up on was delivered to B late"; exit 1; }
+    say "B's sidecar dropped $STALE request(s) whose caller had stopped waiting (the profile query), instead of delivering them late"
+fi
+
+# ---------------------------------------------------------------- no direct route
+$DRIVER conns "$RUN/ss.log" "$RUN/pids"
+say "sidecar log summary (both sidecars, whole run):"
+grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify|stopped waiting|mailbox relay\$" \
+    "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//; s/^(DEBUG|INFO|WARN) +//' | sort | uniq -c | sed 's/^/    /'
+say "PASS in $(( $(date +%s) - START ))s"
