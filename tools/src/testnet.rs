@@ -224,6 +224,20 @@ impl Testnet {
         self.members.get(i).and_then(|m| m.running.as_ref())
     }
 
+    /// Every relay's id, in index order (stopped relays included).
+    pub fn relay_ids(&self) -> Vec<RelayId> {
+        self.members.iter().map(|m| m.keys.relay_id()).collect()
+    }
+
+    pub fn index_of(&self, id: &RelayId) -> Option<usize> {
+        self.members.iter().position(|m| m.keys.relay_id() == *id)
+    }
+
+    /// The relay's listening address; pinned, so it holds across restarts.
+    pub fn relay_address(&self, i: usize) -> Option<std::net::SocketAddr> {
+        self.members.get(i).map(|m| m.config.listen)
+    }
+
     /// Indices of the mixes in `layer`.
     pub fn mixes_in_layer(&self, layer: u8) -> Vec<usize> {
         self.members
