@@ -2,8 +2,12 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod bench;
+mod crash;
 mod delivery;
+mod faults;
+mod hostile;
 mod observer;
+mod privacy;
 mod request;
 mod sidecar;
 
