@@ -489,6 +489,8 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
             txn += 1;
             if put_txn(&listen, txn).await {
                 answered.insert(format!("txn-{txn}"));
+            } else if Instant::now() >= kill_at {
+                break;
             }
         }
         killer.await.unwrap();
