@@ -34,6 +34,14 @@ fn garbage_packet() -> Box<[u8; PACKET_SIZE]> {
     p
 }
 
+/// Cheap garbage for a flood: `base` with a counter in its group element (a fresh point for
+/// every packet, so the relay pays a full X25519 and MAC check for each).
+fn garbage_from(base: &[u8; PACKET_SIZE], n: u64) -> Box<[u8; PACKET_SIZE]> {
+    let mut p = Box::new(*base);
+    p[..8].copy_from_slice(&n.to_le_bytes());
+    p
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_cut_mid_handshake_or_mid_frame_lose_only_the_partial_frame() {
     let relay = Subject::start(|_| {}, spore_relay::DirectorySource::None, system_clock()).await;
@@ -123,8 +131,9 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     let (owner, sender) = (MailboxKey::generate(), MailboxKey::generate());
     let hop = relay.hop_for(relay.r().current_epoch());
 
-    // Capacity: how fast this relay disposes of garbage with nothing else going on.
-    let probe = 2000u64;
+    // Capacity: how fast the worker disposes of garbage with nothing else going on (fewer
+    // packets than the queue holds, so none is dropped for lack of room).
+    let probe = 1000u64;
     let mut link = relay.link(&rand::random()).await;
     let t0 = Instant::now();
     for _ in 0..probe {
@@ -136,6 +145,7 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     link.writer.flush().await.unwrap();
     assert!(wait_until(WAIT, || relay.r().metrics().dropped_total() >= probe).await);
     let capacity = probe as f64 / t0.elapsed().as_secs_f64();
+    assert_eq!(relay.r().metrics().dropped("unwrap_queue_full"), 0);
     drop(link);
 
     // Real acked packets, built before the storm (building is the client's cost, not ours).
@@ -169,6 +179,7 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     for _ in 0..4 {
         let relay = relay.clone();
         floods.push(tokio::spawn(async move {
+            let base = garbage_packet();
             let mut link = relay.link(&rand::random()).await;
             let per_link = offered_per_sec / 4.0;
             let started = Instant::now();
@@ -178,7 +189,7 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
                 for _ in 0..64 {
                     if link
                         .writer
-                        .write_frame(&Frame::Packet(garbage_packet()))
+                        .write_frame(&Frame::Packet(garbage_from(&base, sent)))
                         .await
                         .is_err()
                     {
@@ -264,11 +275,12 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     let lost: Vec<_> = acked.difference(&received).collect();
     let report = format!(
         "overload: capacity {capacity:.0} pkt/s, offered {offered} garbage packets in {}s \
-         ({:.1}x), {dropped} dropped ({queue_full} at the full unwrap queue), {pulls} pulls, \
+         ({:.1}x quiet capacity, {:.1}x what was processed), {dropped} dropped ({queue_full} at the full unwrap queue), {pulls} pulls, \
          worst pull {worst_pull:?}, RSS {} -> {} MiB, {} of {n_real} real packets acked, \
          {} received, {} acked-but-lost",
         storm.as_secs(),
         offered as f64 / storm.as_secs_f64() / capacity,
+        offered as f64 / (dropped - queue_full).max(1) as f64,
         base_rss / 1024,
         peak_rss / 1024,
         acked.len(),
@@ -278,6 +290,12 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     eprintln!("{report}");
     assert!(lost.is_empty(), "{report}");
     assert!(queue_full > 0, "the storm never filled the queue: {report}");
+    // The flood is paced at 5x the quiet capacity; two shared cores may not always reach it
+    // (the generator competes with the relay for CPU), so 3x is the floor.
+    assert!(
+        offered as f64 / storm.as_secs_f64() >= 3.0 * capacity,
+        "the storm was too weak to judge: {report}"
+    );
     assert!(worst_pull < Duration::from_secs(5), "{report}");
     assert!(
         peak_rss.saturating_sub(base_rss) < 256 * 1024,
