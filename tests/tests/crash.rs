@@ -338,16 +338,28 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
 
 // ---------------------------------------------------------------- sidecar outbox
 
+/// One sidecar's identity and where it listens and delivers.
+struct Side<'a> {
+    name: &'a str,
+    relay: spore_protocol::RelayId,
+    key: &'a MailboxKey,
+    homeserver: &'a str,
+    listen: &'a str,
+}
+
 fn sidecar_config(
     dir: &Path,
     net: &spore_tests::Testnet,
-    name: &str,
-    relay: spore_protocol::RelayId,
-    key: &MailboxKey,
-    homeserver: &str,
-    listen: &str,
+    side: &Side<'_>,
     peers: &[(&str, &SporeAddress)],
 ) -> PathBuf {
+    let Side {
+        name,
+        relay,
+        key,
+        homeserver,
+        listen,
+    } = side;
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("mailbox.key"), hex::encode(key.secret_bytes())).unwrap();
     let mut text = format!(
@@ -446,21 +458,25 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
     let alice_config = sidecar_config(
         &data.path().join("alice"),
         &net,
-        "alice.example",
-        mailboxes[0],
-        &alice_key,
-        &alice_hs.url(),
-        &listen,
+        &Side {
+            name: "alice.example",
+            relay: mailboxes[0],
+            key: &alice_key,
+            homeserver: &alice_hs.url(),
+            listen: &listen,
+        },
         &[("bob.example", &bob_address)],
     );
     let bob_config = sidecar_config(
         &data.path().join("bob"),
         &net,
-        "bob.example",
-        mailboxes[1],
-        &bob_key,
-        &bob_hs.url(),
-        "127.0.0.1:0",
+        &Side {
+            name: "bob.example",
+            relay: mailboxes[1],
+            key: &bob_key,
+            homeserver: &bob_hs.url(),
+            listen: "127.0.0.1:0",
+        },
         &[("alice.example", &alice_address)],
     );
     let bob = Sidecar::start(SidecarConfig::load(&bob_config).unwrap())
