@@ -406,9 +406,16 @@ async fn forged_and_expired_directories_are_refused_and_the_old_one_kept() {
     ] {
         let err = dir.verify(&trusted, 1, now).err().unwrap();
         assert_eq!(err.reason(), reason, "{name}: {err}");
+        let counter = format!("directory_{reason}");
+        let before = relay.r().metrics().dropped(&counter);
         memory.set(dir.to_bytes());
         let refused = relay.r().refresh_directory().await;
         assert!(refused.is_err(), "{name} was installed");
+        assert_eq!(
+            relay.r().metrics().dropped(&counter),
+            before + 1,
+            "{name}: {counter} not counted"
+        );
     }
     // The good directory is still the relay's view.
     memory.set(good.to_bytes());
