@@ -388,3 +388,58 @@ async fn mailbox_relay_offline_for_a_while_then_back_loses_nothing() {
     bob.shutdown().await;
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn clock_skew_across_an_epoch_boundary_is_tolerated_within_grace_and_counted_beyond() {
+    use spore_relay::{DirectorySource, ManualClock};
+    // Epochs of 100 s, 10 s grace. The relay's clock starts 25 s before the boundary of
+    // epoch 10^7; senders with skewed clocks pick the key of the epoch *they* think it is.
+    let boundary = 100 * 10_000_000 + 100;
+    let clock = ManualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(boundary - 25));
+    let relay = Subject::start(
+        |c| {
+            c.mix.epoch_length_secs = 100;
+            c.mix.grace_secs = 10;
+        },
+        DirectorySource::None,
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let owner = MailboxKey::generate();
+    let epoch = relay.r().current_epoch();
+    let old_key = relay.hop_for(epoch);
+    let new_key = relay.hop_for(epoch + 1);
+    let stored = || relay.r().metrics().packets_stored;
+    let bad_mac = || relay.r().metrics().dropped("bad_mac");
+
+    // 25 s before the boundary, a sender 30 s fast already uses the next key: too early.
+    relay
+        .send(&[packet_to(new_key, owner.mailbox_id(), b"30 s fast")])
+        .await;
+    assert!(wait_until(WAIT, || bad_mac() == 1).await);
+    // 5 s before the boundary, a sender 8 s fast: the next key is accepted within grace.
+    clock.advance(Duration::from_secs(20));
+    relay
+        .send(&[packet_to(new_key, owner.mailbox_id(), b"8 s fast")])
+        .await;
+    assert!(wait_until(WAIT, || stored() == 1).await);
+    // 3 s after the boundary, a sender 8 s slow still uses the old key: accepted within grace.
+    clock.advance(Duration::from_secs(8));
+    assert_eq!(relay.r().current_epoch(), epoch + 1);
+    relay
+        .send(&[packet_to(old_key, owner.mailbox_id(), b"8 s slow")])
+        .await;
+    assert!(wait_until(WAIT, || stored() == 2).await);
+    // 20 s after the boundary, a sender 30 s slow: the old key is gone.
+    clock.advance(Duration::from_secs(17));
+    relay
+        .send(&[packet_to(old_key, owner.mailbox_id(), b"30 s slow")])
+        .await;
+    assert!(
+        wait_until(WAIT, || bad_mac() == 2).await,
+        "{:?}",
+        relay.r().metrics()
+    );
+    assert_eq!(stored(), 2);
+    relay.shutdown().await;
+}
