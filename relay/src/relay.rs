@@ -112,6 +112,7 @@ impl Relay {
                 .expect_epoch_length(config.mix.epoch_length_secs),
         );
         if let Err(e) = directory.refresh().await {
+            count_refused_directory(&metrics, &e);
             tracing::warn!(error = %e, "no usable directory yet");
         }
 
@@ -193,6 +194,7 @@ impl Relay {
                         _ = tick.tick() => {}
                     }
                     if let Err(e) = directory.refresh().await {
+                        count_refused_directory(&metrics2, &e);
                         tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
                     }
                     let oldest = schedule.oldest_kept_epoch(clock.now_unix());
@@ -447,7 +449,11 @@ impl RunningRelay {
 
     /// Re-reads the directory source now; returns whether a new directory was installed.
     pub async fn refresh_directory(&self) -> Result<bool> {
-        self.directory.refresh().await
+        let result = self.directory.refresh().await;
+        if let Err(e) = &result {
+            count_refused_directory(&self.metrics, e);
+        }
+        result
     }
 
     /// Feeds a packet to the workers as if it had arrived on a link.
@@ -514,5 +520,19 @@ impl Drop for RunningRelay {
     fn drop(&mut self) {
         self.shutdown.trigger();
         self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Counts a refused directory under `directory_<reason>` (forged, expired, malformed). A source
+/// that could not be read is not a refusal and is not counted.
+fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
+    if let RelayError::Protocol(p) = e {
+        metrics.dropped(match p.reason() {
+            "not_enough_signatures" => "directory_not_enough_signatures",
+            "bad_signature" => "directory_bad_signature",
+            "expired" => "directory_expired",
+            "duplicate_relay" => "directory_duplicate_relay",
+            _ => "directory_malformed",
+        });
     }
 }

@@ -2,9 +2,13 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod bench;
+mod crash;
 mod delivery;
+mod faults;
+mod hostile;
 mod https_proxy;
 mod observer;
+mod privacy;
 mod request;
 mod sidecar;
 
