@@ -212,7 +212,7 @@ pub fn render(r: &ClientReport) -> String {
     format!(
         "spore bench client: one Transport, lambda_P {} + lambda_L {} + lambda_D {} per s{}\n\
          {:<36} {:>10.0} pkt/s over {:.0} s\n\
-         {:<36} {:>9.2} %    target < {:.0}%: {}\n\
+         {:<36} {:>9.3} %    target < {:.0}%: {}\n\
          {:<36} {:>10.0} us\n\
          {:<36} {:>10.0} pkt/s (one thread)\n",
         r.lambda_p,

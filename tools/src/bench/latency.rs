@@ -63,7 +63,7 @@ pub struct LatencyReport {
 }
 
 pub async fn run(cfg: &LatencyConfig) -> Result<LatencyReport> {
-    if cfg.capacity_packets < 100 || !(cfg.seconds > 0.0) {
+    if cfg.capacity_packets < 100 || cfg.seconds.is_nan() || cfg.seconds <= 0.0 {
         bail!("need at least 100 capacity packets and a positive duration");
     }
     let keys = RelayKeys::generate();
@@ -89,7 +89,8 @@ pub async fn run(cfg: &LatencyConfig) -> Result<LatencyReport> {
     link.writer.flush().await?;
     let target = start + burst.len() as u64;
     wait_for(&sink, target, Duration::from_secs(120)).await;
-    let capacity = (sink.received.load(Ordering::Relaxed) - start) as f64 / t0.elapsed().as_secs_f64();
+    let capacity =
+        (sink.received.load(Ordering::Relaxed) - start) as f64 / t0.elapsed().as_secs_f64();
 
     let mut levels = Vec::new();
     for load in LOADS {
@@ -99,7 +100,10 @@ pub async fn run(cfg: &LatencyConfig) -> Result<LatencyReport> {
         let alphas = next_hop_alphas(&keys, &packets)?;
         let frames = to_frames(&packets)?;
         drop(packets);
-        sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        sink.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let start = sink.received.load(Ordering::Relaxed);
         let mut sent_at = vec![t0; n];
         let begin = Instant::now();
@@ -118,7 +122,8 @@ pub async fn run(cfg: &LatencyConfig) -> Result<LatencyReport> {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         wait_for(&sink, start + n as u64, Duration::from_secs(30)).await;
-        let arrivals = std::mem::take(&mut *sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+        let arrivals =
+            std::mem::take(&mut *sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()));
         let mut lat: Vec<f64> = arrivals
             .iter()
             .filter_map(|(t, alpha)| {
@@ -162,7 +167,15 @@ pub fn render(r: &LatencyReport) -> String {
     let mut s = format!(
         "spore bench latency: spore-relay process, {} worker(s), measured capacity {:.0} pkt/s\n\
          {:>6} {:>10} {:>8} {:>6} {:>10} {:>10} {:>10}\n",
-        r.workers, r.capacity_per_s, "load", "pkt/s", "packets", "lost", "p50 us", "p99 us", "max us"
+        r.workers,
+        r.capacity_per_s,
+        "load",
+        "pkt/s",
+        "packets",
+        "lost",
+        "p50 us",
+        "p99 us",
+        "max us"
     );
     for l in &r.levels {
         s += &format!(

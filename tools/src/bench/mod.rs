@@ -105,7 +105,11 @@ pub fn run_cli(args: BenchArgs) -> Result<()> {
                 capacity_packets,
                 seconds,
             };
-            print(args.json, &rt.block_on(latency::run(&cfg))?, latency::render)
+            print(
+                args.json,
+                &rt.block_on(latency::run(&cfg))?,
+                latency::render,
+            )
         }
         BenchCmd::Mailbox { packets, dir } => {
             let cfg = mailbox::MailboxBenchConfig { packets, dir };
@@ -223,7 +227,85 @@ pub(crate) fn verdict(met: bool) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::testnet::{Testnet, TestnetConfig};
+
+    #[test]
+    fn mailbox_bench_reports_every_figure() {
+        let r = mailbox::run(&mailbox::MailboxBenchConfig {
+            packets: 2048,
+            dir: None,
+        })
+        .unwrap();
+        assert_eq!(r.released, 2048);
+        assert!(r.store_per_s > 0.0 && r.release_per_s > 0.0);
+        assert!(r.disk_ratio > 0.5, "{r:?}");
+        assert!(r.rss_mb > 0.0);
+        assert!(mailbox::render(&r).contains("durable store"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_bench_measures_a_transport() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = TestnetConfig::new(tmp.path());
+        cfg.width = 1;
+        let net = Testnet::start(cfg).await.unwrap();
+        let r = client::run(&client::ClientBenchConfig {
+            network: client::Network::Existing {
+                directory: net.directory_path().to_owned(),
+                authority: net.authority_public(),
+            },
+            seconds: 1.0,
+            build_packets: 10,
+        })
+        .await
+        .unwrap();
+        assert!(r.packets_sent > 0, "{r:?}");
+        assert!(r.build_per_s > 0.0);
+        assert!(r.cpu_includes_network);
+        net.shutdown().await.unwrap();
+    }
+
+    /// Needs the `spore-relay` binary in the same target directory (`cargo test --workspace`
+    /// or `cargo build --bins` builds it); says so and passes when it is missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relay_and_latency_benches_run_against_a_real_relay_process() {
+        let Ok(bin) = relay::relay_binary() else {
+            eprintln!("skipped: no spore-relay binary built next to the test executable");
+            return;
+        };
+        let r = relay::run(&relay::RelayBenchConfig {
+            packets: 300,
+            relay_bin: bin.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!((r.lost_1core, r.lost_2core), (0, 0), "{r:?}");
+        assert!(r.bare_unwrap_per_s > 0.0 && r.relay_per_s_1core > 0.0);
+        assert!(r.ratio_1core > 0.0 && r.scaling_2core > 0.0);
+        let json = serde_json::to_value(&r).unwrap();
+        for key in [
+            "bare_unwrap_per_s",
+            "relay_per_s_1core",
+            "relay_per_s_2core",
+            "ratio_1core",
+            "scaling_2core",
+        ] {
+            assert!(json[key].is_number(), "{key} missing");
+        }
+        let l = latency::run(&latency::LatencyConfig {
+            relay_bin: bin,
+            workers: 1,
+            capacity_packets: 300,
+            seconds: 0.2,
+        })
+        .await
+        .unwrap();
+        assert_eq!(l.levels.len(), 3);
+        assert!(l.levels.iter().all(|x| x.lost == 0), "{l:?}");
+        assert!(l.p50_us_at_10 > 0.0 && l.p99_us_at_90 >= l.p50_us_at_90);
+    }
 
     #[test]
     fn quantile_uses_nearest_rank() {

@@ -111,14 +111,20 @@ pub fn relay_binary() -> Result<PathBuf> {
     if let Some(parent) = exe.parent().and_then(Path::parent) {
         candidates.push(parent.join("spore-relay"));
     }
-    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
-        format!(
-            "no spore-relay binary next to {}: build it with `cargo build --release --bins` \
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no spore-relay binary next to {}: build it with `cargo build --release --bins` \
              (same CARGO_TARGET_DIR) and run `spore bench` from that target directory",
-            exe.display()
-        )
-    })
+                exe.display()
+            )
+        })
 }
+
+/// Arrival time and first 32 bytes of every packet the sink has read.
+pub type Arrivals = Arc<Mutex<Vec<(Instant, [u8; 32])>>>;
 
 /// A Noise listener standing in for the next hop: counts packets and records, for each, the
 /// arrival time and the first 32 bytes (the next header's group element, unique per packet).
@@ -127,7 +133,7 @@ pub struct Sink {
     identity: SigningKey,
     link_secret: [u8; 32],
     pub received: Arc<AtomicU64>,
-    pub arrivals: Arc<Mutex<Vec<(Instant, [u8; 32])>>>,
+    pub arrivals: Arrivals,
 }
 
 impl Sink {
@@ -359,7 +365,11 @@ impl Drop for RelayProcess {
 }
 
 /// Forward packets for `keys`'s relay (epoch of now) whose next hop is `next`, delay 0.
-pub fn build_packets(keys: &RelayKeys, next: spore_protocol::RelayId, n: usize) -> Result<Vec<Vec<u8>>> {
+pub fn build_packets(
+    keys: &RelayKeys,
+    next: spore_protocol::RelayId,
+    n: usize,
+) -> Result<Vec<Vec<u8>>> {
     let epoch = now_unix() / NetworkParams::default().epoch_length_secs;
     let route = [
         RouteHop {
@@ -507,7 +517,12 @@ pub async fn relay_run(
         link.writer.write_frame(f).await?;
     }
     link.writer.flush().await?;
-    wait_for(sink, target, Duration::from_secs(30 + frames.len() as u64 / 500)).await;
+    wait_for(
+        sink,
+        target,
+        Duration::from_secs(30 + frames.len() as u64 / 500),
+    )
+    .await;
     // The last arrival, not the moment the waiting loop noticed it.
     let got = sink.received.load(Ordering::Relaxed) - start;
     let elapsed = t0.elapsed().as_secs_f64();
@@ -544,8 +559,10 @@ pub async fn run(cfg: &RelayBenchConfig) -> Result<RelayReport> {
         let (a, b) = timed.split_at(timed.len() / 2);
         let ha = s.spawn(|| bare_rate(&keys, a));
         let hb = s.spawn(|| bare_rate(&keys, b));
-        ha.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
-        hb.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        ha.join()
+            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        hb.join()
+            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
         Ok(())
     })?;
     let bare2 = timed.len() as f64 / t0.elapsed().as_secs_f64();
