@@ -14,6 +14,7 @@ pub mod latency;
 pub mod mailbox;
 pub mod relay;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -179,6 +180,24 @@ pub fn threads_cpu_secs(pid: u32, prefix: &str) -> f64 {
         })
         .map(|t| stat_cpu_secs(&t.path().join("stat")))
         .sum()
+}
+
+/// CPU seconds used so far by the threads of `pid`, summed per thread name with trailing
+/// digits and dashes removed (`sphinx-0` and `sphinx-1` count as `sphinx`).
+pub fn thread_groups_cpu_secs(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let group = name
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+            .to_owned();
+        *out.entry(group).or_insert(0.0) += stat_cpu_secs(&t.path().join("stat"));
+    }
+    out
 }
 
 /// Resident memory of process `pid` in MB (`VmRSS`), NaN if unknown.

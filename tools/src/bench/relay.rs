@@ -12,7 +12,7 @@
 //! compete with the relay, so the report also gives each rate per CPU second of the relay
 //! process (read from `/proc/<pid>/stat`), which does not depend on who else runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +35,9 @@ use spore_protocol::params::PACKET_SIZE;
 use spore_relay::connection::{FrameReader, accept_handshake};
 use spore_relay::{Link, RelayConfig, RelayKeys, RolesConfig};
 
-use super::{now_unix, process_cpu_secs, thread_cpu_secs, threads_cpu_secs, verdict};
+use super::{
+    now_unix, process_cpu_secs, thread_cpu_secs, thread_groups_cpu_secs, threads_cpu_secs, verdict,
+};
 use crate::authority;
 
 /// Targets from issue 8.
@@ -82,6 +84,9 @@ pub struct RelayReport {
     pub ratio_1core_cpu: f64,
     /// Share of the relay process's CPU spent in its Sphinx worker threads (1 worker run).
     pub worker_cpu_share_1core: f64,
+    /// Share of the relay process's CPU per thread group (1 worker run): `sphinx` workers,
+    /// `tokio-rt-worker` (links), `group-commit`, `sled-io`, …
+    pub relay_cpu_by_thread_1core: BTreeMap<String, f64>,
     /// CPU seconds the generator and sink (this process) used per relay CPU second (1 worker).
     pub load_cpu_per_relay_cpu_1core: f64,
     /// Packets that never reached the sink (0 in a good run).
@@ -93,7 +98,7 @@ pub struct RelayReport {
 }
 
 /// One timed run of the relay process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RelayRun {
     pub per_s: f64,
     pub relay_cpu_s: f64,
@@ -101,6 +106,8 @@ pub struct RelayRun {
     pub load_cpu_s: f64,
     pub delivered: u64,
     pub lost: u64,
+    /// Share of the relay's CPU per thread group over the run.
+    pub by_thread: BTreeMap<String, f64>,
 }
 
 /// `spore-relay` next to the running executable, or an error saying how to build it.
@@ -512,6 +519,7 @@ pub async fn relay_run(
         threads_cpu_secs(pid, "sphinx-"),
         process_cpu_secs(me),
     );
+    let groups0 = thread_groups_cpu_secs(pid);
     let t0 = Instant::now();
     for f in frames {
         link.writer.write_frame(f).await?;
@@ -531,9 +539,18 @@ pub async fn relay_run(
         threads_cpu_secs(pid, "sphinx-") - worker0,
         process_cpu_secs(me) - load0,
     );
+    let by_thread = thread_groups_cpu_secs(pid)
+        .into_iter()
+        .map(|(g, c)| {
+            let share = (c - groups0.get(&g).copied().unwrap_or(0.0)) / relay_cpu.max(0.01);
+            (g, (share * 1000.0).round() / 1000.0)
+        })
+        .filter(|(_, share)| *share > 0.0)
+        .collect();
     drop(link);
     drop(relay);
     Ok(RelayRun {
+        by_thread,
         per_s: got as f64 / elapsed,
         relay_cpu_s: relay_cpu,
         worker_cpu_s: worker_cpu,
@@ -585,6 +602,7 @@ pub async fn run(cfg: &RelayBenchConfig) -> Result<RelayReport> {
         relay_per_cpu_s_2core: per_cpu(&two),
         ratio_1core_cpu: per_cpu(&one) / bare_cpu,
         worker_cpu_share_1core: one.worker_cpu_s / one.relay_cpu_s.max(0.01),
+        relay_cpu_by_thread_1core: one.by_thread.clone(),
         load_cpu_per_relay_cpu_1core: one.load_cpu_s / one.relay_cpu_s.max(0.01),
         lost_1core: one.lost,
         lost_2core: two.lost,
@@ -607,7 +625,8 @@ pub fn render(r: &RelayReport) -> String {
          {:<44} {:>10.2}  target >= {TARGET_SCALING_2CORE}: {} (machine ceiling {:.2})\n\
          {:<44} {:>10.2}\n\
          {:<44} {:>10.2}\n\
-         {:<44} {:>10.0} pkt/s\n",
+         {:<44} {:>10.0} pkt/s\n\
+         relay CPU by thread (1 worker): {}\n",
         r.packets,
         r.cores,
         "bare unwrap, one thread (no I/O)",
@@ -639,5 +658,10 @@ pub fn render(r: &RelayReport) -> String {
         r.load_cpu_per_relay_cpu_1core,
         "bare unwrap again (noise check)",
         r.bare_unwrap_again_per_s,
+        r.relay_cpu_by_thread_1core
+            .iter()
+            .map(|(g, v)| format!("{g} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
