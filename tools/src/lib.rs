@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod authority;
+pub mod bench;
 pub mod demo;
 pub mod inspect;
 pub mod keyfile;

@@ -39,6 +39,8 @@ enum Command {
     Testnet(TestnetCmd),
     /// Drive a network with a fixed packet rate and report throughput and loss.
     Load(LoadArgs),
+    /// Benchmarks: relay vs the Sphinx floor, latency, mailbox store, client cost.
+    Bench(spore_tools::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -286,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => spore_tools::bench::run_cli(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => spore_tools::analyze::cli::run(args).map(|()| ExitCode::SUCCESS),
     }
 }

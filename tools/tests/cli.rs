@@ -44,6 +44,7 @@ fn every_subcommand_has_help() {
         "analyze",
         "testnet",
         "load",
+        "bench",
     ] {
         let out = spore().args([sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help failed");
