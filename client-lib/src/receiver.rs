@@ -70,6 +70,7 @@ fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<Fragment>> {
         Ok(f) => Ok(Some(f)),
         Err(e) => {
             tracing::debug!(reason = e.reason(), "dropping an unreadable mailbox item");
+            bump(&shared.counters.inbound_dropped);
             Ok(None)
         }
     }
@@ -90,6 +91,7 @@ fn store_fragment(shared: &Shared, fragment: &Fragment) -> Result<(bool, usize)>
         }
         FragmentOutcome::Refused(why) => {
             tracing::debug!(why, "refused an inbound fragment");
+            bump(&shared.counters.inbound_dropped);
             Ok((false, 0))
         }
         FragmentOutcome::Stored => Ok((true, 0)),
@@ -122,6 +124,7 @@ fn handle_message(shared: &Shared, padded: &[u8]) -> Result<(bool, usize)> {
         Ok(b) => b,
         Err(e) => {
             tracing::debug!(reason = e.reason(), "dropping an undecodable message");
+            bump(&shared.counters.inbound_dropped);
             return Ok((false, 0));
         }
     };

@@ -77,6 +77,10 @@ pub struct TransportStats {
     pub pulls: u64,
     /// Mailbox items pulled (real ones, not dummy slots).
     pub items_pulled: u64,
+    /// Inbound items and messages dropped as hostile or unreadable: items that do not open
+    /// with our key, fragments refused by reassembly (bad counts, over the limits), messages
+    /// that do not decode. The reason of each is logged at debug.
+    pub inbound_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +100,7 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub pulls: AtomicU64,
     pub items_pulled: AtomicU64,
+    pub inbound_dropped: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -121,6 +126,7 @@ impl Counters {
             duplicates: g(&self.duplicates),
             pulls: g(&self.pulls),
             items_pulled: g(&self.items_pulled),
+            inbound_dropped: g(&self.inbound_dropped),
         }
     }
 }

@@ -161,6 +161,8 @@ async fn try_delete(link: &mut Link, handles: Vec<u64>) -> Result<u32, ()> {
         .map_err(|_| ())?;
     match link.recv().await.map_err(|_| ())? {
         Frame::DeleteDone { count } => Ok(count),
+        // A relay that cannot write (full disk) refuses the deletion: not confirmed.
+        Frame::Error { .. } => Err(()),
         other => panic!("expected DeleteDone, got {other:?}"),
     }
 }
@@ -570,4 +572,105 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
     assert!(alice_hs.received().is_empty());
     bob.shutdown().await;
     net.shutdown().await;
+}
+
+// ---------------------------------------------------------------- disk full
+
+/// Runs the relay with its file size capped (`ulimit -f`, SIGXFSZ ignored so a write past the
+/// cap fails with EFBIG like a full disk instead of killing the process).
+fn relay_run_capped(bin: &Path, dir: &Path, cap_kib: u64) -> Proc {
+    Proc(
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {cap_kib}; exec \"$0\" \"$@\""
+            ))
+            .arg(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("relay.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_relay_on_a_full_disk_refuses_and_keeps_what_it_acked() {
+    let bin = workspace_bin("spore-relay");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = relay_init(&bin, dir.path());
+    let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
+    let (recipient, sender) = (MailboxKey::generate(), MailboxKey::generate());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+
+    let mut child = relay_run_capped(&bin, dir.path(), 6 * 1024);
+    let h = hop(&keys);
+    let in_link = connect(&addr, &keys, &rand::random()).await;
+    let ack_link = connect(&addr, &keys, &sender.secret_bytes()).await;
+    let s = tokio::spawn(sender_loop(
+        in_link,
+        h,
+        recipient.mailbox_id(),
+        sender.mailbox_id(),
+        ledger.clone(),
+    ));
+    let a = tokio::spawn(owner_loop(ack_link, ledger.clone(), true));
+    // Stream until acks stop coming (the store is full) or 60 s pass.
+    let (mut last, mut since) = (0, Instant::now());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) && since.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = ledger.lock().unwrap().acked.len();
+        if n > last {
+            (last, since) = (n, Instant::now());
+        }
+    }
+    let alive = child.0.try_wait().unwrap().is_none();
+    s.abort();
+    a.abort();
+    let (sent, acked) = {
+        let l = ledger.lock().unwrap();
+        (l.sent, l.acked.len())
+    };
+    // Still answering pulls with the disk full?
+    let answering = if alive {
+        let mut l = connect(&addr, &keys, &recipient.secret_bytes()).await;
+        tokio::time::timeout(Duration::from_secs(5), try_pull(&mut l))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    } else {
+        false
+    };
+    let stderr = {
+        let _ = child.0.kill();
+        let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // Restart without the cap: everything acked must be there.
+    let _child = relay_run(&bin, dir.path());
+    let owner = connect(&addr, &keys, &recipient.secret_bytes()).await;
+    let o = tokio::spawn(owner_loop(owner, ledger.clone(), false));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    o.abort();
+    let l = ledger.lock().unwrap();
+    let lost = l.acked.difference(&l.received).count();
+    let report = format!(
+        "full disk: {sent} sent, {acked} acked before the store filled, relay alive {alive}, \
+         answering pulls {answering}, {} received after restart, {lost} acked-but-lost; \
+         stderr: {}",
+        l.received.len(),
+        stderr.lines().take(5).collect::<Vec<_>>().join(" | ")
+    );
+    eprintln!("{report}");
+    assert_eq!(lost, 0, "{report}");
+    assert!(
+        acked > 0 && (acked as u64) < sent,
+        "the cap was never reached: {report}"
+    );
+    assert!(alive && answering, "{report}");
 }

@@ -495,3 +495,126 @@ fn fragment_bombs_are_refused_within_fixed_memory() {
         .unwrap();
     assert_eq!(err.reason(), "inconsistent_fragments");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
+    use spore_client::Transport;
+    use spore_protocol::packet::ForwardPayload;
+    use spore_protocol::params::{FORWARD_HOPS, SEALED_FRAGMENT_SIZE, SURB_SIZE};
+    use spore_protocol::route::RouteSelector;
+    use spore_protocol::{SporeAddress, seal};
+    use spore_tests::{Testnet, TestnetConfig};
+
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let (alice_key, bob_key) = (MailboxKey::generate(), MailboxKey::generate());
+    let bob_address = SporeAddress {
+        mailbox_relays: vec![mailboxes[1]],
+        mailbox_key: bob_key.public().to_bytes(),
+    };
+    let directory = net.directory().clone();
+    let routes = RouteSelector::new(&directory, directory.epoch);
+    let mut rng = rand::rng();
+    let forged = |sealed_fragment: Vec<u8>, rng: &mut rand::rngs::ThreadRng| {
+        let mut ack_surb = vec![0u8; SURB_SIZE];
+        rand::Rng::fill_bytes(rng, &mut ack_surb);
+        let payload = ForwardPayload {
+            ack_surb,
+            sealed_fragment,
+        }
+        .encode()
+        .unwrap();
+        let route = routes
+            .forward_route(rng, &mailboxes[0], &mailboxes[1])
+            .unwrap();
+        packet::build_packet(
+            &route,
+            bob_address.mailbox_id(),
+            packet::random_surb_id(),
+            &[Duration::ZERO; FORWARD_HOPS],
+            &payload,
+        )
+        .unwrap()
+    };
+    // Sealed to Bob (so they open), with fragment counts that are not a size class.
+    let mut bombs = Vec::new();
+    for count in [3u16, 1000, u16::MAX, 7, 12345] {
+        let f = Fragment {
+            message_id: rand::random(),
+            index: 0,
+            count,
+            data: vec![0u8; FRAGMENT_DATA_SIZE],
+        };
+        let sealed = seal::seal(&bob_address.mailbox_public_key(), &f.encode()).unwrap();
+        bombs.push(forged(sealed, &mut rng));
+    }
+    // And garbage that does not open with Bob's key at all.
+    for _ in 0..5 {
+        let mut junk = vec![0u8; SEALED_FRAGMENT_SIZE];
+        rand::Rng::fill_bytes(&mut rng, &mut junk);
+        bombs.push(forged(junk, &mut rng));
+    }
+    let entry = net.index_of(&mailboxes[0]).unwrap();
+    let entry_addr = net.relay_address(entry).unwrap().to_string();
+    let entry_key = directory.relay(&mailboxes[0]).unwrap().link_key;
+    let mut link = Link::connect(&entry_addr, &rand::random(), Some(entry_key))
+        .await
+        .unwrap();
+    for p in &bombs {
+        link.send(&Frame::Packet(
+            p.clone().into_boxed_slice().try_into().unwrap(),
+        ))
+        .await
+        .unwrap();
+    }
+
+    // A real transaction behind them still arrives.
+    let alice = Transport::start(crate::fast(
+        net.client_config_with_key(
+            "alice.example",
+            mailboxes[0],
+            data.path().join("alice"),
+            alice_key,
+        ),
+        100.0,
+    ))
+    .await
+    .unwrap();
+    alice
+        .send(&bob_address, crate::transaction("alice.example", 1))
+        .await
+        .unwrap();
+    let bob = Transport::start(crate::fast(
+        net.client_config_with_key(
+            "bob.example",
+            mailboxes[1],
+            data.path().join("bob"),
+            bob_key,
+        ),
+        100.0,
+    ))
+    .await
+    .unwrap();
+    let inbound = crate::within(
+        Duration::from_secs(60),
+        "the real transaction",
+        bob.incoming(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(crate::txn_of(&inbound.request.path), "1");
+    bob.ack(inbound.id).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || bob.stats().inbound_dropped
+            >= 10)
+        .await,
+        "{:?}",
+        bob.stats()
+    );
+    assert_eq!(bob.inbox_len(), 0);
+    eprintln!("client: {:?}", bob.stats());
+    alice.shutdown().await;
+    bob.shutdown().await;
+    net.shutdown().await;
+}
