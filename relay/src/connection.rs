@@ -9,7 +9,7 @@ use std::time::Duration;
 use spore_protocol::link::{
     Frame, HANDSHAKE_MAX_LEN, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, WIRE_FRAME_LEN,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -84,7 +84,9 @@ pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The receiving half of an established link.
 pub struct FrameReader<R> {
-    rd: R,
+    /// Buffered so that one `read` takes in every frame already waiting (up to 16), not one
+    /// syscall per frame.
+    rd: BufReader<R>,
     opener: LinkOpener,
     buf: Box<[u8; WIRE_FRAME_LEN]>,
     /// Bytes of the next record already read; kept across calls so that `read_frame` is
@@ -101,7 +103,7 @@ impl<R> std::fmt::Debug for FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(rd: R, opener: LinkOpener) -> Self {
         Self {
-            rd,
+            rd: BufReader::with_capacity(16 * WIRE_FRAME_LEN, rd),
             opener,
             buf: Box::new([0u8; WIRE_FRAME_LEN]),
             filled: 0,
