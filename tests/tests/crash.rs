@@ -341,15 +341,16 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
 // ---------------------------------------------------------------- sidecar outbox
 
 /// One sidecar's identity and where it listens and delivers.
-struct Side<'a> {
-    name: &'a str,
-    relay: spore_protocol::RelayId,
-    key: &'a MailboxKey,
-    homeserver: &'a str,
-    listen: &'a str,
+pub(crate) struct Side<'a> {
+    pub name: &'a str,
+    pub relay: spore_protocol::RelayId,
+    pub key: &'a MailboxKey,
+    pub homeserver: &'a str,
+    pub listen: &'a str,
 }
 
-fn sidecar_config(
+/// Writes a sidecar's key and TOML config under `dir` (fast test rates) and returns its path.
+pub(crate) fn sidecar_config(
     dir: &Path,
     net: &spore_tests::Testnet,
     side: &Side<'_>,

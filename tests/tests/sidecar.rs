@@ -22,39 +22,14 @@ fn write_config(
     homeserver: &str,
     peers: &[(&str, &SporeAddress)],
 ) -> SidecarConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("mailbox.key"), hex::encode(key.secret_bytes())).unwrap();
-    let mut text = format!(
-        r#"server_name = "{name}"
-data_dir = "data"
-mailbox_key_file = "mailbox.key"
-mailbox_relay = "{relay}"
-homeserver_url = "{homeserver}"
-listen = "127.0.0.1:0"
-request_timeout_secs = 30
-
-[directory]
-path = "{dir_path}"
-authorities = ["{authority}"]
-threshold = 1
-
-[rates]
-lambda_p = 100.0
-lambda_l = 5.0
-lambda_d = 5.0
-mu = 1000.0
-pull_interval_ms = 50
-
-[peers]
-"#,
-        dir_path = net.directory_path().display(),
-        authority = hex::encode(net.authority()),
-    );
-    for (peer, address) in peers {
-        text.push_str(&format!("\"{peer}\" = \"{}\"\n", address.to_text()));
-    }
-    let path = dir.join("sidecar.toml");
-    std::fs::write(&path, text).unwrap();
+    let side = crate::crash::Side {
+        name,
+        relay,
+        key,
+        homeserver,
+        listen: "127.0.0.1:0",
+    };
+    let path = crate::crash::sidecar_config(dir, net, &side, peers);
     SidecarConfig::load(&path).unwrap()
 }
 
