@@ -1,14 +1,13 @@
 //! The core promise: everything sent to an offline recipient arrives exactly once, through
 //! sender crashes and relay restarts.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use spore_client::Transport;
 use spore_protocol::{MailboxKey, SporeAddress};
 use spore_tests::{Testnet, TestnetConfig};
 
-use crate::{fast, init_tracing, transaction, txn_of, wait_until, within};
+use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
 
 async fn offline_delivery(n: usize) {
     init_tracing();
@@ -94,19 +93,7 @@ async fn offline_delivery(n: usize) {
     ))
     .await
     .unwrap();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    while counts.len() < n {
-        let inbound = within(
-            Duration::from_secs(60),
-            "bob's next transaction",
-            bob.incoming(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(inbound.origin, "alice.example");
-        *counts.entry(txn_of(&inbound.request.path)).or_default() += 1;
-        bob.ack(inbound.id).await.unwrap();
-    }
+    let counts = receive_distinct(&bob, n, Some("alice.example")).await;
     // Nothing more arrives: every duplicate was dropped before the inbox.
     assert!(
         tokio::time::timeout(Duration::from_secs(2), bob.incoming())

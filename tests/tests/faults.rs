@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::hostile::{Subject, delete, packet_to, pull};
-use crate::{fast, init_tracing, transaction, txn_of, wait_until, within};
+use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -392,14 +392,7 @@ async fn relay_offline_then_back(
     ))
     .await
     .unwrap();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    while counts.len() < n {
-        let inbound = within(Duration::from_secs(60), "bob's next", bob.incoming())
-            .await
-            .unwrap();
-        *counts.entry(txn_of(&inbound.request.path)).or_default() += 1;
-        bob.ack(inbound.id).await.unwrap();
-    }
+    let counts = receive_distinct(&bob, n, None).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(bob.inbox_len(), 0, "a duplicate reached the inbox");
     assert!(counts.values().all(|c| *c == 1), "{counts:?}");

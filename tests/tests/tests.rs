@@ -12,6 +12,7 @@ mod privacy;
 mod request;
 mod sidecar;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -81,4 +82,30 @@ pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = 
         Ok(v) => v,
         Err(_) => panic!("timed out: {what}"),
     }
+}
+
+/// Takes inbound requests from `receiver`, acking each, until `n` distinct transaction ids
+/// have arrived (each within 60 s); returns how often each id was handed out. With
+/// `origin`, every request must come from that server.
+pub async fn receive_distinct(
+    receiver: &spore_client::Transport,
+    n: usize,
+    origin: Option<&str>,
+) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    while counts.len() < n {
+        let inbound = within(
+            Duration::from_secs(60),
+            "the next transaction",
+            receiver.incoming(),
+        )
+        .await
+        .unwrap();
+        if let Some(origin) = origin {
+            assert_eq!(inbound.origin, origin);
+        }
+        *counts.entry(txn_of(&inbound.request.path)).or_default() += 1;
+        receiver.ack(inbound.id).await.unwrap();
+    }
+    counts
 }
