@@ -387,10 +387,12 @@ impl MailboxStore {
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name();
+            // Only names this store writes: a stray `+1.seg` must not alias segment 1.
             let Some(id) = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
                 .and_then(|n| n.parse::<u32>().ok())
+                .filter(|id| segment_path(&dir, *id).file_name() == Some(name.as_os_str()))
             else {
                 continue;
             };
@@ -706,6 +708,16 @@ impl MailboxStore {
     /// Segment files on disk (including the one being written).
     pub fn segment_count(&self) -> usize {
         self.state().segments.len()
+    }
+}
+
+impl Drop for MailboxStore {
+    /// A clean close keeps what was written since the last commit too (nothing of it was
+    /// acknowledged, but a stopping relay should not throw it away).
+    fn drop(&mut self) {
+        if let Err(e) = self.shared.commit() {
+            tracing::error!(error = %e, "mailbox store: final commit failed");
+        }
     }
 }
 

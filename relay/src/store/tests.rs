@@ -218,13 +218,11 @@ fn reopen_after_many_inserts_and_deletes_loses_nothing_and_resurrects_nothing() 
         let victim = mid.remove(mid.len() / 2);
         assert_eq!(s.delete(&mb(2), &[victim]).expect("delete"), 1);
         db.commit().expect("commit");
-        // Written after the last commit: may or may not survive, so not expected.
-        let extra = put(&s, &mb(9), 9, 0);
-        let _ = extra;
+        // Written after the last commit: kept by the clean close below, then deleted again.
+        put(&s, &mb(9), 9, 0);
         let n: u64 = expected.values().map(|v| v.len() as u64).sum();
         assert_eq!(s.total_usage().0, n + 1);
         drop(s);
-        // Drop the uncommitted extra item's expectations by deleting it after reopen.
         let s = MailboxStore::open_with(&db, unlimited(), 16).expect("store");
         let left: Vec<u64> = s
             .pull(&mb(9), 16)
@@ -232,6 +230,7 @@ fn reopen_after_many_inserts_and_deletes_loses_nothing_and_resurrects_nothing() 
             .iter()
             .map(|i| i.handle)
             .collect();
+        assert_eq!(left.len(), 1);
         s.delete(&mb(9), &left).expect("delete");
         db.commit().expect("commit");
         assert_eq!(s.damaged_records(), 0);
@@ -370,4 +369,52 @@ fn retention_removes_old_items_and_their_segments_and_keeps_young_ones() {
     drop(s);
     let s = MailboxStore::open_with(&db, unlimited(), 8).expect("store");
     assert_eq!(s.total_usage().0, 20);
+}
+
+#[test]
+fn a_torn_tombstone_is_cut_off_and_later_deletes_still_stick() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hs: Vec<u64> = {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        let hs: Vec<u64> = (0..4u8).map(|i| put(&s, &mb(1), i, 10)).collect();
+        s.delete(&mb(1), &hs[..1]).expect("delete");
+        db.commit().expect("commit");
+        hs
+    };
+    let log = dir.path().join("mailbox").join("deleted.log");
+    let mut f = OpenOptions::new().append(true).open(&log).expect("open");
+    f.write_all(&[0xab; 7]).expect("torn tombstone");
+    drop(f);
+    // A stray file that looks like a segment name is not read as one.
+    std::fs::write(dir.path().join("mailbox").join("+1.seg"), b"junk").expect("write");
+    {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        assert_eq!(s.damaged_records(), 1);
+        assert_eq!(s.total_usage().0, 3);
+        s.delete(&mb(1), &hs[1..2]).expect("delete");
+        db.commit().expect("commit");
+    }
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.damaged_records(), 0);
+    let left: Vec<u64> = s
+        .pull(&mb(1), 16)
+        .expect("pull")
+        .iter()
+        .map(|i| i.handle)
+        .collect();
+    assert_eq!(left, hs[2..]);
+}
+
+#[test]
+fn a_clean_close_keeps_what_was_not_yet_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    let h = put(&s, &mb(1), 1, 10);
+    drop(s);
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.pull(&mb(1), 16).expect("pull")[0].handle, h);
 }

@@ -119,7 +119,11 @@ pub fn run(cfg: &MailboxBenchConfig) -> Result<MailboxReport> {
     let store = MailboxStore::open(&db, unlimited())?;
     let reopen_s = t0.elapsed().as_secs_f64();
     if store.total_usage().0 != cfg.packets as u64 {
-        bail!("reopened with {} items, stored {}", store.total_usage().0, cfg.packets);
+        bail!(
+            "reopened with {} items, stored {}",
+            store.total_usage().0,
+            cfg.packets
+        );
     }
 
     let to_release = RATE_WINDOW.min(cfg.packets);
