@@ -669,9 +669,7 @@ impl MailboxStore {
                     .map(|s| s.stored_at);
                 match stored_at {
                     Some(t) if t < cutoff_unix => {
-                        if st.kill(handle_of(id, slot as u32), true).is_some() {
-                            deleted += 1;
-                        }
+                        deleted += u64::from(st.kill(handle_of(id, slot as u32), true).is_some());
                     }
                     Some(t) => min = min.min(t),
                     None => {}
