@@ -320,14 +320,15 @@ impl State {
 }
 
 /// Reads one segment file into slots. Damaged or torn records become dead slots.
-fn scan_segment(path: &Path, id: u32, file: &File, damaged: &AtomicU64) -> Result<Segment> {
+fn scan_segment(path: &Path, id: u32, file: File, damaged: &AtomicU64) -> Result<Segment> {
     let len = file.metadata().map_err(io_err(path))?.len();
     let whole = (len / RECORD_LEN as u64).min(u64::from(MAX_RECORDS_PER_SEGMENT)) as usize;
-    if len % RECORD_LEN as u64 != 0 || whole as u64 * (RECORD_LEN as u64) < len {
+    if whole as u64 * (RECORD_LEN as u64) < len {
         // A record torn by a crash (never acknowledged), or a file that was tampered with.
         damaged.fetch_add(1, Ordering::Relaxed);
     }
-    let mut seg = Segment::new(file.try_clone().map_err(io_err(path))?);
+    let mut seg = Segment::new(file);
+    let file = seg.file.clone();
     seg.slots.reserve_exact(whole);
     let mut buf = vec![0u8; SCAN_CHUNK_RECORDS * RECORD_LEN];
     let mut slot = 0usize;
@@ -401,7 +402,7 @@ impl MailboxStore {
                 .read(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            segments.insert(id, scan_segment(&path, id, &file, &damaged)?);
+            segments.insert(id, scan_segment(&path, id, file, &damaged)?);
         }
 
         // Tombstones: a torn tail (never acknowledged) is cut off so appends stay aligned.
