@@ -42,7 +42,7 @@ impl MailboxService {
         self.metrics.set_mailbox_usage(items, bytes);
     }
 
-    /// The [`PULL_SLOTS`] frames answering a pull by `owner`. Blocking (sled reads).
+    /// The [`PULL_SLOTS`] frames answering a pull by `owner`. Blocking (file reads).
     pub fn pull(&self, owner: &MailboxId) -> Result<Vec<Frame>> {
         self.metrics.pull();
         let items = self.store.pull(owner, PULL_SLOTS)?;
@@ -62,7 +62,7 @@ impl MailboxService {
     }
 
     /// Deletes `owner`'s items with these handles, durably; returns how many there were.
-    /// Blocking (sled writes and a flush).
+    /// Blocking (one tombstone per item, then a [`Database::commit`]).
     pub fn delete(&self, owner: &MailboxId, handles: &[u64]) -> Result<u32> {
         let n = self.store.delete(owner, handles)?;
         if n > 0 {

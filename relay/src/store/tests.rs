@@ -1,0 +1,420 @@
+//! The mailbox store on real files: every test writes, commits, drops and reopens.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use spore_protocol::MailboxId;
+use spore_protocol::params::PAYLOAD_SIZE;
+
+use super::format::RECORD_LEN;
+use super::*;
+
+fn limits() -> MailboxLimits {
+    MailboxLimits {
+        quota_items: 3,
+        quota_bytes: 1 << 20,
+        disk_budget_bytes: 1 << 30,
+    }
+}
+
+fn unlimited() -> MailboxLimits {
+    MailboxLimits {
+        quota_items: u64::MAX,
+        quota_bytes: u64::MAX,
+        disk_budget_bytes: u64::MAX,
+    }
+}
+
+fn mb(i: u8) -> MailboxId {
+    MailboxId([i; 32])
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("mailbox"))
+        .expect("mailbox dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn put(s: &MailboxStore, m: &MailboxId, tag: u8, at: u64) -> u64 {
+    s.insert(m, &[tag; 16], &[tag; PAYLOAD_SIZE], at)
+        .expect("io")
+        .expect("stored")
+}
+
+#[test]
+fn insert_pull_delete_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = mb(1);
+    let b = mb(2);
+    let handles: Vec<u64> = {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, limits()).expect("store");
+        let hs: Vec<u64> = (0..3u8)
+            .map(|i| put(&s, &a, i, 100 + u64::from(i)))
+            .collect();
+        assert_eq!(
+            s.insert(&a, &[9; 16], &[9; PAYLOAD_SIZE], 200).expect("io"),
+            Err(Refusal::QuotaItems)
+        );
+        put(&s, &b, 7, 100);
+        db.commit().expect("commit");
+        hs
+    };
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, limits()).expect("store");
+    assert_eq!(s.total_usage(), (4, 4 * ITEM_BYTES));
+    assert_eq!(s.mailbox_usage(&a), (3, 3 * ITEM_BYTES));
+    let items = s.pull(&a, 16).expect("pull");
+    assert_eq!(items.iter().map(|i| i.handle).collect::<Vec<_>>(), handles);
+    assert_eq!(items[0].surb_id, [0; 16]);
+    assert_eq!(items[2].payload[..], [2; PAYLOAD_SIZE][..]);
+    assert_eq!(items[1].stored_at, 101);
+    // b cannot delete a's items.
+    assert_eq!(s.delete(&b, &handles).expect("delete"), 0);
+    assert_eq!(s.delete(&a, &handles[..2]).expect("delete"), 2);
+    assert_eq!(s.delete(&a, &handles[..2]).expect("delete"), 0);
+    assert_eq!(s.pull(&a, 16).expect("pull").len(), 1);
+    // New handles never reuse old ones.
+    let h = put(&s, &a, 5, 300);
+    assert!(h > *handles.iter().max().expect("some"));
+    // Retention.
+    assert_eq!(s.sweep(150).expect("sweep"), 2);
+    assert_eq!(s.pull(&a, 16).expect("pull").len(), 1);
+    assert_eq!(s.total_usage().0, 1);
+    assert_eq!(s.damaged_records(), 0);
+}
+
+#[test]
+fn uncommitted_items_are_pulled_from_the_write_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    let h = put(&s, &mb(1), 4, 10);
+    let items = s.pull(&mb(1), 16).expect("pull");
+    assert_eq!(items.len(), 1);
+    assert_eq!((items[0].handle, items[0].surb_id), (h, [4; 16]));
+    assert!(s.pull(&mb(2), 16).expect("pull").is_empty());
+}
+
+#[test]
+fn a_second_store_on_the_same_database_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, limits()).expect("store");
+    assert!(MailboxStore::open(&db, limits()).is_err());
+    drop(s);
+    MailboxStore::open(&db, limits()).expect("reopens once the first is closed");
+}
+
+#[test]
+fn a_torn_tail_record_is_skipped_and_the_rest_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept: Vec<u64> = {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        let hs = (0..5u8).map(|i| put(&s, &mb(1), i, 10)).collect();
+        db.commit().expect("commit");
+        hs
+    };
+    // A crash in the middle of the next record: half of it reached the file.
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let whole = std::fs::read(&seg).expect("read");
+    let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
+    f.write_all(&whole[..RECORD_LEN / 2]).expect("write");
+    // And a record the filesystem left as zeros.
+    drop(f);
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.damaged_records(), 1);
+    let items = s.pull(&mb(1), 16).expect("pull");
+    assert_eq!(items.iter().map(|i| i.handle).collect::<Vec<_>>(), kept);
+    // New items go to a fresh segment: the torn slot is never reused.
+    let h = put(&s, &mb(1), 9, 11);
+    assert!(h > *kept.iter().max().expect("some"));
+    db.commit().expect("commit");
+}
+
+#[test]
+fn zeroed_and_corrupt_records_are_skipped_at_open_and_at_pull() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        for i in 0..4u8 {
+            put(&s, &mb(1), i, 10);
+        }
+        db.commit().expect("commit");
+    }
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let f = OpenOptions::new().write(true).open(&seg).expect("open");
+    use std::os::unix::fs::FileExt;
+    // Record 1 zeroed, record 2 with one flipped payload byte, then a whole zero record at
+    // the end (what some filesystems leave after a crash).
+    f.write_all_at(&[0u8; RECORD_LEN], RECORD_LEN as u64)
+        .expect("zero");
+    f.write_all_at(&[0xff], 2 * RECORD_LEN as u64 + 500)
+        .expect("flip");
+    f.write_all_at(&[0u8; RECORD_LEN], 4 * RECORD_LEN as u64)
+        .expect("zero tail");
+    drop(f);
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.damaged_records(), 3);
+    let items = s.pull(&mb(1), 16).expect("pull");
+    assert_eq!(
+        items.iter().map(|i| i.surb_id[0]).collect::<Vec<_>>(),
+        [0, 3]
+    );
+    assert_eq!(s.total_usage().0, 2);
+    // Damage after open is caught by the pull's checksum.
+    let h3 = items[1].handle;
+    let seg_file = OpenOptions::new().write(true).open(&seg).expect("open");
+    seg_file
+        .write_all_at(&[0xee], 3 * RECORD_LEN as u64 + 700)
+        .expect("flip");
+    let items = s.pull(&mb(1), 16).expect("pull");
+    assert_eq!(items.len(), 1);
+    assert!(items.iter().all(|i| i.handle != h3));
+    assert_eq!(s.damaged_records(), 4);
+}
+
+#[test]
+fn reopen_after_many_inserts_and_deletes_loses_nothing_and_resurrects_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut expected: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+    for round in 0..4u64 {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open_with(&db, unlimited(), 16).expect("store");
+        // What was committed before is all there, and nothing deleted came back.
+        for (m, hs) in &expected {
+            let got: Vec<u64> = s
+                .pull(&mb(*m), usize::MAX)
+                .expect("pull")
+                .iter()
+                .map(|i| i.handle)
+                .collect();
+            assert_eq!(&got, hs, "round {round}, mailbox {m}");
+        }
+        for i in 0..100u64 {
+            let m = (i % 5) as u8;
+            let h = put(&s, &mb(m), m, round * 100 + i);
+            expected.entry(m).or_default().push(h);
+            if i % 7 == 3 {
+                // Delete the oldest of a mailbox now and then, and one from the middle.
+                let victim = expected.get_mut(&m).expect("some").remove(0);
+                assert_eq!(s.delete(&mb(m), &[victim]).expect("delete"), 1);
+            }
+            if i % 23 == 0 {
+                db.commit().expect("commit");
+            }
+        }
+        let mid = expected.get_mut(&2).expect("some");
+        let victim = mid.remove(mid.len() / 2);
+        assert_eq!(s.delete(&mb(2), &[victim]).expect("delete"), 1);
+        db.commit().expect("commit");
+        // Written after the last commit: kept by the clean close below, then deleted again.
+        put(&s, &mb(9), 9, 0);
+        let n: u64 = expected.values().map(|v| v.len() as u64).sum();
+        assert_eq!(s.total_usage().0, n + 1);
+        drop(s);
+        let s = MailboxStore::open_with(&db, unlimited(), 16).expect("store");
+        let left: Vec<u64> = s
+            .pull(&mb(9), 16)
+            .expect("pull")
+            .iter()
+            .map(|i| i.handle)
+            .collect();
+        assert_eq!(left.len(), 1);
+        s.delete(&mb(9), &left).expect("delete");
+        db.commit().expect("commit");
+        assert_eq!(s.damaged_records(), 0);
+    }
+}
+
+#[test]
+fn segments_are_unlinked_once_everything_in_them_is_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open_with(&db, unlimited(), 4).expect("store");
+    let hs: Vec<u64> = (0..10u8).map(|i| put(&s, &mb(i % 2), i, 10)).collect();
+    db.commit().expect("commit");
+    // 4 + 4 + 2 records.
+    assert_eq!(segments(dir.path()).len(), 3);
+    // Deleting most of the first full segment keeps it; deleting all of it removes it.
+    let first: Vec<u64> = hs[..4].to_vec();
+    s.delete(&mb(0), &first).expect("delete");
+    db.commit().expect("commit");
+    assert_eq!(segments(dir.path()).len(), 3, "one live item still in it");
+    s.delete(&mb(1), &first).expect("delete");
+    db.commit().expect("commit");
+    assert_eq!(segments(dir.path()).len(), 2);
+    assert_eq!(s.segment_count(), 2);
+    // The active segment stays even when empty, so segment ids (and handles) only grow.
+    s.delete(&mb(0), &hs).expect("delete");
+    s.delete(&mb(1), &hs).expect("delete");
+    db.commit().expect("commit");
+    assert_eq!(segments(dir.path()).len(), 1);
+    assert_eq!(s.total_usage().0, 0);
+    drop(s);
+    let s = MailboxStore::open_with(&db, unlimited(), 4).expect("store");
+    assert_eq!(s.total_usage().0, 0);
+    let h = put(&s, &mb(0), 1, 10);
+    assert!(h > *hs.iter().max().expect("some"));
+    db.commit().expect("commit");
+    // The previous, empty active segment goes at the next open.
+    drop(s);
+    let s = MailboxStore::open_with(&db, unlimited(), 4).expect("store");
+    assert_eq!(s.total_usage().0, 1);
+    assert_eq!(segments(dir.path()).len(), 2);
+}
+
+#[test]
+fn the_delete_log_is_rewritten_when_its_tombstones_no_longer_matter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open_with(&db, unlimited(), 1024).expect("store");
+    let log = dir.path().join("mailbox").join("deleted.log");
+    let mut max_len = 0;
+    for round in 0..(2 * 65_536 / 1024 + 8) {
+        let hs: Vec<u64> = (0..1024).map(|_| put(&s, &mb(1), 1, round)).collect();
+        s.delete(&mb(1), &hs).expect("delete");
+        db.commit().expect("commit");
+        max_len = max_len.max(std::fs::metadata(&log).expect("log").len());
+    }
+    // Bounded by the slack, not by the deletes ever made.
+    assert!(max_len <= (3 * 65_536 + 2 * 1024) * 12, "{max_len}");
+    assert!(std::fs::metadata(&log).expect("log").len() < max_len);
+    drop(s);
+    let s = MailboxStore::open_with(&db, unlimited(), 1024).expect("store");
+    assert_eq!(s.total_usage().0, 0);
+}
+
+#[test]
+fn byte_quota_and_disk_budget_refuse_with_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open_with(
+        &db,
+        MailboxLimits {
+            quota_items: 100,
+            quota_bytes: 2 * ITEM_BYTES,
+            disk_budget_bytes: 3 * ITEM_BYTES,
+        },
+        2,
+    )
+    .expect("store");
+    put(&s, &mb(1), 1, 10);
+    put(&s, &mb(1), 1, 10);
+    assert_eq!(
+        s.insert(&mb(1), &[1; 16], &[1; PAYLOAD_SIZE], 10)
+            .expect("io"),
+        Err(Refusal::QuotaBytes)
+    );
+    let h = put(&s, &mb(2), 2, 10);
+    assert_eq!(
+        s.insert(&mb(3), &[1; 16], &[1; PAYLOAD_SIZE], 10)
+            .expect("io"),
+        Err(Refusal::DiskBudget)
+    );
+    // A deleted item in the segment being written frees its budget at once...
+    s.delete(&mb(2), &[h]).expect("delete");
+    let h = put(&s, &mb(3), 3, 10);
+    // ...one in a full segment still holds its disk until the whole segment goes.
+    let (_, h_first) = (0, s.pull(&mb(1), 1).expect("pull")[0].handle);
+    s.delete(&mb(1), &[h_first]).expect("delete");
+    db.commit().expect("commit");
+    assert_eq!(
+        s.insert(&mb(4), &[1; 16], &[1; PAYLOAD_SIZE], 10)
+            .expect("io"),
+        Err(Refusal::DiskBudget)
+    );
+    let rest: Vec<u64> = s
+        .pull(&mb(1), 16)
+        .expect("pull")
+        .iter()
+        .map(|i| i.handle)
+        .collect();
+    s.delete(&mb(1), &rest).expect("delete");
+    db.commit().expect("commit");
+    put(&s, &mb(4), 4, 10);
+    let _ = h;
+}
+
+#[test]
+fn retention_removes_old_items_and_their_segments_and_keeps_young_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open_with(&db, unlimited(), 8).expect("store");
+    for t in 0..40u64 {
+        put(&s, &mb((t % 3) as u8), 1, 1000 + t);
+    }
+    db.commit().expect("commit");
+    let before = segments(dir.path()).len();
+    assert_eq!(s.sweep(1020).expect("sweep"), 20);
+    assert_eq!(s.sweep(1020).expect("sweep"), 0);
+    db.commit().expect("commit");
+    assert!(segments(dir.path()).len() < before);
+    assert_eq!(s.total_usage().0, 20);
+    assert!(
+        (0..3)
+            .flat_map(|m| s.pull(&mb(m), 100).expect("pull"))
+            .all(|i| i.stored_at >= 1020)
+    );
+    drop(s);
+    let s = MailboxStore::open_with(&db, unlimited(), 8).expect("store");
+    assert_eq!(s.total_usage().0, 20);
+}
+
+#[test]
+fn a_torn_tombstone_is_cut_off_and_later_deletes_still_stick() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hs: Vec<u64> = {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        let hs: Vec<u64> = (0..4u8).map(|i| put(&s, &mb(1), i, 10)).collect();
+        s.delete(&mb(1), &hs[..1]).expect("delete");
+        db.commit().expect("commit");
+        hs
+    };
+    let log = dir.path().join("mailbox").join("deleted.log");
+    let mut f = OpenOptions::new().append(true).open(&log).expect("open");
+    f.write_all(&[0xab; 7]).expect("torn tombstone");
+    drop(f);
+    // A stray file that looks like a segment name is not read as one.
+    std::fs::write(dir.path().join("mailbox").join("+1.seg"), b"junk").expect("write");
+    {
+        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        assert_eq!(s.damaged_records(), 1);
+        assert_eq!(s.total_usage().0, 3);
+        s.delete(&mb(1), &hs[1..2]).expect("delete");
+        db.commit().expect("commit");
+    }
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.damaged_records(), 0);
+    let left: Vec<u64> = s
+        .pull(&mb(1), 16)
+        .expect("pull")
+        .iter()
+        .map(|i| i.handle)
+        .collect();
+    assert_eq!(left, hs[2..]);
+}
+
+#[test]
+fn a_clean_close_keeps_what_was_not_yet_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    let h = put(&s, &mb(1), 1, 10);
+    drop(s);
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.pull(&mb(1), 16).expect("pull")[0].handle, h);
+}
