@@ -77,7 +77,7 @@ impl Relay {
             });
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let db = Database::open(&data_dir, cache)?;
-                let replay = Arc::new(ReplayCache::open(&db, oldest_epoch)?);
+                let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
                 let store = match limits {
                     Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
                     None => None,
