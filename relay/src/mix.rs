@@ -2,19 +2,20 @@
 //! queue.
 //!
 //! ```text
-//! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──▶ delay task ──▶ link pool
-//!        (bounded,     (std sync_channel)  parse, X25519,      one fsync per     (heap of
-//!         drop+count)                      replay check,       batch, then       deadlines)
-//!                                          unwrap, store       release
+//! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──┬─(due)──────────────▶ link pool
+//!        (bounded,     (std sync_channel)  parse, X25519,      one fdatasync │
+//!         drop+count)                      replay check,       per group,    └─▶ delay task ──▶ link pool
+//!                                          unwrap, store       then release      (heap of deadlines)
 //! ```
 //!
 //! Workers are dedicated OS threads, never async tasks: a Sphinx unwrap is ~100 µs of pure CPU.
 //! A worker marks a packet's replay tag in memory (and, for a final hop, stores its payload)
-//! without flushing; the commit thread appends the group's tags to the replay log with one
-//! `fdatasync` (and commits the database only if the group stored something in a mailbox),
-//! and only then releases those packets. So a packet leaves this relay, and a SURB-ack
-//! says "stored", only once its replay tag and payload are on disk. While one flush runs the
-//! workers keep unwrapping into the next batch, so the fsync costs latency, not throughput.
+//! without flushing, and hands the packet on at once; the commit thread appends the tags of
+//! everything the workers produced since its last append to the replay log with one
+//! `fdatasync` (and commits the database only if a mailbox store is among them), and only then
+//! releases those packets. So a packet leaves this relay, and a SURB-ack says "stored", only
+//! once its replay tag and payload are on disk. While one sync runs the workers keep
+//! unwrapping into the next group, so the sync costs latency, not throughput.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,8 +40,8 @@ use crate::store::{Database, MailboxStore};
 /// A packet on its way to a next hop.
 pub type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);
 
-/// Packets a worker takes from the queue at once (one lock, one hand-off to the committer).
-const WORKER_BATCH: usize = 16;
+/// Most packets one group commit takes: bounds the time the first of them waits for the last.
+const MAX_GROUP: usize = 4096;
 
 /// The entry to the worker pool; cheap to clone, one per connection.
 #[derive(Clone)]
@@ -79,12 +80,13 @@ pub(crate) enum Outcome {
     Stored { ack: Option<OutboundPacket> },
 }
 
-/// What one worker batch hands to the commit thread: replay tags to persist, and the packets
-/// to release once they (and any stored payloads) are durable.
+/// What a worker hands to the commit thread for one packet, as soon as it is unwrapped: the
+/// replay tag to persist, and what to release once it (and any stored payload) is durable.
+/// Per packet, not per batch, so that a packet never waits for a worker to finish others.
 #[derive(Debug)]
-pub(crate) struct CommitGroup {
-    tags: Vec<(u64, ShortTag)>,
-    outcomes: Vec<Outcome>,
+pub(crate) struct Processed {
+    tag: Option<(u64, ShortTag)>,
+    outcome: Option<Outcome>,
 }
 
 /// Everything a worker needs; shared by all workers.
@@ -130,20 +132,20 @@ type Reason = &'static str;
 
 impl MixContext {
     /// Processes one packet: exact-size parse, one X25519 operation per key tried, replay check
-    /// before unwrap, then unwrap and the final-hop store. The packet's replay tag is added to
-    /// `tags` for the commit thread to persist.
+    /// before unwrap, then unwrap and the final-hop store. The packet's replay tag is put in
+    /// `tag` for the commit thread to persist.
     fn process(
         &self,
         bytes: &[u8; PACKET_SIZE],
         secrets: &[(u64, StaticSecret)],
-        tags: &mut Vec<(u64, ShortTag)>,
+        tag: &mut Option<(u64, ShortTag)>,
     ) -> Result<Option<Outcome>, Reason> {
         let last = secrets.len().saturating_sub(1);
         for (i, (epoch, secret)) in secrets.iter().enumerate() {
             let incoming = IncomingPacket::parse(bytes, &self.limits).map_err(|e| e.reason())?;
             let prepared = incoming.prepare(secret).map_err(|e| e.reason())?;
-            let tag = prepared.replay_tag();
-            if self.replay.contains(*epoch, &tag) {
+            let replay_tag = prepared.replay_tag();
+            if self.replay.contains(*epoch, &replay_tag) {
                 return Err("replay");
             }
             let unwrapped = match prepared.unwrap(&self.limits) {
@@ -152,8 +154,8 @@ impl MixContext {
                 Err(e) if e.reason() == "bad_mac" && i < last => continue,
                 Err(e) => return Err(e.reason()),
             };
-            match self.replay.mark(*epoch, &tag) {
-                Some(short) => tags.push((*epoch, short)),
+            match self.replay.mark(*epoch, &replay_tag) {
+                Some(short) => *tag = Some((*epoch, short)),
                 None => return Err("replay"),
             }
             return self.handle_unwrapped(unwrapped);
@@ -233,7 +235,7 @@ pub(crate) fn spawn_workers(
     n: usize,
     ctx: Arc<MixContext>,
     rx: Receiver<Box<[u8; PACKET_SIZE]>>,
-    commit_tx: SyncSender<CommitGroup>,
+    commit_tx: SyncSender<Processed>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let rx = Arc::new(Mutex::new(rx));
@@ -250,26 +252,16 @@ pub(crate) fn spawn_workers(
         .collect()
 }
 
-// Boxed packets move between threads without copying 1.4 kB each.
-#[allow(clippy::vec_box)]
-fn next_batch(
+/// The next packet; one at a time, so that with several workers a short burst is spread over
+/// all of them instead of queueing behind the one that took it.
+fn next_packet(
     rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
     stop: &AtomicBool,
-) -> Option<Vec<Box<[u8; PACKET_SIZE]>>> {
+) -> Option<Box<[u8; PACKET_SIZE]>> {
     let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(first) => {
-                let mut batch = Vec::with_capacity(WORKER_BATCH);
-                batch.push(first);
-                while batch.len() < WORKER_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-                return Some(batch);
-            }
+            Ok(packet) => return Some(packet),
             Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return None,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return None,
@@ -280,86 +272,122 @@ fn next_batch(
 fn worker_loop(
     ctx: &MixContext,
     rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
-    commit_tx: &SyncSender<CommitGroup>,
+    commit_tx: &SyncSender<Processed>,
     stop: &AtomicBool,
 ) {
     let mut cache = SecretCache::default();
-    while let Some(batch) = next_batch(rx, stop) {
-        ctx.metrics.queue_sub(Queue::Unwrap, batch.len() as i64);
-        let secrets = cache.accepted(ctx);
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut tags = Vec::with_capacity(batch.len());
-        for packet in batch {
-            let t0 = StdInstant::now();
-            // A bug in the Sphinx code on some hostile input must cost one packet, not a
-            // worker: contain it, count it, keep going.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                ctx.process(&packet, &secrets, &mut tags)
-            }))
-            .unwrap_or_else(|_| {
-                tracing::error!("panic while processing a packet; packet dropped");
-                Err("internal_panic")
-            });
-            ctx.metrics.observe_unwrap(t0.elapsed());
-            match result {
-                Ok(Some(o)) => outcomes.push(o),
-                Ok(None) => {}
-                Err(reason) => ctx.metrics.dropped(reason),
-            }
+    let mut secrets = Vec::new();
+    let mut secrets_at = StdInstant::now();
+    while let Some(packet) = next_packet(rx, stop) {
+        ctx.metrics.queue_sub(Queue::Unwrap, 1);
+        let t0 = StdInstant::now();
+        // The accepted epochs change at most every few minutes; looking them up per packet
+        // would cost an HKDF check and a lock for nothing.
+        if secrets.is_empty() || t0.saturating_duration_since(secrets_at) > SECRETS_REFRESH {
+            secrets = cache.accepted(ctx);
+            secrets_at = t0;
         }
-        if !outcomes.is_empty() || !tags.is_empty() {
-            let n = outcomes.len() as i64;
-            ctx.metrics.queue_add(Queue::Commit, n);
-            if commit_tx.send(CommitGroup { tags, outcomes }).is_err() {
-                ctx.metrics.queue_sub(Queue::Commit, n);
-                return;
+        let mut tag = None;
+        // A bug in the Sphinx code on some hostile input must cost one packet, not a
+        // worker: contain it, count it, keep going.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.process(&packet, &secrets, &mut tag)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("panic while processing a packet; packet dropped");
+            Err("internal_panic")
+        });
+        ctx.metrics.observe_unwrap(t0.elapsed());
+        let outcome = match result {
+            Ok(o) => o,
+            Err(reason) => {
+                ctx.metrics.dropped(reason);
+                None
             }
+        };
+        if outcome.is_none() && tag.is_none() {
+            continue;
+        }
+        let n = i64::from(outcome.is_some());
+        ctx.metrics.queue_add(Queue::Commit, n);
+        if commit_tx.send(Processed { tag, outcome }).is_err() {
+            ctx.metrics.queue_sub(Queue::Commit, n);
+            return;
         }
     }
 }
 
-/// Starts the commit thread: one durable append of the group's replay tags (plus a database
-/// commit only if the group stored something in a mailbox), then release the group's packets
-/// to the delay queue. Exits when every worker is gone.
-pub(crate) fn spawn_committer(
+/// How long a worker reuses its list of accepted epochs and their secrets.
+const SECRETS_REFRESH: Duration = Duration::from_millis(100);
+
+/// Starts the commit thread: one durable append of the group's replay tags, plus a database
+/// commit only if the group stored something in a mailbox, then the group's packets leave:
+/// straight to `release` when already due (delay 0, or a delay that ran out while waiting),
+/// else through the delay queue. Exits when every worker is gone.
+pub(crate) fn spawn_committer<F>(
     db: Database,
     replay: Arc<ReplayCache>,
-    rx: Receiver<CommitGroup>,
+    rx: Receiver<Processed>,
     delay_tx: mpsc::Sender<Scheduled<OutboundPacket>>,
+    release: F,
     metrics: Arc<Metrics>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: Fn(OutboundPacket) + Send + 'static,
+{
+    // `release` may start a link task, which needs the runtime this relay runs on.
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("group-commit".into())
         .spawn(move || {
+            let _runtime = runtime.enter();
+            let mut tags: Vec<(u64, ShortTag)> = Vec::new();
+            let mut outcomes: Vec<Outcome> = Vec::new();
             while let Ok(first) = rx.recv() {
-                let mut group = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    group.push(more);
+                let mut next = Some(first);
+                let mut taken = 0usize;
+                while let Some(p) = next {
+                    tags.extend(p.tag);
+                    outcomes.extend(p.outcome);
+                    taken += 1;
+                    next = if taken < MAX_GROUP {
+                        rx.try_recv().ok()
+                    } else {
+                        None
+                    };
                 }
-                let n: usize = group.iter().map(|g| g.outcomes.len()).sum();
+                let n = outcomes.len();
                 metrics.queue_sub(Queue::Commit, n as i64);
                 let t0 = StdInstant::now();
-                let tags: Vec<(u64, ShortTag)> =
-                    group.iter().flat_map(|g| g.tags.iter().copied()).collect();
-                let stores = group
+                let stores = outcomes
                     .iter()
-                    .flat_map(|g| &g.outcomes)
                     .any(|o| matches!(o, Outcome::Stored { .. }));
                 // Forwarded packets need only their tags durable; the database's fsync is paid
                 // only by groups that put something in a mailbox.
                 let committed = replay.persist(&tags).and_then(|()| {
                     if stores { db.commit() } else { Ok(()) }
                 });
+                tags.clear();
                 metrics.observe_commit(t0.elapsed());
                 if let Err(e) = committed {
                     tracing::error!(error = %e, "group commit failed; dropping the group");
                     for _ in 0..n {
                         metrics.dropped("commit_failed");
                     }
+                    outcomes.clear();
                     continue;
                 }
-                for outcome in group.into_iter().flat_map(|g| g.outcomes) {
+                let now = Instant::now();
+                for outcome in outcomes.drain(..) {
                     let scheduled = match outcome {
+                        Outcome::Forward {
+                            at,
+                            next_hop,
+                            packet,
+                        } if at <= now => {
+                            release((next_hop, packet));
+                            continue;
+                        }
                         Outcome::Forward {
                             at,
                             next_hop,
@@ -370,12 +398,11 @@ pub(crate) fn spawn_committer(
                         },
                         Outcome::Stored { ack } => {
                             metrics.stored();
-                            let Some(ack) = ack else { continue };
-                            metrics.ack_sent();
-                            Scheduled {
-                                at: Instant::now(),
-                                item: ack,
+                            if let Some(ack) = ack {
+                                metrics.ack_sent();
+                                release(ack);
                             }
+                            continue;
                         }
                     };
                     // Blocking here pushes back on the workers, and through the bounded unwrap

@@ -155,14 +155,18 @@ impl Relay {
             clock: clock.clone(),
             metrics: metrics.clone(),
         });
-        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(workers * 4);
-        let committer = mix::spawn_committer(
-            db.clone(),
-            replay.clone(),
-            commit_rx,
-            delay_tx,
-            metrics.clone(),
-        )?;
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
+        let committer = {
+            let pool = pool.clone();
+            mix::spawn_committer(
+                db.clone(),
+                replay.clone(),
+                commit_rx,
+                delay_tx,
+                move |(hop, packet): mix::OutboundPacket| pool.send(hop, packet),
+                metrics.clone(),
+            )?
+        };
         let worker_threads = mix::spawn_workers(workers, ctx, unwrap_rx, commit_tx, stop.clone())?;
 
         let mailbox = store.map(|s| MailboxService::new(s, db.clone(), metrics.clone()));
