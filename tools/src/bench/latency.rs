@@ -19,8 +19,8 @@ use spore_relay::{Link, RelayKeys};
 
 use super::quantile;
 use super::relay::{
-    Generator, RelayProcess, Sink, build_packets, connect_and_warm, next_hop_alphas, to_frames,
-    wait_for,
+    Generator, RelayProcess, Sink, SinkMode, build_packets, connect_and_warm, next_hop_alphas,
+    to_frames, wait_for,
 };
 
 /// Target from issue 8: p99 below 2 ms at 50% load.
@@ -117,7 +117,7 @@ pub async fn run(cfg: &LatencyConfig) -> Result<LatencyReport> {
         bail!("need at least 100 capacity packets and a positive duration");
     }
     let keys = RelayKeys::generate();
-    let sink = Sink::start().await?;
+    let sink = Sink::start(SinkMode::Open).await?;
     let generator = Generator::new();
     let warm = to_frames(&build_packets(&keys, sink.id(), WARMUP)?)?;
     let burst = to_frames(&build_packets(&keys, sink.id(), cfg.capacity_packets)?)?;
