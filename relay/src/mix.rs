@@ -80,9 +80,10 @@ pub(crate) enum Outcome {
     Stored { ack: Option<OutboundPacket> },
 }
 
-/// What a worker hands to the commit thread for one packet, as soon as it is unwrapped: the
-/// replay tag to persist, and what to release once it (and any stored payload) is durable.
-/// Per packet, not per batch, so that a packet never waits for a worker to finish others.
+/// What a worker hands to the commit thread for one packet: the replay tag to persist, and
+/// what to release once it (and any stored payload) is durable. Handed on as soon as no other
+/// packet is waiting, so that at light load a packet never waits for a worker to finish others;
+/// under load, for at most [`HOLD_MAX`].
 #[derive(Debug)]
 pub(crate) struct Processed {
     tag: Option<(u64, ShortTag)>,
@@ -235,7 +236,7 @@ pub(crate) fn spawn_workers(
     n: usize,
     ctx: Arc<MixContext>,
     rx: Receiver<Box<[u8; PACKET_SIZE]>>,
-    commit_tx: SyncSender<Processed>,
+    commit_tx: SyncSender<Vec<Processed>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let rx = Arc::new(Mutex::new(rx));
@@ -252,33 +253,74 @@ pub(crate) fn spawn_workers(
         .collect()
 }
 
-/// The next packet; one at a time, so that with several workers a short burst is spread over
-/// all of them instead of queueing behind the one that took it.
+/// The next packet, one at a time, so that with several workers a short burst is spread over
+/// all of them instead of queueing behind the one that took it. With `wait` false, returns
+/// `Next::Empty` at once if no packet is waiting (or another worker is waiting for one).
 fn next_packet(
     rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
     stop: &AtomicBool,
-) -> Option<Box<[u8; PACKET_SIZE]>> {
+    wait: bool,
+) -> Next {
+    if !wait {
+        let rx = match rx.try_lock() {
+            Ok(rx) => rx,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Next::Empty,
+        };
+        return match rx.try_recv() {
+            Ok(packet) => Next::Packet(packet),
+            Err(std::sync::mpsc::TryRecvError::Empty) => Next::Empty,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Next::Stop,
+        };
+    }
     let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(packet) => return Some(packet),
-            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return None,
+            Ok(packet) => return Next::Packet(packet),
+            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return Next::Stop,
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Disconnected) => return Next::Stop,
         }
     }
 }
 
+enum Next {
+    Packet(Box<[u8; PACKET_SIZE]>),
+    Empty,
+    Stop,
+}
+
+/// How long a worker may hold unwrapped packets while more keep arriving, so that under load
+/// the committer syncs groups instead of single packets. When no packet is waiting, a packet
+/// goes on at once: at light load nothing is held.
+const HOLD_MAX: Duration = Duration::from_micros(500);
+
 fn worker_loop(
     ctx: &MixContext,
     rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
-    commit_tx: &SyncSender<Processed>,
+    commit_tx: &SyncSender<Vec<Processed>>,
     stop: &AtomicBool,
 ) {
     let mut cache = SecretCache::default();
     let mut secrets = Vec::new();
     let mut secrets_at = StdInstant::now();
-    while let Some(packet) = next_packet(rx, stop) {
+    let mut held: Vec<Processed> = Vec::new();
+    let mut held_since = StdInstant::now();
+    loop {
+        let packet = match next_packet(rx, stop, held.is_empty()) {
+            Next::Packet(p) => Some(p),
+            Next::Empty => None,
+            Next::Stop => {
+                let _ = hand_off(ctx, commit_tx, &mut held);
+                return;
+            }
+        };
+        let Some(packet) = packet else {
+            if !hand_off(ctx, commit_tx, &mut held) {
+                return;
+            }
+            continue;
+        };
         ctx.metrics.queue_sub(Queue::Unwrap, 1);
         let t0 = StdInstant::now();
         // The accepted epochs change at most every few minutes; looking them up per packet
@@ -308,13 +350,34 @@ fn worker_loop(
         if outcome.is_none() && tag.is_none() {
             continue;
         }
-        let n = i64::from(outcome.is_some());
-        ctx.metrics.queue_add(Queue::Commit, n);
-        if commit_tx.send(Processed { tag, outcome }).is_err() {
-            ctx.metrics.queue_sub(Queue::Commit, n);
+        if held.is_empty() {
+            held_since = t0;
+        }
+        ctx.metrics
+            .queue_add(Queue::Commit, i64::from(outcome.is_some()));
+        held.push(Processed { tag, outcome });
+        if held_since.elapsed() >= HOLD_MAX && !hand_off(ctx, commit_tx, &mut held) {
             return;
         }
     }
+}
+
+/// Sends the held packets to the committer as one group; false once the committer is gone.
+fn hand_off(
+    ctx: &MixContext,
+    commit_tx: &SyncSender<Vec<Processed>>,
+    held: &mut Vec<Processed>,
+) -> bool {
+    if held.is_empty() {
+        return true;
+    }
+    let group = std::mem::take(held);
+    let n = group.iter().filter(|p| p.outcome.is_some()).count() as i64;
+    if commit_tx.send(group).is_err() {
+        ctx.metrics.queue_sub(Queue::Commit, n);
+        return false;
+    }
+    true
 }
 
 /// How long a worker reuses its list of accepted epochs and their secrets.
@@ -327,7 +390,7 @@ const SECRETS_REFRESH: Duration = Duration::from_millis(100);
 pub(crate) fn spawn_committer<F>(
     db: Database,
     replay: Arc<ReplayCache>,
-    rx: Receiver<Processed>,
+    rx: Receiver<Vec<Processed>>,
     delay_tx: mpsc::Sender<Scheduled<OutboundPacket>>,
     release: F,
     metrics: Arc<Metrics>,
@@ -346,10 +409,12 @@ where
             while let Ok(first) = rx.recv() {
                 let mut next = Some(first);
                 let mut taken = 0usize;
-                while let Some(p) = next {
-                    tags.extend(p.tag);
-                    outcomes.extend(p.outcome);
-                    taken += 1;
+                while let Some(group) = next {
+                    for p in group {
+                        tags.extend(p.tag);
+                        outcomes.extend(p.outcome);
+                        taken += 1;
+                    }
                     next = if taken < MAX_GROUP {
                         rx.try_recv().ok()
                     } else {
@@ -359,14 +424,12 @@ where
                 let n = outcomes.len();
                 metrics.queue_sub(Queue::Commit, n as i64);
                 let t0 = StdInstant::now();
-                let stores = outcomes
-                    .iter()
-                    .any(|o| matches!(o, Outcome::Stored { .. }));
+                let stores = outcomes.iter().any(|o| matches!(o, Outcome::Stored { .. }));
                 // Forwarded packets need only their tags durable; the database's fsync is paid
                 // only by groups that put something in a mailbox.
-                let committed = replay.persist(&tags).and_then(|()| {
-                    if stores { db.commit() } else { Ok(()) }
-                });
+                let committed = replay
+                    .persist(&tags)
+                    .and_then(|()| if stores { db.commit() } else { Ok(()) });
                 tags.clear();
                 metrics.observe_commit(t0.elapsed());
                 if let Err(e) = committed {
