@@ -538,6 +538,12 @@ pub async fn relay_run(
 ) -> Result<RelayRun> {
     let relay = RelayProcess::start(bin, keys, workers, frames.len(), sink, generator)?;
     let mut link = connect_and_warm(&relay, generator, sink, warmup).await?;
+    // Sealed before the clock starts: the generator's link encryption is the client's cost,
+    // and on 2 cores it would otherwise take CPU from the relay during the timed run.
+    let mut sealed = Vec::with_capacity(frames.len() * WIRE_FRAME_LEN);
+    for f in frames {
+        link.writer.seal_to(f, &mut sealed)?;
+    }
     let pid = relay.pid();
     let me = std::process::id();
     let start = sink.received.load(Ordering::Relaxed);
@@ -547,12 +553,6 @@ pub async fn relay_run(
         threads_cpu_secs(pid, "sphinx-"),
         process_cpu_secs(me),
     );
-    // Sealed before the clock starts: the generator's link encryption is the client's cost,
-    // and on 2 cores it would otherwise take CPU from the relay during the timed run.
-    let mut sealed = Vec::with_capacity(frames.len() * WIRE_FRAME_LEN);
-    for f in frames {
-        link.writer.seal_to(f, &mut sealed)?;
-    }
     let groups0 = thread_groups_cpu_secs(pid);
     let t0 = Instant::now();
     for chunk in sealed.chunks(64 * WIRE_FRAME_LEN) {
