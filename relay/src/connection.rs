@@ -161,6 +161,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Seals `frame` and appends the record to `out` instead of the stream, taking the next
+    /// nonce just as [`FrameWriter::write_frame`] would. Lets a load generator pay for the
+    /// link encryption before it starts a clock; the records must then go out through
+    /// [`FrameWriter::write_sealed`] in the order they were sealed, with no frame in between.
+    pub fn seal_to(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<()> {
+        self.sealer.seal(frame, &mut self.buf)?;
+        out.extend_from_slice(&self.buf[..]);
+        Ok(())
+    }
+
+    /// Buffers records made by [`FrameWriter::seal_to`].
+    pub async fn write_sealed(&mut self, records: &[u8]) -> Result<()> {
+        self.wr.write_all(records).await?;
+        Ok(())
+    }
+
     pub async fn flush(&mut self) -> Result<()> {
         self.wr.flush().await?;
         Ok(())

@@ -77,7 +77,7 @@ impl Relay {
             });
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let db = Database::open(&data_dir, cache)?;
-                let replay = Arc::new(ReplayCache::open(&db, oldest_epoch)?);
+                let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
                 let store = match limits {
                     Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
                     None => None,
@@ -155,14 +155,18 @@ impl Relay {
             clock: clock.clone(),
             metrics: metrics.clone(),
         });
-        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(workers * 4);
-        let committer = mix::spawn_committer(
-            db.clone(),
-            replay.clone(),
-            commit_rx,
-            delay_tx,
-            metrics.clone(),
-        )?;
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
+        let committer = {
+            let pool = pool.clone();
+            mix::spawn_committer(
+                db.clone(),
+                replay.clone(),
+                commit_rx,
+                delay_tx,
+                move |(hop, packet): mix::OutboundPacket| pool.send(hop, packet),
+                metrics.clone(),
+            )?
+        };
         let worker_threads = mix::spawn_workers(workers, ctx, unwrap_rx, commit_tx, stop.clone())?;
 
         let mailbox = store.map(|s| MailboxService::new(s, db.clone(), metrics.clone()));

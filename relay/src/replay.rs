@@ -1,24 +1,41 @@
 //! The replay cache: every Sphinx replay tag seen under a key epoch, in memory for the check
-//! and in sled so that a replay is refused after a restart too.
+//! and in an append-only log per epoch so that a replay is refused after a restart too.
 //!
-//! One set (and one sled tree, `replay/<epoch>`) per key epoch: when an epoch's key is no longer
-//! accepted, packets for it cannot be processed at all, so its tags are dropped with it. Tags
-//! are stored truncated to 16 bytes and held in memory as 8 (about 40 bytes per tag with the
+//! On disk, in the cache's folder (`<data dir>/replay/`):
+//!
+//! | file | content |
+//! |---|---|
+//! | `<epoch>.log` | the epoch's tags, 16-byte records, appended in the order they were made durable |
+//! | `floor` | the oldest epoch still accepted (u64 BE), replaced atomically |
+//!
+//! A log, not a database: tags are only ever added, never looked up on disk (the in-memory set
+//! answers), and dropped a whole epoch at a time. So one `write` plus one `fdatasync` per group
+//! commit is all the durability costs, with no index to maintain and no background flusher to
+//! compete with the forwarding path. A crash can tear the last record of a group that was never
+//! acknowledged (its packets were not forwarded yet); reopening drops that partial record.
+//!
+//! Tags are stored truncated to 16 bytes and held in memory as 8 (about 40 bytes per tag with the
 //! set's overhead; a false "replay" needs two of the ~10^7 tags of an epoch to share 64 bits,
 //! probability ~10^-5 per epoch, and costs one retransmission).
-//!
-//! Insertions are not flushed here: the group commit in the mix pipeline flushes once for a
-//! whole batch, and nothing is forwarded or stored before the tags of its batch are durable.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::Result;
-use crate::store::Database;
+use crate::error::{RelayError, Result};
 
 /// Stored form of a replay tag.
 pub type ShortTag = [u8; 16];
+
+/// Bytes of one record in an epoch's log.
+const RECORD_LEN: usize = 16;
+const FLOOR_FILE: &str = "floor";
+const FLOOR_TMP: &str = "floor.tmp";
+const LOG_EXTENSION: &str = "log";
 
 fn short(tag: &[u8]) -> ShortTag {
     let mut s = [0u8; 16];
@@ -28,76 +45,208 @@ fn short(tag: &[u8]) -> ShortTag {
     s
 }
 
-const TREE_PREFIX: &str = "replay/";
-
 fn memory_key(s: &ShortTag) -> u64 {
     let mut k = [0u8; 8];
     k.copy_from_slice(&s[..8]);
     u64::from_le_bytes(k)
 }
 
-struct EpochCache {
-    seen: HashSet<u64>,
-    tree: sled::Tree,
+/// Tags are outputs of a hash keyed by this relay's secret, so nobody can choose them to collide
+/// in the set: their own bits are a good hash already, and SipHash per lookup would be wasted.
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type TagSet = HashSet<u64, BuildHasherDefault<TagHasher>>;
+
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
+    move |source| RelayError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Makes the folder's entries (a created, renamed or removed file) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(file_error(dir))
+}
+
+fn log_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("{epoch}.{LOG_EXTENSION}"))
+}
+
+fn read_floor(dir: &Path) -> Result<u64> {
+    let path = dir.join(FLOOR_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| RelayError::Corrupt("replay floor file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(file_error(&path)(e)),
+    }
+}
+
+/// Replaces the floor file atomically: a crash leaves either the old floor or the new one.
+fn write_floor(dir: &Path, floor: u64) -> Result<()> {
+    let tmp = dir.join(FLOOR_TMP);
+    let mut f = File::create(&tmp).map_err(file_error(&tmp))?;
+    f.write_all(&floor.to_be_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(file_error(&tmp))?;
+    drop(f);
+    let path = dir.join(FLOOR_FILE);
+    std::fs::rename(&tmp, &path).map_err(file_error(&path))?;
+    sync_dir(dir)
+}
+
+/// Reads an epoch's log into `seen`. A length that is not a whole number of records means the
+/// last append was torn by a crash: that record's group was never acknowledged, so the partial
+/// record is cut off (and the cut made durable) before anything is appended after it.
+fn load_log(path: &Path, seen: &mut TagSet) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(file_error(path))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(file_error(path))?;
+    let whole = bytes.len() - bytes.len() % RECORD_LEN;
+    if whole != bytes.len() {
+        tracing::warn!(
+            bytes = bytes.len() - whole,
+            "replay log ends in a torn record (crash during a write); dropping it"
+        );
+        f.set_len(whole as u64)
+            .and_then(|()| f.sync_all())
+            .map_err(file_error(path))?;
+    }
+    seen.reserve(whole / RECORD_LEN);
+    for record in bytes.chunks_exact(RECORD_LEN) {
+        let tag: ShortTag = record
+            .try_into()
+            .map_err(|_| RelayError::Corrupt("replay record"))?;
+        seen.insert(memory_key(&tag));
+    }
+    Ok(())
+}
+
+/// Opens an epoch's log for appending, creating it (durably) if needed, and cuts off a partial
+/// record left by an append that failed or was torn, so that appends stay record-aligned.
+fn open_for_append(path: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(file_error(path))?;
+    let len = f.metadata().map_err(file_error(path))?.len();
+    if len == 0 {
+        // New (or empty) file: its name must survive a crash, not only its data.
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+    }
+    let partial = len % RECORD_LEN as u64;
+    if partial != 0 {
+        f.set_len(len - partial)
+            .and_then(|()| f.sync_all())
+            .map_err(file_error(path))?;
+    }
+    Ok(f)
 }
 
 /// Replay tags per key epoch.
 pub struct ReplayCache {
-    db: Database,
-    epochs: Mutex<HashMap<u64, EpochCache>>,
+    dir: PathBuf,
+    /// What the workers check and mark; never held across disk I/O.
+    epochs: Mutex<HashMap<u64, TagSet>>,
+    /// Append handles of the epochs' logs; only the commit thread and expiry take this lock,
+    /// so an fsync never blocks a worker.
+    logs: Mutex<HashMap<u64, File>>,
     /// Epochs below this have had their tags dropped: their packets are refused outright,
     /// even if the wall clock steps back and the epoch looks acceptable again. Persisted.
     floor: AtomicU64,
-    meta: sled::Tree,
 }
-
-const FLOOR_KEY: &[u8] = b"replay-floor";
 
 impl std::fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayCache").finish_non_exhaustive()
+        f.debug_struct("ReplayCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
 impl ReplayCache {
-    /// Loads the tags of every epoch from `oldest_epoch` on; older epochs' trees are dropped.
-    pub fn open(db: &Database, oldest_epoch: u64) -> Result<Self> {
-        let meta = db.sled().open_tree("relay/meta")?;
-        let stored_floor = meta
-            .get(FLOOR_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        let oldest_epoch = oldest_epoch.max(stored_floor);
+    /// Opens the cache kept in `dir` (created if missing) and loads the tags of every epoch from
+    /// `oldest_epoch` on (or from the persisted floor, if that is higher); older epochs' logs
+    /// are deleted.
+    pub fn open(dir: &Path, oldest_epoch: u64) -> Result<Self> {
+        if !dir.exists()
+            && dir
+                .parent()
+                .is_some_and(|data| data.join("relay.sled").exists())
+        {
+            // Data of a relay version that kept its tags in sled trees (`replay/<epoch>`).
+            tracing::warn!(
+                "no replay log yet beside an existing database: replay tags recorded by an \
+                 earlier version are not carried over (they stay unused in relay.sled), so a \
+                 packet first seen before this upgrade could be accepted once more until its \
+                 key epoch expires"
+            );
+        }
+        std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+        let stored_floor = read_floor(dir)?;
+        let floor = oldest_epoch.max(stored_floor);
+        if floor != stored_floor {
+            write_floor(dir, floor)?;
+        }
         let mut epochs = HashMap::new();
-        for name in db.sled().tree_names() {
-            let Some(epoch) = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| n.strip_prefix(TREE_PREFIX))
-                .and_then(|e| e.parse::<u64>().ok())
+        let mut removed = false;
+        for entry in std::fs::read_dir(dir).map_err(file_error(dir))? {
+            let path = entry.map_err(file_error(dir))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(LOG_EXTENSION) {
+                continue;
+            }
+            let Some(epoch) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
             else {
                 continue;
             };
-            if epoch < oldest_epoch {
-                db.sled().drop_tree(&name)?;
+            if epoch < floor {
+                std::fs::remove_file(&path).map_err(file_error(&path))?;
+                removed = true;
                 continue;
             }
-            let tree = db.sled().open_tree(&name)?;
-            let mut seen = HashSet::with_capacity(tree.len());
-            for key in tree.iter().keys() {
-                let key = key?;
-                if let Ok(tag) = <ShortTag>::try_from(key.as_ref()) {
-                    seen.insert(memory_key(&tag));
-                }
-            }
-            epochs.insert(epoch, EpochCache { seen, tree });
+            let mut seen = TagSet::default();
+            load_log(&path, &mut seen)?;
+            epochs.insert(epoch, seen);
         }
-        meta.insert(FLOOR_KEY, &oldest_epoch.to_be_bytes())?;
+        if removed {
+            sync_dir(dir)?;
+        }
         Ok(Self {
-            db: db.clone(),
+            dir: dir.to_owned(),
             epochs: Mutex::new(epochs),
-            floor: AtomicU64::new(oldest_epoch),
-            meta,
+            logs: Mutex::new(HashMap::new()),
+            floor: AtomicU64::new(floor),
         })
     }
 
@@ -106,25 +255,25 @@ impl ReplayCache {
         self.floor.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, EpochCache>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TagSet>> {
         self.epochs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `tag` was already seen under `epoch`'s key. A cheap pre-check before unwrapping;
-    /// [`ReplayCache::insert`] is the authority.
+    /// [`ReplayCache::mark`] is the authority.
     pub fn contains(&self, epoch: u64, tag: &[u8]) -> bool {
         if epoch < self.floor() {
             return true;
         }
         self.lock()
             .get(&epoch)
-            .is_some_and(|c| c.seen.contains(&memory_key(&short(tag))))
+            .is_some_and(|seen| seen.contains(&memory_key(&short(tag))))
     }
 
-    /// Records `tag` under `epoch`. Returns `false` if it was already there (a replay). Two
-    /// workers racing on the same packet get exactly one `true`.
+    /// Records `tag` under `epoch` and makes it durable. Returns `false` if it was already there
+    /// (a replay). Two callers racing on the same packet get exactly one `true`.
     pub fn insert(&self, epoch: u64, tag: &[u8]) -> Result<bool> {
-        let Some(s) = self.mark(epoch, tag)? else {
+        let Some(s) = self.mark(epoch, tag) else {
             return Ok(false);
         };
         self.persist(&[(epoch, s)])?;
@@ -133,49 +282,70 @@ impl ReplayCache {
 
     /// The in-memory half of [`ReplayCache::insert`]: records `tag` under `epoch` and returns
     /// its stored form, or `None` for a replay. The caller must [`ReplayCache::persist`] it
-    /// (and commit the database) before acting on the packet; the mix pipeline does that once
-    /// per group in its commit thread, which keeps the sled write off the Sphinx workers.
-    pub fn mark(&self, epoch: u64, tag: &[u8]) -> Result<Option<ShortTag>> {
+    /// before acting on the packet; the mix pipeline does that once per group in its commit
+    /// thread, which keeps the disk off the Sphinx workers.
+    pub fn mark(&self, epoch: u64, tag: &[u8]) -> Option<ShortTag> {
         if epoch < self.floor() {
-            return Ok(None);
+            return None;
         }
         let s = short(tag);
-        let mut epochs = self.lock();
-        let cache = match epochs.entry(epoch) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let tree = self.db.sled().open_tree(format!("{TREE_PREFIX}{epoch}"))?;
-                v.insert(EpochCache {
-                    seen: HashSet::new(),
-                    tree,
-                })
-            }
-        };
-        Ok(cache.seen.insert(memory_key(&s)).then_some(s))
+        self.lock()
+            .entry(epoch)
+            .or_default()
+            .insert(memory_key(&s))
+            .then_some(s)
     }
 
-    /// Writes marked tags to their epochs' trees (not flushed). Tags of epochs expired in the
-    /// meantime are skipped: their packets can no longer be accepted.
+    /// Appends marked tags to their epochs' logs, one `write` per epoch, and makes them durable
+    /// (one `fdatasync` per epoch touched, so one per group in the steady state). Tags of epochs
+    /// expired in the meantime are skipped: their packets can no longer be accepted.
     pub fn persist(&self, tags: &[(u64, ShortTag)]) -> Result<()> {
-        let mut current: Option<(u64, Option<sled::Tree>)> = None;
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut by_epoch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(1);
         for (epoch, tag) in tags {
-            if current.as_ref().is_none_or(|(e, _)| e != epoch) {
-                let tree = self.lock().get(epoch).map(|c| c.tree.clone());
-                current = Some((*epoch, tree));
+            match by_epoch.iter_mut().find(|(e, _)| e == epoch) {
+                Some((_, buf)) => buf.extend_from_slice(tag),
+                None => {
+                    let mut buf = Vec::with_capacity(tags.len() * RECORD_LEN);
+                    buf.extend_from_slice(tag);
+                    by_epoch.push((*epoch, buf));
+                }
             }
-            if let Some((_, Some(tree))) = &current {
-                tree.insert(&tag[..], &[][..])?;
+        }
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock: expiry raises the floor before it takes this lock to delete.
+        let floor = self.floor();
+        for (epoch, buf) in by_epoch {
+            if epoch < floor {
+                continue;
+            }
+            let path = log_path(&self.dir, epoch);
+            let log = match logs.entry(epoch) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(open_for_append(&path)?),
+            };
+            let written = log.write_all(&buf).and_then(|()| log.sync_data());
+            if let Err(e) = written {
+                // A failed append may have left part of a record: reopening realigns the log
+                // before the next append, so later records are never read shifted.
+                logs.remove(&epoch);
+                return Err(file_error(&path)(e));
             }
         }
         Ok(())
     }
 
-    /// Drops every epoch older than `oldest_epoch`, in memory and on disk.
+    /// Drops every epoch older than `oldest_epoch`, in memory and on disk. The raised floor is
+    /// durable before any log is deleted, so a crash in between cannot re-admit an epoch whose
+    /// tags are gone.
     pub fn expire_before(&self, oldest_epoch: u64) -> Result<usize> {
-        if oldest_epoch > self.floor.fetch_max(oldest_epoch, Ordering::AcqRel) {
-            self.meta.insert(FLOOR_KEY, &oldest_epoch.to_be_bytes())?;
+        if oldest_epoch > self.floor() {
+            write_floor(&self.dir, oldest_epoch)?;
+            self.floor.fetch_max(oldest_epoch, Ordering::AcqRel);
         }
-        let old: Vec<u64> = {
+        let mut old: Vec<u64> = {
             let mut epochs = self.lock();
             let old: Vec<u64> = epochs
                 .keys()
@@ -187,15 +357,32 @@ impl ReplayCache {
             }
             old
         };
-        for e in &old {
-            self.db.sled().drop_tree(format!("{TREE_PREFIX}{e}"))?;
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.retain(|e, _| *e >= oldest_epoch);
+        // Logs of epochs never marked since the start (loaded, or left by an earlier run).
+        for entry in std::fs::read_dir(&self.dir).map_err(file_error(&self.dir))? {
+            let path = entry.map_err(file_error(&self.dir))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(LOG_EXTENSION) {
+                continue;
+            }
+            if let Some(epoch) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|e| *e < oldest_epoch)
+            {
+                std::fs::remove_file(&path).map_err(file_error(&path))?;
+                if !old.contains(&epoch) {
+                    old.push(epoch);
+                }
+            }
         }
         Ok(old.len())
     }
 
     /// Tags held in memory, over all epochs.
     pub fn len(&self) -> usize {
-        self.lock().values().map(|c| c.seen.len()).sum()
+        self.lock().values().map(|seen| seen.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -211,25 +398,79 @@ mod tests {
     fn replay_survives_reopen_and_expires_with_epoch() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = Database::open(dir.path(), 1 << 20).expect("db");
-            let r = ReplayCache::open(&db, 0).expect("open");
+            let r = ReplayCache::open(dir.path(), 0).expect("open");
             assert!(r.insert(5, &[1; 32]).expect("io"));
             assert!(!r.insert(5, &[1; 32]).expect("io"));
             assert!(r.insert(6, &[1; 32]).expect("io"), "other epoch, other key");
-            db.commit().expect("commit");
         }
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
-        let r = ReplayCache::open(&db, 5).expect("open");
+        let r = ReplayCache::open(dir.path(), 5).expect("open");
         assert!(r.contains(5, &[1; 32]));
         assert!(!r.insert(5, &[1; 32]).expect("io"));
         assert_eq!(r.expire_before(6).expect("expire"), 1);
+        assert!(!log_path(dir.path(), 5).exists(), "expired log deleted");
         assert!(r.contains(6, &[1; 32]));
         // An expired epoch stays refused, even if the clock steps back after a restart.
         assert!(!r.insert(5, &[2; 32]).expect("io"));
-        db.commit().expect("commit");
         drop(r);
-        let r = ReplayCache::open(&db, 3).expect("open");
+        let r = ReplayCache::open(dir.path(), 3).expect("open");
         assert_eq!(r.floor(), 6);
         assert!(!r.insert(5, &[3; 32]).expect("io"));
+        assert!(r.contains(6, &[1; 32]));
+    }
+
+    #[test]
+    fn a_torn_final_record_is_dropped_and_earlier_tags_still_refuse_replays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let r = ReplayCache::open(dir.path(), 0).expect("open");
+            assert!(r.insert(7, &[1; 32]).expect("io"));
+            assert!(r.insert(7, &[2; 32]).expect("io"));
+        }
+        // A crash in the middle of the next group's append: half a record reached the disk.
+        let path = log_path(dir.path(), 7);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("log");
+        f.write_all(&[3; RECORD_LEN / 2]).expect("torn write");
+        drop(f);
+
+        let r = ReplayCache::open(dir.path(), 0).expect("reopens despite the torn record");
+        assert_eq!(
+            std::fs::metadata(&path).expect("log").len(),
+            2 * RECORD_LEN as u64,
+            "the partial record is cut off"
+        );
+        assert!(!r.insert(7, &[1; 32]).expect("io"), "replay refused");
+        assert!(!r.insert(7, &[2; 32]).expect("io"), "replay refused");
+        // Appends after the cut start on a record boundary and survive the next reopen.
+        assert!(r.insert(7, &[3; 32]).expect("io"));
+        drop(r);
+        let r = ReplayCache::open(dir.path(), 0).expect("open");
+        assert_eq!(r.len(), 3);
+        assert!(!r.insert(7, &[3; 32]).expect("io"));
+    }
+
+    #[test]
+    fn marked_but_unpersisted_tags_are_not_durable_and_persist_is_per_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let r = ReplayCache::open(dir.path(), 0).expect("open");
+            let a = r.mark(1, &[1; 32]).expect("new");
+            let b = r.mark(2, &[2; 32]).expect("new");
+            assert_eq!(r.mark(1, &[1; 32]), None, "replay in memory at once");
+            let _never_persisted = r.mark(1, &[9; 32]).expect("new");
+            r.persist(&[(1, a), (2, b)]).expect("persist");
+        }
+        let r = ReplayCache::open(dir.path(), 0).expect("open");
+        assert!(r.contains(1, &[1; 32]) && r.contains(2, &[2; 32]));
+        assert!(!r.contains(1, &[9; 32]));
+    }
+
+    #[test]
+    fn a_damaged_floor_file_is_an_error_not_a_silent_reset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(FLOOR_FILE), b"abc").expect("write");
+        assert!(matches!(
+            ReplayCache::open(dir.path(), 0),
+            Err(RelayError::Corrupt(_))
+        ));
     }
 }
