@@ -350,6 +350,31 @@ mod tests {
         net.shutdown().await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_throughput_bench_reports_acked_fragments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = TestnetConfig::new(tmp.path());
+        cfg.width = 1;
+        let net = Testnet::start(cfg).await.unwrap();
+        let r = client::run_throughput(&client::ThroughputConfig {
+            network: client::Network::Existing {
+                directory: net.directory_path().to_owned(),
+                authority: net.authority_public(),
+            },
+            seconds: 1.0,
+            messages: 20,
+            body_bytes: 2_000,
+            rates: client::ThroughputConfig::bulk_rates(),
+            build_threads: 2,
+        })
+        .await
+        .unwrap();
+        assert!(r.fragments_per_message > 1, "{r:?}");
+        assert!(r.pulls_per_s > 0.0, "{r:?}");
+        assert!(client::render_throughput(&r).contains("fragments acked"));
+        net.shutdown().await.unwrap();
+    }
+
     /// Needs the `spore-relay` binary in the same target directory (`cargo test --workspace`
     /// or `cargo build --bins` builds it); says so and passes when it is missing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
