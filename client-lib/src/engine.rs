@@ -329,7 +329,10 @@ impl Engine {
     }
 
     fn add_message(&mut self, message: OutgoingMessage, fragments: Vec<(u16, Vec<u8>)>) {
-        if fragments.is_empty() {
+        // A message queued while the engine was reading the outbox at start arrives twice
+        // (from the outbox and as a command). Re-adding it would reset fragments already being
+        // built or in flight, and lose them from the congestion window's count.
+        if fragments.is_empty() || self.messages.contains_key(&message.id) {
             return;
         }
         self.messages.insert(
