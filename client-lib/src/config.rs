@@ -118,6 +118,9 @@ pub struct TransportConfig {
     pub reply_surbs: usize,
     /// Dial this address instead of the one in the directory (tests put an observer here).
     pub relay_address_override: Option<String>,
+    /// Threads that build packets ahead of their send time. 0 builds on the engine's task
+    /// (each send then waits for its build); more than the machine's cores gains nothing.
+    pub build_threads: usize,
 }
 
 impl TransportConfig {
@@ -141,6 +144,7 @@ impl TransportConfig {
             timeouts: Timeouts::default(),
             reply_surbs: 8,
             relay_address_override: None,
+            build_threads: 2,
         }
     }
 }

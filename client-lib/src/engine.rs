@@ -22,6 +22,7 @@ use spore_protocol::params::{
 use spore_protocol::{MessageId, SporeAddress};
 use tokio::sync::mpsc;
 
+use crate::builder::{BuildPool, Built, FragmentJob, Job};
 use crate::directory::now_ms;
 use crate::link::{self, FrameReader, FrameWriter, LinkError};
 use crate::packets::{BuiltPacket, is_ack, random_id};
@@ -36,6 +37,20 @@ const MAINTENANCE_EVERY: Duration = Duration::from_millis(50);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// A pull that has not completed after this long is abandoned and the link reopened.
 const PULL_STALL: Duration = Duration::from_secs(30);
+/// Real fragments built ahead of their send (being built or ready): enough to keep the build
+/// threads busy between two sends at any rate, few enough that a packet is fresh when sent.
+const BUILD_AHEAD: usize = 32;
+/// Drop cover packets kept ready, so a payload tick with nothing real to send only pops one.
+const COVER_STOCK: usize = 4;
+/// A packet built longer ago than this is rebuilt (fragments) or discarded (cover) rather
+/// than sent: it may use keys of an epoch that is ending.
+const BUILT_MAX_AGE: Duration = Duration::from_secs(60);
+/// The congestion window never shrinks below this many fragments in flight.
+const MIN_WINDOW: f64 = 4.0;
+/// ... and starts here (then doubles per round trip until the first late ack).
+const INITIAL_WINDOW: f64 = 16.0;
+/// Bounds the sender's memory of outstanding SURB-acks.
+const MAX_WINDOW: f64 = 8192.0;
 
 /// What the API side asks of the engine.
 pub(crate) enum Command {
@@ -53,12 +68,18 @@ type FragKey = (MessageId, u16);
 #[derive(Debug, Clone, Copy)]
 enum FragState {
     Queued,
-    InFlight { deadline: Instant },
-    Backoff { until: Instant },
+    /// Handed to the build threads, or built and waiting for a payload tick.
+    Building,
+    InFlight {
+        deadline: Instant,
+    },
+    Backoff {
+        until: Instant,
+    },
 }
 
 struct OutFrag {
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     attempts: u32,
     state: FragState,
 }
@@ -69,9 +90,54 @@ struct OutMessage {
     remaining: usize,
 }
 
-enum Ready {
-    Fragment(FragKey),
-    Reply(Vec<u8>),
+/// How many fragments may be in flight (sent, not yet acknowledged): TCP-style AIMD. Acks
+/// come back only as fast as our pulls return them (at most `PULL_SLOTS` per pull), so when
+/// our own mailbox backs up, acks are late; without a window every late ack would trigger a
+/// retransmission whose own ack joins the backlog, a storm. The window grows by one per ack
+/// (slow start, until the first late ack) or by one per window of acks, and halves at most
+/// once per ack round trip when an ack is late, so retransmissions per round trip never
+/// exceed what the ack path returned in the last one.
+#[derive(Debug, Clone)]
+struct CongestionWindow {
+    cwnd: f64,
+    ssthresh: f64,
+    last_cut: Option<Instant>,
+}
+
+impl CongestionWindow {
+    fn new() -> Self {
+        Self {
+            cwnd: INITIAL_WINDOW,
+            ssthresh: MAX_WINDOW,
+            last_cut: None,
+        }
+    }
+
+    fn allows(&self, outstanding: usize) -> bool {
+        (outstanding as f64) < self.cwnd.floor()
+    }
+
+    fn on_ack(&mut self) {
+        let grow = if self.cwnd < self.ssthresh {
+            1.0
+        } else {
+            1.0 / self.cwnd
+        };
+        self.cwnd = (self.cwnd + grow).min(MAX_WINDOW);
+    }
+
+    /// An ack is late. Several late acks of one round trip are one congestion event.
+    fn on_late(&mut self, now: Instant, round_trip: Duration) {
+        if self
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < round_trip)
+        {
+            return;
+        }
+        self.ssthresh = (self.cwnd / 2.0).max(MIN_WINDOW);
+        self.cwnd = self.ssthresh;
+        self.last_cut = Some(now);
+    }
 }
 
 /// What a SURB id we handed out stands for.
@@ -123,7 +189,22 @@ struct Engine {
     schedule: PoissonSchedule,
     messages: HashMap<MessageId, OutMessage>,
     frags: HashMap<FragKey, OutFrag>,
-    ready: VecDeque<Ready>,
+    /// Fragments waiting to be built (or, without build threads, sent), in order.
+    ready: VecDeque<FragKey>,
+    /// Reply packets (built by `respond` on somebody's SURB), sent before anything else.
+    replies: VecDeque<Vec<u8>>,
+    pool: Option<BuildPool>,
+    /// Fragments built by the pool, oldest first, with when they were built.
+    built: VecDeque<(FragKey, BuiltPacket, Instant)>,
+    /// Drop cover built by the pool.
+    cover: VecDeque<(BuiltPacket, Instant)>,
+    cover_building: usize,
+    /// Fragments in `FragState::InFlight` and `FragState::Building`.
+    in_flight: usize,
+    building: usize,
+    window: CongestionWindow,
+    /// Smoothed time from sending a fragment to its ack being pulled.
+    ack_round_trip: Option<Duration>,
     acks: HashMap<[u8; 16], AckFor>,
     link: Option<Link>,
     connect_at: Instant,
@@ -140,6 +221,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
     let now = Instant::now();
     let schedule = PoissonSchedule::new(&shared.rates, now, &mut rng);
     let (processed_tx, mut processed_rx) = mpsc::unbounded_channel();
+    let threads = shared.config.build_threads;
+    let pool = (threads > 0)
+        .then(|| BuildPool::start(&shared, threads, BUILD_AHEAD + COVER_STOCK))
+        .flatten();
     let mut engine = Engine {
         shared: shared.clone(),
         rng,
@@ -147,6 +232,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         messages: HashMap::new(),
         frags: HashMap::new(),
         ready: VecDeque::new(),
+        replies: VecDeque::new(),
+        pool,
+        built: VecDeque::new(),
+        cover: VecDeque::new(),
+        cover_building: 0,
+        in_flight: 0,
+        building: 0,
+        window: CongestionWindow::new(),
+        ack_round_trip: None,
         acks: HashMap::new(),
         link: None,
         connect_at: now,
@@ -170,6 +264,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         if engine.link.is_none() && Instant::now() >= engine.connect_at {
             engine.connect().await;
         }
+        engine.feed_pool();
         let next_send = engine.schedule.next_due();
         let send_at = next_send
             .map(|(t, _)| tokio::time::Instant::from_std(t))
@@ -191,11 +286,19 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
             },
             Some(cmd) = commands.recv() => engine.on_command(cmd),
             Some(handles) = processed_rx.recv() => engine.on_processed(handles).await,
+            Some(built) = next_built(&mut engine.pool) => engine.on_built(built),
             _ = pull_tick.tick() => engine.on_pull_tick().await,
             _ = maintenance.tick() => engine.maintain(),
         }
     }
     // Nothing to flush here: acks are advisory, everything else is flushed where it matters.
+}
+
+async fn next_built(pool: &mut Option<BuildPool>) -> Option<Built> {
+    match pool {
+        Some(p) => p.results.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn read_next(link: &mut Option<Link>) -> Result<Frame, LinkError> {
@@ -226,7 +329,10 @@ impl Engine {
     }
 
     fn add_message(&mut self, message: OutgoingMessage, fragments: Vec<(u16, Vec<u8>)>) {
-        if fragments.is_empty() {
+        // A message queued while the engine was reading the outbox at start arrives twice
+        // (from the outbox and as a command). Re-adding it would reset fragments already being
+        // built or in flight, and lose them from the congestion window's count.
+        if fragments.is_empty() || self.messages.contains_key(&message.id) {
             return;
         }
         self.messages.insert(
@@ -242,19 +348,110 @@ impl Engine {
             self.frags.insert(
                 key,
                 OutFrag {
-                    bytes,
+                    bytes: bytes.into(),
                     attempts: 0,
                     state: FragState::Queued,
                 },
             );
-            self.ready.push_back(Ready::Fragment(key));
+            self.ready.push_back(key);
         }
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Enqueue { message, fragments } => self.add_message(message, fragments),
-            Command::Reply { packet } => self.ready.push_back(Ready::Reply(packet)),
+            Command::Reply { packet } => self.replies.push_back(packet),
+        }
+    }
+
+    /// Moves fragment `key` to `state`, keeping the in-flight and building counts.
+    fn set_state(&mut self, key: FragKey, state: FragState) {
+        if let Some(f) = self.frags.get_mut(&key) {
+            let old = std::mem::replace(&mut f.state, state);
+            count(&mut self.in_flight, &mut self.building, old, -1);
+            count(&mut self.in_flight, &mut self.building, state, 1);
+        }
+    }
+
+    fn remove_frag(&mut self, key: &FragKey) -> bool {
+        match self.frags.remove(key) {
+            Some(f) => {
+                count(&mut self.in_flight, &mut self.building, f.state, -1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands queued fragments to the build threads while the congestion window has room, and
+    /// keeps the drop cover stock full.
+    fn feed_pool(&mut self) {
+        let Some(pool) = self.pool.as_mut() else {
+            return;
+        };
+        while self.cover.len() + self.cover_building < COVER_STOCK && pool.has_room() {
+            if !pool.submit(Job::DropCover) {
+                break;
+            }
+            self.cover_building += 1;
+        }
+        while self.building < BUILD_AHEAD
+            && self.window.allows(self.in_flight + self.building)
+            && self.pool.as_ref().is_some_and(BuildPool::has_room)
+        {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(f) = self.frags.get(&key) else {
+                continue; // acked or failed meanwhile
+            };
+            if !matches!(f.state, FragState::Queued) {
+                continue;
+            }
+            let Some(destination) = self.messages.get(&key.0).map(|m| m.destination.clone()) else {
+                continue;
+            };
+            let job = Job::Fragment(FragmentJob {
+                key,
+                destination,
+                bytes: f.bytes.clone(),
+            });
+            if !self.pool.as_mut().is_some_and(|p| p.submit(job)) {
+                self.ready.push_front(key);
+                break;
+            }
+            self.set_state(key, FragState::Building);
+        }
+    }
+
+    fn on_built(&mut self, built: Built) {
+        if let Some(pool) = self.pool.as_mut() {
+            pool.pending = pool.pending.saturating_sub(1);
+        }
+        match built {
+            Built::Fragment { key, packet, at } => {
+                if !self
+                    .frags
+                    .get(&key)
+                    .is_some_and(|f| matches!(f.state, FragState::Building))
+                {
+                    return; // acked or failed while it was being built
+                }
+                match packet {
+                    Ok(p) => self.built.push_back((key, p, at)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot build a packet; will retry");
+                        self.back_off(key);
+                    }
+                }
+            }
+            Built::DropCover { packet, at } => {
+                self.cover_building = self.cover_building.saturating_sub(1);
+                match packet {
+                    Ok(p) => self.cover.push_back((p, at)),
+                    Err(e) => tracing::warn!(error = %e, "cannot build drop cover"),
+                }
+            }
         }
     }
 
@@ -350,88 +547,124 @@ impl Engine {
         }
     }
 
-    /// Sends the next queued real packet; `false` if there was none.
+    /// Sends the next real packet (a reply, a pre-built fragment, or without build threads a
+    /// fragment built here); `false` if there was none.
     async fn send_next_real(&mut self) -> bool {
-        while let Some(next) = self.ready.pop_front() {
-            match next {
-                Ready::Reply(packet) => {
-                    if self.send_packet(packet).await {
-                        bump(&self.shared.counters.replies_sent);
-                    }
+        if let Some(packet) = self.replies.pop_front() {
+            if self.send_packet(packet).await {
+                bump(&self.shared.counters.replies_sent);
+            }
+            return true;
+        }
+        if self.pool.is_some() {
+            while let Some((key, built, at)) = self.built.pop_front() {
+                if !self
+                    .frags
+                    .get(&key)
+                    .is_some_and(|f| matches!(f.state, FragState::Building))
+                {
+                    continue; // acked or failed meanwhile
+                }
+                if at.elapsed() > BUILT_MAX_AGE {
+                    self.set_state(key, FragState::Queued);
+                    self.ready.push_front(key);
+                    continue;
+                }
+                self.send_fragment(key, built).await;
+                return true;
+            }
+            return false;
+        }
+        while self.window.allows(self.in_flight) {
+            let Some(key) = self.ready.pop_front() else {
+                return false;
+            };
+            let Some(f) = self.frags.get(&key) else {
+                continue; // acked or failed meanwhile
+            };
+            if !matches!(f.state, FragState::Queued) {
+                continue;
+            }
+            let Some(destination) = self.messages.get(&key.0).map(|m| m.destination.clone()) else {
+                continue;
+            };
+            let dir = self.shared.directory.current();
+            let built = self
+                .shared
+                .factory(&dir)
+                .fragment(&mut self.rng, &destination, &f.bytes);
+            match built {
+                Ok(b) => {
+                    self.send_fragment(key, b).await;
                     return true;
                 }
-                Ready::Fragment(key) => {
-                    let Some(f) = self.frags.get(&key) else {
-                        continue; // acked or failed meanwhile
-                    };
-                    if !matches!(f.state, FragState::Queued) {
-                        continue;
-                    }
-                    let Some(destination) =
-                        self.messages.get(&key.0).map(|m| m.destination.clone())
-                    else {
-                        continue;
-                    };
-                    let dir = self.shared.directory.current();
-                    let built =
-                        self.shared
-                            .factory(&dir)
-                            .fragment(&mut self.rng, &destination, &f.bytes);
-                    let built = match built {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot build a packet; will retry");
-                            self.back_off(key);
-                            return false;
-                        }
-                    };
-                    let deadline = self.deadline(&built, f.attempts);
-                    if let Some((surb_id, recovery)) = built.ack {
-                        self.acks.insert(
-                            surb_id,
-                            AckFor::Fragment {
-                                key,
-                                recovery,
-                                forget_at: deadline
-                                    + self.shared.config.timeouts.max_backoff
-                                    + self.shared.config.timeouts.ack_margin,
-                                sent_at: Instant::now(),
-                                round_trip: built.round_trip,
-                            },
-                        );
-                    }
-                    if !self.send_packet(built.bytes).await {
-                        // The link broke: try again after reconnecting.
-                        self.ready.push_front(Ready::Fragment(key));
-                        return true;
-                    }
-                    let Some(f) = self.frags.get_mut(&key) else {
-                        return true;
-                    };
-                    if f.attempts > 0 {
-                        bump(&self.shared.counters.retransmissions);
-                    }
-                    f.attempts = f.attempts.saturating_add(1);
-                    f.state = FragState::InFlight { deadline };
-                    bump(&self.shared.counters.real_sent);
-                    return true;
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build a packet; will retry");
+                    self.back_off(key);
+                    return false;
                 }
             }
         }
         false
     }
 
+    /// Sends a built fragment and starts waiting for its ack.
+    async fn send_fragment(&mut self, key: FragKey, built: BuiltPacket) {
+        let attempts = self.frags.get(&key).map_or(0, |f| f.attempts);
+        let deadline = self.deadline(&built, attempts);
+        if let Some((surb_id, recovery)) = built.ack {
+            self.acks.insert(
+                surb_id,
+                AckFor::Fragment {
+                    key,
+                    recovery,
+                    forget_at: deadline
+                        + self.shared.config.timeouts.max_backoff
+                        + self.shared.config.timeouts.ack_margin,
+                    sent_at: Instant::now(),
+                    round_trip: built.round_trip,
+                },
+            );
+        }
+        if !self.send_packet(built.bytes).await {
+            // The link broke: build and send again after reconnecting.
+            self.set_state(key, FragState::Queued);
+            self.ready.push_front(key);
+            return;
+        }
+        if attempts > 0 {
+            bump(&self.shared.counters.retransmissions);
+        }
+        if let Some(f) = self.frags.get_mut(&key) {
+            f.attempts = f.attempts.saturating_add(1);
+        }
+        self.set_state(key, FragState::InFlight { deadline });
+        bump(&self.shared.counters.real_sent);
+    }
+
     fn back_off(&mut self, key: FragKey) {
         let max = self.shared.config.timeouts.max_backoff;
-        if let Some(f) = self.frags.get_mut(&key) {
+        if let Some(f) = self.frags.get(&key) {
             let wait = backoff(&mut self.rng, BACKOFF_BASE, f.attempts, max);
-            f.state = FragState::Backoff {
-                until: Instant::now() + wait,
-            };
+            self.set_state(
+                key,
+                FragState::Backoff {
+                    until: Instant::now() + wait,
+                },
+            );
         }
     }
 
     async fn send_drop(&mut self) {
+        while let Some((built, at)) = self.cover.pop_front() {
+            if at.elapsed() > BUILT_MAX_AGE {
+                continue;
+            }
+            if self.send_packet(built.bytes).await {
+                bump(&self.shared.counters.drop_sent);
+            }
+            return;
+        }
         let dir = self.shared.directory.current();
         let built = self.shared.factory(&dir).drop_cover(&mut self.rng);
         match built {
@@ -513,7 +746,15 @@ impl Engine {
             self.drop_link(&LinkError::Timeout);
             return;
         }
-        if !matches!(self.pull, PullState::Idle) {
+        // Once the previous pull's Delete is written, the next pull may follow it: the relay
+        // handles a link's frames in order, so the deletion is done before this pull is read,
+        // and its DeleteDone arrives (and is ignored) before this pull's slots. Waiting for the
+        // DeleteDone would add a disk commit and a round trip to every pull cycle, and then
+        // ticks would be skipped whenever the relay's disk is slow.
+        if !matches!(
+            self.pull,
+            PullState::Idle | PullState::AwaitingDeleteDone { .. }
+        ) {
             return; // the previous pull is still in progress
         }
         if self.write(&Frame::PullRequest).await {
@@ -584,8 +825,13 @@ impl Engine {
                         ..
                     } => {
                         if is_ack(&recovery, &item.payload[..]) {
-                            let lag = sent_at.elapsed().saturating_sub(round_trip);
+                            let took = sent_at.elapsed();
+                            let lag = took.saturating_sub(round_trip);
                             self.ack_lag = (self.ack_lag * 7 + lag) / 8;
+                            self.ack_round_trip = Some(match self.ack_round_trip {
+                                Some(rtt) => (rtt * 7 + took) / 8,
+                                None => took,
+                            });
                             self.on_ack(key);
                         }
                     }
@@ -636,9 +882,10 @@ impl Engine {
     }
 
     fn on_ack(&mut self, key: FragKey) {
-        if self.frags.remove(&key).is_none() {
+        if !self.remove_frag(&key) {
             return; // a late ack for a fragment already acknowledged
         }
+        self.window.on_ack();
         bump(&self.shared.counters.acks);
         if let Err(e) = self.shared.store.ack_fragment(&key.0, key.1) {
             tracing::warn!(error = %e, "cannot record an ack; the fragment may be re-sent");
@@ -702,13 +949,19 @@ impl Engine {
                 _ => {}
             }
         }
+        if !late.is_empty() {
+            let round_trip = self
+                .ack_round_trip
+                .unwrap_or(self.shared.rates.pull_interval * 2);
+            self.window.on_late(now, round_trip);
+        }
         for key in late {
             self.back_off(key);
         }
         for key in requeue {
-            if let Some(f) = self.frags.get_mut(&key) {
-                f.state = FragState::Queued;
-                self.ready.push_back(Ready::Fragment(key));
+            if self.frags.contains_key(&key) {
+                self.set_state(key, FragState::Queued);
+                self.ready.push_back(key);
             }
         }
         // Message lifetime.
@@ -723,7 +976,15 @@ impl Engine {
             .collect();
         for id in expired {
             self.messages.remove(&id);
-            self.frags.retain(|(m, _), _| *m != id);
+            let keys: Vec<FragKey> = self
+                .frags
+                .keys()
+                .filter(|(m, _)| *m == id)
+                .copied()
+                .collect();
+            for key in keys {
+                self.remove_frag(&key);
+            }
             if let Err(e) = self.shared.store.remove_outgoing(&id) {
                 tracing::warn!(error = %e, "cannot drop a failed message from the outbox");
             }
@@ -747,4 +1008,14 @@ impl Engine {
                 .fetch_add(lost as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Adds `delta` to the counter `state` belongs to, if any.
+fn count(in_flight: &mut usize, building: &mut usize, state: FragState, delta: isize) {
+    let counter = match state {
+        FragState::InFlight { .. } => in_flight,
+        FragState::Building => building,
+        FragState::Queued | FragState::Backoff { .. } => return,
+    };
+    *counter = counter.saturating_add_signed(delta);
 }

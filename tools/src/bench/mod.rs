@@ -61,14 +61,39 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// CPU share of one client transport at the default rates, and packet build rate.
+    /// CPU share of one client transport at the default rates, and packet build rate;
+    /// with --throughput, sustained acknowledged fragments per second of one client.
     Client {
-        /// Seconds of the CPU window.
+        /// Seconds of the CPU (or throughput) window.
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
         /// Packets built for the build rate.
         #[arg(long, default_value_t = 2_000)]
         build_packets: usize,
+        /// Measure sustained throughput instead (bulk rates unless overridden below).
+        #[arg(long)]
+        throughput: bool,
+        /// Messages queued for --throughput (each ~8 fragments).
+        #[arg(long, default_value_t = 1_600)]
+        messages: usize,
+        /// Packet build threads of the client (0: build on the engine's task).
+        #[arg(long, default_value_t = 2)]
+        build_threads: usize,
+        /// Override the payload-stream rate (per s).
+        #[arg(long)]
+        lambda_p: Option<f64>,
+        /// Override the loop cover rate (per s).
+        #[arg(long)]
+        lambda_l: Option<f64>,
+        /// Override the drop cover rate (per s).
+        #[arg(long)]
+        lambda_d: Option<f64>,
+        /// Override mu (mean per-hop delay 1/mu s).
+        #[arg(long)]
+        mu: Option<f64>,
+        /// Override the pull interval (ms).
+        #[arg(long)]
+        pull_ms: Option<u64>,
     },
 }
 
@@ -119,13 +144,50 @@ pub fn run_cli(args: BenchArgs) -> Result<()> {
         BenchCmd::Client {
             seconds,
             build_packets,
+            throughput,
+            messages,
+            build_threads,
+            lambda_p,
+            lambda_l,
+            lambda_d,
+            mu,
+            pull_ms,
         } => {
+            let network = client::Network::Spawn {
+                spore_bin: std::env::current_exe()?,
+            };
+            let base = if throughput {
+                client::ThroughputConfig::bulk_rates()
+            } else {
+                spore_client::RateOverrides::default()
+            };
+            let rates = spore_client::RateOverrides {
+                lambda_p: lambda_p.or(base.lambda_p),
+                lambda_l: lambda_l.or(base.lambda_l),
+                lambda_d: lambda_d.or(base.lambda_d),
+                mu: mu.or(base.mu),
+                pull_interval: pull_ms
+                    .map(std::time::Duration::from_millis)
+                    .or(base.pull_interval),
+            };
+            if throughput {
+                let cfg = client::ThroughputConfig {
+                    network,
+                    seconds,
+                    messages,
+                    body_bytes: 3_500,
+                    rates,
+                    build_threads,
+                };
+                let report = rt.block_on(client::run_throughput(&cfg))?;
+                return print(args.json, &report, client::render_throughput);
+            }
             let cfg = client::ClientBenchConfig {
-                network: client::Network::Spawn {
-                    spore_bin: std::env::current_exe()?,
-                },
+                network,
                 seconds,
                 build_packets,
+                rates,
+                build_threads,
             };
             print(args.json, &rt.block_on(client::run(&cfg))?, client::render)
         }
@@ -277,12 +339,39 @@ mod tests {
             },
             seconds: 1.0,
             build_packets: 10,
+            rates: spore_client::RateOverrides::default(),
+            build_threads: 2,
         })
         .await
         .unwrap();
         assert!(r.packets_sent > 0, "{r:?}");
         assert!(r.build_per_s > 0.0);
         assert!(r.cpu_includes_network);
+        net.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_throughput_bench_reports_acked_fragments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = TestnetConfig::new(tmp.path());
+        cfg.width = 1;
+        let net = Testnet::start(cfg).await.unwrap();
+        let r = client::run_throughput(&client::ThroughputConfig {
+            network: client::Network::Existing {
+                directory: net.directory_path().to_owned(),
+                authority: net.authority_public(),
+            },
+            seconds: 1.0,
+            messages: 20,
+            body_bytes: 2_000,
+            rates: client::ThroughputConfig::bulk_rates(),
+            build_threads: 2,
+        })
+        .await
+        .unwrap();
+        assert!(r.fragments_per_message > 1, "{r:?}");
+        assert!(r.pulls_per_s > 0.0, "{r:?}");
+        assert!(client::render_throughput(&r).contains("fragments acked"));
         net.shutdown().await.unwrap();
     }
 
