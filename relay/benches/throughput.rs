@@ -281,7 +281,7 @@ fn unlimited() -> MailboxLimits {
 }
 
 fn store_rate_in(path: &std::path::Path, items: u64, group: u64, mailboxes: u64) -> (f64, f64) {
-    let db = Database::open(path, spore_relay::StorageConfig::default().cache_bytes).unwrap();
+    let db = Database::open(path).unwrap();
     let store = MailboxStore::open(&db, unlimited()).unwrap();
     let payload = [0xabu8; PAYLOAD_SIZE];
     let t0 = Instant::now();
@@ -303,19 +303,15 @@ fn store_rate_in(path: &std::path::Path, items: u64, group: u64, mailboxes: u64)
 }
 
 fn reopen(path: &str) {
-    let cache_mb: u64 = std::env::var("SPORE_BENCH_CACHE_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(spore_relay::StorageConfig::default().cache_bytes >> 20);
     let t0 = Instant::now();
-    let db = Database::open(std::path::Path::new(path), cache_mb << 20).unwrap();
+    let db = Database::open(std::path::Path::new(path)).unwrap();
     let store = MailboxStore::open(&db, unlimited()).unwrap();
     let (items, _) = store.total_usage();
     let mut m = [0u8; 32];
     m[..8].copy_from_slice(&7u64.to_be_bytes());
     let pulled = store.pull(&MailboxId(m), 16).unwrap().len();
     println!(
-        "restart with {items} stored: open {:.1} s, first pull {pulled} items, resident memory {:.0} MB (fresh process, {cache_mb} MB cache)",
+        "restart with {items} stored: open {:.1} s, first pull {pulled} items, resident memory {:.0} MB (fresh process)",
         t0.elapsed().as_secs_f64(),
         rss_mb()
     );

@@ -159,24 +159,6 @@ impl Default for DirectoryConfig {
     }
 }
 
-/// Storage engine tuning.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    /// sled page cache; bounds resident memory independent of the number of stored items.
-    /// sled's real footprint is a few times this (measured: 32 MB cache and 10^6 stored
-    /// packets ≈ 200 MB resident after a restart).
-    pub cache_bytes: u64,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            cache_bytes: 32 << 20,
-        }
-    }
-}
-
 /// The whole `relay.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,8 +195,6 @@ pub struct RelayConfig {
     pub mailbox: MailboxConfig,
     #[serde(default)]
     pub directory: DirectoryConfig,
-    #[serde(default)]
-    pub storage: StorageConfig,
 }
 
 fn default_descriptor_lifetime() -> u64 {
@@ -372,9 +352,6 @@ impl RelayConfig {
                 threshold: 0,
                 refresh_secs: 1,
             },
-            storage: StorageConfig {
-                cache_bytes: 8 << 20,
-            },
         }
     }
 
@@ -456,10 +433,6 @@ authorities = []
 threshold = 1
 refresh_secs = 60
 
-[storage]
-# sled page cache in bytes; bounds memory however many packets are stored (sled's resident
-# footprint is a few times this: 32 MiB with 10^6 stored packets is about 200 MB).
-cache_bytes = {cache}
 "#,
             port = listen.port(),
             lifetime = default_descriptor_lifetime(),
@@ -485,7 +458,6 @@ cache_bytes = {cache}
             disk_budget = b.disk_budget_bytes,
             retention = b.retention_secs,
             sweep = b.sweep_interval_secs,
-            cache = StorageConfig::default().cache_bytes,
         )
     }
 }

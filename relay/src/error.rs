@@ -15,8 +15,6 @@ pub enum RelayError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
     #[error("config: {0}")]

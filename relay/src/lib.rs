@@ -5,7 +5,7 @@
 //! worker threads unwraps one layer each, drops replays and holds every packet for the delay its
 //! header asks for ([`mix`], [`replay`], [`delay_queue`]), then forwards it on a pooled link to
 //! the next hop named in the header and found in the signed directory. At the last hop the
-//! mailbox role stores the still-sealed payload durably in sled ([`store`]), releases the
+//! mailbox role stores the still-sealed payload durably in segment files ([`store`]), releases the
 //! sender's SURB-ack, and later hands the payload to the mailbox's owner, and only to it
 //! ([`mailbox`]).
 //!
@@ -57,7 +57,6 @@ pub mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig,
-    StorageConfig,
 };
 pub use connection::Link;
 pub use delay_queue::DelayQueue;

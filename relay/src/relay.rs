@@ -69,14 +69,13 @@ impl Relay {
         let oldest_epoch = schedule.oldest_kept_epoch(clock.now_unix());
         let (db, replay, store) = {
             let data_dir = config.data_dir.clone();
-            let cache = config.storage.cache_bytes;
             let limits = config.roles.mailbox.then_some(MailboxLimits {
                 quota_items: config.mailbox.quota_items,
                 quota_bytes: config.mailbox.quota_bytes,
                 disk_budget_bytes: config.mailbox.disk_budget_bytes,
             });
             tokio::task::spawn_blocking(move || -> Result<_> {
-                let db = Database::open(&data_dir, cache)?;
+                let db = Database::open(&data_dir)?;
                 let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
                 let store = match limits {
                     Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),

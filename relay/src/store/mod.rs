@@ -2,9 +2,10 @@
 //! [`Database::commit`] is the group commit) and the [`MailboxStore`] that keeps sealed payloads
 //! for offline recipients in append-only segment files (`mailbox_store`, formats in `format`).
 //!
-//! The sled instance inside the database holds the replay cache's state; mailbox payloads do
-//! not go through sled, whose log-structured pages cost 2.8-3.6x the item bytes on disk and
-//! most of the store time.
+//! The relay keeps no general-purpose database: the replay cache has its own append-only logs
+//! (`replay`), and mailbox payloads go to segment files here. (Earlier versions kept both in
+//! sled, whose log-structured pages cost 2.8-3.6x the item bytes on disk and most of the store
+//! time, and whose flush used `sync_file_range`, which does not flush the device's cache.)
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,10 +19,9 @@ mod mailbox_store;
 
 pub use mailbox_store::{MailboxStore, RECORDS_PER_SEGMENT};
 
-/// The relay's data folder: one sled instance, and the mailbox store once opened.
+/// The relay's data folder, and the mailbox store once opened.
 #[derive(Clone, Debug)]
 pub struct Database {
-    db: sled::Db,
     dir: PathBuf,
     /// The open mailbox store, synced by [`Database::commit`]. Weak: dropping the store closes
     /// its files.
@@ -29,28 +29,21 @@ pub struct Database {
 }
 
 impl Database {
-    /// Opens (or creates) the database in `dir`, with `cache_bytes` of page cache.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+    /// Opens (or creates) the data folder `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| RelayError::File {
             path: dir.to_owned(),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(dir.join("relay.sled"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()?;
         Ok(Self {
-            db,
             dir: dir.to_owned(),
             mailbox: Arc::new(Mutex::new(Weak::new())),
         })
     }
 
-    /// Makes every write so far durable (fsync): sled's, and every mailbox insert and delete
-    /// made before this call. One call covers any number of writes: this is the group commit.
+    /// Makes every mailbox insert and delete made before this call durable (`fdatasync`). One
+    /// call covers any number of writes: this is the group commit.
     pub fn commit(&self) -> Result<()> {
-        self.db.flush()?;
         let mailbox = self
             .mailbox
             .lock()
@@ -60,10 +53,6 @@ impl Database {
             m.commit()?;
         }
         Ok(())
-    }
-
-    pub(crate) fn sled(&self) -> &sled::Db {
-        &self.db
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -53,7 +53,7 @@ fn insert_pull_delete_and_reopen() {
     let a = mb(1);
     let b = mb(2);
     let handles: Vec<u64> = {
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let db = Database::open(dir.path()).expect("db");
         let s = MailboxStore::open(&db, limits()).expect("store");
         let hs: Vec<u64> = (0..3u8)
             .map(|i| put(&s, &a, i, 100 + u64::from(i)))
@@ -66,7 +66,7 @@ fn insert_pull_delete_and_reopen() {
         db.commit().expect("commit");
         hs
     };
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, limits()).expect("store");
     assert_eq!(s.total_usage(), (4, 4 * ITEM_BYTES));
     assert_eq!(s.mailbox_usage(&a), (3, 3 * ITEM_BYTES));
@@ -93,7 +93,7 @@ fn insert_pull_delete_and_reopen() {
 #[test]
 fn uncommitted_items_are_pulled_from_the_write_buffer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, unlimited()).expect("store");
     let h = put(&s, &mb(1), 4, 10);
     let items = s.pull(&mb(1), 16).expect("pull");
@@ -105,7 +105,7 @@ fn uncommitted_items_are_pulled_from_the_write_buffer() {
 #[test]
 fn a_second_store_on_the_same_database_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, limits()).expect("store");
     assert!(MailboxStore::open(&db, limits()).is_err());
     drop(s);
@@ -116,7 +116,7 @@ fn a_second_store_on_the_same_database_is_refused() {
 fn a_torn_tail_record_is_skipped_and_the_rest_survives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kept: Vec<u64> = {
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let db = Database::open(dir.path()).expect("db");
         let s = MailboxStore::open(&db, unlimited()).expect("store");
         let hs = (0..5u8).map(|i| put(&s, &mb(1), i, 10)).collect();
         db.commit().expect("commit");
@@ -129,7 +129,7 @@ fn a_torn_tail_record_is_skipped_and_the_rest_survives() {
     f.write_all(&whole[..RECORD_LEN / 2]).expect("write");
     // And a record the filesystem left as zeros.
     drop(f);
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, unlimited()).expect("store");
     assert_eq!(s.damaged_records(), 1);
     let items = s.pull(&mb(1), 16).expect("pull");
@@ -144,7 +144,7 @@ fn a_torn_tail_record_is_skipped_and_the_rest_survives() {
 fn zeroed_and_corrupt_records_are_skipped_at_open_and_at_pull() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let db = Database::open(dir.path()).expect("db");
         let s = MailboxStore::open(&db, unlimited()).expect("store");
         for i in 0..4u8 {
             put(&s, &mb(1), i, 10);
@@ -163,7 +163,7 @@ fn zeroed_and_corrupt_records_are_skipped_at_open_and_at_pull() {
     f.write_all_at(&[0u8; RECORD_LEN], 4 * RECORD_LEN as u64)
         .expect("zero tail");
     drop(f);
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, unlimited()).expect("store");
     assert_eq!(s.damaged_records(), 3);
     let items = s.pull(&mb(1), 16).expect("pull");
@@ -189,7 +189,7 @@ fn reopen_after_many_inserts_and_deletes_loses_nothing_and_resurrects_nothing() 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut expected: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
     for round in 0..4u64 {
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let db = Database::open(dir.path()).expect("db");
         let s = MailboxStore::open_with(&db, unlimited(), 16).expect("store");
         // What was committed before is all there, and nothing deleted came back.
         for (m, hs) in &expected {
@@ -240,7 +240,7 @@ fn reopen_after_many_inserts_and_deletes_loses_nothing_and_resurrects_nothing() 
 #[test]
 fn segments_are_unlinked_once_everything_in_them_is_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open_with(&db, unlimited(), 4).expect("store");
     let hs: Vec<u64> = (0..10u8).map(|i| put(&s, &mb(i % 2), i, 10)).collect();
     db.commit().expect("commit");
@@ -277,7 +277,7 @@ fn segments_are_unlinked_once_everything_in_them_is_deleted() {
 #[test]
 fn the_delete_log_is_rewritten_when_its_tombstones_no_longer_matter() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open_with(&db, unlimited(), 1024).expect("store");
     let log = dir.path().join("mailbox").join("deleted.log");
     let mut max_len = 0;
@@ -298,7 +298,7 @@ fn the_delete_log_is_rewritten_when_its_tombstones_no_longer_matter() {
 #[test]
 fn byte_quota_and_disk_budget_refuse_with_their_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open_with(
         &db,
         MailboxLimits {
@@ -349,7 +349,7 @@ fn byte_quota_and_disk_budget_refuse_with_their_reason() {
 #[test]
 fn retention_removes_old_items_and_their_segments_and_keeps_young_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open_with(&db, unlimited(), 8).expect("store");
     for t in 0..40u64 {
         put(&s, &mb((t % 3) as u8), 1, 1000 + t);
@@ -375,7 +375,7 @@ fn retention_removes_old_items_and_their_segments_and_keeps_young_ones() {
 fn a_torn_tombstone_is_cut_off_and_later_deletes_still_stick() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hs: Vec<u64> = {
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let db = Database::open(dir.path()).expect("db");
         let s = MailboxStore::open(&db, unlimited()).expect("store");
         let hs: Vec<u64> = (0..4u8).map(|i| put(&s, &mb(1), i, 10)).collect();
         s.delete(&mb(1), &hs[..1]).expect("delete");
@@ -389,14 +389,14 @@ fn a_torn_tombstone_is_cut_off_and_later_deletes_still_stick() {
     // A stray file that looks like a segment name is not read as one.
     std::fs::write(dir.path().join("mailbox").join("+1.seg"), b"junk").expect("write");
     {
-        let db = Database::open(dir.path(), 1 << 20).expect("db");
+        let db = Database::open(dir.path()).expect("db");
         let s = MailboxStore::open(&db, unlimited()).expect("store");
         assert_eq!(s.damaged_records(), 1);
         assert_eq!(s.total_usage().0, 3);
         s.delete(&mb(1), &hs[1..2]).expect("delete");
         db.commit().expect("commit");
     }
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, unlimited()).expect("store");
     assert_eq!(s.damaged_records(), 0);
     let left: Vec<u64> = s
@@ -411,7 +411,7 @@ fn a_torn_tombstone_is_cut_off_and_later_deletes_still_stick() {
 #[test]
 fn a_clean_close_keeps_what_was_not_yet_committed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), 1 << 20).expect("db");
+    let db = Database::open(dir.path()).expect("db");
     let s = MailboxStore::open(&db, unlimited()).expect("store");
     let h = put(&s, &mb(1), 1, 10);
     drop(s);

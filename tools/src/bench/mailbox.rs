@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use spore_protocol::MailboxId;
 use spore_protocol::params::{PAYLOAD_SIZE, PULL_SLOTS, SURB_ID_SIZE};
-use spore_relay::{Database, MailboxLimits, MailboxStore, StorageConfig};
+use spore_relay::{Database, MailboxLimits, MailboxStore};
 
 use super::{disk_bytes, now_unix, rss_mb, verdict};
 
@@ -55,8 +55,6 @@ pub struct MailboxReport {
     /// `disk_bytes_per_packet / (surb id + payload bytes)`.
     pub disk_ratio: f64,
     pub rss_mb: f64,
-    /// sled page cache of the database (sled no longer holds mailbox items).
-    pub cache_mb: u64,
     /// Seconds to open the store again with every packet stored (index rebuilt from disk).
     pub reopen_s: f64,
     /// Segment files after the release.
@@ -85,8 +83,7 @@ pub fn run(cfg: &MailboxBenchConfig) -> Result<MailboxReport> {
     }
     let tmp = tempfile::tempdir()?;
     let path = cfg.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let cache = StorageConfig::default().cache_bytes;
-    let db = Database::open(&path, cache).context("cannot open the mailbox database")?;
+    let db = Database::open(&path).context("cannot open the mailbox database")?;
     let store = MailboxStore::open(&db, unlimited())?;
     // 100 items per mailbox: a busy relay's shape (10^4 mailboxes at 10^6 packets).
     let mailboxes = (cfg.packets / 100).max(1);
@@ -165,7 +162,6 @@ pub fn run(cfg: &MailboxBenchConfig) -> Result<MailboxReport> {
         disk_bytes_per_packet: per_packet,
         disk_ratio: per_packet / ITEM_BYTES as f64,
         rss_mb: rss,
-        cache_mb: cache >> 20,
         reopen_s,
         segments: store.segment_count(),
         damaged_records: store.damaged_records(),

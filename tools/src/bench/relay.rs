@@ -333,7 +333,6 @@ impl RelayProcess {
         config.limits.unwrap_queue = big;
         config.limits.link_queue = big;
         config.limits.delay_queue = big;
-        config.storage.cache_bytes = spore_relay::StorageConfig::default().cache_bytes;
         config.directory.path = Some(dir.path().join("directory.bin"));
         config.directory.authorities = vec![hex::encode(authority_key.verifying_key().to_bytes())];
         config.directory.threshold = 1;
