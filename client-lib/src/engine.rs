@@ -383,6 +383,23 @@ impl Engine {
         }
     }
 
+    /// The next fragment of the ready queue that still waits to be sent (entries acked, failed or
+    /// already being built meanwhile are skipped), with its destination and bytes.
+    fn next_queued(&mut self) -> Option<(FragKey, Arc<SporeAddress>, Arc<[u8]>)> {
+        while let Some(key) = self.ready.pop_front() {
+            let Some(f) = self.frags.get(&key) else {
+                continue;
+            };
+            if !matches!(f.state, FragState::Queued) {
+                continue;
+            }
+            if let Some(m) = self.messages.get(&key.0) {
+                return Some((key, m.destination.clone(), f.bytes.clone()));
+            }
+        }
+        None
+    }
+
     /// Hands queued fragments to the build threads while the congestion window has room, and
     /// keeps the drop cover stock full.
     fn feed_pool(&mut self) {
@@ -399,22 +416,13 @@ impl Engine {
             && self.window.allows(self.in_flight + self.building)
             && self.pool.as_ref().is_some_and(BuildPool::has_room)
         {
-            let Some(key) = self.ready.pop_front() else {
+            let Some((key, destination, bytes)) = self.next_queued() else {
                 break;
-            };
-            let Some(f) = self.frags.get(&key) else {
-                continue; // acked or failed meanwhile
-            };
-            if !matches!(f.state, FragState::Queued) {
-                continue;
-            }
-            let Some(destination) = self.messages.get(&key.0).map(|m| m.destination.clone()) else {
-                continue;
             };
             let job = Job::Fragment(FragmentJob {
                 key,
                 destination,
-                bytes: f.bytes.clone(),
+                bytes,
             });
             if !self.pool.as_mut().is_some_and(|p| p.submit(job)) {
                 self.ready.push_front(key);
@@ -575,37 +583,28 @@ impl Engine {
             }
             return false;
         }
-        while self.window.allows(self.in_flight) {
-            let Some(key) = self.ready.pop_front() else {
-                return false;
-            };
-            let Some(f) = self.frags.get(&key) else {
-                continue; // acked or failed meanwhile
-            };
-            if !matches!(f.state, FragState::Queued) {
-                continue;
+        if !self.window.allows(self.in_flight) {
+            return false;
+        }
+        let Some((key, destination, bytes)) = self.next_queued() else {
+            return false;
+        };
+        let dir = self.shared.directory.current();
+        let built = self
+            .shared
+            .factory(&dir)
+            .fragment(&mut self.rng, &destination, &bytes);
+        match built {
+            Ok(b) => {
+                self.send_fragment(key, b).await;
+                true
             }
-            let Some(destination) = self.messages.get(&key.0).map(|m| m.destination.clone()) else {
-                continue;
-            };
-            let dir = self.shared.directory.current();
-            let built = self
-                .shared
-                .factory(&dir)
-                .fragment(&mut self.rng, &destination, &f.bytes);
-            match built {
-                Ok(b) => {
-                    self.send_fragment(key, b).await;
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot build a packet; will retry");
-                    self.back_off(key);
-                    return false;
-                }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a packet; will retry");
+                self.back_off(key);
+                false
             }
         }
-        false
     }
 
     /// Sends a built fragment and starts waiting for its ack.

@@ -29,7 +29,7 @@ use spore_protocol::packet::{build_packet, random_surb_id, sample_delays};
 use spore_protocol::params::FRAGMENT_DATA_SIZE;
 use spore_protocol::params::{FORWARD_HOPS, PAYLOAD_CAPACITY};
 use spore_protocol::route::RouteSelector;
-use spore_protocol::{FederationRequest, MailboxKey, SporeAddress};
+use spore_protocol::{FederationRequest, MailboxKey, RelayId, SporeAddress};
 
 use std::collections::BTreeMap;
 
@@ -147,6 +147,35 @@ fn spawn_testnet(spore: &Path) -> Result<(TestnetProcess, PathBuf, [u8; 32])> {
 }
 
 /// Forward packets built per second on this thread for `directory`'s network.
+/// A client transport of the bench's own on the network of `directory_path`, entering at
+/// `relay`, with the given rates and build threads.
+async fn start_client(
+    data: &Path,
+    relay: RelayId,
+    directory_path: &Path,
+    authority_key: [u8; 32],
+    rates: RateOverrides,
+    build_threads: usize,
+) -> Result<Transport> {
+    let mut config = TransportConfig::new(
+        data.to_owned(),
+        MailboxKey::generate(),
+        "bench.spore.test",
+        relay,
+        DirectorySource::File {
+            path: directory_path.to_owned(),
+            refresh: Duration::from_secs(60),
+        },
+        Trust {
+            authorities: vec![authority_key],
+            threshold: 1,
+        },
+    );
+    config.rates = rates;
+    config.build_threads = build_threads;
+    Ok(Transport::start(config).await?)
+}
+
 pub fn build_rate(directory: &Directory, n: usize) -> Result<f64> {
     let routes = RouteSelector::new(directory, directory.epoch);
     let mut rng = rand::rng();
@@ -188,23 +217,15 @@ pub async fn run(cfg: &ClientBenchConfig) -> Result<ClientReport> {
         .context("the network has no entry/mailbox relay")?
         .id;
     let data = tempfile::tempdir()?;
-    let mut config = TransportConfig::new(
-        data.path().join("client"),
-        MailboxKey::generate(),
-        "bench.spore.test",
+    let transport = start_client(
+        &data.path().join("client"),
         relay,
-        DirectorySource::File {
-            path: directory_path.clone(),
-            refresh: Duration::from_secs(60),
-        },
-        Trust {
-            authorities: vec![authority_key],
-            threshold: 1,
-        },
-    );
-    config.rates = cfg.rates;
-    config.build_threads = cfg.build_threads;
-    let transport = Transport::start(config).await?;
+        &directory_path,
+        authority_key,
+        cfg.rates,
+        cfg.build_threads,
+    )
+    .await?;
     let rates = transport.rates();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let me = std::process::id();
@@ -369,23 +390,15 @@ pub async fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport> 
         mailbox_key: MailboxKey::generate().public().to_bytes(),
     };
     let data = tempfile::tempdir()?;
-    let mut config = TransportConfig::new(
-        data.path().join("client"),
-        MailboxKey::generate(),
-        "bench.spore.test",
+    let transport = start_client(
+        &data.path().join("client"),
         relay,
-        DirectorySource::File {
-            path: directory_path.clone(),
-            refresh: Duration::from_secs(60),
-        },
-        Trust {
-            authorities: vec![authority_key],
-            threshold: 1,
-        },
-    );
-    config.rates = cfg.rates;
-    config.build_threads = cfg.build_threads;
-    let transport = Transport::start(config).await?;
+        &directory_path,
+        authority_key,
+        cfg.rates,
+        cfg.build_threads,
+    )
+    .await?;
     let rates = transport.rates();
     let fragments_per_message = {
         let b = Bundle {
