@@ -40,6 +40,8 @@ impl MailboxService {
     fn update_gauges(&self) {
         let (items, bytes) = self.store.total_usage();
         self.metrics.set_mailbox_usage(items, bytes);
+        self.metrics
+            .set_mailbox_damaged_records(self.store.damaged_records());
     }
 
     /// The [`PULL_SLOTS`] frames answering a pull by `owner`. Blocking (file reads).

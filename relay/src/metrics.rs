@@ -74,6 +74,7 @@ pub struct Metrics {
     link_connect_failures: Counter,
     mailbox_items: Gauge,
     mailbox_bytes: Gauge,
+    mailbox_damaged_records: Gauge,
     replay_tags: Gauge,
     pulls: Counter,
     items_deleted: Counter,
@@ -105,6 +106,8 @@ pub struct MetricsSnapshot {
     pub connections_open: i64,
     pub mailbox_items: i64,
     pub mailbox_bytes: i64,
+    /// Records or tombstones of the mailbox files that failed their checksum (skipped).
+    pub mailbox_damaged_records: i64,
     pub replay_tags: i64,
     pub pulls: u64,
     pub items_deleted: u64,
@@ -145,6 +148,7 @@ impl Metrics {
             link_connect_failures: Counter::default(),
             mailbox_items: Gauge::default(),
             mailbox_bytes: Gauge::default(),
+            mailbox_damaged_records: Gauge::default(),
             replay_tags: Gauge::default(),
             pulls: Counter::default(),
             items_deleted: Counter::default(),
@@ -220,6 +224,11 @@ impl Metrics {
             "mailbox_bytes",
             "Payload bytes stored in all mailboxes",
             m.mailbox_bytes.clone(),
+        );
+        r.register(
+            "mailbox_damaged_records",
+            "Mailbox records or tombstones skipped because their checksum failed (torn writes, disk damage)",
+            m.mailbox_damaged_records.clone(),
         );
         r.register(
             "replay_tags",
@@ -306,6 +315,10 @@ impl Metrics {
         self.mailbox_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
+    pub fn set_mailbox_damaged_records(&self, n: u64) {
+        self.mailbox_damaged_records
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     pub fn set_replay_tags(&self, n: usize) {
         self.replay_tags.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -353,6 +366,7 @@ impl Metrics {
             connections_open: self.connections_open.get(),
             mailbox_items: self.mailbox_items.get(),
             mailbox_bytes: self.mailbox_bytes.get(),
+            mailbox_damaged_records: self.mailbox_damaged_records.get(),
             replay_tags: self.replay_tags.get(),
             pulls: self.pulls.get(),
             items_deleted: self.items_deleted.get(),

@@ -273,3 +273,49 @@ async fn surb_ack_is_released_after_the_store() {
     assert_eq!(acks[0].surb_id, ack_id);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_damaged_record_is_skipped_counted_and_shown_in_the_metrics() {
+    let mut relay = TestRelay::start().await;
+    let owner = mailbox_key();
+    let packets: Vec<_> = [b"first", b"other"]
+        .iter()
+        .map(|body| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], *body))
+        .collect();
+    send_packets(&relay, &packets).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
+    assert_eq!(relay.r().metrics().mailbox_damaged_records, 0);
+
+    // Flip one payload byte of the first record on disk while the relay is down.
+    relay
+        .restart_with(|data| {
+            let mut segments: Vec<_> = std::fs::read_dir(data.join("mailbox"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                .collect();
+            segments.sort();
+            let first = segments.first().expect("a segment file");
+            let mut bytes = std::fs::read(first).unwrap();
+            bytes[500] ^= 0xff;
+            std::fs::write(first, bytes).unwrap();
+        })
+        .await;
+
+    assert!(
+        wait_until(WAIT, || relay.r().metrics().mailbox_damaged_records == 1).await,
+        "the gauge shows the damaged record"
+    );
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    assert_eq!(
+        items.len(),
+        1,
+        "the damaged record is skipped, the other kept"
+    );
+    assert_eq!(
+        spore_protocol::packet::open_final_payload(&items[0].payload[..]).unwrap(),
+        b"other"
+    );
+    relay.shutdown().await;
+}

@@ -64,9 +64,15 @@ impl TestRelay {
 
     /// Graceful shutdown and start again on the same data and keys (new port).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`restart`](Self::restart), with `between` run on the data dir while the relay is down.
+    pub async fn restart_with(&mut self, between: impl FnOnce(&std::path::Path)) {
         if let Some(r) = self.relay.take() {
             r.shutdown().await.unwrap();
         }
+        between(&self.config.data_dir);
         let mut last = None;
         for _ in 0..50 {
             match Relay::start_with_clock(
