@@ -308,14 +308,13 @@ async fn a_damaged_record_is_skipped_counted_and_shown_in_the_metrics() {
     );
     let mut link = relay.link(&owner.secret_bytes()).await;
     let items = pull(&mut link).await;
+    // Which of the two was written first depends on the workers; the other one is intact.
     assert_eq!(
         items.len(),
         1,
         "the damaged record is skipped, the other kept"
     );
-    assert_eq!(
-        spore_protocol::packet::open_final_payload(&items[0].payload[..]).unwrap(),
-        b"other"
-    );
+    let kept = spore_protocol::packet::open_final_payload(&items[0].payload[..]).unwrap();
+    assert!(kept == b"first" || kept == b"other");
     relay.shutdown().await;
 }
