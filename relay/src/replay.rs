@@ -160,7 +160,9 @@ struct LogWriter {
 impl LogWriter {
     /// Opens (creating it durably if needed) an epoch's log; writing resumes where its records
     /// end, over whatever a torn or failed write left there.
-    fn open(path: &Path) -> Result<Self> {
+    /// `end`: where the records end, when the caller has just read the log (at start-up);
+    /// otherwise the log is read to find it.
+    fn open(path: &Path, end: Option<u64>) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -175,7 +177,10 @@ impl LogWriter {
                 sync_dir(dir)?;
             }
         }
-        let end = load_log(path, &mut TagSet::default())?;
+        let end = match end {
+            Some(end) => end,
+            None => load_log(path, &mut TagSet::default())?,
+        };
         Ok(Self {
             file,
             end,
@@ -245,6 +250,7 @@ impl ReplayCache {
             write_floor(dir, floor)?;
         }
         let mut epochs = HashMap::new();
+        let mut logs = HashMap::new();
         let mut removed = false;
         for entry in std::fs::read_dir(dir).map_err(file_error(dir))? {
             let path = entry.map_err(file_error(dir))?.path();
@@ -264,8 +270,9 @@ impl ReplayCache {
                 continue;
             }
             let mut seen = TagSet::default();
-            load_log(&path, &mut seen)?;
+            let end = load_log(&path, &mut seen)?;
             epochs.insert(epoch, seen);
+            logs.insert(epoch, LogWriter::open(&path, Some(end))?);
         }
         if removed {
             sync_dir(dir)?;
@@ -273,7 +280,7 @@ impl ReplayCache {
         Ok(Self {
             dir: dir.to_owned(),
             epochs: Mutex::new(epochs),
-            logs: Mutex::new(HashMap::new()),
+            logs: Mutex::new(logs),
             floor: AtomicU64::new(floor),
         })
     }
@@ -352,7 +359,9 @@ impl ReplayCache {
             let path = log_path(&self.dir, epoch);
             let log = match logs.entry(epoch) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(LogWriter::open(&path)?),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(LogWriter::open(&path, None)?)
+                }
             };
             if let Err(e) = log.append(&buf) {
                 // A failed write may have left part of a group: reopening finds where the
