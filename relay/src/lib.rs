@@ -64,7 +64,7 @@ pub use descriptor::build as build_descriptor;
 pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};
 pub use error::{RelayError, Result};
 pub use keys::{KeySchedule, RelayKeys};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Metrics, MetricsSnapshot, Stage};
 pub use relay::{Relay, RunningRelay};
 pub use replay::ReplayCache;
 pub use shutdown::{Shutdown, os_signal};

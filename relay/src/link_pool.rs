@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spore_protocol::RelayId;
 use spore_protocol::link::Frame;
@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::connection::Link;
 use crate::directory::DirectoryView;
-use crate::metrics::{Metrics, Queue};
-use crate::mix::PacketIngress;
+use crate::metrics::{Metrics, Queue, Stage};
+use crate::mix::{HopTiming, PacketIngress};
 use crate::shutdown::Shutdown;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -28,7 +28,14 @@ const IDLE_CLOSE: Duration = Duration::from_secs(240);
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
 
-type PacketTx = mpsc::Sender<Box<[u8; PACKET_SIZE]>>;
+/// A packet waiting for its link, with (for a forwarded packet) what the relay needs to
+/// export how long it took here.
+struct Queued {
+    packet: Box<[u8; PACKET_SIZE]>,
+    timing: Option<(HopTiming, Instant)>,
+}
+
+type PacketTx = mpsc::Sender<Queued>;
 
 /// Settings for outbound links.
 #[derive(Debug, Clone)]
@@ -74,6 +81,17 @@ impl LinkPool {
     /// Queues `packet` for `next_hop`. Never blocks; drops and counts on a full queue or an
     /// unknown hop. A packet addressed to this relay itself goes straight to its own workers.
     pub fn send(self: &Arc<Self>, next_hop: RelayId, packet: Box<[u8; PACKET_SIZE]>) {
+        self.send_timed(next_hop, packet, None);
+    }
+
+    /// [`send`](Self::send) for a forwarded packet: once it is flushed to the next hop, its
+    /// time in this relay goes into the added-latency and link-stage histograms.
+    pub fn send_timed(
+        self: &Arc<Self>,
+        next_hop: RelayId,
+        packet: Box<[u8; PACKET_SIZE]>,
+        timing: Option<HopTiming>,
+    ) {
         if next_hop == self.self_id {
             self.metrics.forwarded();
             self.local.submit(packet);
@@ -83,7 +101,10 @@ impl LinkPool {
             self.metrics.dropped("shutting_down");
             return;
         }
-        let mut packet = packet;
+        let mut queued = Queued {
+            packet,
+            timing: timing.map(|t| (t, Instant::now())),
+        };
         for _ in 0..2 {
             let tx = {
                 let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,7 +125,7 @@ impl LinkPool {
                     }
                 }
             };
-            match tx.try_send(packet) {
+            match tx.try_send(queued) {
                 Ok(()) => {
                     self.metrics.queue_add(Queue::Link, 1);
                     return;
@@ -114,18 +135,15 @@ impl LinkPool {
                     return;
                 }
                 // The link task just closed (idle); start a new one.
-                Err(mpsc::error::TrySendError::Closed(p)) => packet = p,
+                Err(mpsc::error::TrySendError::Closed(q)) => queued = q,
             }
         }
         self.metrics.dropped("link_closed");
     }
 
-    async fn run_link(
-        self: Arc<Self>,
-        hop: RelayId,
-        mut rx: mpsc::Receiver<Box<[u8; PACKET_SIZE]>>,
-    ) {
+    async fn run_link(self: Arc<Self>, hop: RelayId, mut rx: mpsc::Receiver<Queued>) {
         let mut backoff = BACKOFF_MIN;
+        let mut flushed: Vec<(HopTiming, Instant)> = Vec::with_capacity(WRITE_BATCH);
         'outer: loop {
             if self.shutdown.is_triggered() {
                 break;
@@ -181,9 +199,11 @@ impl LinkPool {
                         let mut n = 0i64;
                         let mut pending = Some(first);
                         let mut failed = false;
-                        while let Some(p) = pending.take() {
+                        flushed.clear();
+                        while let Some(q) = pending.take() {
                             n += 1;
-                            if let Err(e) = link.writer.write_frame(&Frame::Packet(p)).await {
+                            flushed.extend(q.timing);
+                            if let Err(e) = link.writer.write_frame(&Frame::Packet(q.packet)).await {
                                 tracing::debug!(hop = ?hop, error = %e, "link write failed");
                                 self.metrics.dropped("link_write_failed");
                                 failed = true;
@@ -198,6 +218,13 @@ impl LinkPool {
                         if failed || link.writer.flush().await.is_err() {
                             continue 'outer;
                         }
+                        let now = Instant::now();
+                        for (timing, queued_at) in flushed.drain(..) {
+                            self.metrics.observe_stage(Stage::Link, now.saturating_duration_since(queued_at));
+                            self.metrics.observe_added_latency(
+                                now.saturating_duration_since(timing.received).saturating_sub(timing.delay),
+                            );
+                        }
                     }
                 }
             }
@@ -206,14 +233,14 @@ impl LinkPool {
         // Packets that raced with the close: hand them to a fresh link (or drop them when
         // the relay is stopping or the hop left the directory).
         let mut left = Vec::new();
-        while let Ok(p) = rx.try_recv() {
-            left.push(p);
+        while let Ok(q) = rx.try_recv() {
+            left.push(q);
         }
         self.metrics.queue_sub(Queue::Link, left.len() as i64);
         let resubmit = !self.shutdown.is_triggered() && self.directory.peer(&hop).is_some();
-        for p in left {
+        for q in left {
             if resubmit {
-                self.send(hop, p);
+                self.send_timed(hop, q.packet, q.timing.map(|(t, _)| t));
             } else {
                 self.metrics.dropped("link_closed");
             }

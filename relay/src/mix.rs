@@ -4,7 +4,7 @@
 //! ```text
 //! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──┬─(due)──────────────▶ link pool
 //!        (bounded,     (std sync_channel)  parse, X25519,      one fdatasync │
-//!         drop+count)                      replay check,       per group,    └─▶ delay task ──▶ link pool
+//!         drop+count)                      replay check,       per group,    └─▶ delay thread ──▶ link pool
 //!                                          unwrap, store       then release      (heap of deadlines)
 //! ```
 //!
@@ -21,32 +21,47 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant as StdInstant};
+use std::time::{Duration, Instant};
 
 use spore_protocol::packet::{self, IncomingPacket, PacketLimits, Unwrapped};
 use spore_protocol::params::{PACKET_SIZE, PAYLOAD_SIZE};
 use spore_protocol::{MailboxId, RelayId};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use x25519_dalek::StaticSecret;
 
 use crate::clock::Clock;
 use crate::delay_queue::Scheduled;
 use crate::keys::{KeySchedule, RelayKeys};
-use crate::metrics::{Metrics, Queue};
+use crate::metrics::{Metrics, Queue, Stage};
 use crate::replay::{ReplayCache, ShortTag};
 use crate::store::{Database, MailboxStore};
 
 /// A packet on its way to a next hop.
 pub type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);
 
+/// A forwarded packet waiting in the delay queue.
+pub(crate) type Delayed = (OutboundPacket, HopTiming);
+
 /// Most packets one group commit takes: bounds the time the first of them waits for the last.
 const MAX_GROUP: usize = 4096;
+
+/// A packet read from a link, with the moment it was read.
+pub(crate) struct Inbound {
+    packet: Box<[u8; PACKET_SIZE]>,
+    received: Instant,
+}
+
+/// When a forwarded packet reached this relay and how long its header told it to wait: all
+/// the relay needs to export its own added latency per hop. Durations only, never identities.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HopTiming {
+    pub received: Instant,
+    pub delay: Duration,
+}
 
 /// The entry to the worker pool; cheap to clone, one per connection.
 #[derive(Clone)]
 pub struct PacketIngress {
-    tx: SyncSender<Box<[u8; PACKET_SIZE]>>,
+    tx: SyncSender<Inbound>,
     metrics: Arc<Metrics>,
 }
 
@@ -59,7 +74,11 @@ impl std::fmt::Debug for PacketIngress {
 impl PacketIngress {
     /// Queues a packet for unwrapping; drops (and counts) it if the queue is full. Never blocks.
     pub fn submit(&self, packet: Box<[u8; PACKET_SIZE]>) {
-        match self.tx.try_send(packet) {
+        let inbound = Inbound {
+            packet,
+            received: Instant::now(),
+        };
+        match self.tx.try_send(inbound) {
             Ok(()) => self.metrics.queue_add(Queue::Unwrap, 1),
             Err(TrySendError::Full(_)) => self.metrics.dropped("unwrap_queue_full"),
             Err(TrySendError::Disconnected(_)) => self.metrics.dropped("shutting_down"),
@@ -70,11 +89,12 @@ impl PacketIngress {
 /// What a worker hands to the committer.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Forward after the delay. `at` is computed when the packet was unwrapped.
+    /// Forward at `at`: the moment the packet was read plus the delay its header asks for.
     Forward {
         at: Instant,
         next_hop: RelayId,
         packet: Box<[u8; PACKET_SIZE]>,
+        timing: HopTiming,
     },
     /// Stored in a mailbox; the SURB-ack (if the payload carried one) goes out after the commit.
     Stored { ack: Option<OutboundPacket> },
@@ -88,6 +108,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Processed {
     tag: Option<(u64, ShortTag)>,
     outcome: Option<Outcome>,
+    /// When the worker finished with it.
+    ready: Instant,
 }
 
 /// Everything a worker needs; shared by all workers.
@@ -138,6 +160,7 @@ impl MixContext {
     fn process(
         &self,
         bytes: &[u8; PACKET_SIZE],
+        received: Instant,
         secrets: &[(u64, StaticSecret)],
         tag: &mut Option<(u64, ShortTag)>,
     ) -> Result<Option<Outcome>, Reason> {
@@ -159,12 +182,16 @@ impl MixContext {
                 Some(short) => *tag = Some((*epoch, short)),
                 None => return Err("replay"),
             }
-            return self.handle_unwrapped(unwrapped);
+            return self.handle_unwrapped(unwrapped, received);
         }
         Err("no_key")
     }
 
-    fn handle_unwrapped(&self, unwrapped: Unwrapped) -> Result<Option<Outcome>, Reason> {
+    fn handle_unwrapped(
+        &self,
+        unwrapped: Unwrapped,
+        received: Instant,
+    ) -> Result<Option<Outcome>, Reason> {
         match unwrapped {
             Unwrapped::Forward {
                 next_hop,
@@ -175,10 +202,14 @@ impl MixContext {
                     .into_boxed_slice()
                     .try_into()
                     .map_err(|_| "malformed")?;
+                // The delay runs from the packet's arrival, as an observer of the links sees
+                // it: queueing, unwrapping and the durable commit of its replay tag happen
+                // inside the delay instead of being added to it.
                 Ok(Some(Outcome::Forward {
-                    at: Instant::now() + delay,
+                    at: received + delay,
                     next_hop,
                     packet,
+                    timing: HopTiming { received, delay },
                 }))
             }
             Unwrapped::Final {
@@ -225,7 +256,7 @@ impl MixContext {
 pub(crate) fn unwrap_queue(
     capacity: usize,
     metrics: Arc<Metrics>,
-) -> (PacketIngress, Receiver<Box<[u8; PACKET_SIZE]>>) {
+) -> (PacketIngress, Receiver<Inbound>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
     (PacketIngress { tx, metrics }, rx)
 }
@@ -235,7 +266,7 @@ pub(crate) fn unwrap_queue(
 pub(crate) fn spawn_workers(
     n: usize,
     ctx: Arc<MixContext>,
-    rx: Receiver<Box<[u8; PACKET_SIZE]>>,
+    rx: Receiver<Inbound>,
     commit_tx: SyncSender<Vec<Processed>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -256,11 +287,7 @@ pub(crate) fn spawn_workers(
 /// The next packet, one at a time, so that with several workers a short burst is spread over
 /// all of them instead of queueing behind the one that took it. With `wait` false, returns
 /// `Next::Empty` at once if no packet is waiting (or another worker is waiting for one).
-fn next_packet(
-    rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
-    stop: &AtomicBool,
-    wait: bool,
-) -> Next {
+fn next_packet(rx: &Mutex<Receiver<Inbound>>, stop: &AtomicBool, wait: bool) -> Next {
     if !wait {
         let rx = match rx.try_lock() {
             Ok(rx) => rx,
@@ -285,7 +312,7 @@ fn next_packet(
 }
 
 enum Next {
-    Packet(Box<[u8; PACKET_SIZE]>),
+    Packet(Inbound),
     Empty,
     Stop,
 }
@@ -298,9 +325,16 @@ enum Next {
 /// the p99 of the relay's own path stayed under 1.1 ms either way (data dir on tmpfs).
 const HOLD_MAX: Duration = Duration::from_micros(2000);
 
+/// A held group goes on once one of its packets is due within this: time for the committer to
+/// finish a sync in progress and make one more. Holding is free for a packet whose delay still
+/// has more than this to run, and that is nearly every packet of a real network (delays are
+/// exponential with a mean of tens of ms); a packet that is due already when unwrapped (delay
+/// 0, as in throughput benchmarks) gains nothing from an early hand-off and is grouped.
+const COMMIT_MARGIN: Duration = Duration::from_micros(1000);
+
 fn worker_loop(
     ctx: &MixContext,
-    rx: &Mutex<Receiver<Box<[u8; PACKET_SIZE]>>>,
+    rx: &Mutex<Receiver<Inbound>>,
     commit_tx: &SyncSender<Vec<Processed>>,
     stop: &AtomicBool,
 ) {
@@ -308,7 +342,9 @@ fn worker_loop(
     let mut secrets = Vec::new();
     let mut secrets_at = 0u64;
     let mut held: Vec<Processed> = Vec::new();
-    let mut held_since = StdInstant::now();
+    let mut held_since = Instant::now();
+    // The earliest deadline still ahead among the held packets.
+    let mut held_deadline: Option<Instant> = None;
     loop {
         let packet = match next_packet(rx, stop, held.is_empty()) {
             Next::Packet(p) => Some(p),
@@ -318,14 +354,16 @@ fn worker_loop(
                 return;
             }
         };
-        let Some(packet) = packet else {
+        let Some(Inbound { packet, received }) = packet else {
             if !hand_off(ctx, commit_tx, &mut held) {
                 return;
             }
             continue;
         };
         ctx.metrics.queue_sub(Queue::Unwrap, 1);
-        let t0 = StdInstant::now();
+        let t0 = Instant::now();
+        ctx.metrics
+            .observe_stage(Stage::UnwrapQueue, t0.saturating_duration_since(received));
         // The accepted epochs depend only on the (injected) clock's second and the replay
         // floor (which `mark` checks anyway): look them up once per second, not per packet.
         let now_unix = ctx.clock.now_unix();
@@ -337,13 +375,15 @@ fn worker_loop(
         // A bug in the Sphinx code on some hostile input must cost one packet, not a
         // worker: contain it, count it, keep going.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ctx.process(&packet, &secrets, &mut tag)
+            ctx.process(&packet, received, &secrets, &mut tag)
         }))
         .unwrap_or_else(|_| {
             tracing::error!("panic while processing a packet; packet dropped");
             Err("internal_panic")
         });
-        ctx.metrics.observe_unwrap(t0.elapsed());
+        let ready = Instant::now();
+        ctx.metrics
+            .observe_unwrap(ready.saturating_duration_since(t0));
         let outcome = match result {
             Ok(o) => o,
             Err(reason) => {
@@ -356,11 +396,25 @@ fn worker_loop(
         }
         if held.is_empty() {
             held_since = t0;
+            held_deadline = None;
+        }
+        if let Some(Outcome::Forward { at, .. }) = &outcome
+            && *at > ready
+        {
+            held_deadline = Some(held_deadline.map_or(*at, |d| d.min(*at)));
         }
         ctx.metrics
             .queue_add(Queue::Commit, i64::from(outcome.is_some()));
-        held.push(Processed { tag, outcome });
-        if held_since.elapsed() >= HOLD_MAX && !hand_off(ctx, commit_tx, &mut held) {
+        held.push(Processed {
+            tag,
+            outcome,
+            ready,
+        });
+        let now = Instant::now();
+        let due = held_deadline.is_some_and(|d| d <= now + COMMIT_MARGIN);
+        if (due || now.saturating_duration_since(held_since) >= HOLD_MAX)
+            && !hand_off(ctx, commit_tx, &mut held)
+        {
             return;
         }
     }
@@ -392,12 +446,12 @@ pub(crate) fn spawn_committer<F>(
     db: Database,
     replay: Arc<ReplayCache>,
     rx: Receiver<Vec<Processed>>,
-    delay_tx: mpsc::Sender<Scheduled<OutboundPacket>>,
+    delay_tx: SyncSender<Scheduled<Delayed>>,
     release: F,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
-    F: Fn(OutboundPacket) + Send + 'static,
+    F: Fn(OutboundPacket, Option<HopTiming>) + Send + 'static,
 {
     // `release` may start a link task, which needs the runtime this relay runs on.
     let runtime = tokio::runtime::Handle::current();
@@ -406,14 +460,14 @@ where
         .spawn(move || {
             let _runtime = runtime.enter();
             let mut tags: Vec<(u64, ShortTag)> = Vec::new();
-            let mut outcomes: Vec<Outcome> = Vec::new();
+            let mut outcomes: Vec<(Outcome, Instant)> = Vec::new();
             while let Ok(first) = rx.recv() {
                 let mut next = Some(first);
                 let mut taken = 0usize;
                 while let Some(group) = next {
                     for p in group {
                         tags.extend(p.tag);
-                        outcomes.extend(p.outcome);
+                        outcomes.extend(p.outcome.map(|o| (o, p.ready)));
                         taken += 1;
                     }
                     next = if taken < MAX_GROUP {
@@ -424,15 +478,18 @@ where
                 }
                 let n = outcomes.len();
                 metrics.queue_sub(Queue::Commit, n as i64);
-                let t0 = StdInstant::now();
-                let stores = outcomes.iter().any(|o| matches!(o, Outcome::Stored { .. }));
+                let t0 = Instant::now();
+                let stores = outcomes
+                    .iter()
+                    .any(|(o, _)| matches!(o, Outcome::Stored { .. }));
                 // Forwarded packets need only their tags durable; the database's fsync is paid
                 // only by groups that put something in a mailbox.
                 let committed = replay
                     .persist(&tags)
                     .and_then(|()| if stores { db.commit() } else { Ok(()) });
                 tags.clear();
-                metrics.observe_commit(t0.elapsed());
+                let now = Instant::now();
+                metrics.observe_commit(now.saturating_duration_since(t0));
                 if let Err(e) = committed {
                     tracing::error!(error = %e, "group commit failed; dropping the group");
                     for _ in 0..n {
@@ -441,38 +498,37 @@ where
                     outcomes.clear();
                     continue;
                 }
-                let now = Instant::now();
-                for outcome in outcomes.drain(..) {
-                    let scheduled = match outcome {
+                for (outcome, ready) in outcomes.drain(..) {
+                    match outcome {
                         Outcome::Forward {
                             at,
                             next_hop,
                             packet,
-                        } if at <= now => {
-                            release((next_hop, packet));
-                            continue;
+                            timing,
+                        } => {
+                            metrics
+                                .observe_stage(Stage::Commit, now.saturating_duration_since(ready));
+                            if at <= now {
+                                release((next_hop, packet), Some(timing));
+                                continue;
+                            }
+                            let scheduled = Scheduled {
+                                at,
+                                item: ((next_hop, packet), timing),
+                            };
+                            // Blocking here pushes back on the workers, and through the bounded
+                            // unwrap queue on the links, instead of growing memory.
+                            if delay_tx.send(scheduled).is_err() {
+                                metrics.dropped("shutting_down");
+                            }
                         }
-                        Outcome::Forward {
-                            at,
-                            next_hop,
-                            packet,
-                        } => Scheduled {
-                            at,
-                            item: (next_hop, packet),
-                        },
                         Outcome::Stored { ack } => {
                             metrics.stored();
                             if let Some(ack) = ack {
                                 metrics.ack_sent();
-                                release(ack);
+                                release(ack, None);
                             }
-                            continue;
                         }
-                    };
-                    // Blocking here pushes back on the workers, and through the bounded unwrap
-                    // queue on the links, instead of growing memory.
-                    if delay_tx.blocking_send(scheduled).is_err() {
-                        metrics.dropped("shutting_down");
                     }
                 }
             }

@@ -9,7 +9,7 @@ use spore_protocol::packet::PacketLimits;
 use spore_protocol::params::PACKET_SIZE;
 use spore_protocol::{MailboxId, RelayId};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::RelayConfig;
@@ -20,7 +20,7 @@ use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
 use crate::listener::{LinkSettings, Listener, Shared};
 use crate::mailbox::{self, MailboxService};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Metrics, MetricsSnapshot, Stage};
 use crate::mix::{self, MixContext, PacketIngress};
 use crate::replay::ReplayCache;
 use crate::shutdown::Shutdown;
@@ -129,17 +129,20 @@ impl Relay {
             shutdown.clone(),
         );
 
-        let (delay_tx, delay_rx) = mpsc::channel(4096);
-        {
+        let (delay_tx, delay_rx) = std::sync::mpsc::sync_channel(4096);
+        let delay_thread = {
             let pool = pool.clone();
-            shutdown.spawn(delay_queue::run(
+            let timer_metrics = metrics.clone();
+            delay_queue::spawn(
                 delay_rx,
                 config.limits.delay_queue,
-                move |(hop, packet): mix::OutboundPacket| pool.send(hop, packet),
+                move |((hop, packet), timing): mix::Delayed, late| {
+                    timer_metrics.observe_stage(Stage::DelayTimer, late);
+                    pool.send_timed(hop, packet, Some(timing));
+                },
                 metrics.clone(),
-                shutdown.clone(),
-            ));
-        }
+            )?
+        };
 
         let workers = config.worker_count();
         let ctx = Arc::new(MixContext {
@@ -162,7 +165,9 @@ impl Relay {
                 replay.clone(),
                 commit_rx,
                 delay_tx,
-                move |(hop, packet): mix::OutboundPacket| pool.send(hop, packet),
+                move |(hop, packet): mix::OutboundPacket, timing| {
+                    pool.send_timed(hop, packet, timing)
+                },
                 metrics.clone(),
             )?
         };
@@ -313,6 +318,7 @@ impl Relay {
             stop,
             workers: worker_threads,
             committer: Some(committer),
+            delay_thread: Some(delay_thread),
         })
     }
 }
@@ -368,6 +374,7 @@ pub struct RunningRelay {
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    delay_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningRelay {
@@ -498,6 +505,7 @@ impl RunningRelay {
         self.stop.store(true, Ordering::Release);
         let workers = std::mem::take(&mut self.workers);
         let committer = self.committer.take();
+        let delay_thread = self.delay_thread.take();
         let db = self.db.take();
         self.mailbox = None;
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -506,6 +514,9 @@ impl RunningRelay {
             }
             if let Some(c) = committer {
                 let _ = c.join();
+            }
+            if let Some(d) = delay_thread {
+                let _ = d.join();
             }
             if let Some(db) = db {
                 db.commit()?;

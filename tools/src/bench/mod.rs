@@ -13,10 +13,11 @@ pub mod client;
 pub mod latency;
 pub mod mailbox;
 pub mod relay;
+pub mod relay_metrics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -51,6 +52,10 @@ pub enum BenchCmd {
         /// Seconds of paced load per level.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Mean per-hop delay of the packets, ms (default: the network's 1/mu); 0 runs only
+        /// the delay-0 levels.
+        #[arg(long)]
+        mean_delay_ms: Option<f64>,
     },
     /// Durable store, pull/release, disk and memory of the mailbox store.
     Mailbox {
@@ -124,12 +129,21 @@ pub fn run_cli(args: BenchArgs) -> Result<()> {
             workers,
             capacity_packets,
             seconds,
+            mean_delay_ms,
         } => {
+            let mean_delay = match mean_delay_ms {
+                Some(ms) if ms.is_finite() && ms >= 0.0 => Duration::from_secs_f64(ms / 1e3),
+                Some(ms) => {
+                    anyhow::bail!("--mean-delay-ms must be a non-negative number, not {ms}")
+                }
+                None => latency::LatencyConfig::default_mean_delay(),
+            };
             let cfg = latency::LatencyConfig {
                 relay_bin: relay::relay_binary()?,
                 workers,
                 capacity_packets,
                 seconds,
+                mean_delay,
             };
             print(
                 args.json,
@@ -407,12 +421,36 @@ mod tests {
             workers: 1,
             capacity_packets: 300,
             seconds: 0.2,
+            mean_delay: Duration::from_millis(5),
         })
         .await
         .unwrap();
         assert_eq!(l.levels.len(), 3);
-        assert!(l.levels.iter().all(|x| x.lost == 0), "{l:?}");
+        assert_eq!(l.levels_delay0.len(), 3);
+        let all = l.levels.iter().chain(&l.levels_delay0);
+        assert!(all.clone().all(|x| x.lost == 0), "{l:?}");
         assert!(l.p50_us_at_10 > 0.0 && l.p99_us_at_90 >= l.p50_us_at_90);
+        // The relay's own histograms saw every packet of every level, and every stage.
+        for level in all {
+            assert_eq!(level.relay_added.count, level.packets as u64, "{level:?}");
+            for stage in ["unwrap_queue", "commit", "link"] {
+                assert_eq!(
+                    level.stages[stage].count, level.packets as u64,
+                    "{stage}: {level:?}"
+                );
+            }
+        }
+        // With delays, packets wait in the delay queue; with delay 0 they never do.
+        assert!(
+            l.levels.iter().all(|x| x.stages["delay_timer"].count > 0),
+            "{l:?}"
+        );
+        assert!(
+            l.levels_delay0
+                .iter()
+                .all(|x| x.stages["delay_timer"].count == 0),
+            "{l:?}"
+        );
     }
 
     #[test]

@@ -286,6 +286,8 @@ impl Default for Generator {
 pub struct RelayProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The relay's Prometheus endpoint (loopback).
+    pub metrics_addr: SocketAddr,
     pub link_public: [u8; 32],
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -310,13 +312,16 @@ impl RelayProcess {
         let epoch = now / params.epoch_length_secs;
         let key_file = dir.path().join("relay.key");
         keys.save(&key_file)?;
-        let addr = {
+        let free_port = || -> Result<SocketAddr> {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            l.local_addr()?
+            Ok(l.local_addr()?)
         };
+        let addr = free_port()?;
+        let metrics_addr = free_port()?;
         let authority_key = SigningKey::from_bytes(&rand::random());
         let mut config = RelayConfig::for_test(dir.path());
         config.listen = addr;
+        config.metrics_listen = Some(metrics_addr);
         config.layer = 1;
         config.roles = RolesConfig {
             entry: false,
@@ -361,6 +366,7 @@ impl RelayProcess {
         let mut me = Self {
             child,
             addr,
+            metrics_addr,
             link_public: keys.link_public(),
             log,
             _dir: dir,
@@ -404,6 +410,15 @@ pub fn build_packets(
     next: spore_protocol::RelayId,
     n: usize,
 ) -> Result<Vec<Vec<u8>>> {
+    build_delayed_packets(keys, next, &vec![Duration::ZERO; n])
+}
+
+/// Like [`build_packets`], packet `i` asking the relay under test to hold it for `delays[i]`.
+pub fn build_delayed_packets(
+    keys: &RelayKeys,
+    next: spore_protocol::RelayId,
+    delays: &[Duration],
+) -> Result<Vec<Vec<u8>>> {
     let epoch = now_unix() / NetworkParams::default().epoch_length_secs;
     let route = [
         RouteHop {
@@ -417,13 +432,15 @@ pub fn build_packets(
             )),
         },
     ];
-    (0..n)
-        .map(|i| {
+    delays
+        .iter()
+        .enumerate()
+        .map(|(i, delay)| {
             Ok(packet::build_packet(
                 &route,
                 MailboxId([1; 32]),
                 random_surb_id(),
-                &[Duration::ZERO, Duration::ZERO],
+                &[*delay, Duration::ZERO],
                 &(i as u64).to_be_bytes(),
             )?)
         })
