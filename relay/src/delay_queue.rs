@@ -108,6 +108,17 @@ impl<T> DelayQueue<T> {
     }
 }
 
+/// Asks the kernel to fire the calling thread's timers on time: by default Linux may fire a
+/// sleeping thread's timer up to 50 µs late, to batch wake-ups, and every delayed packet would
+/// pay that (`spore bench latency`: the delay timer's p50 lateness fell from 117–127 µs to
+/// 67–74 µs). Best effort: where it cannot be set, the default slack stays.
+pub fn precise_timers() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+    }
+}
+
 /// Something scheduled for later.
 #[derive(Debug)]
 pub struct Scheduled<T> {
@@ -144,6 +155,7 @@ where
         .name("delay-queue".into())
         .spawn(move || {
             let _runtime = runtime.as_ref().map(|r| r.enter());
+            precise_timers();
             let mut queue = DelayQueue::new(capacity);
             loop {
                 let now = Instant::now();

@@ -59,7 +59,7 @@ pub use config::{
     DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig,
 };
 pub use connection::Link;
-pub use delay_queue::DelayQueue;
+pub use delay_queue::{DelayQueue, precise_timers};
 pub use descriptor::build as build_descriptor;
 pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};
 pub use error::{RelayError, Result};

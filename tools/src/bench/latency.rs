@@ -165,9 +165,10 @@ async fn paced_send(mut link: Link, frames: Vec<Frame>, rate: f64) -> Result<(Li
 
 /// How late a thread of this machine wakes from a timed sleep, measured beside a load level:
 /// a thread that does nothing but sleep until evenly spaced deadlines (`rate` per second) and
-/// record how late it woke. Every hop waits for several such wake-ups (the relay's delay timer,
-/// its link task, the next hop's reader), so this is the floor under the relay's tail on this
-/// machine; on a VM it includes the hypervisor's scheduling of the vCPU.
+/// record how late it woke, with the timer slack of the relay's delay thread. Every hop waits
+/// for several such wake-ups (the relay's delay timer, its link task, the next hop's reader),
+/// so this is the floor under the relay's tail on this machine; on a VM it includes the
+/// hypervisor's scheduling of the vCPU.
 struct WakeupProbe {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<f64>>,
@@ -181,6 +182,8 @@ impl WakeupProbe {
         let thread = std::thread::Builder::new()
             .name("wakeup-probe".into())
             .spawn(move || {
+                // The same timer precision as the relay's delay thread, so that the two compare.
+                spore_relay::precise_timers();
                 let mut late = Vec::new();
                 let mut due = Instant::now() + period;
                 while !flag.load(Ordering::Relaxed) {
