@@ -58,6 +58,15 @@ pub(crate) struct HopTiming {
     pub delay: Duration,
 }
 
+impl HopTiming {
+    /// When the packet is due to leave. The delay runs from the packet's arrival, as an
+    /// observer of the links sees it: queueing, unwrapping and the durable commit of its replay
+    /// tag happen inside the delay instead of being added to it.
+    pub fn deadline(&self) -> Instant {
+        self.received + self.delay
+    }
+}
+
 /// The entry to the worker pool; cheap to clone, one per connection.
 #[derive(Clone)]
 pub struct PacketIngress {
@@ -89,9 +98,8 @@ impl PacketIngress {
 /// What a worker hands to the committer.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Forward at `at`: the moment the packet was read plus the delay its header asks for.
+    /// Forward at `timing.deadline()`: the moment the packet was read plus its header's delay.
     Forward {
-        at: Instant,
         next_hop: RelayId,
         packet: Box<[u8; PACKET_SIZE]>,
         timing: HopTiming,
@@ -202,11 +210,7 @@ impl MixContext {
                     .into_boxed_slice()
                     .try_into()
                     .map_err(|_| "malformed")?;
-                // The delay runs from the packet's arrival, as an observer of the links sees
-                // it: queueing, unwrapping and the durable commit of its replay tag happen
-                // inside the delay instead of being added to it.
                 Ok(Some(Outcome::Forward {
-                    at: received + delay,
                     next_hop,
                     packet,
                     timing: HopTiming { received, delay },
@@ -398,10 +402,11 @@ fn worker_loop(
             held_since = t0;
             held_deadline = None;
         }
-        if let Some(Outcome::Forward { at, .. }) = &outcome
-            && *at > ready
+        if let Some(Outcome::Forward { timing, .. }) = &outcome
+            && timing.deadline() > ready
         {
-            held_deadline = Some(held_deadline.map_or(*at, |d| d.min(*at)));
+            let at = timing.deadline();
+            held_deadline = Some(held_deadline.map_or(at, |d| d.min(at)));
         }
         ctx.metrics
             .queue_add(Queue::Commit, i64::from(outcome.is_some()));
@@ -501,13 +506,13 @@ where
                 for (outcome, ready) in outcomes.drain(..) {
                     match outcome {
                         Outcome::Forward {
-                            at,
                             next_hop,
                             packet,
                             timing,
                         } => {
                             metrics
                                 .observe_stage(Stage::Commit, now.saturating_duration_since(ready));
+                            let at = timing.deadline();
                             if at <= now {
                                 release((next_hop, packet), Some(timing));
                                 continue;

@@ -16,7 +16,7 @@
 //! and 90% of it, evenly spaced: the generator is a dedicated thread that sleeps until each
 //! packet is due and writes it by itself (see [`paced_send`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,17 +208,6 @@ impl WakeupProbe {
     }
 }
 
-/// Arrivals that are packets of this level.
-fn lat_count(arrivals: &[(Instant, [u8; 32])], alphas: &HashMap<[u8; 32], usize>) -> usize {
-    arrivals
-        .iter()
-        .filter(|(_, a)| alphas.contains_key(a))
-        .count()
-}
-
-/// One paced load level: `rate` packets/s for the configured time, each with its own delay
-/// drawn from an exponential of mean `mean_delay` (or 0). Measured from outside (generator
-/// write to sink read, minus the delay) and from inside (the relay's histograms).
 /// What every load level of one run shares.
 struct LevelRunner<'a> {
     cfg: &'a LatencyConfig,
@@ -228,6 +217,9 @@ struct LevelRunner<'a> {
     capacity: f64,
 }
 
+/// One paced load level: `rate` packets/s for the configured time, each with its own delay
+/// drawn from an exponential of mean `mean_delay` (or 0). Measured from outside (generator
+/// write to sink read, minus the delay) and from inside (the relay's histograms).
 async fn run_level(
     runner: &LevelRunner<'_>,
     link: Link,
@@ -266,39 +258,40 @@ async fn run_level(
     let longest = delays.iter().max().copied().unwrap_or_default();
     wait_for(sink, start + n as u64, Duration::from_secs(30) + longest).await;
     let arrivals = std::mem::take(&mut *sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+    // (the packet's own delay, its added latency in µs) for every packet of this level.
+    let added: Vec<(Duration, f64)> = arrivals
+        .iter()
+        .filter_map(|(t, alpha)| {
+            let i = *alphas.get(alpha)?;
+            let total = t.saturating_duration_since(sent_at[i]);
+            Some((
+                delays[i],
+                total.saturating_sub(delays[i]).as_secs_f64() * 1e6,
+            ))
+        })
+        .collect();
     // The relay records a packet just after flushing it, so the sink may see it first: give
     // the last records a moment to land.
     let counted_by = Instant::now() + Duration::from_secs(2);
     let inside = loop {
         let after = tokio::task::block_in_place(|| RelayHistograms::scrape(relay.metrics_addr))?;
         let inside = after.since(&before);
-        if inside.added.count() >= lat_count(&arrivals, &alphas) as f64
-            || Instant::now() > counted_by
-        {
+        if inside.added.count() >= added.len() as f64 || Instant::now() > counted_by {
             break inside;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let mut lat: Vec<f64> = arrivals
-        .iter()
-        .filter_map(|(t, alpha)| {
-            let i = *alphas.get(alpha)?;
-            let total = t.saturating_duration_since(sent_at[i]);
-            Some(total.saturating_sub(delays[i]).as_secs_f64() * 1e6)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let mut long: Vec<f64> = arrivals
-        .iter()
-        .filter_map(|(t, alpha)| {
-            let i = *alphas.get(alpha)?;
-            (delays[i] >= Duration::from_millis(5)).then(|| {
-                let total = t.saturating_duration_since(sent_at[i]);
-                total.saturating_sub(delays[i]).as_secs_f64() * 1e6
-            })
-        })
-        .collect();
-    long.sort_by(f64::total_cmp);
+    let sorted = |keep: &dyn Fn(Duration) -> bool| {
+        let mut v: Vec<f64> = added
+            .iter()
+            .filter(|(d, _)| keep(*d))
+            .map(|(_, us)| *us)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let lat = sorted(&|_| true);
+    let long = sorted(&|d| d >= Duration::from_millis(5));
     Ok((
         link,
         LoadLevel {
