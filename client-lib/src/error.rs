@@ -10,8 +10,8 @@ pub enum ClientError {
     #[error(transparent)]
     Protocol(#[from] spore_protocol::Error),
     /// The durable store failed; nothing was acknowledged.
-    #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// A file (directory, key) could not be read.
     #[error("{path}: {source}")]
     File {
@@ -44,11 +44,63 @@ pub enum ClientError {
     Stopped,
 }
 
+/// The durable store (outbox, inbox, dedup tables in the data dir) failed.
+///
+/// The database behind it is an implementation detail: callers decide on [`Self::kind`], and
+/// the message names the database's own error for operators.
+#[derive(Debug, Error)]
+#[error("storage: {database}")]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    // Not a `source()`: its text is already in the message above.
+    database: sled::Error,
+}
+
+/// What kind of failure a [`StorageError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// The data dir could not be read or written, or another process (or a transport in this
+    /// one that has not finished stopping) holds its lock.
+    Io,
+    /// The database files are damaged.
+    Corrupt,
+    /// Anything else the database reports (unsupported operation, a bug of its own).
+    Other,
+}
+
+impl StorageError {
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+}
+
+// `?` on the store's database calls. Hidden: the database's types are not part of the API.
+#[doc(hidden)]
+impl From<sled::Error> for StorageError {
+    fn from(database: sled::Error) -> Self {
+        let kind = match database {
+            sled::Error::Io(_) => StorageErrorKind::Io,
+            sled::Error::Corruption { .. } => StorageErrorKind::Corrupt,
+            _ => StorageErrorKind::Other,
+        };
+        Self { kind, database }
+    }
+}
+
+#[doc(hidden)]
+impl From<sled::Error> for ClientError {
+    fn from(e: sled::Error) -> Self {
+        ClientError::Storage(e.into())
+    }
+}
+
+#[doc(hidden)]
 impl From<sled::transaction::TransactionError<ClientError>> for ClientError {
     fn from(e: sled::transaction::TransactionError<ClientError>) -> Self {
         match e {
             sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => ClientError::Storage(e),
+            sled::transaction::TransactionError::Storage(e) => e.into(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! # spore-client
 //!
-//! What a homeserver embeds (or runs beside itself as `spore-sidecar`): federation requests go
-//! in, leave as padded, delayed, cover-traffic-hidden Sphinx packets, and come back out of the
-//! recipient's mailbox exactly once.
+//! What a homeserver embeds (or runs beside itself as `spore-sidecar`, the `sidecar/` crate,
+//! which uses only this crate's public API): federation requests go in, leave as padded,
+//! delayed, cover-traffic-hidden Sphinx packets, and come back out of the recipient's mailbox
+//! exactly once.
 //!
 //! Where it sits in the data path: [`Transport::send`] packs a request into a bundle, cuts it
 //! into fragments sealed to the recipient's mailbox key, and queues them durably in the outbox
@@ -16,7 +17,8 @@
 //! `(origin, txnId)` and kept in a durable inbox until the consumer [`Transport::ack`]s them.
 //!
 //! [`SporeFederationClient`] is the `tower::Service` adapter a Rust homeserver swaps in for its
-//! federation client; the `spore-sidecar` binary does the same for any homeserver over HTTP.
+//! federation client; the `spore-sidecar` binary (crate `spore-sidecar`) does the same for any
+//! homeserver over HTTP. This crate has no HTTP server, TLS or command line of its own.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -30,32 +32,15 @@ mod packets;
 mod receiver;
 mod scheduler;
 mod service;
-pub mod sidecar;
 mod store;
 mod transport;
 
 pub use config::{DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust};
-pub use error::{ClientError, Result};
+pub use error::{ClientError, Result, StorageError, StorageErrorKind};
 pub use scheduler::{PoissonSchedule, Stream, backoff};
 pub use service::{
-    Resolver, SporeFederationClient, StaticResolver, destination_of, to_federation_request,
-    to_http_response, transaction_id,
+    Resolver, SporeFederationClient, StaticResolver, destination_of, is_hop_by_hop,
+    to_federation_request, to_http_response, transaction_id,
 };
 pub use store::{FragmentOutcome, InboundLimits, OutgoingMessage, Store};
 pub use transport::{InboundId, InboundRequest, Transport, TransportEvent, TransportStats};
-
-// Synapse interop (issue 7): the outbound proxy, its local CA, server keys, inbound delivery.
-mod homeserver;
-mod proxy;
-mod server_keys;
-mod sidecar_proxy;
-mod tls;
-pub use homeserver::{
-    DEADLINE_HEADER, DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound, request_expired,
-};
-pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
-pub use server_keys::{
-    KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
-};
-pub use sidecar_proxy::TransportCarrier;
-pub use tls::{CA_CERT_FILE, LocalCa, TlsError};

@@ -56,8 +56,9 @@ pub fn transaction_id<'a>(method: &str, path: &'a str) -> Option<&'a str> {
         .filter(|t| method.eq_ignore_ascii_case("PUT") && !t.is_empty() && !t.contains('/'))
 }
 
-/// Headers that describe one HTTP hop, not the request: never carried.
-fn is_hop_by_hop(name: &str) -> bool {
+/// Headers that describe one HTTP hop, not the request: never carried through Spore, in either
+/// direction (any case of `name`). The sidecar's proxy filters with the same list.
+pub fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),
         "connection"

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Rates, TransportConfig};
 use crate::directory::{DirectoryView, now_ms, now_unix};
 use crate::engine::{self, Command};
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, StorageErrorKind};
 use crate::packets::{PacketFactory, random_id};
 use crate::receiver;
 use crate::store::{InboundLimits, OutgoingMessage, Store};
@@ -624,7 +624,7 @@ async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
                 .map_err(|_| ClientError::Stopped)?;
         match result {
             Ok(store) => return Ok(store),
-            Err(ClientError::Storage(sled::Error::Io(e))) if attempt < 50 => {
+            Err(ClientError::Storage(e)) if e.kind() == StorageErrorKind::Io && attempt < 50 => {
                 tracing::debug!(error = %e, "store is locked; retrying");
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;

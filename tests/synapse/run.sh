@@ -56,7 +56,7 @@ say "synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)
 # ---------------------------------------------------------------- the sidecars
 CARRIER=${SPORE_SYNAPSE_CARRIER:-spore}
 say "building the sidecar ($CARRIER)"
-(cd "$ROOT" && cargo build -q -p spore-client --bin spore-sidecar \
+(cd "$ROOT" && cargo build -q -p spore-sidecar --bin spore-sidecar \
     && cargo build -q -p spore-tests --bin spore-loopback-gateway --bin spore-testnet)
 GATEWAY="$TARGET/debug/spore-loopback-gateway"
 SIDECAR="$TARGET/debug/spore-sidecar"
@@ -86,13 +86,13 @@ trap cleanup EXIT
 
 start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
     if [ "$CARRIER" = loopback ]; then
-        RUST_LOG="${RUST_LOG:-info},spore_client::proxy=debug" NO_COLOR=1 "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
+        RUST_LOG="${RUST_LOG:-info},spore_sidecar::proxy=debug" NO_COLOR=1 "$GATEWAY" --server-name "$1" --data-dir "$2/sidecar" \
             --homeserver "http://127.0.0.1:$5" --proxy-listen "127.0.0.1:$3" \
             --bundle-listen "127.0.0.1:$4" --peer "$6=http://127.0.0.1:$7" \
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$2/sidecar/ca.pem"
     else
-        RUST_LOG="${RUST_LOG:-info},spore_client::proxy=debug,spore_client::sidecar=debug,spore_client::sidecar_proxy=debug" NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
+        RUST_LOG="${RUST_LOG:-info},spore_sidecar::proxy=debug,spore_sidecar::sidecar=debug" NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$RUN/net/$1/data/ca/ca.pem"
     fi

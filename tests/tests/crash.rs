@@ -439,7 +439,7 @@ async fn put_txn(addr: &str, txn: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once() {
-    use spore_client::sidecar::{Sidecar, SidecarConfig};
+    use spore_sidecar::{Sidecar, SidecarConfig};
     use spore_tests::{StubHomeserver, Testnet, TestnetConfig};
     init_tracing();
     let bin = workspace_bin("spore-sidecar");

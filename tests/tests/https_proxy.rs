@@ -12,11 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use spore_client::{
+use spore_protocol::{FederationRequest, FederationResponse};
+use spore_sidecar::{
     Carrier, CarryError, CarryFuture, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
     ProxySettings, ServerKeyCache, canonical_json, unix_ms,
 };
-use spore_protocol::{FederationRequest, FederationResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use spore_client::sidecar::{Sidecar, SidecarConfig};
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
+use spore_sidecar::{Sidecar, SidecarConfig};
 use spore_tests::{StubHomeserver, Testnet, TestnetConfig};
 
 use crate::{init_tracing, wait_until};

@@ -1,5 +1,5 @@
 //! A stand-in sidecar for the Synapse interop script while the Spore transport is wired in:
-//! the real outbound proxy, local CA, server key cache and inbound delivery of spore-client,
+//! the real outbound proxy, local CA, server key cache and inbound delivery of spore-sidecar,
 //! with bundles carried between two gateways over loopback HTTP instead of the mixnet.
 //!
 //! It keeps Spore's promises the script tests (transactions answered once queued, delivered
@@ -20,12 +20,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use spore_client::{
+use spore_protocol::bundle::{Bundle, BundleBody};
+use spore_protocol::{FederationRequest, FederationResponse};
+use spore_sidecar::{
     Carrier, CarryError, CarryFuture, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
     ProxySettings, ServerKeyCache, deliver_inbound,
 };
-use spore_protocol::bundle::{Bundle, BundleBody};
-use spore_protocol::{FederationRequest, FederationResponse};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -74,7 +74,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ca = Arc::new(LocalCa::load_or_create(&args.data_dir).context("local CA")?);
     let keys = Arc::new(ServerKeyCache::open(
         args.data_dir.join("server_keys.json"),
-        spore_client::unix_ms(),
+        spore_sidecar::unix_ms(),
     ));
     let homeserver = LocalHomeserver::new(&args.homeserver, &args.server_name);
     let own_keys = OwnKeys::new(homeserver.clone());
@@ -149,7 +149,7 @@ async fn inbound(
     };
     // The loopback stand-in marks "wants a response" with one all-zero reply SURB.
     let wants_response = !reply_surbs.is_empty();
-    if wants_response && spore_client::request_expired(&request, spore_client::unix_ms()) {
+    if wants_response && spore_sidecar::request_expired(&request, spore_sidecar::unix_ms()) {
         return (504, Vec::new());
     }
     match deliver_inbound(

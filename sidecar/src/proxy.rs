@@ -30,6 +30,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use spore_client::{is_hop_by_hop, transaction_id};
 use spore_protocol::bundle::MAX_BODY;
 use spore_protocol::{FederationRequest, FederationResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::homeserver::OwnKeys;
+use crate::homeserver::{DEADLINE_HEADER, OwnKeys};
 use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::tls::LocalCa;
 
@@ -222,7 +223,7 @@ impl OutboundProxy {
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
-                return json(
+                return json_response(
                     413,
                     r#"{"errcode":"M_TOO_LARGE","error":"request body too large for Spore"}"#
                         .into(),
@@ -240,7 +241,7 @@ impl OutboundProxy {
 
         if method == "GET" && bare == "/.well-known/matrix/server" {
             let host = destination.split(':').next().unwrap_or(destination);
-            return json(200, format!(r#"{{"m.server":"{host}:{FEDERATION_PORT}"}}"#));
+            return json_response(200, format!(r#"{{"m.server":"{host}:{FEDERATION_PORT}"}}"#));
         }
         if method == "GET" && bare.starts_with("/_matrix/key/v2/server") {
             return self.server_keys(destination, parts, body).await;
@@ -252,11 +253,11 @@ impl OutboundProxy {
             body: body.to_vec(),
         };
         let own = self.own_keys.get().await;
-        if is_transaction(&request.method, bare) {
+        if transaction_id(&request.method, bare).is_some() {
             return match self.carrier.send(destination, request, own).await {
                 Ok(()) => {
                     tracing::debug!("transaction queued through spore");
-                    json(200, r#"{"pdus":{}}"#.into())
+                    json_response(200, r#"{"pdus":{}}"#.into())
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "transaction not queued");
@@ -326,7 +327,7 @@ impl OutboundProxy {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "server keys from the peer do not verify");
-                        json(
+                        json_response(
                             502,
                             r#"{"errcode":"M_UNKNOWN","error":"server keys did not verify"}"#
                                 .into(),
@@ -347,11 +348,10 @@ fn with_deadline(request: &mut FederationRequest, timeout: Duration) {
     let deadline = unix_ms().saturating_add(timeout.as_millis() as u64);
     request
         .headers
-        .retain(|(n, _)| !n.eq_ignore_ascii_case(crate::homeserver::DEADLINE_HEADER));
-    request.headers.push((
-        crate::homeserver::DEADLINE_HEADER.to_owned(),
-        deadline.to_string(),
-    ));
+        .retain(|(n, _)| !n.eq_ignore_ascii_case(DEADLINE_HEADER));
+    request
+        .headers
+        .push((DEADLINE_HEADER.to_owned(), deadline.to_string()));
 }
 
 /// The target of a CONNECT request.
@@ -412,13 +412,6 @@ fn parse_connect(head: &[u8]) -> Option<ConnectTarget> {
     })
 }
 
-fn is_transaction(method: &str, path: &str) -> bool {
-    method.eq_ignore_ascii_case("PUT")
-        && path
-            .strip_prefix("/_matrix/federation/v1/send/")
-            .is_some_and(|t| !t.is_empty() && !t.contains('/'))
-}
-
 /// A coarse, metadata-free name for logs: the federation endpoint, never its arguments.
 fn endpoint_name(path: &str) -> &str {
     let mut it = path.trim_start_matches('/').split('/');
@@ -428,25 +421,13 @@ fn endpoint_name(path: &str) -> &str {
     }
 }
 
-/// Headers that describe the request (not one HTTP hop): `Authorization` (X-Matrix),
-/// `Content-Type`, `User-Agent`...
+/// Headers that describe the request (not one HTTP hop, not this connection's framing):
+/// `Authorization` (X-Matrix), `Content-Type`, `User-Agent`...
 fn carried_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter(|(name, _)| {
-            !matches!(
-                name.as_str(),
-                "connection"
-                    | "keep-alive"
-                    | "proxy-connection"
-                    | "proxy-authorization"
-                    | "transfer-encoding"
-                    | "te"
-                    | "trailer"
-                    | "upgrade"
-                    | "host"
-                    | "content-length"
-            )
+            !is_hop_by_hop(name.as_str()) && !matches!(name.as_str(), "host" | "content-length")
         })
         .filter_map(|(name, value)| {
             value
@@ -460,16 +441,7 @@ fn carried_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
 fn to_response(r: FederationResponse) -> hyper::Response<Full<Bytes>> {
     let mut builder = hyper::Response::builder().status(r.status);
     for (name, value) in &r.headers {
-        let lower = name.to_ascii_lowercase();
-        if matches!(
-            lower.as_str(),
-            "connection"
-                | "keep-alive"
-                | "transfer-encoding"
-                | "content-length"
-                | "upgrade"
-                | "trailer"
-        ) {
+        if is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
             continue;
         }
         builder = builder.header(name.as_str(), value.as_str());
@@ -477,7 +449,7 @@ fn to_response(r: FederationResponse) -> hyper::Response<Full<Bytes>> {
     builder
         .body(Full::new(Bytes::from(r.body)))
         .unwrap_or_else(|_| {
-            json(
+            json_response(
                 502,
                 r#"{"errcode":"M_UNKNOWN","error":"bad response through spore"}"#.into(),
             )
@@ -496,10 +468,10 @@ fn unavailable(e: &CarryError) -> hyper::Response<Full<Bytes>> {
             r#"{"errcode":"M_UNKNOWN","error":"Spore could not carry the request"}"#
         }
     };
-    json(502, body.into())
+    json_response(502, body.into())
 }
 
-fn json(status: u16, body: String) -> hyper::Response<Full<Bytes>> {
+pub(crate) fn json_response(status: u16, body: String) -> hyper::Response<Full<Bytes>> {
     json_bytes(status, Bytes::from(body))
 }
 
@@ -531,12 +503,9 @@ mod tests {
 
     #[test]
     fn only_put_send_is_a_transaction() {
-        assert!(is_transaction("PUT", "/_matrix/federation/v1/send/abc"));
-        assert!(!is_transaction("GET", "/_matrix/federation/v1/send/abc"));
-        assert!(!is_transaction(
-            "PUT",
-            "/_matrix/federation/v2/send_join/!r/$e"
-        ));
+        assert!(transaction_id("PUT", "/_matrix/federation/v1/send/abc").is_some());
+        assert!(transaction_id("GET", "/_matrix/federation/v1/send/abc").is_none());
+        assert!(transaction_id("PUT", "/_matrix/federation/v2/send_join/!r/$e").is_none());
         assert_eq!(
             endpoint_name("/_matrix/federation/v1/make_join/!r/@u"),
             "make_join"

@@ -1,18 +1,18 @@
-//! `spore-sidecar`: runs the Spore transport beside a homeserver. See `spore_client::sidecar`.
-#![forbid(unsafe_code)]
+//! The command line: flags (clap) and the work each command does with the library.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use spore_client::sidecar::{Sidecar, SidecarConfig};
-use spore_protocol::{MailboxKey, RelayId, SporeAddress};
+use spore_protocol::MailboxKey;
+use spore_sidecar::{Sidecar, SidecarConfig};
 
 /// Carries a homeserver's federation traffic through the Spore mixnet.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -37,17 +37,7 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("spore-sidecar: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,20 +49,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen { out } => {
             let key = MailboxKey::generate();
             write_private(&out, &hex::encode(key.secret_bytes()))?;
-            Ok(ExitCode::SUCCESS)
         }
         Command::Address { config } => {
-            let config = SidecarConfig::load(&config)?;
-            let relay = hex::decode(config.mailbox_relay.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .context("mailbox_relay is not 32 hex bytes")?;
-            let address = SporeAddress {
-                mailbox_relays: vec![RelayId(relay)],
-                mailbox_key: config.mailbox_key()?.public().to_bytes(),
-            };
+            let address = SidecarConfig::load(&config)?.address()?;
             println!("{}", address.to_text());
-            Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
             let config = SidecarConfig::load(&config)?;
@@ -84,9 +64,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sidecar.shutdown().await;
                 Ok::<_, anyhow::Error>(())
             })?;
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {
@@ -104,8 +84,8 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
+/// Creates `path` readable by its owner only; never overwrites a key.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

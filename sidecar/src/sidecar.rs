@@ -1,18 +1,17 @@
-//! `spore-sidecar`: the transport beside a homeserver written in any language, over HTTP.
+//! [`Sidecar`]: the running sidecar, its tasks and how they stop.
 //!
 //! * Outbound: a local HTTP endpoint ([`SidecarConfig::listen`]) takes the homeserver's
 //!   federation requests (destination from the URI or `Host`) and hands them to
-//!   [`SporeFederationClient`]. Plain HTTP for now; a TLS-terminating CONNECT proxy for
-//!   Synapse's `https_proxy` is a later layer in front of the same service.
+//!   [`SporeFederationClient`]. In front of the same transport, the TLS-terminating CONNECT
+//!   proxy for Synapse's `https_proxy` ([`OutboundProxy`], on
+//!   [`SidecarConfig::https_proxy_listen`]).
 //! * Inbound: every request the transport receives is delivered to the homeserver's
 //!   federation listener ([`SidecarConfig::homeserver_url`]), retried until it answers 2xx,
 //!   and only then acked, so each is delivered exactly once across crashes. Requests that wait
 //!   for an answer get the homeserver's response sent back on their reply SURBs.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,172 +21,23 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde::Deserialize;
+use spore_client::{
+    ClientError, InboundRequest, SporeFederationClient, StaticResolver, Transport, TransportEvent,
+};
+use spore_protocol::FederationResponse;
 use spore_protocol::bundle::MAX_BODY;
-use spore_protocol::{FederationResponse, MailboxKey, RelayId, SporeAddress};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tower::Service;
 
-use crate::config::{DirectorySource, RateOverrides, TransportConfig, Trust};
-use crate::error::{ClientError, Result};
+use crate::carrier::TransportCarrier;
+use crate::config::SidecarConfig;
+use crate::error::{Result, SidecarError};
+use crate::homeserver::{LocalHomeserver, OwnKeys, request_expired, too_large_response};
+use crate::proxy::{OutboundProxy, ProxySettings, json_response};
 use crate::server_keys::{ServerKeyCache, unix_ms};
-use crate::service::{SporeFederationClient, StaticResolver, transaction_id};
-use crate::transport::{InboundRequest, Transport};
-
-/// `[directory]` in the sidecar config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectorySection {
-    /// The signed directory file.
-    pub path: PathBuf,
-    /// Hex ed25519 keys of the directory authorities.
-    #[serde(default)]
-    pub authorities: Vec<String>,
-    #[serde(default = "one")]
-    pub threshold: usize,
-    #[serde(default = "sixty")]
-    pub refresh_secs: u64,
-}
-
-fn one() -> usize {
-    1
-}
-fn sixty() -> u64 {
-    60
-}
-
-/// `[rates]`: overrides of the directory's rates (tests and benchmarks only).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RatesSection {
-    pub lambda_p: Option<f64>,
-    pub lambda_l: Option<f64>,
-    pub lambda_d: Option<f64>,
-    pub mu: Option<f64>,
-    pub pull_interval_ms: Option<u64>,
-}
-
-/// The sidecar's TOML config. Relative paths are relative to the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SidecarConfig {
-    /// Our Matrix server name.
-    pub server_name: String,
-    /// Outbox, inbox, dedup tables.
-    pub data_dir: PathBuf,
-    /// File holding the mailbox secret key as 64 hex characters (mode 0600).
-    pub mailbox_key_file: PathBuf,
-    /// Hex id of our mailbox relay (also our entry relay).
-    pub mailbox_relay: String,
-    /// The homeserver's federation listener, e.g. `http://127.0.0.1:8008`.
-    pub homeserver_url: String,
-    /// Where the homeserver sends its outbound federation requests.
-    pub listen: SocketAddr,
-    /// Where an unmodified homeserver's `https_proxy` points: an HTTP CONNECT proxy that ends
-    /// TLS with the sidecar's local CA (`data_dir/ca/ca.pem`). See `docs/synapse.md`.
-    #[serde(default)]
-    pub https_proxy_listen: Option<SocketAddr>,
-    /// Reply SURBs per request/response call (default 8, at most 64): the largest answer is
-    /// about this many KB. A Synapse `send_join` for a room with more than a few dozen state
-    /// events needs more than the default.
-    #[serde(default)]
-    pub reply_surbs: Option<usize>,
-    /// How long a request/response call waits.
-    #[serde(default = "sixty")]
-    pub request_timeout_secs: u64,
-    pub directory: DirectorySection,
-    /// Server name → Spore address text (`spore:…`).
-    #[serde(default)]
-    pub peers: HashMap<String, String>,
-    #[serde(default)]
-    pub rates: RatesSection,
-}
-
-fn hex32(what: &str, s: &str) -> Result<[u8; 32]> {
-    hex::decode(s.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| ClientError::Config(format!("{what} is not 32 hex bytes")))
-}
-
-impl SidecarConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ClientError::File {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: Self =
-            toml::from_str(&text).map_err(|e| ClientError::Config(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut config.data_dir,
-            &mut config.mailbox_key_file,
-            &mut config.directory.path,
-        ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        Ok(config)
-    }
-
-    pub fn mailbox_key(&self) -> Result<MailboxKey> {
-        let text = std::fs::read_to_string(&self.mailbox_key_file).map_err(|source| {
-            ClientError::File {
-                path: self.mailbox_key_file.clone(),
-                source,
-            }
-        })?;
-        Ok(MailboxKey::from_secret_bytes(hex32("mailbox key", &text)?))
-    }
-
-    /// The transport config this sidecar runs with.
-    pub fn transport_config(&self) -> Result<TransportConfig> {
-        let authorities = self
-            .directory
-            .authorities
-            .iter()
-            .map(|a| hex32("authority key", a))
-            .collect::<Result<Vec<_>>>()?;
-        let mut config = TransportConfig::new(
-            &self.data_dir,
-            self.mailbox_key()?,
-            &self.server_name,
-            RelayId(hex32("mailbox_relay", &self.mailbox_relay)?),
-            DirectorySource::File {
-                path: self.directory.path.clone(),
-                refresh: Duration::from_secs(self.directory.refresh_secs),
-            },
-            Trust {
-                authorities,
-                threshold: self.directory.threshold,
-            },
-        );
-        if let Some(n) = self.reply_surbs {
-            config.reply_surbs = n;
-        }
-        config.rates = RateOverrides {
-            lambda_p: self.rates.lambda_p,
-            lambda_l: self.rates.lambda_l,
-            lambda_d: self.rates.lambda_d,
-            mu: self.rates.mu,
-            pull_interval: self.rates.pull_interval_ms.map(Duration::from_millis),
-        };
-        Ok(config)
-    }
-
-    pub fn resolver(&self) -> Result<StaticResolver> {
-        let mut r = StaticResolver::default();
-        for (name, text) in &self.peers {
-            let address = SporeAddress::from_text(text)
-                .map_err(|e| ClientError::Config(format!("peer {name}: {e}")))?;
-            r.insert(name.clone(), address);
-        }
-        Ok(r)
-    }
-}
+use crate::tls::{CA_CERT_FILE, LocalCa};
 
 /// A running sidecar.
 #[derive(Debug)]
@@ -204,17 +54,7 @@ impl Sidecar {
         let transport = Transport::start(config.transport_config()?).await?;
         let client = SporeFederationClient::new(transport.clone(), config.resolver()?)
             .with_request_timeout(Duration::from_secs(config.request_timeout_secs));
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ClientError::File {
-                    path: PathBuf::from(config.listen.to_string()),
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ClientError::File {
-            path: PathBuf::from(config.listen.to_string()),
-            source,
-        })?;
+        let (listener, local_addr) = bind(config.listen).await?;
         let (stop, _) = watch::channel(false);
         let keys = Arc::new(ServerKeyCache::open(
             config.data_dir.join("server_keys.json"),
@@ -222,7 +62,7 @@ impl Sidecar {
         ));
         let mut tasks = vec![
             tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
-            tokio::spawn(deliver_inbound(
+            tokio::spawn(deliver_inbox(
                 transport.clone(),
                 config.homeserver_url.trim_end_matches('/').to_owned(),
                 keys.clone(),
@@ -230,15 +70,10 @@ impl Sidecar {
             )),
         ];
         if let Some(listen) = config.https_proxy_listen {
-            let (_, task) = crate::sidecar_proxy::start(
-                &config,
-                listen,
-                transport.clone(),
-                keys,
-                stop.subscribe(),
-            )
-            .await?;
-            tasks.push(task);
+            tasks.push(
+                start_https_proxy(&config, listen, transport.clone(), keys, stop.subscribe())
+                    .await?,
+            );
         }
         tracing::info!("spore sidecar started");
         Ok(Sidecar {
@@ -267,6 +102,83 @@ impl Sidecar {
     }
 }
 
+/// Resolves once `stop` turns true — also if it did before this task subscribed (a plain
+/// `changed()` would miss that and sleep until its next timer).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let bound = match TcpListener::bind(addr).await {
+        Ok(listener) => listener.local_addr().map(|local| (listener, local)),
+        Err(e) => Err(e),
+    };
+    bound.map_err(|source| SidecarError::Bind { addr, source })
+}
+
+/// Starts the CONNECT proxy on `listen`: local CA in `data_dir/ca` (the homeserver must trust
+/// `data_dir/ca/ca.pem`), peers' keys from `keys`, our own keys from the homeserver.
+async fn start_https_proxy(
+    config: &SidecarConfig,
+    listen: SocketAddr,
+    transport: Transport,
+    keys: Arc<ServerKeyCache>,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>> {
+    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    let transport_events = transport.events();
+    let ca_dir = config.data_dir.join("ca");
+    let ca = LocalCa::load_or_create(&ca_dir)
+        .map_err(|e| SidecarError::Config(format!("local CA in {}: {e}", ca_dir.display())))?;
+    let own_keys = OwnKeys::new(LocalHomeserver::new(
+        config.homeserver_url.as_str(),
+        config.server_name.as_str(),
+    ));
+    let proxy = OutboundProxy::new(
+        Arc::new(ca),
+        keys,
+        own_keys,
+        Arc::new(TransportCarrier::new(transport, config.resolver()?)),
+        ProxySettings { request_timeout },
+    );
+    let (listener, local) = bind(listen).await?;
+    tokio::spawn(log_mailbox_acks(transport_events, stop.clone()));
+    tracing::info!(%local, ca = %ca_dir.join(CA_CERT_FILE).display(), "https proxy for the homeserver listening");
+    Ok(tokio::spawn(proxy.serve(listener, stop)))
+}
+
+/// Debug-logs each message once its recipient's mailbox relay holds all of it (what tests
+/// and operators use to see store-and-forward at work; no metadata in the line).
+async fn log_mailbox_acks(
+    mut events: broadcast::Receiver<TransportEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(TransportEvent::Delivered(_)) => {
+                tracing::debug!("a sent message is stored at its recipient's mailbox relay")
+            }
+            Ok(TransportEvent::Failed(_)) => {
+                tracing::info!("a sent message was not acknowledged in its lifetime")
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// A Matrix error answer to the homeserver's request.
+fn error(status: u16, errcode: &str, error: &str) -> http::Response<Full<Bytes>> {
+    json_response(
+        status,
+        format!(r#"{{"errcode":"{errcode}","error":"{error}"}}"#),
+    )
+}
+
 async fn serve_outbound(
     listener: TcpListener,
     client: SporeFederationClient<StaticResolver>,
@@ -274,7 +186,7 @@ async fn serve_outbound(
 ) {
     loop {
         let (socket, _) = tokio::select! {
-            () = crate::transport::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -297,17 +209,6 @@ async fn serve_outbound(
     }
 }
 
-fn error_response(status: u16, errcode: &str, error: &str) -> http::Response<Full<Bytes>> {
-    let body = format!(r#"{{"errcode":"{errcode}","error":"{error}"}}"#);
-    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 async fn outbound(
     client: &mut SporeFederationClient<StaticResolver>,
     req: http::Request<Incoming>,
@@ -315,24 +216,24 @@ async fn outbound(
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error_response(413, "M_TOO_LARGE", "request body too large"),
+        Err(_) => return error(413, "M_TOO_LARGE", "request body too large"),
     };
     let req = http::Request::from_parts(parts, body);
     match client.call(req).await {
         Ok(resp) => resp.map(Full::new),
         Err(ClientError::UnknownDestination(_)) => {
-            error_response(502, "M_UNKNOWN", "destination has no spore address")
+            error(502, "M_UNKNOWN", "destination has no spore address")
         }
-        Err(ClientError::Timeout) => error_response(504, "M_UNKNOWN", "no response through spore"),
+        Err(ClientError::Timeout) => error(504, "M_UNKNOWN", "no response through spore"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot send a federation request");
-            error_response(502, "M_UNKNOWN", "spore transport error")
+            error(502, "M_UNKNOWN", "spore transport error")
         }
     }
 }
 
 /// Delivers each inbound request to the homeserver until it answers 2xx, then acks it.
-async fn deliver_inbound(
+async fn deliver_inbox(
     transport: Transport,
     homeserver: String,
     keys: Arc<ServerKeyCache>,
@@ -342,7 +243,7 @@ async fn deliver_inbound(
         Client::builder(TokioExecutor::new()).build_http();
     loop {
         let inbound = tokio::select! {
-            () = crate::transport::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
             r = transport.incoming() => match r {
                 Ok(i) => i,
                 Err(ClientError::Stopped) => return,
@@ -358,8 +259,7 @@ async fn deliver_inbound(
         {
             tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
         }
-        if inbound.wants_response && crate::homeserver::request_expired(&inbound.request, unix_ms())
-        {
+        if inbound.wants_response && request_expired(&inbound.request, unix_ms()) {
             tracing::debug!("dropping a request whose caller has stopped waiting");
             if let Err(e) = transport.ack(inbound.id).await {
                 tracing::warn!(error = %e, "cannot ack an inbound request");
@@ -369,7 +269,7 @@ async fn deliver_inbound(
         let mut wait = Duration::from_millis(100);
         loop {
             let result = tokio::select! {
-                () = crate::transport::stopped(&mut stop) => return,
+                () = stopped(&mut stop) => return,
                 r = deliver_once(&http, &homeserver, &inbound) => r,
             };
             match result {
@@ -379,9 +279,7 @@ async fn deliver_inbound(
                         // Too large for the reply SURBs: a short error (4xx, so the caller's
                         // homeserver does not back off from us) instead of a silent timeout.
                         if let ClientError::CannotRespond(_) = e {
-                            let _ = transport
-                                .respond(inbound.id, crate::homeserver::too_large_response())
-                                .await;
+                            let _ = transport.respond(inbound.id, too_large_response()).await;
                         }
                     }
                     break;
@@ -396,7 +294,7 @@ async fn deliver_inbound(
                 None => tracing::info!("homeserver unreachable; retrying"),
             }
             tokio::select! {
-                () = crate::transport::stopped(&mut stop) => return,
+                () = stopped(&mut stop) => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(Duration::from_secs(30));
@@ -452,9 +350,4 @@ async fn deliver_once(
         headers,
         body,
     })
-}
-
-/// A transaction needs a 2xx before it counts as delivered; used by tests and tools.
-pub fn is_transaction(inbound: &InboundRequest) -> bool {
-    transaction_id(&inbound.request.method, &inbound.request.path).is_some()
 }

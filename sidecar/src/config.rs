@@ -1,0 +1,178 @@
+//! The sidecar's TOML config, and the transport config, resolver and address it implies.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spore_client::{DirectorySource, RateOverrides, StaticResolver, TransportConfig, Trust};
+use spore_protocol::{MailboxKey, RelayId, SporeAddress};
+
+use crate::error::{Result, SidecarError};
+
+/// `[directory]` in the sidecar config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySection {
+    /// The signed directory file.
+    pub path: PathBuf,
+    /// Hex ed25519 keys of the directory authorities.
+    #[serde(default)]
+    pub authorities: Vec<String>,
+    #[serde(default = "one")]
+    pub threshold: usize,
+    #[serde(default = "sixty")]
+    pub refresh_secs: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn sixty() -> u64 {
+    60
+}
+
+/// `[rates]`: overrides of the directory's rates (tests and benchmarks only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatesSection {
+    pub lambda_p: Option<f64>,
+    pub lambda_l: Option<f64>,
+    pub lambda_d: Option<f64>,
+    pub mu: Option<f64>,
+    pub pull_interval_ms: Option<u64>,
+}
+
+/// The sidecar's TOML config. Relative paths are relative to the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Our Matrix server name.
+    pub server_name: String,
+    /// Outbox, inbox, dedup tables.
+    pub data_dir: PathBuf,
+    /// File holding the mailbox secret key as 64 hex characters (mode 0600).
+    pub mailbox_key_file: PathBuf,
+    /// Hex id of our mailbox relay (also our entry relay).
+    pub mailbox_relay: String,
+    /// The homeserver's federation listener, e.g. `http://127.0.0.1:8008`.
+    pub homeserver_url: String,
+    /// Where the homeserver sends its outbound federation requests.
+    pub listen: SocketAddr,
+    /// Where an unmodified homeserver's `https_proxy` points: an HTTP CONNECT proxy that ends
+    /// TLS with the sidecar's local CA (`data_dir/ca/ca.pem`). See `docs/synapse.md`.
+    #[serde(default)]
+    pub https_proxy_listen: Option<SocketAddr>,
+    /// Reply SURBs per request/response call (default 8, at most 64): the largest answer is
+    /// about this many KB. A Synapse `send_join` for a room with more than a few dozen state
+    /// events needs more than the default.
+    #[serde(default)]
+    pub reply_surbs: Option<usize>,
+    /// How long a request/response call waits.
+    #[serde(default = "sixty")]
+    pub request_timeout_secs: u64,
+    pub directory: DirectorySection,
+    /// Server name → Spore address text (`spore:…`).
+    #[serde(default)]
+    pub peers: HashMap<String, String>,
+    #[serde(default)]
+    pub rates: RatesSection,
+}
+
+fn hex32(what: &str, s: &str) -> Result<[u8; 32]> {
+    hex::decode(s.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| SidecarError::Config(format!("{what} is not 32 hex bytes")))
+}
+
+impl SidecarConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| SidecarError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| SidecarError::Config(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.data_dir,
+            &mut config.mailbox_key_file,
+            &mut config.directory.path,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn mailbox_key(&self) -> Result<MailboxKey> {
+        let text = std::fs::read_to_string(&self.mailbox_key_file).map_err(|source| {
+            SidecarError::File {
+                path: self.mailbox_key_file.clone(),
+                source,
+            }
+        })?;
+        Ok(MailboxKey::from_secret_bytes(hex32("mailbox key", &text)?))
+    }
+
+    /// Our mailbox relay.
+    pub fn mailbox_relay(&self) -> Result<RelayId> {
+        Ok(RelayId(hex32("mailbox_relay", &self.mailbox_relay)?))
+    }
+
+    /// The Spore address peers list for us (what `spore-sidecar address` prints).
+    pub fn address(&self) -> Result<SporeAddress> {
+        Ok(SporeAddress {
+            mailbox_relays: vec![self.mailbox_relay()?],
+            mailbox_key: self.mailbox_key()?.public().to_bytes(),
+        })
+    }
+
+    /// The transport config this sidecar runs with.
+    pub fn transport_config(&self) -> Result<TransportConfig> {
+        let authorities = self
+            .directory
+            .authorities
+            .iter()
+            .map(|a| hex32("authority key", a))
+            .collect::<Result<Vec<_>>>()?;
+        let mut config = TransportConfig::new(
+            &self.data_dir,
+            self.mailbox_key()?,
+            &self.server_name,
+            self.mailbox_relay()?,
+            DirectorySource::File {
+                path: self.directory.path.clone(),
+                refresh: Duration::from_secs(self.directory.refresh_secs),
+            },
+            Trust {
+                authorities,
+                threshold: self.directory.threshold,
+            },
+        );
+        if let Some(n) = self.reply_surbs {
+            config.reply_surbs = n;
+        }
+        config.rates = RateOverrides {
+            lambda_p: self.rates.lambda_p,
+            lambda_l: self.rates.lambda_l,
+            lambda_d: self.rates.lambda_d,
+            mu: self.rates.mu,
+            pull_interval: self.rates.pull_interval_ms.map(Duration::from_millis),
+        };
+        Ok(config)
+    }
+
+    pub fn resolver(&self) -> Result<StaticResolver> {
+        let mut r = StaticResolver::default();
+        for (name, text) in &self.peers {
+            let address = SporeAddress::from_text(text)
+                .map_err(|e| SidecarError::Config(format!("peer {name}: {e}")))?;
+            r.insert(name.clone(), address);
+        }
+        Ok(r)
+    }
+}

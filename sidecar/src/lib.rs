@@ -1,0 +1,44 @@
+//! # spore-sidecar
+//!
+//! The Spore transport beside a homeserver written in any language: the homeserver keeps its
+//! own federation code and talks plain HTTP(S) on loopback; the sidecar carries it through the
+//! mixnet with [`spore_client`] and uses only that crate's public API.
+//!
+//! Where it sits in the data path, outbound: an unmodified homeserver's `https_proxy` opens a
+//! CONNECT tunnel to the [`OutboundProxy`], which ends the TLS with a certificate from the
+//! sidecar's [`LocalCa`], answers well-known and key requests locally ([`ServerKeyCache`]), and
+//! hands every other federation request to a [`Carrier`] — the Spore [`Transport`] through
+//! [`TransportCarrier`] — with the homeserver's own key response attached ([`OwnKeys`]).
+//! A plain HTTP endpoint ([`SidecarConfig::listen`]) does the same for homeservers that can
+//! name a federation endpoint. Inbound: each request that comes out of our mailbox is checked
+//! for the origin's keys, replayed byte for byte to the homeserver's federation listener
+//! ([`LocalHomeserver`]) until it answers, and only then acked, so it is delivered exactly once
+//! across crashes; request/response calls get the homeserver's answer back on their reply
+//! SURBs. [`Sidecar`] runs all of it from a TOML [`SidecarConfig`]; the `spore-sidecar` binary
+//! is its command line.
+//!
+//! [`Transport`]: spore_client::Transport
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod carrier;
+mod config;
+mod error;
+mod homeserver;
+mod proxy;
+mod server_keys;
+mod sidecar;
+mod tls;
+
+pub use carrier::TransportCarrier;
+pub use config::{DirectorySection, RatesSection, SidecarConfig};
+pub use error::{Result, SidecarError};
+pub use homeserver::{
+    DEADLINE_HEADER, DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound, request_expired,
+};
+pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
+pub use server_keys::{
+    KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
+};
+pub use sidecar::Sidecar;
+pub use tls::{CA_CERT_FILE, LocalCa, TlsError};
