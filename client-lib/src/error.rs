@@ -106,3 +106,26 @@ impl From<sled::transaction::TransactionError<ClientError>> for ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_keep_the_database_message_and_say_their_kind() {
+        let e = ClientError::from(sled::Error::Io(std::io::Error::other("lock held")));
+        let ClientError::Storage(storage) = &e else {
+            panic!("not a storage error: {e:?}");
+        };
+        assert_eq!(storage.kind(), StorageErrorKind::Io);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "storage: {}",
+                sled::Error::Io(std::io::Error::other("lock held"))
+            )
+        );
+        let e = StorageError::from(sled::Error::Unsupported("x".into()));
+        assert_eq!(e.kind(), StorageErrorKind::Other);
+    }
+}

@@ -264,6 +264,14 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_headers_are_known_in_any_case() {
+        assert!(is_hop_by_hop("Transfer-Encoding"));
+        assert!(is_hop_by_hop("proxy-authorization"));
+        assert!(!is_hop_by_hop("Authorization"));
+        assert!(!is_hop_by_hop("content-type"));
+    }
+
+    #[test]
     fn destination_comes_from_the_uri_or_the_host_header() {
         let r = http::Request::get("https://bob.example:8448/x")
             .body(())
