@@ -6,9 +6,10 @@
 //!   proxy for Synapse's `https_proxy` ([`OutboundProxy`], on
 //!   [`SidecarConfig::https_proxy_listen`]).
 //! * Inbound: every request the transport receives is delivered to the homeserver's
-//!   federation listener ([`SidecarConfig::homeserver_url`]), retried until it answers 2xx,
-//!   and only then acked, so each is delivered exactly once across crashes. Requests that wait
-//!   for an answer get the homeserver's response sent back on their reply SURBs.
+//!   federation listener ([`LocalHomeserver`] at [`SidecarConfig::homeserver_url`]), retried
+//!   until it answers 2xx, and only then acked, so each is delivered exactly once across
+//!   crashes. Requests that wait for an answer get the homeserver's response sent back on
+//!   their reply SURBs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,13 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use spore_client::{
-    ClientError, InboundRequest, SporeFederationClient, StaticResolver, Transport, TransportEvent,
-};
-use spore_protocol::FederationResponse;
+use hyper_util::rt::TokioIo;
+use spore_client::{ClientError, SporeFederationClient, StaticResolver, Transport, TransportEvent};
 use spore_protocol::bundle::MAX_BODY;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -56,6 +52,8 @@ impl Sidecar {
             .with_request_timeout(Duration::from_secs(config.request_timeout_secs));
         let (listener, local_addr) = bind(config.listen).await?;
         let (stop, _) = watch::channel(false);
+        let homeserver =
+            LocalHomeserver::new(config.homeserver_url.as_str(), config.server_name.as_str());
         let keys = Arc::new(ServerKeyCache::open(
             config.data_dir.join("server_keys.json"),
             unix_ms(),
@@ -64,15 +62,22 @@ impl Sidecar {
             tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
             tokio::spawn(deliver_inbox(
                 transport.clone(),
-                config.homeserver_url.trim_end_matches('/').to_owned(),
+                homeserver.clone(),
                 keys.clone(),
                 stop.subscribe(),
             )),
         ];
         if let Some(listen) = config.https_proxy_listen {
             tasks.push(
-                start_https_proxy(&config, listen, transport.clone(), keys, stop.subscribe())
-                    .await?,
+                start_https_proxy(
+                    &config,
+                    listen,
+                    transport.clone(),
+                    homeserver,
+                    keys,
+                    stop.subscribe(),
+                )
+                .await?,
             );
         }
         tracing::info!("spore sidecar started");
@@ -122,6 +127,7 @@ async fn start_https_proxy(
     config: &SidecarConfig,
     listen: SocketAddr,
     transport: Transport,
+    homeserver: LocalHomeserver,
     keys: Arc<ServerKeyCache>,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
@@ -130,10 +136,7 @@ async fn start_https_proxy(
     let ca_dir = config.data_dir.join("ca");
     let ca = LocalCa::load_or_create(&ca_dir)
         .map_err(|e| SidecarError::Config(format!("local CA in {}: {e}", ca_dir.display())))?;
-    let own_keys = OwnKeys::new(LocalHomeserver::new(
-        config.homeserver_url.as_str(),
-        config.server_name.as_str(),
-    ));
+    let own_keys = OwnKeys::new(homeserver);
     let proxy = OutboundProxy::new(
         Arc::new(ca),
         keys,
@@ -232,15 +235,15 @@ async fn outbound(
     }
 }
 
-/// Delivers each inbound request to the homeserver until it answers 2xx, then acks it.
+/// Delivers each inbound request to the homeserver until it answers 2xx (a request/response
+/// call: until it answers at all), then acks it. Unlike [`crate::deliver_inbound`] it never
+/// gives up on a transaction: the inbox keeps it until the homeserver takes it.
 async fn deliver_inbox(
     transport: Transport,
-    homeserver: String,
+    homeserver: LocalHomeserver,
     keys: Arc<ServerKeyCache>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
     loop {
         let inbound = tokio::select! {
             () = stopped(&mut stop) => return,
@@ -270,7 +273,7 @@ async fn deliver_inbox(
         loop {
             let result = tokio::select! {
                 () = stopped(&mut stop) => return,
-                r = deliver_once(&http, &homeserver, &inbound) => r,
+                r = homeserver.deliver_once(&inbound.request) => r.ok(),
             };
             match result {
                 Some(response) if inbound.wants_response => {
@@ -307,47 +310,4 @@ async fn deliver_inbox(
             tracing::warn!(error = %e, "cannot ack an inbound request");
         }
     }
-}
-
-async fn deliver_once(
-    http: &Client<HttpConnector, Full<Bytes>>,
-    homeserver: &str,
-    inbound: &InboundRequest,
-) -> Option<FederationResponse> {
-    let r = &inbound.request;
-    let mut builder = http::Request::builder()
-        .method(r.method.as_str())
-        .uri(format!("{homeserver}{}", r.path));
-    for (name, value) in &r.headers {
-        if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let req = builder.body(Full::new(Bytes::from(r.body.clone()))).ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(60), http.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .filter_map(|(n, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (n.as_str().to_owned(), v.to_owned()))
-        })
-        .collect();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .ok()?
-        .to_bytes()
-        .to_vec();
-    Some(FederationResponse {
-        status,
-        headers,
-        body,
-    })
 }
