@@ -1,11 +1,11 @@
-//! The mix pipeline: a pool of Sphinx worker threads, then the group commit, then the delay
-//! queue.
+//! The mix pipeline: a pool of Sphinx worker threads, then the group commit, which hands each
+//! packet to the forwarder (`forward`: now, or after its delay).
 //!
 //! ```text
-//! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──┬─(due)──────────────▶ link pool
-//!        (bounded,     (std sync_channel)  parse, X25519,      one fdatasync │
-//!         drop+count)                      replay check,       per group,    └─▶ delay thread ──▶ link pool
-//!                                          unwrap, store       then forward      (heap of deadlines)
+//! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──▶ Forwarder ──┬─(due)─────────────▶ Egress
+//!        (bounded,     (std sync_channel)  parse, X25519,      one fdatasync                └─▶ delay thread ──▶ Egress
+//!         drop+count)                      replay check,       per group                        (heap of deadlines)
+//!                                          unwrap, store
 //! ```
 //!
 //! Workers are dedicated OS threads, never async tasks: a Sphinx unwrap is ~100 µs of pure CPU.
