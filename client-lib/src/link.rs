@@ -7,11 +7,15 @@
 use std::time::Duration;
 
 use spore_protocol::link::{
-    Frame, HANDSHAKE_MAX_LEN, LinkHandshake, LinkOpener, LinkSealer, WIRE_FRAME_LEN,
+    Frame, LinkDecoder, LinkHandshake, LinkOpener, LinkSealer, WIRE_FRAME_LEN, handshake_record,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Bytes asked of the socket per read once the link is up: every frame already waiting, up to
+/// 16, in one syscall.
+const READ_CHUNK: usize = 16 * WIRE_FRAME_LEN;
 
 /// Why a link could not be opened or broke.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +28,6 @@ pub enum LinkError {
     Timeout,
     #[error("closed by the relay")]
     Closed,
-    #[error("handshake message too long")]
-    HandshakeTooLong,
 }
 
 /// Opens a link: TCP connect, Noise XX as initiator pinned to the relay's link key.
@@ -39,25 +41,25 @@ pub async fn connect(
         let mut stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         let mut hs = LinkHandshake::initiator(mailbox_secret, Some(relay_link_key))?;
+        // Reads stop at the end of each handshake message, so nothing is left in it after.
+        let mut decoder = LinkDecoder::new();
         while !hs.is_finished() {
             if hs.is_my_turn() {
-                let msg = hs.write_message()?;
-                let len = u16::try_from(msg.len()).map_err(|_| LinkError::HandshakeTooLong)?;
-                let mut buf = Vec::with_capacity(2 + msg.len());
-                buf.extend_from_slice(&len.to_be_bytes());
-                buf.extend_from_slice(&msg);
-                stream.write_all(&buf).await?;
-            } else {
-                let mut len = [0u8; 2];
-                stream.read_exact(&mut len).await?;
-                let len = usize::from(u16::from_be_bytes(len));
-                if len > HANDSHAKE_MAX_LEN {
-                    return Err(LinkError::HandshakeTooLong);
-                }
-                let mut msg = vec![0u8; len];
-                stream.read_exact(&mut msg).await?;
-                hs.read_message(&msg)?;
+                stream
+                    .write_all(&handshake_record(&hs.write_message()?)?)
+                    .await?;
+                continue;
             }
+            if let Some(msg) = decoder.pop_handshake()? {
+                hs.read_message(&msg)?;
+                continue;
+            }
+            let want = decoder.handshake_bytes_wanted()?;
+            let n = stream.read(decoder.unfilled(want)).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            decoder.filled(n);
         }
         let (transport, _remote) = hs.into_transport()?;
         let (sealer, opener) = transport.split();
@@ -66,8 +68,7 @@ pub async fn connect(
             FrameReader {
                 rd,
                 opener,
-                buf: Box::new([0u8; WIRE_FRAME_LEN]),
-                filled: 0,
+                decoder,
             },
             FrameWriter {
                 wr,
@@ -80,33 +81,29 @@ pub async fn connect(
     .map_err(|_| LinkError::Timeout)?
 }
 
-/// The receiving half.
+/// The receiving half: a thin tokio adapter over [`LinkDecoder`].
 pub struct FrameReader {
     rd: OwnedReadHalf,
     opener: LinkOpener,
-    buf: Box<[u8; WIRE_FRAME_LEN]>,
     /// Bytes of the next record already read, kept across calls: `read_frame` is cancel-safe.
-    filled: usize,
+    decoder: LinkDecoder,
 }
 
 impl FrameReader {
     /// The next frame. Cancel-safe (usable in `select!`).
     pub async fn read_frame(&mut self) -> Result<Frame, LinkError> {
-        while self.filled < WIRE_FRAME_LEN {
-            let Some(rest) = self.buf.get_mut(self.filled..) else {
-                break;
-            };
-            let n = self.rd.read(rest).await?;
+        loop {
+            if let Some(frame) = self.decoder.pop_frame(&mut self.opener)? {
+                return Ok(frame);
+            }
+            let n = self.rd.read(self.decoder.unfilled(READ_CHUNK)).await?;
             if n == 0 {
                 return Err(LinkError::Closed);
             }
-            self.filled += n;
+            self.decoder.filled(n);
         }
-        self.filled = 0;
-        Ok(self.opener.open(&self.buf[..])?)
     }
 }
-
 /// The sending half. Every frame is written and flushed at once: the time a frame leaves is
 /// the time the scheduler chose.
 pub struct FrameWriter {

@@ -22,11 +22,11 @@ use spore_protocol::link::{Frame, static_public_key};
 use spore_protocol::packet::{self, IncomingPacket, PacketLimits, RouteHop};
 use spore_protocol::params::{PACKET_SIZE, PAYLOAD_SIZE};
 use spore_protocol::{MailboxId, RelayId};
-use spore_relay::connection::{FrameReader, accept_handshake};
 use spore_relay::{
     Database, DirectorySource, Link, MailboxLimits, MailboxStore, MemoryDirectory, Relay,
     RelayConfig, RelayKeys, RolesConfig,
 };
+use spore_relay::{FrameReader, accept_handshake};
 
 fn now() -> u64 {
     SystemTime::now()

@@ -1,13 +1,23 @@
-//! Wall-clock time, injectable. Epochs, retention and descriptor validity are computed from a
-//! [`Clock`] so that tests can move time forward without sleeping. Delays inside the mix use
-//! the tokio monotonic clock instead: they are short and never persisted.
+//! Time, injectable: the relay reads every clock through a [`Clock`] its caller chose.
+//!
+//! Wall-clock time ([`Clock::now`]) sets epochs, retention and descriptor validity, so that
+//! tests can move it forward without sleeping. Monotonic time ([`Clock::monotonic_now`]) times
+//! per-hop delays and the latency metrics: they are short and never persisted, and by default
+//! come from the operating system's monotonic clock even when the wall clock is manual, so that
+//! moving wall time never releases a delayed packet early.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Source of the current wall-clock time.
+/// Source of the current time.
 pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock time.
     fn now(&self) -> SystemTime;
+
+    /// Monotonic time, for delays and how long things took.
+    fn monotonic_now(&self) -> Instant {
+        Instant::now()
+    }
 
     /// Seconds since the Unix epoch (0 if the clock is before 1970).
     fn now_unix(&self) -> u64 {

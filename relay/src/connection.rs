@@ -1,57 +1,51 @@
 //! A framed Noise link over TCP: the handshake (u16-BE length-prefixed messages, each at most
 //! `HANDSHAKE_MAX_LEN` bytes) and then fixed-size encrypted frames with no length prefix.
 //!
-//! Every read has a size limit known before anything is buffered: a handshake message length
-//! above the limit, or any record that fails authentication, ends the link.
+//! The framing itself (prefixes, length limits, partial records) is
+//! [`spore_protocol::link::LinkDecoder`]'s; this module only moves bytes between it and a
+//! socket. Every read has a size limit known before anything is buffered: a handshake message
+//! length above the limit, or any record that fails authentication, ends the link.
 
 use std::time::Duration;
 
 use spore_protocol::link::{
-    Frame, HANDSHAKE_MAX_LEN, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, WIRE_FRAME_LEN,
+    Frame, LinkDecoder, LinkHandshake, LinkOpener, LinkSealer, LinkTransport, WIRE_FRAME_LEN,
+    handshake_record,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::{RelayError, Result};
 
-async fn write_handshake<S: AsyncWrite + Unpin>(s: &mut S, msg: &[u8]) -> Result<()> {
-    let len = u16::try_from(msg.len())
-        .map_err(|_| RelayError::Link("handshake message too long".into()))?;
-    let mut buf = Vec::with_capacity(2 + msg.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(msg);
-    s.write_all(&buf).await?;
-    s.flush().await?;
-    Ok(())
-}
-
-async fn read_handshake<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len).await?;
-    let len = usize::from(u16::from_be_bytes(len));
-    if len > HANDSHAKE_MAX_LEN {
-        return Err(RelayError::Link(
-            "handshake message exceeds the limit".into(),
-        ));
-    }
-    let mut msg = vec![0u8; len];
-    s.read_exact(&mut msg).await?;
-    Ok(msg)
-}
+/// Bytes asked of the socket per read once the link is up: every frame already waiting, up to
+/// 16, in one syscall instead of one per frame.
+const READ_CHUNK: usize = 16 * WIRE_FRAME_LEN;
 
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     mut hs: LinkHandshake,
 ) -> Result<(LinkTransport, [u8; 32])> {
+    // Reads stop at the end of each handshake message, so the decoder is empty afterwards and
+    // the caller may hand the socket to a `FrameReader`.
+    let mut decoder = LinkDecoder::new();
     while !hs.is_finished() {
         if hs.is_my_turn() {
-            let msg = hs.write_message()?;
-            write_handshake(s, &msg).await?;
-        } else {
-            let msg = read_handshake(s).await?;
-            hs.read_message(&msg)?;
+            s.write_all(&handshake_record(&hs.write_message()?)?)
+                .await?;
+            s.flush().await?;
+            continue;
         }
+        if let Some(msg) = decoder.pop_handshake()? {
+            hs.read_message(&msg)?;
+            continue;
+        }
+        let want = decoder.handshake_bytes_wanted()?;
+        let n = s.read(decoder.unfilled(want)).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        decoder.filled(n);
     }
     Ok(hs.into_transport()?)
 }
@@ -82,16 +76,13 @@ pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| RelayError::Timeout)?
 }
 
-/// The receiving half of an established link.
+/// The receiving half of an established link: a thin tokio adapter over [`LinkDecoder`].
 pub struct FrameReader<R> {
-    /// Buffered so that one `read` takes in every frame already waiting (up to 16), not one
-    /// syscall per frame.
-    rd: BufReader<R>,
+    rd: R,
     opener: LinkOpener,
-    buf: Box<[u8; WIRE_FRAME_LEN]>,
     /// Bytes of the next record already read; kept across calls so that `read_frame` is
     /// cancel-safe (usable in `select!`).
-    filled: usize,
+    decoder: LinkDecoder,
 }
 
 impl<R> std::fmt::Debug for FrameReader<R> {
@@ -103,32 +94,26 @@ impl<R> std::fmt::Debug for FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(rd: R, opener: LinkOpener) -> Self {
         Self {
-            rd: BufReader::with_capacity(16 * WIRE_FRAME_LEN, rd),
+            rd,
             opener,
-            buf: Box::new([0u8; WIRE_FRAME_LEN]),
-            filled: 0,
+            decoder: LinkDecoder::new(),
         }
     }
 
     /// The next frame; `Ok(None)` when the peer closed the connection between frames.
     /// Cancel-safe.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
-        while self.filled < WIRE_FRAME_LEN {
-            let Some(rest) = self.buf.get_mut(self.filled..) else {
-                break;
-            };
-            let n = self.rd.read(rest).await?;
-            if n == 0 {
-                return if self.filled == 0 {
-                    Ok(None)
-                } else {
-                    Err(RelayError::Link("connection closed inside a frame".into()))
-                };
+        loop {
+            if let Some(frame) = self.decoder.pop_frame(&mut self.opener)? {
+                return Ok(Some(frame));
             }
-            self.filled += n;
+            let n = self.rd.read(self.decoder.unfilled(READ_CHUNK)).await?;
+            if n == 0 {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+            self.decoder.filled(n);
         }
-        self.filled = 0;
-        Ok(Some(self.opener.open(&self.buf[..])?))
     }
 }
 

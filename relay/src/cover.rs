@@ -16,8 +16,8 @@ use spore_protocol::{MailboxId, RelayId};
 
 use crate::clock::Clock;
 use crate::directory::{DirectoryView, NetworkView};
+use crate::forward::Egress;
 use crate::keys::{KeySchedule, RelayKeys};
-use crate::link_pool::LinkPool;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -90,7 +90,7 @@ pub(crate) fn spawn(
     settings: CoverSettings,
     keys: RelayKeys,
     directory: Arc<DirectoryView>,
-    pool: Arc<LinkPool>,
+    egress: Arc<Egress>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -117,7 +117,7 @@ pub(crate) fn spawn(
             match built {
                 Ok(Some((hop, packet))) => {
                     metrics.loop_sent();
-                    pool.send(hop, packet);
+                    egress.send(hop, packet, None);
                 }
                 _ => metrics.dropped("loop_no_route"),
             }

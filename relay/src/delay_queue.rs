@@ -4,15 +4,12 @@
 //! the packets themselves plus ~24 bytes each, and only the earliest deadline is ever armed as a
 //! timer, so 10^6 pending packets cost a few hundred MB of packet data and nothing else. The heap
 //! is bounded: when it is full, new packets are dropped (and counted) instead of growing memory.
+//! The thread that drives it is `forward`'s.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
-
-use crate::metrics::{Metrics, Queue};
+use std::time::Instant;
 
 struct Entry<T> {
     at: Instant,
@@ -119,88 +116,10 @@ pub fn precise_timers() {
     }
 }
 
-/// Something scheduled for later.
-#[derive(Debug)]
-pub struct Scheduled<T> {
-    pub at: Instant,
-    pub item: T,
-}
-
-/// Most items taken from the channel before the queue looks at its deadlines again.
-const INTAKE_BATCH: usize = 1024;
-
-/// Starts the thread that holds items for their delay: items arrive on `rx` and leave through
-/// `release` at their deadline, with how late they left. It exits once every sender is gone;
-/// items still pending then are dropped (none of them was acknowledged by this relay).
-/// `release` runs inside the tokio runtime current at the call, if there is one (releasing a
-/// packet may start a link task).
-///
-/// A dedicated thread, not a tokio task: tokio's timer wheel has a 1 ms tick, so every delayed
-/// packet would leave up to a millisecond after its deadline (half a millisecond on average,
-/// added to every hop). Waiting on the channel with a timeout uses the kernel's
-/// high-resolution timers instead (~50 µs slack), and an item that arrives already due (a
-/// deadline spent waiting for the group commit) leaves at once.
-pub fn spawn<T, F>(
-    rx: Receiver<Scheduled<T>>,
-    capacity: usize,
-    mut release: F,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<std::thread::JoinHandle<()>>
-where
-    T: Send + 'static,
-    F: FnMut(T, Duration) + Send + 'static,
-{
-    let runtime = tokio::runtime::Handle::try_current().ok();
-    std::thread::Builder::new()
-        .name("delay-queue".into())
-        .spawn(move || {
-            let _runtime = runtime.as_ref().map(|r| r.enter());
-            precise_timers();
-            let mut queue = DelayQueue::new(capacity);
-            loop {
-                let now = Instant::now();
-                let mut released = 0i64;
-                while let Some((at, item)) = queue.pop_due_at(now) {
-                    released += 1;
-                    release(item, now.saturating_duration_since(at));
-                }
-                metrics.queue_sub(Queue::Delay, released);
-                let first = match queue.next_deadline() {
-                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(now)) {
-                        Ok(s) => s,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    },
-                    None => match rx.recv() {
-                        Ok(s) => s,
-                        Err(_) => break,
-                    },
-                };
-                let mut next = Some(first);
-                let mut n = 0usize;
-                let mut added = 0i64;
-                // Take what is already waiting before looking at the deadlines again.
-                while let Some(s) = next {
-                    n += 1;
-                    match queue.push(s.at, s.item) {
-                        Ok(()) => added += 1,
-                        Err(_) => metrics.dropped("delay_queue_full"),
-                    }
-                    next = if n < INTAKE_BATCH {
-                        rx.try_recv().ok()
-                    } else {
-                        None
-                    };
-                }
-                metrics.queue_add(Queue::Delay, added);
-            }
-            metrics.queue_sub(Queue::Delay, queue.len() as i64);
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn pops_in_deadline_order_and_is_bounded() {
@@ -216,44 +135,6 @@ mod tests {
         assert_eq!(q.pop_due(t1), Some('b'));
         assert_eq!(q.pop_due(t1), None);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(30)));
-    }
-
-    #[test]
-    fn the_thread_releases_in_deadline_order_never_early_and_stops_with_its_senders() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(16);
-        let (out_tx, out_rx) = std::sync::mpsc::channel();
-        let metrics = Arc::new(Metrics::new());
-        let thread = spawn(
-            rx,
-            16,
-            move |item: u32, late| {
-                let _ = out_tx.send((item, Instant::now(), late));
-            },
-            metrics.clone(),
-        )
-        .expect("thread");
-        let t0 = Instant::now();
-        // Sent out of order; one already due; one far away that must never come out.
-        for (ms, item) in [(30u64, 3u32), (10, 1), (0, 0), (20, 2), (60_000, 9)] {
-            let at = t0 + Duration::from_millis(ms);
-            tx.send(Scheduled { at, item }).expect("send");
-        }
-        let mut got = Vec::new();
-        for _ in 0..4 {
-            let (item, left, late) = out_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("released");
-            let due = t0 + Duration::from_millis(u64::from(item) * 10);
-            assert!(left >= due, "item {item} left before its deadline");
-            assert!(late <= left.saturating_duration_since(due));
-            got.push(item);
-        }
-        assert_eq!(got, [0, 1, 2, 3]);
-        // The last sender gone: the thread ends at once, dropping what is still pending.
-        drop(tx);
-        thread.join().expect("joined");
-        assert!(out_rx.try_recv().is_err());
-        assert_eq!(metrics.snapshot().delay_queue, 0);
     }
 
     #[test]

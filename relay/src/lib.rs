@@ -1,13 +1,14 @@
 //! # spore-relay
 //!
 //! The daemon volunteers run, and a library to run it in-process. It sits in the middle of the
-//! Spore data path: clients' Sphinx packets arrive on Noise links ([`connection`]), a pool of
-//! worker threads unwraps one layer each, drops replays and holds every packet for the delay its
-//! header asks for ([`mix`], [`replay`], [`delay_queue`]), then forwards it on a pooled link to
-//! the next hop named in the header and found in the signed directory. At the last hop the
-//! mailbox role stores the still-sealed payload durably in segment files ([`store`]), releases the
-//! sender's SURB-ack, and later hands the payload to the mailbox's owner, and only to it
-//! ([`mailbox`]).
+//! Spore data path: clients' Sphinx packets arrive on Noise links (`listener`, `handler`,
+//! `connection`), a pool of worker threads unwraps one layer each and drops replays (`mix`,
+//! `replay`), the packet is held for the delay its header asks for and forwarded on a pooled
+//! link to the next hop named in the header and found in the signed directory (`forward`,
+//! `delay_queue`, `link_pool`). At the last hop the mailbox role stores the still-sealed payload
+//! durably in segment files (`store`), releases the sender's SURB-ack, and later hands the
+//! payload to the mailbox's owner, and only to it (`mailbox`). Modules are private; what
+//! callers use is the flat list below.
 //!
 //! Promises: every network input is bounded and never panics the relay; nothing is forwarded
 //! or acknowledged before its replay tag and payload are on disk (one group commit per batch);
@@ -37,28 +38,30 @@
 
 mod clock;
 mod config;
-pub mod connection;
+mod connection;
 mod cover;
-pub mod delay_queue;
+mod delay_queue;
 mod descriptor;
 mod directory;
 mod error;
+mod forward;
+mod handler;
 mod keys;
 mod link_pool;
 mod listener;
-pub mod mailbox;
+mod mailbox;
 mod metrics;
-pub mod mix;
+mod mix;
 mod relay;
-pub mod replay;
+mod replay;
 mod shutdown;
-pub mod store;
+mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig,
 };
-pub use connection::Link;
+pub use connection::{FrameReader, FrameWriter, Link, accept_handshake, connect_handshake};
 pub use delay_queue::{DelayQueue, precise_timers};
 pub use descriptor::build as build_descriptor;
 pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};

@@ -1,5 +1,6 @@
 //! Outbound links to next hops: one task per [`RelayId`], created on first use, reconnecting
-//! with exponential backoff, closed after a while without traffic.
+//! with exponential backoff, closed after a while without traffic. The pool is the relay's
+//! [`LinkSender`]: it is only ever handed packets for other relays.
 //!
 //! Each link has a bounded queue; when it is full (the next hop is slow or down) packets are
 //! dropped and counted. The initiator pins the next hop's link key from the directory, so a
@@ -10,14 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use spore_protocol::RelayId;
-use spore_protocol::link::Frame;
+use spore_protocol::link::{Frame, LinkErrorCode};
 use spore_protocol::params::PACKET_SIZE;
 use tokio::sync::mpsc;
 
+use crate::clock::Clock;
 use crate::connection::Link;
 use crate::directory::DirectoryView;
+use crate::forward::{HopTiming, LinkSender};
 use crate::metrics::{Metrics, Queue, Stage};
-use crate::mix::{HopTiming, PacketIngress};
 use crate::shutdown::Shutdown;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -46,64 +48,51 @@ pub(crate) struct PoolSettings {
 
 /// All outbound links of one relay.
 pub(crate) struct LinkPool {
-    self_id: RelayId,
     local_secret: [u8; 32],
-    local: PacketIngress,
     directory: Arc<DirectoryView>,
     settings: PoolSettings,
     links: Mutex<HashMap<RelayId, PacketTx>>,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 }
 
 impl LinkPool {
     pub fn new(
-        self_id: RelayId,
         local_secret: [u8; 32],
-        local: PacketIngress,
         directory: Arc<DirectoryView>,
         settings: PoolSettings,
+        clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Arc<Self> {
         Arc::new(Self {
-            self_id,
             local_secret,
-            local,
             directory,
             settings,
             links: Mutex::new(HashMap::new()),
+            clock,
             metrics,
             shutdown,
         })
     }
 
     /// Queues `packet` for `next_hop`. Never blocks; drops and counts on a full queue or an
-    /// unknown hop. A packet addressed to this relay itself goes straight to its own workers.
-    pub fn send(self: &Arc<Self>, next_hop: RelayId, packet: Box<[u8; PACKET_SIZE]>) {
-        self.send_timed(next_hop, packet, None);
-    }
-
-    /// [`send`](Self::send) for a forwarded packet: once it is flushed to the next hop, its
+    /// unknown hop. With `timing` (a forwarded packet), once it is flushed to the next hop its
     /// time in this relay goes into the added-latency and link-stage histograms.
-    pub fn send_timed(
+    fn send_timed(
         self: &Arc<Self>,
         next_hop: RelayId,
         packet: Box<[u8; PACKET_SIZE]>,
         timing: Option<HopTiming>,
     ) {
-        if next_hop == self.self_id {
-            self.metrics.forwarded();
-            self.local.submit(packet);
-            return;
-        }
         if self.shutdown.is_triggered() {
             self.metrics.dropped("shutting_down");
             return;
         }
         let mut queued = Queued {
             packet,
-            timing: timing.map(|t| (t, Instant::now())),
+            timing: timing.map(|t| (t, self.clock.monotonic_now())),
         };
         for _ in 0..2 {
             let tx = {
@@ -180,7 +169,7 @@ impl LinkPool {
             loop {
                 tokio::select! {
                     _ = self.shutdown.signalled() => {
-                        let _ = link.send(&Frame::Error { code: spore_protocol::link::LinkErrorCode::ShuttingDown }).await;
+                        let _ = link.send(&Frame::Error { code: LinkErrorCode::ShuttingDown }).await;
                         break 'outer;
                     }
                     incoming = link.reader.read_frame() => {
@@ -218,7 +207,7 @@ impl LinkPool {
                         if failed || link.writer.flush().await.is_err() {
                             continue 'outer;
                         }
-                        let now = Instant::now();
+                        let now = self.clock.monotonic_now();
                         for (timing, queued_at) in flushed.drain(..) {
                             self.metrics.observe_stage(Stage::Link, now.saturating_duration_since(queued_at));
                             self.metrics.observe_added_latency(
@@ -249,6 +238,12 @@ impl LinkPool {
         if links.get(&hop).is_some_and(|tx| tx.is_closed()) {
             links.remove(&hop);
         }
+    }
+}
+
+impl LinkSender for Arc<LinkPool> {
+    fn send(&self, next_hop: RelayId, packet: Box<[u8; PACKET_SIZE]>, timing: Option<HopTiming>) {
+        self.send_timed(next_hop, packet, timing);
     }
 }
 

@@ -1,11 +1,11 @@
-//! The mix pipeline: a pool of Sphinx worker threads, then the group commit, then the delay
-//! queue.
+//! The mix pipeline: a pool of Sphinx worker threads, then the group commit, which hands each
+//! packet to the forwarder (`forward`: now, or after its delay).
 //!
 //! ```text
-//! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──┬─(due)──────────────▶ link pool
-//!        (bounded,     (std sync_channel)  parse, X25519,      one fdatasync │
-//!         drop+count)                      replay check,       per group,    └─▶ delay thread ──▶ link pool
-//!                                          unwrap, store       then release      (heap of deadlines)
+//! links ──try_send──▶ unwrap queue ──▶ N worker threads ──▶ commit thread ──▶ Forwarder ──┬─(due)─────────────▶ Egress
+//!        (bounded,     (std sync_channel)  parse, X25519,      one fdatasync                └─▶ delay thread ──▶ Egress
+//!         drop+count)                      replay check,       per group                        (heap of deadlines)
+//!                                          unwrap, store
 //! ```
 //!
 //! Workers are dedicated OS threads, never async tasks: a Sphinx unwrap is ~100 µs of pure CPU.
@@ -25,21 +25,15 @@ use std::time::{Duration, Instant};
 
 use spore_protocol::packet::{self, IncomingPacket, PacketLimits, Unwrapped};
 use spore_protocol::params::{PACKET_SIZE, PAYLOAD_SIZE};
-use spore_protocol::{MailboxId, RelayId};
+use spore_protocol::{MailboxId, PeerMisbehaved, RelayId};
 use x25519_dalek::StaticSecret;
 
 use crate::clock::Clock;
-use crate::delay_queue::Scheduled;
+use crate::forward::{Forwarder, HopTiming, OutboundPacket};
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::metrics::{Metrics, Queue, Stage};
 use crate::replay::{ReplayCache, ShortTag};
 use crate::store::{Database, MailboxStore};
-
-/// A packet on its way to a next hop.
-pub type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);
-
-/// A forwarded packet waiting in the delay queue.
-pub(crate) type Delayed = (OutboundPacket, HopTiming);
 
 /// Most packets one group commit takes: bounds the time the first of them waits for the last.
 const MAX_GROUP: usize = 4096;
@@ -50,27 +44,11 @@ pub(crate) struct Inbound {
     received: Instant,
 }
 
-/// When a forwarded packet reached this relay and how long its header told it to wait: all
-/// the relay needs to export its own added latency per hop. Durations only, never identities.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HopTiming {
-    pub received: Instant,
-    pub delay: Duration,
-}
-
-impl HopTiming {
-    /// When the packet is due to leave. The delay runs from the packet's arrival, as an
-    /// observer of the links sees it: queueing, unwrapping and the durable commit of its replay
-    /// tag happen inside the delay instead of being added to it.
-    pub fn deadline(&self) -> Instant {
-        self.received + self.delay
-    }
-}
-
 /// The entry to the worker pool; cheap to clone, one per connection.
 #[derive(Clone)]
 pub struct PacketIngress {
     tx: SyncSender<Inbound>,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
 
@@ -85,7 +63,7 @@ impl PacketIngress {
     pub fn submit(&self, packet: Box<[u8; PACKET_SIZE]>) {
         let inbound = Inbound {
             packet,
-            received: Instant::now(),
+            received: self.clock.monotonic_now(),
         };
         match self.tx.try_send(inbound) {
             Ok(()) => self.metrics.queue_add(Queue::Unwrap, 1),
@@ -183,7 +161,11 @@ impl MixContext {
             let unwrapped = match prepared.unwrap(&self.limits) {
                 Ok(u) => u,
                 // The header does not name its key: a MAC failure may mean "another epoch".
-                Err(e) if e.reason() == "bad_mac" && i < last => continue,
+                Err(spore_protocol::Error::PeerMisbehaved(PeerMisbehaved::BadHeaderMac))
+                    if i < last =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(e.reason()),
             };
             match self.replay.mark(*epoch, &replay_tag) {
@@ -259,10 +241,11 @@ impl MixContext {
 /// Creates the unwrap queue.
 pub(crate) fn unwrap_queue(
     capacity: usize,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) -> (PacketIngress, Receiver<Inbound>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-    (PacketIngress { tx, metrics }, rx)
+    (PacketIngress { tx, clock, metrics }, rx)
 }
 
 /// Starts `n` worker threads. They exit once `stop` is set and the queue is empty (or when
@@ -346,7 +329,7 @@ fn worker_loop(
     let mut secrets = Vec::new();
     let mut secrets_at = 0u64;
     let mut held: Vec<Processed> = Vec::new();
-    let mut held_since = Instant::now();
+    let mut held_since = ctx.clock.monotonic_now();
     // The earliest deadline still ahead among the held packets.
     let mut held_deadline: Option<Instant> = None;
     loop {
@@ -365,7 +348,7 @@ fn worker_loop(
             continue;
         };
         ctx.metrics.queue_sub(Queue::Unwrap, 1);
-        let t0 = Instant::now();
+        let t0 = ctx.clock.monotonic_now();
         ctx.metrics
             .observe_stage(Stage::UnwrapQueue, t0.saturating_duration_since(received));
         // The accepted epochs depend only on the (injected) clock's second and the replay
@@ -385,7 +368,7 @@ fn worker_loop(
             tracing::error!("panic while processing a packet; packet dropped");
             Err("internal_panic")
         });
-        let ready = Instant::now();
+        let ready = ctx.clock.monotonic_now();
         ctx.metrics
             .observe_unwrap(ready.saturating_duration_since(t0));
         let outcome = match result {
@@ -415,7 +398,7 @@ fn worker_loop(
             outcome,
             ready,
         });
-        let now = Instant::now();
+        let now = ctx.clock.monotonic_now();
         let due = held_deadline.is_some_and(|d| d <= now + COMMIT_MARGIN);
         if (due || now.saturating_duration_since(held_since) >= HOLD_MAX)
             && !hand_off(ctx, commit_tx, &mut held)
@@ -444,21 +427,18 @@ fn hand_off(
 }
 
 /// Starts the commit thread: one durable append of the group's replay tags, plus a database
-/// commit only if the group stored something in a mailbox, then the group's packets leave:
-/// straight to `release` when already due (delay 0, or a delay that ran out while waiting),
-/// else through the delay queue. Exits when every worker is gone.
-pub(crate) fn spawn_committer<F>(
+/// commit only if the group stored something in a mailbox, then the group's packets go to the
+/// [`Forwarder`], which sends each at once or holds it for its delay. Exits when every worker
+/// is gone, and with it the forwarder.
+pub(crate) fn spawn_committer(
     db: Database,
     replay: Arc<ReplayCache>,
     rx: Receiver<Vec<Processed>>,
-    delay_tx: SyncSender<Scheduled<Delayed>>,
-    release: F,
+    forwarder: Forwarder,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-) -> std::io::Result<std::thread::JoinHandle<()>>
-where
-    F: Fn(OutboundPacket, Option<HopTiming>) + Send + 'static,
-{
-    // `release` may start a link task, which needs the runtime this relay runs on.
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Sending may start a link task, which needs the runtime this relay runs on.
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("group-commit".into())
@@ -483,7 +463,7 @@ where
                 }
                 let n = outcomes.len();
                 metrics.queue_sub(Queue::Commit, n as i64);
-                let t0 = Instant::now();
+                let t0 = clock.monotonic_now();
                 let stores = outcomes
                     .iter()
                     .any(|(o, _)| matches!(o, Outcome::Stored { .. }));
@@ -493,7 +473,7 @@ where
                     .persist(&tags)
                     .and_then(|()| if stores { db.commit() } else { Ok(()) });
                 tags.clear();
-                let now = Instant::now();
+                let now = clock.monotonic_now();
                 metrics.observe_commit(now.saturating_duration_since(t0));
                 if let Err(e) = committed {
                     tracing::error!(error = %e, "group commit failed; dropping the group");
@@ -512,26 +492,13 @@ where
                         } => {
                             metrics
                                 .observe_stage(Stage::Commit, now.saturating_duration_since(ready));
-                            let at = timing.deadline();
-                            if at <= now {
-                                release((next_hop, packet), Some(timing));
-                                continue;
-                            }
-                            let scheduled = Scheduled {
-                                at,
-                                item: ((next_hop, packet), timing),
-                            };
-                            // Blocking here pushes back on the workers, and through the bounded
-                            // unwrap queue on the links, instead of growing memory.
-                            if delay_tx.send(scheduled).is_err() {
-                                metrics.dropped("shutting_down");
-                            }
+                            forwarder.forward(next_hop, packet, timing, now);
                         }
                         Outcome::Stored { ack } => {
                             metrics.stored();
                             if let Some(ack) = ack {
                                 metrics.ack_sent();
-                                release(ack, None);
+                                forwarder.send_now(ack);
                             }
                         }
                     }

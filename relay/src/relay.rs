@@ -1,4 +1,8 @@
 //! Assembling a relay from its parts, and the handle a caller gets back.
+//!
+//! [`Relay::start_with_clock`] reads as the list of parts, in the order they must start:
+//! storage, directory, mix (workers, commit, forwarding, links), mailbox, maintenance, listener,
+//! metrics endpoint, loop cover, descriptor file. Each part is one method of `Parts`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,20 +11,21 @@ use std::time::Duration;
 
 use spore_protocol::packet::PacketLimits;
 use spore_protocol::params::PACKET_SIZE;
-use spore_protocol::{MailboxId, RelayId};
+use spore_protocol::{Error as ProtocolError, MailboxId, PeerMisbehaved, RelayId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::RelayConfig;
-use crate::delay_queue;
 use crate::directory::{DirectorySource, DirectoryView, Trust};
 use crate::error::{RelayError, Result};
+use crate::forward::{Egress, Forwarder};
+use crate::handler::{LinkSettings, Shared};
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
-use crate::listener::{LinkSettings, Listener, Shared};
+use crate::listener::Listener;
 use crate::mailbox::{self, MailboxService};
-use crate::metrics::{Metrics, MetricsSnapshot, Stage};
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::mix::{self, MixContext, PacketIngress};
 use crate::replay::ReplayCache;
 use crate::shutdown::Shutdown;
@@ -50,7 +55,8 @@ impl Relay {
         Self::start_with_clock(config, keys, directory, Arc::new(SystemClock)).await
     }
 
-    /// Like [`Relay::start`], with an injected wall clock (epochs, retention, descriptors).
+    /// Like [`Relay::start`], with an injected clock (epochs, retention, descriptors, and the
+    /// monotonic time delays are measured in).
     pub async fn start_with_clock(
         config: RelayConfig,
         keys: RelayKeys,
@@ -61,242 +67,50 @@ impl Relay {
         // Bind first: a busy port fails before anything is opened or started.
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
-        let metrics = Arc::new(Metrics::new());
-        let schedule = KeySchedule {
-            epoch_length_secs: config.mix.epoch_length_secs,
-            grace_secs: config.mix.grace_secs,
+        let parts = Parts {
+            schedule: KeySchedule {
+                epoch_length_secs: config.mix.epoch_length_secs,
+                grace_secs: config.mix.grace_secs,
+            },
+            config,
+            keys,
+            clock,
+            metrics: Arc::new(Metrics::new()),
+            shutdown: Shutdown::new(),
         };
-        let oldest_epoch = schedule.oldest_kept_epoch(clock.now_unix());
-        let (db, replay, store) = {
-            let data_dir = config.data_dir.clone();
-            let limits = config.roles.mailbox.then_some(MailboxLimits {
-                quota_items: config.mailbox.quota_items,
-                quota_bytes: config.mailbox.quota_bytes,
-                disk_budget_bytes: config.mailbox.disk_budget_bytes,
-            });
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                let db = Database::open(&data_dir)?;
-                let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
-                let store = match limits {
-                    Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
-                    None => None,
-                };
-                Ok((db, replay, store))
-            })
-            .await
-            .map_err(|_| RelayError::Corrupt("database open panicked"))??
-        };
-        if replay.floor() > schedule.epoch_at(clock.now_unix()) {
-            tracing::warn!(
-                floor = replay.floor(),
-                "the clock is behind the last expired key epoch: packets are refused until it \
-                 catches up (was the clock wrong before?)"
-            );
-        }
-        let shutdown = Shutdown::new();
+        let storage = parts.open_storage().await?;
         let stop = Arc::new(AtomicBool::new(false));
         // If anything below fails, stop what was already started (and so close the database).
         let mut guard = StartGuard {
-            shutdown: shutdown.clone(),
+            shutdown: parts.shutdown.clone(),
             stop: stop.clone(),
             armed: true,
         };
-
-        let trust = Trust::from_hex(&config.directory.authorities, config.directory.threshold)?;
-        if trust.threshold == 0 {
-            tracing::warn!("directory signatures are not checked (threshold 0): testing only");
-        }
-        let directory = Arc::new(
-            DirectoryView::new(directory, trust, clock.clone())
-                .expect_epoch_length(config.mix.epoch_length_secs),
-        );
-        if let Err(e) = directory.refresh().await {
-            count_refused_directory(&metrics, &e);
-            tracing::warn!(error = %e, "no usable directory yet");
-        }
-
-        let (ingress, unwrap_rx) = mix::unwrap_queue(config.limits.unwrap_queue, metrics.clone());
-        let pool = LinkPool::new(
-            keys.relay_id(),
-            *keys.link_secret(),
-            ingress.clone(),
-            directory.clone(),
-            PoolSettings {
-                queue: config.limits.link_queue,
-                connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
-            },
-            metrics.clone(),
-            shutdown.clone(),
-        );
-
-        let (delay_tx, delay_rx) = std::sync::mpsc::sync_channel(4096);
-        let delay_thread = {
-            let pool = pool.clone();
-            let timer_metrics = metrics.clone();
-            delay_queue::spawn(
-                delay_rx,
-                config.limits.delay_queue,
-                move |((hop, packet), timing): mix::Delayed, late| {
-                    timer_metrics.observe_stage(Stage::DelayTimer, late);
-                    pool.send_timed(hop, packet, Some(timing));
-                },
-                metrics.clone(),
-            )?
-        };
-
-        let workers = config.worker_count();
-        let ctx = Arc::new(MixContext {
-            keys: keys.clone(),
-            schedule,
-            limits: PacketLimits {
-                max_delay: config.max_delay(),
-                ..PacketLimits::default()
-            },
-            replay: replay.clone(),
-            mailbox: store.clone(),
-            clock: clock.clone(),
-            metrics: metrics.clone(),
-        });
-        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
-        let committer = {
-            let pool = pool.clone();
-            mix::spawn_committer(
-                db.clone(),
-                replay.clone(),
-                commit_rx,
-                delay_tx,
-                move |(hop, packet): mix::OutboundPacket, timing| {
-                    pool.send_timed(hop, packet, timing)
-                },
-                metrics.clone(),
-            )?
-        };
-        let worker_threads = mix::spawn_workers(workers, ctx, unwrap_rx, commit_tx, stop.clone())?;
-
-        let mailbox = store.map(|s| MailboxService::new(s, db.clone(), metrics.clone()));
-        if let Some(service) = &mailbox {
-            shutdown.spawn(mailbox::run_sweeper(
-                service.clone(),
-                clock.clone(),
-                Duration::from_secs(config.mailbox.retention_secs),
-                Duration::from_secs(config.mailbox.sweep_interval_secs),
-                shutdown.clone(),
-            ));
-        }
-
-        // Directory refresh and replay-cache expiry.
-        {
-            let directory = directory.clone();
-            let replay = replay.clone();
-            let clock = clock.clone();
-            let metrics2 = metrics.clone();
-            metrics2.set_replay_tags(replay.len());
-            let shutdown2 = shutdown.clone();
-            let every = Duration::from_secs(config.directory.refresh_secs.max(1));
-            shutdown.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = shutdown2.signalled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    if let Err(e) = directory.refresh().await {
-                        count_refused_directory(&metrics2, &e);
-                        tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
-                    }
-                    let oldest = schedule.oldest_kept_epoch(clock.now_unix());
-                    let replay2 = replay.clone();
-                    let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
-                    metrics2.set_replay_tags(replay.len());
-                    match expired {
-                        Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
-                        _ => {}
-                    }
-                }
-            });
-        }
-
-        let shared = Arc::new(Shared {
-            link_secret: *keys.link_secret(),
-            ingress: ingress.clone(),
-            packets_from_anyone: config.roles.entry,
-            directory: directory.clone(),
-            mailbox: mailbox.clone(),
-            metrics: metrics.clone(),
-            settings: LinkSettings {
-                handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
-                idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
-                packets_per_sec: config.limits.packets_per_sec,
-                packet_burst: config.limits.packet_burst,
-                reply_queue: config.limits.reply_queue,
-            },
-        });
-        shutdown.spawn(
-            Listener {
-                listener,
-                limit: Arc::new(Semaphore::new(config.limits.max_connections)),
-                per_ip: Arc::default(),
-                max_per_ip: config.limits.max_connections_per_ip,
-                shared,
-                shutdown: shutdown.clone(),
-            }
-            .run(),
-        );
-
-        let metrics_addr = match config.metrics_listen {
-            Some(addr) => {
-                Some(crate::metrics::serve(addr, metrics.clone(), shutdown.clone()).await?)
-            }
+        let directory = parts.start_directory(directory).await?;
+        let mix = parts.start_mix(&storage, &directory, &stop)?;
+        let mailbox = parts.start_mailbox(&storage);
+        parts.spawn_maintenance(&directory, &storage.replay);
+        parts.spawn_listener(listener, &mix.ingress, &directory, &mailbox);
+        let metrics_addr = match parts.config.metrics_listen {
+            Some(addr) => Some(
+                crate::metrics::serve(addr, parts.metrics.clone(), parts.shutdown.clone()).await?,
+            ),
             None => None,
         };
+        parts.spawn_cover(&directory, &mix.egress);
+        parts.start_descriptor_file(local_addr).await?;
 
-        if config.mix.loop_rate > 0.0 {
-            crate::cover::spawn(
-                crate::cover::CoverSettings {
-                    rate: config.mix.loop_rate,
-                    schedule,
-                    max_delay: config.max_delay(),
-                },
-                keys.clone(),
-                directory.clone(),
-                pool.clone(),
-                clock.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
-        }
-
-        if let Some(path) = config.descriptor_file.clone() {
-            let config = config.clone();
-            let keys = keys.clone();
-            let clock = clock.clone();
-            let address = config.advertised_address(local_addr);
-            let every = Duration::from_secs((config.mix.epoch_length_secs / 2).max(1));
-            let task_shutdown = shutdown.clone();
-            // Written once before start returns, so the file is there when the caller looks.
-            write_descriptor(&path, &config, &keys, &address, clock.now_unix()).await?;
-            shutdown.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = task_shutdown.signalled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    if let Err(e) =
-                        write_descriptor(&path, &config, &keys, &address, clock.now_unix()).await
-                    {
-                        tracing::error!(error = %e, "could not write the descriptor file");
-                    }
-                }
-            });
-        }
-
+        let Parts {
+            config,
+            keys,
+            clock,
+            metrics,
+            shutdown,
+            ..
+        } = parts;
         tracing::info!(
             id = %keys.relay_id().short(),
-            workers,
+            workers = config.worker_count(),
             mix = config.roles.mix,
             mailbox = config.roles.mailbox,
             entry = config.roles.entry,
@@ -312,14 +126,302 @@ impl Relay {
             metrics,
             directory,
             mailbox,
-            ingress: Some(ingress),
-            db: Some(db),
+            ingress: Some(mix.ingress),
+            db: Some(storage.db),
             shutdown,
             stop,
-            workers: worker_threads,
-            committer: Some(committer),
-            delay_thread: Some(delay_thread),
+            workers: mix.workers,
+            committer: Some(mix.committer),
+            delay_thread: Some(mix.delay_thread),
         })
+    }
+}
+
+/// What every part of a relay is started from.
+struct Parts {
+    config: RelayConfig,
+    keys: RelayKeys,
+    schedule: KeySchedule,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+}
+
+/// The relay's files: the database, the replay log and (mailbox role) the mailbox store.
+struct Storage {
+    db: Database,
+    replay: Arc<ReplayCache>,
+    store: Option<Arc<MailboxStore>>,
+}
+
+/// The running mix pipeline: its entry, its exit and its threads.
+struct Mix {
+    ingress: PacketIngress,
+    egress: Arc<Egress>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    committer: std::thread::JoinHandle<()>,
+    delay_thread: std::thread::JoinHandle<()>,
+}
+
+impl Parts {
+    /// Opens the database, the replay log and the mailbox store (off the async threads).
+    async fn open_storage(&self) -> Result<Storage> {
+        let config = &self.config;
+        let oldest_epoch = self.schedule.oldest_kept_epoch(self.clock.now_unix());
+        let data_dir = config.data_dir.clone();
+        let limits = config.roles.mailbox.then_some(MailboxLimits {
+            quota_items: config.mailbox.quota_items,
+            quota_bytes: config.mailbox.quota_bytes,
+            disk_budget_bytes: config.mailbox.disk_budget_bytes,
+        });
+        let storage = tokio::task::spawn_blocking(move || -> Result<_> {
+            let db = Database::open(&data_dir)?;
+            let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
+            let store = match limits {
+                Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
+                None => None,
+            };
+            Ok(Storage { db, replay, store })
+        })
+        .await
+        .map_err(|_| RelayError::Corrupt("database open panicked"))??;
+        if storage.replay.floor() > self.schedule.epoch_at(self.clock.now_unix()) {
+            tracing::warn!(
+                floor = storage.replay.floor(),
+                "the clock is behind the last expired key epoch: packets are refused until it \
+                 catches up (was the clock wrong before?)"
+            );
+        }
+        Ok(storage)
+    }
+
+    /// The directory view, with a first read of the source (a relay starts without one).
+    async fn start_directory(&self, source: DirectorySource) -> Result<Arc<DirectoryView>> {
+        let config = &self.config;
+        let trust = Trust::from_hex(&config.directory.authorities, config.directory.threshold)?;
+        if trust.threshold == 0 {
+            tracing::warn!("directory signatures are not checked (threshold 0): testing only");
+        }
+        let directory = Arc::new(
+            DirectoryView::new(source, trust, self.clock.clone())
+                .expect_epoch_length(config.mix.epoch_length_secs),
+        );
+        if let Err(e) = directory.refresh().await {
+            count_refused_directory(&self.metrics, &e);
+            tracing::warn!(error = %e, "no usable directory yet");
+        }
+        Ok(directory)
+    }
+
+    /// The unwrap queue, the Sphinx workers, the commit thread, the forwarder with its delay
+    /// thread, and the link pool they send through.
+    fn start_mix(
+        &self,
+        storage: &Storage,
+        directory: &Arc<DirectoryView>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Mix> {
+        let config = &self.config;
+        let (ingress, unwrap_rx) = mix::unwrap_queue(
+            config.limits.unwrap_queue,
+            self.clock.clone(),
+            self.metrics.clone(),
+        );
+        let pool = LinkPool::new(
+            *self.keys.link_secret(),
+            directory.clone(),
+            PoolSettings {
+                queue: config.limits.link_queue,
+                connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+            },
+            self.clock.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        );
+        let egress = Egress::new(
+            self.keys.relay_id(),
+            ingress.clone(),
+            Box::new(pool),
+            self.metrics.clone(),
+        );
+        let (forwarder, delay_thread) = Forwarder::start(
+            egress.clone(),
+            config.limits.delay_queue,
+            self.clock.clone(),
+            self.metrics.clone(),
+        )?;
+        let ctx = Arc::new(MixContext {
+            keys: self.keys.clone(),
+            schedule: self.schedule,
+            limits: PacketLimits {
+                max_delay: config.max_delay(),
+                ..PacketLimits::default()
+            },
+            replay: storage.replay.clone(),
+            mailbox: storage.store.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
+        let committer = mix::spawn_committer(
+            storage.db.clone(),
+            storage.replay.clone(),
+            commit_rx,
+            forwarder,
+            self.clock.clone(),
+            self.metrics.clone(),
+        )?;
+        let workers = mix::spawn_workers(
+            config.worker_count(),
+            ctx,
+            unwrap_rx,
+            commit_tx,
+            stop.clone(),
+        )?;
+        Ok(Mix {
+            ingress,
+            egress,
+            workers,
+            committer,
+            delay_thread,
+        })
+    }
+
+    /// The mailbox role's link side and its retention sweeper.
+    fn start_mailbox(&self, storage: &Storage) -> Option<MailboxService> {
+        let store = storage.store.clone()?;
+        let service = MailboxService::new(store, storage.db.clone(), self.metrics.clone());
+        self.shutdown.spawn(mailbox::run_sweeper(
+            service.clone(),
+            self.clock.clone(),
+            Duration::from_secs(self.config.mailbox.retention_secs),
+            Duration::from_secs(self.config.mailbox.sweep_interval_secs),
+            self.shutdown.clone(),
+        ));
+        Some(service)
+    }
+
+    /// Directory refresh and replay-cache expiry, every `directory.refresh_secs`.
+    fn spawn_maintenance(&self, directory: &Arc<DirectoryView>, replay: &Arc<ReplayCache>) {
+        let directory = directory.clone();
+        let replay = replay.clone();
+        let clock = self.clock.clone();
+        let metrics = self.metrics.clone();
+        metrics.set_replay_tags(replay.len());
+        let shutdown = self.shutdown.clone();
+        let schedule = self.schedule;
+        let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
+        self.shutdown.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.signalled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = directory.refresh().await {
+                    count_refused_directory(&metrics, &e);
+                    tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
+                }
+                let oldest = schedule.oldest_kept_epoch(clock.now_unix());
+                let replay2 = replay.clone();
+                let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
+                metrics.set_replay_tags(replay.len());
+                match expired {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// The accept loop, with what every link handler shares.
+    fn spawn_listener(
+        &self,
+        listener: TcpListener,
+        ingress: &PacketIngress,
+        directory: &Arc<DirectoryView>,
+        mailbox: &Option<MailboxService>,
+    ) {
+        let config = &self.config;
+        let shared = Arc::new(Shared {
+            link_secret: *self.keys.link_secret(),
+            ingress: ingress.clone(),
+            packets_from_anyone: config.roles.entry,
+            directory: directory.clone(),
+            mailbox: mailbox.clone(),
+            metrics: self.metrics.clone(),
+            settings: LinkSettings {
+                handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+                packets_per_sec: config.limits.packets_per_sec,
+                packet_burst: config.limits.packet_burst,
+                reply_queue: config.limits.reply_queue,
+            },
+        });
+        self.shutdown.spawn(
+            Listener {
+                listener,
+                limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+                per_ip: Arc::default(),
+                max_per_ip: config.limits.max_connections_per_ip,
+                shared,
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
+    }
+
+    /// Loop cover, if `mix.loop_rate` asks for it.
+    fn spawn_cover(&self, directory: &Arc<DirectoryView>, egress: &Arc<Egress>) {
+        if self.config.mix.loop_rate <= 0.0 {
+            return;
+        }
+        crate::cover::spawn(
+            crate::cover::CoverSettings {
+                rate: self.config.mix.loop_rate,
+                schedule: self.schedule,
+                max_delay: self.config.max_delay(),
+            },
+            self.keys.clone(),
+            directory.clone(),
+            egress.clone(),
+            self.clock.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        );
+    }
+
+    /// The descriptor file, if configured: written once now, then every half epoch.
+    async fn start_descriptor_file(&self, local_addr: SocketAddr) -> Result<()> {
+        let Some(path) = self.config.descriptor_file.clone() else {
+            return Ok(());
+        };
+        let config = self.config.clone();
+        let keys = self.keys.clone();
+        let clock = self.clock.clone();
+        let address = config.advertised_address(local_addr);
+        let every = Duration::from_secs((config.mix.epoch_length_secs / 2).max(1));
+        let task_shutdown = self.shutdown.clone();
+        // Written once before start returns, so the file is there when the caller looks.
+        write_descriptor(&path, &config, &keys, &address, clock.now_unix()).await?;
+        self.shutdown.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = task_shutdown.signalled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) =
+                    write_descriptor(&path, &config, &keys, &address, clock.now_unix()).await
+                {
+                    tracing::error!(error = %e, "could not write the descriptor file");
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -541,11 +643,17 @@ impl Drop for RunningRelay {
 /// that could not be read is not a refusal and is not counted.
 fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
     if let RelayError::Protocol(p) = e {
-        metrics.dropped(match p.reason() {
-            "not_enough_signatures" => "directory_not_enough_signatures",
-            "bad_signature" => "directory_bad_signature",
-            "expired" => "directory_expired",
-            "duplicate_relay" => "directory_duplicate_relay",
+        metrics.dropped(match p {
+            ProtocolError::PeerMisbehaved(PeerMisbehaved::NotEnoughSignatures { .. }) => {
+                "directory_not_enough_signatures"
+            }
+            ProtocolError::PeerMisbehaved(PeerMisbehaved::BadSignature) => {
+                "directory_bad_signature"
+            }
+            ProtocolError::PeerMisbehaved(PeerMisbehaved::Expired) => "directory_expired",
+            ProtocolError::PeerMisbehaved(PeerMisbehaved::DuplicateRelay) => {
+                "directory_duplicate_relay"
+            }
             _ => "directory_malformed",
         });
     }

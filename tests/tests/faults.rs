@@ -12,7 +12,7 @@ use spore_protocol::link::WIRE_FRAME_LEN;
 use spore_protocol::packet::{self, ForwardPayload};
 use spore_protocol::params::{PACKET_SIZE, SEALED_FRAGMENT_SIZE};
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_relay::connection::connect_handshake;
+use spore_relay::connect_handshake;
 use spore_tests::{Testnet, TestnetConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

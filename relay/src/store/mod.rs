@@ -17,7 +17,7 @@ use crate::error::{RelayError, Result};
 mod format;
 mod mailbox_store;
 
-pub use mailbox_store::{MailboxStore, RECORDS_PER_SEGMENT};
+pub use mailbox_store::MailboxStore;
 
 /// The relay's data folder, and the mailbox store once opened.
 #[derive(Clone, Debug)]

@@ -8,7 +8,7 @@ use spore_protocol::link::WIRE_FRAME_LEN;
 use spore_protocol::link::{Frame, LinkErrorCode, MailboxItem, PullSlot};
 use spore_protocol::params::{PACKET_SIZE, PAYLOAD_SIZE};
 use spore_relay::Link;
-use spore_relay::connection::connect_handshake;
+use spore_relay::connect_handshake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

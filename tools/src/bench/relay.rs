@@ -33,7 +33,7 @@ use spore_protocol::packet::{
     self, IncomingPacket, PacketLimits, RouteHop, Unwrapped, random_surb_id,
 };
 use spore_protocol::params::PACKET_SIZE;
-use spore_relay::connection::{FrameReader, accept_handshake};
+use spore_relay::{FrameReader, accept_handshake};
 use spore_relay::{Link, RelayConfig, RelayKeys, RolesConfig};
 use tokio::io::AsyncReadExt;
 
