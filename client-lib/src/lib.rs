@@ -22,14 +22,18 @@
 
 mod builder;
 mod config;
+mod dedup;
 mod directory;
 mod engine;
 mod error;
+mod events;
 mod link;
 mod packets;
 mod receiver;
 mod scheduler;
+mod sender;
 mod service;
+mod shared;
 pub mod sidecar;
 mod store;
 mod transport;
