@@ -1,5 +1,5 @@
 //! The inbound side: pulled forward items are opened, persisted, reassembled, deduplicated
-//! and put in the durable inbox, all flushed before the engine deletes them at the relay.
+//! and put in the durable inbox, all flushed before the sender deletes them at the relay.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! [`Sender`] owns the outbox's fragment states, the congestion window, retransmission with
 //! backoff, SURB-ack matching, loop cover and the pull/delete conversation. It never reads a
 //! clock, draws from the thread RNG, touches the store or writes to the link: the driver
-//! (`engine.rs`) feeds it with `handle_*(.., now)` and drains it with
+//! (`driver.rs`) feeds it with `handle_*(.., now)` and drains it with
 //! [`Sender::poll_transmit`] (frames to write, each followed by [`Sender::handle_sent`]),
 //! [`Sender::poll_event`] (store writes and API notifications the driver carries out) and
 //! [`Sender::poll_timeout`] (when to call [`Sender::handle_timeout`] next), in the manner of

@@ -366,7 +366,11 @@ fn window_halves_once_per_round_trip_of_late_acks_and_never_below_the_minimum() 
     pair.run_until(pair.at(1_350));
     // Eight late acks in one round trip are one congestion event.
     assert_eq!(pair.sender.window(), 8.0);
-    assert_eq!(pair.sender.in_flight(), 0, "every late fragment is backing off");
+    assert_eq!(
+        pair.sender.in_flight(),
+        0,
+        "every late fragment is backing off"
+    );
     assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
     // The retransmissions are late again, a round trip later: halved again, to the floor.
     pair.run_until(pair.at(10_000));
@@ -385,7 +389,11 @@ fn a_lost_ack_means_one_retransmission_then_delivery() {
     pair.enqueue(m, encoded(&fragments));
     pair.run_while(|p| p.delivered.is_empty());
     assert_eq!(pair.delivered, [[3; 16]]);
-    assert_eq!(pair.arrivals_of(([3; 16], 0)), 2, "fragment 0 was sent twice");
+    assert_eq!(
+        pair.arrivals_of(([3; 16], 0)),
+        2,
+        "fragment 0 was sent twice"
+    );
     assert_eq!(pair.arrivals_of(([3; 16], 1)), 1);
     assert_eq!(pair.stat(&pair.counters.retransmissions), 1);
     assert_eq!(pair.stat(&pair.counters.real_sent), 3);

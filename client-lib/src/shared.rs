@@ -1,6 +1,6 @@
 //! The state the handle, the link driver, the build threads and the receiver share: one
 //! `Arc<Shared>` with the configuration, the store, the directory view, the counters and the
-//! channels between them. Nothing here decides anything; the [`crate::sender::Sender`] does.
+//! channels between them. Nothing here decides anything; the sender (`sender.rs`) does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Rates, TransportConfig};
 use crate::directory::{DirectoryView, now_ms};
-use crate::engine;
+use crate::driver;
 use crate::error::{ClientError, Result};
 use crate::events::{Counters, bump};
 pub use crate::events::{TransportEvent, TransportStats};
@@ -151,7 +151,7 @@ impl Transport {
         receiver::finish_interrupted(&shared).await?;
 
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(engine::run(shared.clone(), command_rx)));
+        tasks.push(tokio::spawn(driver::run(shared.clone(), command_rx)));
         tasks.push(tokio::spawn(receiver::run_sweeper(shared.clone())));
         if let Some(every) = shared.directory.refresh_interval() {
             let s = shared.clone();
