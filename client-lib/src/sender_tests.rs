@@ -160,6 +160,8 @@ struct Pair {
     closed: Vec<&'static str>,
     /// The largest number of fragments in flight seen, and the window at that moment.
     peak_in_flight: usize,
+    /// Plays the build threads when the sender has them: builds every job at once.
+    builder: Option<FakeSource>,
 }
 
 fn address() -> SporeAddress {
@@ -238,6 +240,45 @@ impl Pair {
             handed_to_driver: 0,
             closed: Vec::new(),
             peak_in_flight: 0,
+            builder: None,
+        }
+    }
+
+    /// A sender with build threads (played by the harness, which builds every job at once).
+    fn with_build_threads(lambda_p: f64) -> Self {
+        let mut pair = Self::new(lambda_p);
+        let mut config = config(lambda_p);
+        config.build_capacity = Some(BUILD_CAPACITY);
+        pair.sender = Sender::new(
+            config,
+            FakeSource { next_surb: 0 },
+            StdRng::seed_from_u64(20),
+            pair.counters.clone(),
+            pair.start,
+        );
+        pair.sender.handle_link_up(pair.start);
+        pair.builder = Some(FakeSource { next_surb: 1 << 40 });
+        pair
+    }
+
+    fn build(&mut self) {
+        let Some(builder) = self.builder.as_mut() else {
+            return;
+        };
+        let mut rng = StdRng::seed_from_u64(0);
+        while let Some(job) = self.sender.poll_build() {
+            let built = match job {
+                Job::Fragment(f) => Built::Fragment {
+                    key: f.key,
+                    packet: builder.fragment(&mut rng, &f.destination, &f.bytes),
+                    at: self.now,
+                },
+                Job::DropCover => Built::DropCover {
+                    packet: builder.drop_cover(&mut rng),
+                    at: self.now,
+                },
+            };
+            self.sender.handle_built(built);
         }
     }
 
@@ -252,6 +293,7 @@ impl Pair {
 
     /// Moves to the sender's next timeout and lets both sides talk until they are quiet.
     fn step(&mut self) {
+        self.build();
         self.now = self.now.max(self.sender.poll_timeout());
         self.sender.handle_timeout(self.now);
         self.exchange();
@@ -541,4 +583,34 @@ fn a_broken_write_puts_the_fragment_back_in_front() {
     pair.run_while(|p| p.delivered.is_empty());
     assert_eq!(pair.stat(&pair.counters.real_sent), 1);
     assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
+}
+
+#[test]
+fn with_build_threads_fragments_are_built_ahead_within_the_window() {
+    let mut pair = Pair::with_build_threads(1000.0);
+    let (m, fragments) = message(8, 40);
+    pair.enqueue(m, encoded(&fragments));
+    pair.build();
+    // The cover stock and one window of fragments are built before anything is sent.
+    assert_eq!(pair.sender.in_flight(), 0);
+    pair.run_until(pair.at(99));
+    assert_eq!(
+        pair.sender.in_flight(),
+        16,
+        "the window caps what is built and sent"
+    );
+    pair.run_while(|p| p.delivered.is_empty());
+    assert_eq!(pair.delivered, [[8; 16]]);
+    assert_eq!(pair.stat(&pair.counters.real_sent), 40);
+    assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
+    assert_eq!(pair.sender.window(), 16.0 + 40.0);
+    let mut arrived = pair.relay.arrivals.clone();
+    arrived.sort_unstable();
+    arrived.dedup();
+    assert_eq!(arrived.len(), 40, "every fragment arrived exactly once");
+    assert_eq!(pair.relay.arrivals.len(), 40);
+    assert!(
+        pair.relay.drops > 0,
+        "idle payload ticks send cover from the stock"
+    );
 }

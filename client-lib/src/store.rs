@@ -266,9 +266,10 @@ impl Store {
     /// [`spore_protocol::fragment::admit`], the rule the in-memory reassembler uses too.
     pub fn put_fragment(&self, f: &Fragment, now_ms: u64) -> Result<FragmentOutcome> {
         let data_len = u32::try_from(f.data.len()).unwrap_or(u32::MAX);
+        let completed = self.in_done.contains_key(f.message_id)?;
         let partial = match self.in_partial.get(f.message_id)? {
-            Some(v) => Some(Partial::decode(&v)?),
-            None => None,
+            Some(v) if !completed => Some(Partial::decode(&v)?),
+            _ => None,
         };
         let key = frag_key(&f.message_id, f.index);
         let at_index = match partial {
@@ -276,7 +277,7 @@ impl Store {
             None => None,
         };
         let held = Held {
-            completed: self.in_done.contains_key(f.message_id)?,
+            completed,
             partial: partial.map(|p| (p.count, usize::try_from(p.data_len).unwrap_or(usize::MAX))),
             at_index: at_index.as_deref(),
         };
