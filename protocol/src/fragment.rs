@@ -605,6 +605,88 @@ mod tests {
     }
 
     #[test]
+    fn the_admission_rule_decides_from_what_is_held() {
+        let f = fragment(1, 2, 4, DATA);
+        let fresh = Held::default();
+        assert_eq!(admit(&f, &fresh), Ok(Admission::Hold { new_message: true }));
+        let done = Held {
+            completed: true,
+            ..Held::default()
+        };
+        assert_eq!(admit(&f, &done), Ok(Admission::Duplicate));
+        let partial = Held {
+            partial: Some((4, DATA)),
+            ..Held::default()
+        };
+        assert_eq!(
+            admit(&f, &partial),
+            Ok(Admission::Hold { new_message: false })
+        );
+        let same = Held {
+            at_index: Some(&f.data),
+            ..partial
+        };
+        assert_eq!(admit(&f, &same), Ok(Admission::Duplicate));
+        let other = [9u8; DATA];
+        let differs = Held {
+            at_index: Some(&other),
+            ..partial
+        };
+        assert_eq!(admit(&f, &differs), Err(Refusal::Inconsistent));
+        let other_count = Held {
+            partial: Some((8, DATA)),
+            ..Held::default()
+        };
+        assert_eq!(admit(&f, &other_count), Err(Refusal::Inconsistent));
+        assert_eq!(
+            admit(&fragment(1, 0, 1, DATA), &fresh),
+            Ok(Admission::Complete)
+        );
+        assert!(matches!(
+            admit(&fragment(1, 0, 3, DATA), &fresh),
+            Err(Refusal::Invalid(_))
+        ));
+        assert!(matches!(
+            admit(&fragment(1, 0, 4, 0), &fresh),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn capacity_counts_in_the_receivers_unit() {
+        let f = fragment(1, 0, 4, DATA);
+        let bytes = Capacity {
+            messages: 0,
+            max_messages: 1,
+            held: 0,
+            max_held: 4 * DATA,
+            unit: HoldUnit::Bytes,
+        };
+        assert_eq!(bytes.check(&f, true), Ok(()));
+        let too_small = Capacity {
+            max_held: 4 * DATA - 1,
+            ..bytes
+        };
+        assert_eq!(too_small.check(&f, true), Err(Refusal::NeverFits));
+        let fragments = Capacity {
+            messages: 1,
+            max_messages: 1,
+            held: 3,
+            max_held: 4,
+            unit: HoldUnit::Fragments,
+        };
+        assert_eq!(fragments.check(&f, true), Err(Refusal::TooManyMessages));
+        assert_eq!(fragments.check(&f, false), Ok(()));
+        let full = Capacity {
+            held: 4,
+            ..fragments
+        };
+        assert_eq!(full.check(&f, false), Err(Refusal::TooMuchHeld));
+        assert!(full.check(&f, false).unwrap_err().is_full());
+        assert_eq!(Refusal::TooMuchHeld.reason(), "too many partial fragments");
+    }
+
+    #[test]
     fn encoding_is_header_plus_data_and_round_trips() {
         let f = fragment(3, 5, 8, DATA);
         let bytes = f.encode();
