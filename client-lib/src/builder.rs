@@ -1,12 +1,13 @@
-//! Packet building off the engine's task.
+//! Packet building off the driver's task.
 //!
 //! Building a packet is a dozen X25519 multiplications (a five-hop forward header, and for a
 //! real fragment its four-hop SURB-ack): hundreds of microseconds, most of a client's CPU.
-//! Done on the engine's task it delays the next send and caps a client at one core's build
-//! rate. [`BuildPool`] runs a few threads that build real fragments and a small stock of drop
-//! cover ahead of time into bounded queues, so the Poisson emitter only pops a ready packet at
-//! the instant the schedule chose. What is built does not depend on when it is sent (delays are
-//! relative to each hop's arrival), so building early changes nothing on the wire.
+//! Done on the driver's task it delays the next send and caps a client at one core's build
+//! rate. [`BuildPool`] runs a few threads that build the [`Job`]s the sender hands out (real
+//! fragments and a small stock of drop cover) ahead of time into bounded queues, so the
+//! Poisson emitter only pops a ready packet at the instant the schedule chose. What is built
+//! does not depend on when it is sent (delays are relative to each hop's arrival), so building
+//! early changes nothing on the wire.
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -14,51 +15,23 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use spore_protocol::{MessageId, SporeAddress};
+use spore_protocol::packet::SurbRecovery;
 use tokio::sync::mpsc;
 
-use crate::error::Result;
-use crate::packets::BuiltPacket;
-use crate::transport::Shared;
-
-/// A fragment to build: `(message, index)` and its encoded bytes.
-pub(crate) struct FragmentJob {
-    pub key: (MessageId, u16),
-    pub destination: Arc<SporeAddress>,
-    pub bytes: Arc<[u8]>,
-}
-
-pub(crate) enum Job {
-    Fragment(FragmentJob),
-    DropCover,
-}
-
-/// What a build thread hands back.
-pub(crate) enum Built {
-    Fragment {
-        key: (MessageId, u16),
-        packet: Result<BuiltPacket>,
-        at: Instant,
-    },
-    DropCover {
-        packet: Result<BuiltPacket>,
-        at: Instant,
-    },
-}
+use crate::sender::{Built, Job};
+use crate::shared::Shared;
 
 /// Build threads fed by a bounded job queue; results come back on a bounded channel the
-/// engine selects on. Dropping the pool stops the threads (their job queue closes).
+/// driver selects on. Dropping the pool stops the threads (their job queue closes). How many
+/// jobs are out is the sender's to count ([`crate::sender::Sender::poll_build`]).
 pub(crate) struct BuildPool {
     jobs: std_mpsc::SyncSender<Job>,
-    pub results: mpsc::Receiver<Built>,
-    /// Jobs handed out and not yet returned.
-    pub pending: usize,
-    capacity: usize,
+    pub results: mpsc::Receiver<Built<SurbRecovery>>,
 }
 
 impl BuildPool {
     /// Starts `threads` build threads with room for `capacity` jobs in flight; `None` if no
-    /// thread could be started (the engine then builds on its own task).
+    /// thread could be started (the sender then builds at the payload tick).
     pub fn start(shared: &Arc<Shared>, threads: usize, capacity: usize) -> Option<Self> {
         let capacity = capacity.max(1);
         let (jobs, job_rx) = std_mpsc::sync_channel::<Job>(capacity);
@@ -77,38 +50,21 @@ impl BuildPool {
                 Err(e) => tracing::warn!(error = %e, "cannot start a packet build thread"),
             }
         }
-        (started > 0).then_some(Self {
-            jobs,
-            results,
-            pending: 0,
-            capacity,
+        (started > 0).then_some(Self { jobs, results })
+    }
+
+    /// Hands out a job; gives it back if the queue is full or the threads are gone.
+    pub fn submit(&mut self, job: Job) -> Result<(), Job> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(job) | std_mpsc::TrySendError::Disconnected(job) => job,
         })
-    }
-
-    /// Room for another job.
-    pub fn has_room(&self) -> bool {
-        self.pending < self.capacity
-    }
-
-    /// Hands out a job; `false` if the queue is full or the threads are gone.
-    pub fn submit(&mut self, job: Job) -> bool {
-        if !self.has_room() {
-            return false;
-        }
-        match self.jobs.try_send(job) {
-            Ok(()) => {
-                self.pending += 1;
-                true
-            }
-            Err(_) => false,
-        }
     }
 }
 
 fn build_loop(
     shared: &Shared,
     jobs: &std::sync::Mutex<std_mpsc::Receiver<Job>>,
-    results: &mpsc::Sender<Built>,
+    results: &mpsc::Sender<Built<SurbRecovery>>,
 ) {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     loop {
@@ -118,7 +74,7 @@ fn build_loop(
             Err(_) => return,
         };
         let Ok(job) = job else {
-            return; // the engine is gone
+            return; // the driver is gone
         };
         let dir = shared.directory.current();
         let factory = shared.factory(&dir);

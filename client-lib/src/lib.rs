@@ -7,9 +7,11 @@
 //!
 //! Where it sits in the data path: [`Transport::send`] packs a request into a bundle, cuts it
 //! into fragments sealed to the recipient's mailbox key, and queues them durably in the outbox
-//! (sled). The engine keeps one Noise link to our own mailbox relay (also our entry relay) and
-//! emits a Poisson stream of identical packets on it — the next real fragment if one is queued,
-//! else cover — plus loop and drop cover ([`PoissonSchedule`]). Every real fragment carries a
+//! (sled). A sans-I/O state machine (`sender.rs`, unit-tested on a fake clock) decides what to
+//! send and when; a thin tokio driver (`driver.rs`) does the I/O: it keeps one Noise link to our
+//! own mailbox relay (also our entry relay), on which the sender emits a Poisson stream of
+//! identical packets — the next real fragment if one is queued, else cover — plus loop and drop
+//! cover ([`PoissonSchedule`]). Every real fragment carries a
 //! SURB-ack that the recipient's mailbox relay releases once it has stored the fragment; a
 //! missing ack means retransmission on a fresh route, and after the message lifetime a
 //! [`TransportEvent::Failed`]. The same link pulls our mailbox at a constant rate; pulled items
@@ -24,14 +26,18 @@
 
 mod builder;
 mod config;
+mod dedup;
 mod directory;
-mod engine;
+mod driver;
 mod error;
+mod events;
 mod link;
 mod packets;
 mod receiver;
 mod scheduler;
+mod sender;
 mod service;
+mod shared;
 mod store;
 mod transport;
 

@@ -17,10 +17,10 @@ use crate::config::Rates;
 use crate::error::Result;
 
 /// A built packet and what the sender needs to recognise its SURB-ack.
-pub(crate) struct BuiltPacket {
+pub(crate) struct BuiltPacket<R = SurbRecovery> {
     pub bytes: Vec<u8>,
     /// The SURB id the ack will carry, and how to open it.
-    pub ack: Option<([u8; 16], SurbRecovery)>,
+    pub ack: Option<([u8; 16], R)>,
     /// The sum of the delays this packet and its ack were given: the earliest the ack can be
     /// back, before pull intervals and margins.
     pub round_trip: Duration,

@@ -1,5 +1,5 @@
 //! The inbound side: pulled forward items are opened, persisted, reassembled, deduplicated
-//! and put in the durable inbox, all flushed before the engine deletes them at the relay.
+//! and put in the durable inbox, all flushed before the sender deletes them at the relay.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,52 +10,67 @@ use spore_protocol::packet::{ForwardPayload, open_final_payload};
 use spore_protocol::params::FRAGMENT_DATA_SIZE;
 use spore_protocol::{Fragment, MessageId, seal};
 
+use crate::dedup::dedup_key;
 use crate::directory::now_ms;
 use crate::error::Result;
+use crate::events::bump;
+use crate::shared::{Shared, stopped};
 use crate::store::{FragmentOutcome, Store};
-use crate::transport::{Shared, bump};
 
 /// How often stale partial messages and old dedup keys are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What processing one pull's forward items left for the sender.
+#[derive(Debug, Default)]
+pub(crate) struct Processed {
+    /// Items that may now be deleted at the relay.
+    pub handles: Vec<u64>,
+    /// Nonces of loop messages that came back (the sender knows which it is waiting for).
+    pub loops: Vec<[u8; 16]>,
+}
 
 /// Opens, persists and delivers forward items; returns the handles that may now be deleted
 /// (every item: garbage is deleted too, it will never become readable). Only returns after
 /// everything is flushed; on a storage error returns no handles, so the items are pulled
 /// again later.
-pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem>) -> Vec<u64> {
+pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem>) -> Processed {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut handles = Vec::with_capacity(items.len());
+        let mut loops = Vec::new();
         let mut delivered = 0usize;
         let mut wrote = false;
         for item in items {
             if let Some(fragment) = open_item(&s, &item)? {
-                let (stored, n) = store_fragment(&s, &fragment)?;
+                let (stored, n) = store_fragment(&s, &fragment, &mut loops)?;
                 wrote |= stored;
                 delivered += n;
             }
             handles.push(item.handle);
         }
-        Ok::<_, crate::error::ClientError>((handles, delivered, wrote))
+        Ok::<_, crate::error::ClientError>((Processed { handles, loops }, delivered, wrote))
     })
     .await;
-    let (handles, delivered, wrote) = match result {
+    let (processed, delivered, wrote) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot store pulled items; they stay at the relay");
-            return Vec::new();
+            return Processed::default();
         }
-        Err(_) => return Vec::new(),
+        Err(_) => return Processed::default(),
     };
     // Loops and garbage leave nothing on disk: only pay for a flush when something was stored.
     if wrote && let Err(e) = shared.store.flush().await {
         tracing::error!(error = %e, "cannot flush pulled items; they stay at the relay");
-        return Vec::new();
+        return Processed {
+            handles: Vec::new(),
+            loops: processed.loops,
+        };
     }
     if delivered > 0 {
         shared.inbox_notify.notify_waiters();
     }
-    handles
+    processed
 }
 
 /// The fragment inside a forward item, or `None` for anything that does not open with our key
@@ -78,11 +93,15 @@ fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<Fragment>> {
 
 /// Persists one fragment; if it completes its message, handles the bundle. Returns whether
 /// anything was written, and the number of requests put in the inbox (0 or 1).
-fn store_fragment(shared: &Shared, fragment: &Fragment) -> Result<(bool, usize)> {
+fn store_fragment(
+    shared: &Shared,
+    fragment: &Fragment,
+    loops: &mut Vec<[u8; 16]>,
+) -> Result<(bool, usize)> {
     let now = now_ms();
     match shared.store.put_fragment(fragment, now)? {
         FragmentOutcome::Complete(padded) => {
-            let (wrote, n) = handle_message(shared, &padded)?;
+            let (wrote, n) = handle_message(shared, &padded, loops)?;
             if fragment.count > 1 {
                 shared.store.finish_message(&fragment.message_id, now)?;
                 return Ok((true, n));
@@ -99,27 +118,13 @@ fn store_fragment(shared: &Shared, fragment: &Fragment) -> Result<(bool, usize)>
     }
 }
 
-/// The key under which a request is delivered at most once: `(origin, txnId)` for a
-/// transaction, `(origin, request id)` for anything else.
-pub(crate) fn dedup_key(origin: &str, method: &str, path: &str, request_id: &[u8; 16]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(origin.len() + 64);
-    key.extend_from_slice(origin.as_bytes());
-    key.push(0);
-    match crate::service::transaction_id(method, path) {
-        Some(txn) => {
-            key.extend_from_slice(b"txn\0");
-            key.extend_from_slice(txn.as_bytes());
-        }
-        None => {
-            key.extend_from_slice(b"req\0");
-            key.extend_from_slice(request_id);
-        }
-    }
-    key
-}
-
-/// Returns whether anything was written, and the number of requests put in the inbox.
-fn handle_message(shared: &Shared, padded: &[u8]) -> Result<(bool, usize)> {
+/// Returns whether anything was written, and the number of requests put in the inbox. Loop
+/// nonces go to `loops`.
+fn handle_message(
+    shared: &Shared,
+    padded: &[u8],
+    loops: &mut Vec<[u8; 16]>,
+) -> Result<(bool, usize)> {
     let bundle = match bundle::unpack(padded) {
         Ok(b) => b,
         Err(e) => {
@@ -130,15 +135,7 @@ fn handle_message(shared: &Shared, padded: &[u8]) -> Result<(bool, usize)> {
     };
     match &bundle.body {
         BundleBody::Loop { nonce } => {
-            let known = shared
-                .loops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(nonce)
-                .is_some();
-            if known {
-                bump(&shared.counters.loops_returned);
-            }
+            loops.push(*nonce);
             Ok((false, 0))
         }
         BundleBody::Request {
@@ -169,7 +166,8 @@ pub(crate) async fn finish_interrupted(shared: &Arc<Shared>) -> Result<()> {
     tokio::task::spawn_blocking(move || -> Result<()> {
         let pending: Vec<(MessageId, Vec<u8>)> = s.store.completed_but_unfinished()?;
         for (id, padded) in pending {
-            handle_message(&s, &padded)?;
+            // Loops sent before the restart are not waited for any more.
+            handle_message(&s, &padded, &mut Vec::new())?;
             s.store.finish_message(&id, now_ms())?;
         }
         Ok(())
@@ -184,7 +182,7 @@ pub(crate) async fn run_sweeper(shared: Arc<Shared>) {
     let mut stop = shared.shutdown.subscribe();
     loop {
         tokio::select! {
-            () = crate::transport::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
         let store: Store = shared.store.clone();
@@ -196,47 +194,5 @@ pub(crate) async fn run_sweeper(shared: Arc<Shared>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed"),
             _ => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dedup_key;
-
-    #[test]
-    fn transactions_dedup_by_origin_and_txn_id_other_requests_by_request_id() {
-        let a = dedup_key(
-            "a.example",
-            "PUT",
-            "/_matrix/federation/v1/send/42",
-            &[1; 16],
-        );
-        let b = dedup_key(
-            "a.example",
-            "PUT",
-            "/_matrix/federation/v1/send/42",
-            &[2; 16],
-        );
-        assert_eq!(a, b, "a retried transaction is the same transaction");
-        let c = dedup_key(
-            "b.example",
-            "PUT",
-            "/_matrix/federation/v1/send/42",
-            &[1; 16],
-        );
-        assert_ne!(a, c, "txn ids are scoped by origin");
-        let d = dedup_key(
-            "a.example",
-            "GET",
-            "/_matrix/federation/v1/query/x",
-            &[1; 16],
-        );
-        let e = dedup_key(
-            "a.example",
-            "GET",
-            "/_matrix/federation/v1/query/x",
-            &[2; 16],
-        );
-        assert_ne!(d, e);
     }
 }

@@ -48,13 +48,7 @@ impl Resolver for StaticResolver {
     }
 }
 
-/// The `txnId` of a `PUT /_matrix/federation/v1/send/{txnId}`, if that is what this is.
-pub fn transaction_id<'a>(method: &str, path: &'a str) -> Option<&'a str> {
-    path.split('?')
-        .next()
-        .and_then(|p| p.strip_prefix("/_matrix/federation/v1/send/"))
-        .filter(|t| method.eq_ignore_ascii_case("PUT") && !t.is_empty() && !t.contains('/'))
-}
+pub use crate::dedup::transaction_id;
 
 /// Headers that describe one HTTP hop, not the request: never carried through Spore, in either
 /// direction (any case of `name`). The sidecar's proxy filters with the same list.

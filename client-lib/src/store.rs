@@ -19,6 +19,7 @@ use std::path::Path;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use spore_protocol::codec::{Reader, Writer};
+use spore_protocol::fragment::{Admission, Capacity, Held, HoldUnit, admit};
 use spore_protocol::{Fragment, MessageId, SporeAddress};
 
 use crate::error::{ClientError, Result};
@@ -261,46 +262,52 @@ impl Store {
     // ----- inbound reassembly -----
 
     /// Stores one inbound fragment and reports whether it completed its message. A completed
-    /// message stays on disk until [`Store::finish_message`].
+    /// message stays on disk until [`Store::finish_message`]. What is admitted is decided by
+    /// [`spore_protocol::fragment::admit`], the rule the in-memory reassembler uses too.
     pub fn put_fragment(&self, f: &Fragment, now_ms: u64) -> Result<FragmentOutcome> {
-        if self.in_done.contains_key(f.message_id)? {
-            return Ok(FragmentOutcome::Duplicate);
-        }
         let data_len = u32::try_from(f.data.len()).unwrap_or(u32::MAX);
-        let mut partial = match self.in_partial.get(f.message_id)? {
-            Some(v) => {
-                let p = Partial::decode(&v)?;
-                if p.count != f.count || p.data_len != data_len {
-                    return Ok(FragmentOutcome::Refused("inconsistent fragments"));
-                }
-                p
-            }
-            None => {
-                if f.count == 1 {
-                    return Ok(FragmentOutcome::Complete(f.data.clone()));
-                }
-                if self.in_partial.len() >= self.limits.max_partial_messages {
-                    return Ok(FragmentOutcome::Refused("too many partial messages"));
-                }
-                Partial {
-                    count: f.count,
-                    received: 0,
-                    data_len,
-                    first_seen_ms: now_ms,
-                }
-            }
+        let completed = self.in_done.contains_key(f.message_id)?;
+        let partial = match self.in_partial.get(f.message_id)? {
+            Some(v) if !completed => Some(Partial::decode(&v)?),
+            _ => None,
         };
         let key = frag_key(&f.message_id, f.index);
-        if let Some(held) = self.in_frags.get(key)? {
-            return Ok(if held.as_ref() == f.data.as_slice() {
-                FragmentOutcome::Duplicate
+        let at_index = match partial {
+            Some(_) => self.in_frags.get(key)?,
+            None => None,
+        };
+        let held = Held {
+            completed,
+            partial: partial.map(|p| (p.count, usize::try_from(p.data_len).unwrap_or(usize::MAX))),
+            at_index: at_index.as_deref(),
+        };
+        let new_message = match admit(f, &held) {
+            Ok(Admission::Duplicate) => return Ok(FragmentOutcome::Duplicate),
+            Ok(Admission::Complete) => return Ok(FragmentOutcome::Complete(f.data.clone())),
+            Ok(Admission::Hold { new_message }) => new_message,
+            Err(refusal) => return Ok(FragmentOutcome::Refused(refusal.reason())),
+        };
+        let capacity = Capacity {
+            // `len()` walks a tree: count partial messages only when starting a new one.
+            messages: if new_message {
+                self.in_partial.len()
             } else {
-                FragmentOutcome::Refused("inconsistent fragments")
-            });
+                0
+            },
+            max_messages: self.limits.max_partial_messages,
+            held: self.in_frags.len(),
+            max_held: self.limits.max_partial_fragments,
+            unit: HoldUnit::Fragments,
+        };
+        if let Err(refusal) = capacity.check(f, new_message) {
+            return Ok(FragmentOutcome::Refused(refusal.reason()));
         }
-        if self.in_frags.len() >= self.limits.max_partial_fragments {
-            return Ok(FragmentOutcome::Refused("too many partial fragments"));
-        }
+        let mut partial = partial.unwrap_or(Partial {
+            count: f.count,
+            received: 0,
+            data_len,
+            first_seen_ms: now_ms,
+        });
         partial.received = partial.received.saturating_add(1);
         (&self.in_frags, &self.in_partial)
             .transaction(|(frags, partials)| {

@@ -1,24 +1,25 @@
 //! [`Transport`]: the handle a homeserver (or the sidecar) holds.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spore_protocol::bundle::{self, Bundle, BundleBody, FederationRequest, FederationResponse};
 use spore_protocol::fragment::{self, Reassembler, ReassemblyLimits};
-use spore_protocol::packet::{SurbRecovery, use_surb};
+use spore_protocol::packet::use_surb;
 use spore_protocol::params::{FRAGMENT_DATA_SIZE, MAX_HOPS, REPLY_FRAGMENT_DATA_SIZE};
-use spore_protocol::{MailboxKey, MessageId, RelayId, SporeAddress};
+use spore_protocol::{MessageId, SporeAddress};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Rates, TransportConfig};
-use crate::directory::{DirectoryView, now_ms, now_unix};
-use crate::engine::{self, Command};
+use crate::directory::{DirectoryView, now_ms};
+use crate::driver;
 use crate::error::{ClientError, Result, StorageErrorKind};
-use crate::packets::{PacketFactory, random_id};
+use crate::events::{Counters, bump};
+pub use crate::events::{TransportEvent, TransportStats};
+use crate::packets::random_id;
 use crate::receiver;
+use crate::shared::{Command, PendingResponse, ReplyTable, Shared, stopped};
 use crate::store::{InboundLimits, OutgoingMessage, Store};
 
 /// Identifies a request in the inbox until it is [`Transport::ack`]ed.
@@ -38,147 +39,8 @@ pub struct InboundRequest {
     /// The sender is waiting for an answer: call [`Transport::respond`] before acking.
     pub wants_response: bool,
     /// The origin's self-signed `/_matrix/key/v2/server` response, if the bundle carried one
-    /// (unverified: see `ServerKeyCache::insert`).
+    /// (unverified here: the sidecar's `ServerKeyCache` decides whether to trust it).
     pub server_keys: Option<Vec<u8>>,
-}
-
-/// What happened to a message [`Transport::send`] queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransportEvent {
-    /// Every fragment is durably stored at the recipient's mailbox relay.
-    Delivered(MessageId),
-    /// Not every fragment was acknowledged within the message lifetime; the message is dropped.
-    Failed(MessageId),
-}
-
-/// Counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TransportStats {
-    /// Real fragment packets sent (first sends and retransmissions).
-    pub real_sent: u64,
-    /// Reply packets sent on somebody's reply SURBs.
-    pub replies_sent: u64,
-    /// Drop cover packets sent (on the payload stream and the drop stream).
-    pub drop_sent: u64,
-    pub loops_sent: u64,
-    pub loops_returned: u64,
-    /// Loops not back within their expected round trip (loss, or an active attack).
-    pub loops_lost: u64,
-    /// Fragments acknowledged by the recipient's mailbox relay.
-    pub acks: u64,
-    pub retransmissions: u64,
-    pub messages_queued: u64,
-    pub messages_delivered: u64,
-    pub messages_failed: u64,
-    /// Inbound requests put in the inbox.
-    pub received: u64,
-    /// Inbound requests dropped as duplicates.
-    pub duplicates: u64,
-    pub pulls: u64,
-    /// Mailbox items pulled (real ones, not dummy slots).
-    pub items_pulled: u64,
-    /// Inbound items and messages dropped as hostile or unreadable: items that do not open
-    /// with our key, fragments refused by reassembly (bad counts, over the limits), messages
-    /// that do not decode. The reason of each is logged at debug.
-    pub inbound_dropped: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub real_sent: AtomicU64,
-    pub replies_sent: AtomicU64,
-    pub drop_sent: AtomicU64,
-    pub loops_sent: AtomicU64,
-    pub loops_returned: AtomicU64,
-    pub loops_lost: AtomicU64,
-    pub acks: AtomicU64,
-    pub retransmissions: AtomicU64,
-    pub messages_queued: AtomicU64,
-    pub messages_delivered: AtomicU64,
-    pub messages_failed: AtomicU64,
-    pub received: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub pulls: AtomicU64,
-    pub items_pulled: AtomicU64,
-    pub inbound_dropped: AtomicU64,
-}
-
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
-    fn snapshot(&self) -> TransportStats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        TransportStats {
-            real_sent: g(&self.real_sent),
-            replies_sent: g(&self.replies_sent),
-            drop_sent: g(&self.drop_sent),
-            loops_sent: g(&self.loops_sent),
-            loops_returned: g(&self.loops_returned),
-            loops_lost: g(&self.loops_lost),
-            acks: g(&self.acks),
-            retransmissions: g(&self.retransmissions),
-            messages_queued: g(&self.messages_queued),
-            messages_delivered: g(&self.messages_delivered),
-            messages_failed: g(&self.messages_failed),
-            received: g(&self.received),
-            duplicates: g(&self.duplicates),
-            pulls: g(&self.pulls),
-            items_pulled: g(&self.items_pulled),
-            inbound_dropped: g(&self.inbound_dropped),
-        }
-    }
-}
-
-/// A `request()` waiting for its response.
-pub(crate) struct PendingResponse {
-    pub tx: Option<oneshot::Sender<FederationResponse>>,
-    pub reassembler: Reassembler,
-}
-
-/// Reply SURBs we handed out and the requests waiting on them.
-#[derive(Default)]
-pub(crate) struct ReplyTable {
-    pub surbs: HashMap<[u8; 16], ([u8; 16], SurbRecovery)>,
-    pub pending: HashMap<[u8; 16], PendingResponse>,
-}
-
-/// State shared by the handle and the tasks.
-pub(crate) struct Shared {
-    pub config: TransportConfig,
-    pub key: MailboxKey,
-    pub address: SporeAddress,
-    pub store: Store,
-    pub directory: DirectoryView,
-    pub rates: Rates,
-    pub counters: Counters,
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub inbox_notify: Notify,
-    pub inbox_cursor: tokio::sync::Mutex<Option<u64>>,
-    /// Loop nonces in flight and when each counts as lost.
-    pub loops: Mutex<HashMap<[u8; 16], Instant>>,
-    pub replies: Mutex<ReplyTable>,
-    pub events: broadcast::Sender<TransportEvent>,
-    /// Our homeserver's self-signed key response, attached to every request bundle we send.
-    pub server_keys: Mutex<Option<Vec<u8>>>,
-    pub shutdown: watch::Sender<bool>,
-}
-
-impl Shared {
-    pub fn factory<'a>(&'a self, directory: &'a spore_protocol::Directory) -> PacketFactory<'a> {
-        PacketFactory {
-            directory,
-            epoch: directory.epoch_at(now_unix()),
-            rates: &self.rates,
-            own_relay: self.config.mailbox_relay,
-            own_mailbox: self.key.mailbox_id(),
-        }
-    }
-
-    pub fn own_relay(&self) -> RelayId {
-        self.config.mailbox_relay
-    }
 }
 
 /// The Spore transport: federation requests in, cover-hidden Sphinx packets out, inbound
@@ -273,11 +135,10 @@ impl Transport {
             store,
             directory,
             rates,
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
             commands,
             inbox_notify: Notify::new(),
             inbox_cursor: tokio::sync::Mutex::new(None),
-            loops: Mutex::new(HashMap::new()),
             replies: Mutex::new(ReplyTable::default()),
             events,
             server_keys: Mutex::new(None),
@@ -288,7 +149,7 @@ impl Transport {
         receiver::finish_interrupted(&shared).await?;
 
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(engine::run(shared.clone(), command_rx)));
+        tasks.push(tokio::spawn(driver::run(shared.clone(), command_rx)));
         tasks.push(tokio::spawn(receiver::run_sweeper(shared.clone())));
         if let Some(every) = shared.directory.refresh_interval() {
             let s = shared.clone();
@@ -296,7 +157,7 @@ impl Transport {
                 let mut stop = s.shutdown.subscribe();
                 loop {
                     tokio::select! {
-                        () = crate::transport::stopped(&mut stop) => return,
+                        () = stopped(&mut stop) => return,
                         _ = tokio::time::sleep(every) => {}
                     }
                     if let Err(e) = s.directory.refresh().await {
@@ -473,7 +334,7 @@ impl Transport {
             }
             tokio::select! {
                 _ = &mut notified => {}
-                () = crate::transport::stopped(&mut stop) => return Err(ClientError::Stopped),
+                () = stopped(&mut stop) => return Err(ClientError::Stopped),
             }
         }
     }
@@ -655,9 +516,3 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
 
 // A forward route is entry + mixes + mailbox; reply SURBs reuse it, so it must fit a SURB.
 const _: () = assert!(spore_protocol::params::FORWARD_HOPS <= MAX_HOPS);
-
-/// Resolves once shutdown has been requested — also if it was requested before this task
-/// subscribed (a plain `changed()` would miss that and sleep until its next timer).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stopped| *stopped).await;
-}

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::codec::{Reader, Writer};
-use crate::error::{ApiMisuse, InvalidMessage, PeerMisbehaved, Result};
+use crate::error::{ApiMisuse, Error, InvalidMessage, PeerMisbehaved, Result};
 use crate::params::{FRAGMENT_HEADER_SIZE, MAX_FRAGMENTS};
 
 /// Identifies one message among all fragments a mailbox receives. Chosen at random by the
@@ -150,6 +150,164 @@ pub fn split(message_id: MessageId, padded: &[u8], data_size: usize) -> Result<V
         .collect())
 }
 
+/// What a receiver already holds of a fragment's message: the input of [`admit`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held<'a> {
+    /// The message was completed recently: its late duplicates are swallowed.
+    pub completed: bool,
+    /// The message is partially held: its fragment count and per-fragment data size.
+    pub partial: Option<(u16, usize)>,
+    /// The data held at this fragment's index, if any.
+    pub at_index: Option<&'a [u8]>,
+}
+
+/// What [`admit`] decided for a fragment that is not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Already held, or its message was completed: drop it, it changes nothing.
+    Duplicate,
+    /// A one-fragment message: complete on arrival, never held.
+    Complete,
+    /// Hold it (after [`Capacity::check`]); `new_message` if it starts a partial message.
+    Hold { new_message: bool },
+}
+
+/// Why a fragment is refused. Every one is a peer's doing (or a forgery), never ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Not a fragment [`Fragment::decode`] could have produced.
+    Invalid(Error),
+    /// Its count or data size disagrees with earlier fragments of the message, or its index
+    /// is held with different data.
+    Inconsistent,
+    /// Starting another partial message would exceed the message limit.
+    TooManyMessages,
+    /// Holding it would exceed the held-data limit.
+    TooMuchHeld,
+    /// Its whole message could never fit the held-data limit.
+    NeverFits,
+}
+
+impl Refusal {
+    /// A short stable label, suitable for a log line or a metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Invalid(e) => e.reason(),
+            Refusal::Inconsistent => "inconsistent fragments",
+            Refusal::TooManyMessages => "too many partial messages",
+            Refusal::TooMuchHeld | Refusal::NeverFits => "too many partial fragments",
+        }
+    }
+
+    /// Refused only for lack of room: expiring stale partial messages may make room.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Refusal::TooManyMessages | Refusal::TooMuchHeld)
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(e) => e,
+            Refusal::Inconsistent => PeerMisbehaved::InconsistentFragments.into(),
+            Refusal::TooManyMessages | Refusal::TooMuchHeld | Refusal::NeverFits => {
+                PeerMisbehaved::ReassemblyFull.into()
+            }
+        }
+    }
+}
+
+/// The unit a receiver bounds what it holds in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldUnit {
+    /// Fragment data bytes (the in-memory [`Reassembler`]).
+    Bytes,
+    /// Fragments (the client's durable store).
+    Fragments,
+}
+
+/// How full a receiver is, and its bounds: the second half of the admission rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Partial messages held (only consulted for a fragment that starts a new one).
+    pub messages: usize,
+    pub max_messages: usize,
+    /// Held data, in `unit`s.
+    pub held: usize,
+    pub max_held: usize,
+    pub unit: HoldUnit,
+}
+
+impl Capacity {
+    /// Whether `fragment` (which [`admit`] said to hold) fits.
+    pub fn check(&self, fragment: &Fragment, new_message: bool) -> Result<(), Refusal> {
+        let (cost, whole) = match self.unit {
+            HoldUnit::Bytes => (
+                fragment.data.len(),
+                usize::from(fragment.count).saturating_mul(fragment.data.len()),
+            ),
+            HoldUnit::Fragments => (1, usize::from(fragment.count)),
+        };
+        if new_message && whole > self.max_held {
+            // Could never complete: refuse now rather than hold it until it expires.
+            return Err(Refusal::NeverFits);
+        }
+        if new_message && self.messages >= self.max_messages {
+            return Err(Refusal::TooManyMessages);
+        }
+        if self.held.saturating_add(cost) > self.max_held {
+            return Err(Refusal::TooMuchHeld);
+        }
+        Ok(())
+    }
+}
+
+/// The one fragment admission rule, shared by every receiver (the in-memory [`Reassembler`]
+/// and the client's durable store): what to do with an inbound fragment given what is held of
+/// its message. Pure; the caller reads its own tables into [`Held`] and then, for
+/// [`Admission::Hold`], checks its [`Capacity`].
+///
+/// ```
+/// use spore_protocol::fragment::{Admission, Fragment, Held, Refusal, admit};
+///
+/// let f = Fragment { message_id: [1; 16], index: 1, count: 4, data: vec![7; 8] };
+/// assert_eq!(admit(&f, &Held::default()), Ok(Admission::Hold { new_message: true }));
+/// let held = Held { partial: Some((8, 8)), ..Held::default() };
+/// assert_eq!(admit(&f, &held), Err(Refusal::Inconsistent));
+/// ```
+pub fn admit(fragment: &Fragment, held: &Held<'_>) -> Result<Admission, Refusal> {
+    check_count(fragment.count).map_err(|e| Refusal::Invalid(e.into()))?;
+    if fragment.index >= fragment.count {
+        return Err(Refusal::Invalid(
+            InvalidMessage::BadValue("fragment index").into(),
+        ));
+    }
+    if fragment.data.is_empty() {
+        // Empty fragments would cost table entries while counting as zero bytes.
+        return Err(Refusal::Invalid(
+            InvalidMessage::BadValue("empty fragment").into(),
+        ));
+    }
+    if held.completed {
+        return Ok(Admission::Duplicate);
+    }
+    match held.partial {
+        Some((count, data_size)) => {
+            if count != fragment.count || data_size != fragment.data.len() {
+                return Err(Refusal::Inconsistent);
+            }
+            match held.at_index {
+                Some(data) if data == fragment.data.as_slice() => Ok(Admission::Duplicate),
+                Some(_) => Err(Refusal::Inconsistent),
+                None => Ok(Admission::Hold { new_message: false }),
+            }
+        }
+        None if fragment.count == 1 => Ok(Admission::Complete),
+        None => Ok(Admission::Hold { new_message: true }),
+    }
+}
+
 /// Bounds on what a [`Reassembler`] holds. Every one of them is reachable by a hostile sender,
 /// so none is unbounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,46 +431,31 @@ impl Reassembler {
     /// count that is not a size class; [`InvalidMessage`] for an index beyond the count or
     /// empty data (neither can come out of [`Fragment::decode`]).
     pub fn insert(&mut self, fragment: Fragment, now: Instant) -> Result<Option<Reassembled>> {
-        check_count(fragment.count)?;
-        if fragment.index >= fragment.count {
-            return Err(InvalidMessage::BadValue("fragment index").into());
-        }
-        if fragment.data.is_empty() {
-            // Empty fragments would cost map entries while counting as zero bytes.
-            return Err(InvalidMessage::BadValue("empty fragment").into());
-        }
         self.forget_completed(now);
-        if self.completed.contains(&fragment.message_id) {
-            return Ok(None);
-        }
-
-        if let Some(partial) = self.pending.get(&fragment.message_id) {
-            if partial.count != fragment.count || partial.data_size != fragment.data.len() {
-                return Err(PeerMisbehaved::InconsistentFragments.into());
+        let admission = match self.admit(&fragment) {
+            // Expiry may drop this very message; then it starts over as a new one.
+            Err(r) if r.is_full() => {
+                self.expire(now);
+                self.admit(&fragment)?
             }
-            if let Some(held) = partial.received.get(&fragment.index) {
-                return if *held == fragment.data {
-                    Ok(None)
-                } else {
-                    Err(PeerMisbehaved::InconsistentFragments.into())
-                };
+            other => other?,
+        };
+        let new_message = match admission {
+            Admission::Duplicate => return Ok(None),
+            Admission::Complete => {
+                // Complete on arrival: it never occupies the buffer.
+                self.remember_completed(fragment.message_id, now);
+                return Ok(Some(Reassembled {
+                    message_id: fragment.message_id,
+                    padded: fragment.data,
+                }));
             }
-        } else if fragment.count == 1 {
-            // Complete on arrival: it never occupies the buffer.
-            self.remember_completed(fragment.message_id, now);
-            return Ok(Some(Reassembled {
-                message_id: fragment.message_id,
-                padded: fragment.data,
-            }));
-        } else {
-            let total = usize::from(fragment.count).saturating_mul(fragment.data.len());
-            if total > self.limits.max_bytes {
-                // Could never complete: refuse now rather than hold it until it expires.
-                return Err(PeerMisbehaved::ReassemblyFull.into());
-            }
-        }
-
-        self.make_room(&fragment, now)?;
+            Admission::Hold { new_message } => new_message,
+        };
+        debug_assert_eq!(
+            new_message,
+            !self.pending.contains_key(&fragment.message_id)
+        );
 
         let id = fragment.message_id;
         let partial = self.pending.entry(id).or_insert_with(|| Partial {
@@ -343,24 +486,28 @@ impl Reassembler {
         }))
     }
 
-    /// Checks that `fragment` fits the limits, expiring stale messages first if it does not.
-    fn make_room(&mut self, fragment: &Fragment, now: Instant) -> Result<()> {
-        if self.fits(fragment) {
-            return Ok(());
+    /// The admission rule applied to this reassembler's tables.
+    fn admit(&self, fragment: &Fragment) -> Result<Admission, Refusal> {
+        let partial = self.pending.get(&fragment.message_id);
+        let held = Held {
+            completed: self.completed.contains(&fragment.message_id),
+            partial: partial.map(|p| (p.count, p.data_size)),
+            at_index: partial
+                .and_then(|p| p.received.get(&fragment.index))
+                .map(Vec::as_slice),
+        };
+        let admission = admit(fragment, &held)?;
+        if let Admission::Hold { new_message } = admission {
+            Capacity {
+                messages: self.pending.len(),
+                max_messages: self.limits.max_messages,
+                held: self.pending_bytes,
+                max_held: self.limits.max_bytes,
+                unit: HoldUnit::Bytes,
+            }
+            .check(fragment, new_message)?;
         }
-        // Expiry may drop this very message; then it starts over as a new one.
-        self.expire(now);
-        if self.fits(fragment) {
-            Ok(())
-        } else {
-            Err(PeerMisbehaved::ReassemblyFull.into())
-        }
-    }
-
-    fn fits(&self, fragment: &Fragment) -> bool {
-        let is_new = !self.pending.contains_key(&fragment.message_id);
-        self.pending_bytes.saturating_add(fragment.data.len()) <= self.limits.max_bytes
-            && (!is_new || self.pending.len() < self.limits.max_messages)
+        Ok(admission)
     }
 
     /// Drops partial messages whose first fragment arrived `ttl` or more ago, and forgets
@@ -455,6 +602,88 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_completed: 8,
         }
+    }
+
+    #[test]
+    fn the_admission_rule_decides_from_what_is_held() {
+        let f = fragment(1, 2, 4, DATA);
+        let fresh = Held::default();
+        assert_eq!(admit(&f, &fresh), Ok(Admission::Hold { new_message: true }));
+        let done = Held {
+            completed: true,
+            ..Held::default()
+        };
+        assert_eq!(admit(&f, &done), Ok(Admission::Duplicate));
+        let partial = Held {
+            partial: Some((4, DATA)),
+            ..Held::default()
+        };
+        assert_eq!(
+            admit(&f, &partial),
+            Ok(Admission::Hold { new_message: false })
+        );
+        let same = Held {
+            at_index: Some(&f.data),
+            ..partial
+        };
+        assert_eq!(admit(&f, &same), Ok(Admission::Duplicate));
+        let other = [9u8; DATA];
+        let differs = Held {
+            at_index: Some(&other),
+            ..partial
+        };
+        assert_eq!(admit(&f, &differs), Err(Refusal::Inconsistent));
+        let other_count = Held {
+            partial: Some((8, DATA)),
+            ..Held::default()
+        };
+        assert_eq!(admit(&f, &other_count), Err(Refusal::Inconsistent));
+        assert_eq!(
+            admit(&fragment(1, 0, 1, DATA), &fresh),
+            Ok(Admission::Complete)
+        );
+        assert!(matches!(
+            admit(&fragment(1, 0, 3, DATA), &fresh),
+            Err(Refusal::Invalid(_))
+        ));
+        assert!(matches!(
+            admit(&fragment(1, 0, 4, 0), &fresh),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn capacity_counts_in_the_receivers_unit() {
+        let f = fragment(1, 0, 4, DATA);
+        let bytes = Capacity {
+            messages: 0,
+            max_messages: 1,
+            held: 0,
+            max_held: 4 * DATA,
+            unit: HoldUnit::Bytes,
+        };
+        assert_eq!(bytes.check(&f, true), Ok(()));
+        let too_small = Capacity {
+            max_held: 4 * DATA - 1,
+            ..bytes
+        };
+        assert_eq!(too_small.check(&f, true), Err(Refusal::NeverFits));
+        let fragments = Capacity {
+            messages: 1,
+            max_messages: 1,
+            held: 3,
+            max_held: 4,
+            unit: HoldUnit::Fragments,
+        };
+        assert_eq!(fragments.check(&f, true), Err(Refusal::TooManyMessages));
+        assert_eq!(fragments.check(&f, false), Ok(()));
+        let full = Capacity {
+            held: 4,
+            ..fragments
+        };
+        assert_eq!(full.check(&f, false), Err(Refusal::TooMuchHeld));
+        assert!(full.check(&f, false).unwrap_err().is_full());
+        assert_eq!(Refusal::TooMuchHeld.reason(), "too many partial fragments");
     }
 
     #[test]

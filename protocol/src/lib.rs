@@ -24,6 +24,7 @@ pub mod ids;
 pub mod link;
 pub mod packet;
 pub mod params;
+pub mod pull;
 pub mod route;
 pub mod seal;
 

@@ -1,0 +1,95 @@
+//! What the transport reports: message fates ([`TransportEvent`]) and counters
+//! ([`TransportStats`]), and the atomic [`Counters`] every part of the client bumps.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use spore_protocol::MessageId;
+
+/// What happened to a message [`Transport::send`] queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// Every fragment is durably stored at the recipient's mailbox relay.
+    Delivered(MessageId),
+    /// Not every fragment was acknowledged within the message lifetime; the message is dropped.
+    Failed(MessageId),
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Real fragment packets sent (first sends and retransmissions).
+    pub real_sent: u64,
+    /// Reply packets sent on somebody's reply SURBs.
+    pub replies_sent: u64,
+    /// Drop cover packets sent (on the payload stream and the drop stream).
+    pub drop_sent: u64,
+    pub loops_sent: u64,
+    pub loops_returned: u64,
+    /// Loops not back within their expected round trip (loss, or an active attack).
+    pub loops_lost: u64,
+    /// Fragments acknowledged by the recipient's mailbox relay.
+    pub acks: u64,
+    pub retransmissions: u64,
+    pub messages_queued: u64,
+    pub messages_delivered: u64,
+    pub messages_failed: u64,
+    /// Inbound requests put in the inbox.
+    pub received: u64,
+    /// Inbound requests dropped as duplicates.
+    pub duplicates: u64,
+    pub pulls: u64,
+    /// Mailbox items pulled (real ones, not dummy slots).
+    pub items_pulled: u64,
+    /// Inbound items and messages dropped as hostile or unreadable: items that do not open
+    /// with our key, fragments refused by reassembly (bad counts, over the limits), messages
+    /// that do not decode. The reason of each is logged at debug.
+    pub inbound_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub real_sent: AtomicU64,
+    pub replies_sent: AtomicU64,
+    pub drop_sent: AtomicU64,
+    pub loops_sent: AtomicU64,
+    pub loops_returned: AtomicU64,
+    pub loops_lost: AtomicU64,
+    pub acks: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub messages_queued: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub messages_failed: AtomicU64,
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub pulls: AtomicU64,
+    pub items_pulled: AtomicU64,
+    pub inbound_dropped: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> TransportStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            real_sent: g(&self.real_sent),
+            replies_sent: g(&self.replies_sent),
+            drop_sent: g(&self.drop_sent),
+            loops_sent: g(&self.loops_sent),
+            loops_returned: g(&self.loops_returned),
+            loops_lost: g(&self.loops_lost),
+            acks: g(&self.acks),
+            retransmissions: g(&self.retransmissions),
+            messages_queued: g(&self.messages_queued),
+            messages_delivered: g(&self.messages_delivered),
+            messages_failed: g(&self.messages_failed),
+            received: g(&self.received),
+            duplicates: g(&self.duplicates),
+            pulls: g(&self.pulls),
+            items_pulled: g(&self.items_pulled),
+            inbound_dropped: g(&self.inbound_dropped),
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! The [`Sender`] driven on a fake clock against an in-memory mailbox relay (the relay half of
+//! the pull session from `spore_protocol::pull`), as quinn-proto's `tests/util.rs` `Pair`
+//! drives a client and a server: every frame the sender hands out is delivered at once, every
+//! frame the relay answers is fed back at the same instant, and time only moves to the
+//! sender's next timeout.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use spore_protocol::params::{PAYLOAD_SIZE, PULL_SLOTS};
+use spore_protocol::pull::RelayPull;
+use spore_protocol::{Fragment, RelayId};
+
+use super::*;
+use crate::store::{InboundLimits, Store};
+
+const PULL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A fake packet: `[kind, surb id (16), message id (16), index (2), 0...]`.
+const KIND_FRAGMENT: u8 = 1;
+const KIND_DROP: u8 = 2;
+/// A forged ack payload: `[surb id (16), ACK_TAG, 0...]`.
+const ACK_TAG: u8 = 0xAC;
+
+/// Builds fake packets whose SURB-acks the relay below can forge.
+struct FakeSource {
+    next_surb: u64,
+}
+
+impl FakeSource {
+    fn packet(&mut self, kind: u8, header: &[u8]) -> BuiltPacket<[u8; 16]> {
+        self.next_surb += 1;
+        let mut surb = [0u8; 16];
+        surb[..8].copy_from_slice(&self.next_surb.to_be_bytes());
+        let mut bytes = vec![0u8; PACKET_SIZE];
+        bytes[0] = kind;
+        bytes[1..17].copy_from_slice(&surb);
+        let n = header.len().min(18);
+        bytes[17..17 + n].copy_from_slice(&header[..n]);
+        BuiltPacket {
+            bytes,
+            ack: (kind == KIND_FRAGMENT).then_some((surb, surb)),
+            round_trip: Duration::ZERO,
+        }
+    }
+}
+
+impl PacketSource for FakeSource {
+    type Recovery = [u8; 16];
+
+    fn fragment(
+        &mut self,
+        _rng: &mut StdRng,
+        _destination: &SporeAddress,
+        fragment: &[u8],
+    ) -> Result<BuiltPacket<[u8; 16]>> {
+        Ok(self.packet(KIND_FRAGMENT, fragment))
+    }
+
+    fn drop_cover(&mut self, _rng: &mut StdRng) -> Result<BuiltPacket<[u8; 16]>> {
+        Ok(self.packet(KIND_DROP, &[]))
+    }
+
+    fn is_ack(&self, recovery: &[u8; 16], payload: &[u8]) -> bool {
+        payload.get(..16) == Some(&recovery[..]) && payload.get(16) == Some(&ACK_TAG)
+    }
+}
+
+/// Our mailbox relay and, behind it, every recipient's: it stores the ack of each fragment
+/// that arrives straight into our mailbox (unless told to lose it), and answers pulls with
+/// the protocol's relay half.
+#[derive(Default)]
+struct Relay {
+    session: Option<RelayPull>,
+    mailbox: Vec<MailboxItem>,
+    next_handle: u64,
+    /// Every fragment that arrived, in order.
+    arrivals: Vec<FragKey>,
+    drops: usize,
+    pulls: usize,
+    deletes: Vec<Vec<u64>>,
+    /// The first arrival of these fragments gets no ack.
+    lose_once: HashSet<FragKey>,
+    /// No arrival of these fragments gets an ack.
+    lose_always: HashSet<FragKey>,
+    /// Every ack is stored twice (a duplicate in the network).
+    duplicate_acks: bool,
+    to_client: VecDeque<Frame>,
+}
+
+impl Relay {
+    fn store_ack(&mut self, surb: [u8; 16]) {
+        let mut payload = Box::new([0u8; PAYLOAD_SIZE]);
+        payload[..16].copy_from_slice(&surb);
+        payload[16] = ACK_TAG;
+        self.next_handle += 1;
+        self.mailbox.push(MailboxItem {
+            handle: self.next_handle,
+            surb_id: surb,
+            payload,
+        });
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Packet(p) => match p[0] {
+                KIND_FRAGMENT => {
+                    let surb: [u8; 16] = p[1..17].try_into().unwrap();
+                    let id: MessageId = p[17..33].try_into().unwrap();
+                    let key = (id, u16::from_be_bytes([p[33], p[34]]));
+                    self.arrivals.push(key);
+                    if self.lose_once.remove(&key) || self.lose_always.contains(&key) {
+                        return;
+                    }
+                    self.store_ack(surb);
+                    if self.duplicate_acks {
+                        self.store_ack(surb);
+                    }
+                }
+                KIND_DROP => self.drops += 1,
+                other => panic!("unknown fake packet kind {other}"),
+            },
+            Frame::PullRequest => {
+                self.pulls += 1;
+                let items = self.mailbox.iter().take(PULL_SLOTS).cloned().collect();
+                let session = self.session.take().unwrap_or_default();
+                let (session, slots) = session.answer(&frame, items).unwrap();
+                self.session = Some(session);
+                self.to_client.extend(slots);
+            }
+            Frame::Delete { .. } => {
+                let session = self.session.take().unwrap_or_default();
+                let (session, handles) = session.handle_delete(&frame).unwrap();
+                self.session = Some(session);
+                self.mailbox.retain(|i| !handles.contains(&i.handle));
+                let count = handles.len() as u32;
+                self.deletes.push(handles);
+                self.to_client.push_back(Frame::DeleteDone { count });
+            }
+            other => panic!("the client sent {other:?}"),
+        }
+    }
+}
+
+/// A sender and the relay, on a fake clock.
+struct Pair {
+    sender: Sender<FakeSource>,
+    relay: Relay,
+    counters: Arc<Counters>,
+    start: Instant,
+    now: Instant,
+    /// Acks are applied to this outbox, as the driver does.
+    store: Option<Store>,
+    acked: Vec<FragKey>,
+    delivered: Vec<MessageId>,
+    failed: Vec<MessageId>,
+    /// Items the sender handed to the driver (not acks it was waiting for).
+    handed_to_driver: usize,
+    closed: Vec<&'static str>,
+    /// The largest number of fragments in flight seen, and the window at that moment.
+    peak_in_flight: usize,
+    /// Plays the build threads when the sender has them: builds every job at once.
+    builder: Option<FakeSource>,
+}
+
+fn address() -> SporeAddress {
+    SporeAddress {
+        mailbox_relays: vec![RelayId([1; 32])],
+        mailbox_key: [2; 32],
+    }
+}
+
+fn config(lambda_p: f64) -> SenderConfig {
+    SenderConfig {
+        rates: Rates {
+            lambda_p,
+            lambda_l: 0.0,
+            lambda_d: 0.0,
+            mu: 20.0,
+            pull_interval: PULL_INTERVAL,
+            max_delay: Duration::from_secs(60),
+        },
+        timeouts: Timeouts {
+            ack_margin: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(2),
+            message_lifetime: Duration::from_secs(600),
+            ..Timeouts::default()
+        },
+        server_name: "a.example".into(),
+        address: address(),
+        build_capacity: None,
+    }
+}
+
+/// A message of `count` fragments, as the store hands them over.
+fn message(id: u8, count: u16) -> (OutgoingMessage, Vec<Fragment>) {
+    let fragments = (0..count)
+        .map(|index| Fragment {
+            message_id: [id; 16],
+            index,
+            count,
+            data: vec![id; 8],
+        })
+        .collect();
+    let message = OutgoingMessage {
+        id: [id; 16],
+        created_ms: 1_000,
+        destination: address(),
+    };
+    (message, fragments)
+}
+
+fn encoded(fragments: &[Fragment]) -> Vec<(u16, Vec<u8>)> {
+    fragments.iter().map(|f| (f.index, f.encode())).collect()
+}
+
+impl Pair {
+    fn new(lambda_p: f64) -> Self {
+        let start = Instant::now();
+        let counters = Arc::new(Counters::default());
+        let mut sender = Sender::new(
+            config(lambda_p),
+            FakeSource { next_surb: 0 },
+            StdRng::seed_from_u64(20),
+            counters.clone(),
+            start,
+        );
+        sender.handle_link_up(start);
+        Self {
+            sender,
+            relay: Relay::default(),
+            counters,
+            start,
+            now: start,
+            store: None,
+            acked: Vec::new(),
+            delivered: Vec::new(),
+            failed: Vec::new(),
+            handed_to_driver: 0,
+            closed: Vec::new(),
+            peak_in_flight: 0,
+            builder: None,
+        }
+    }
+
+    /// A sender with build threads (played by the harness, which builds every job at once).
+    fn with_build_threads(lambda_p: f64) -> Self {
+        let mut pair = Self::new(lambda_p);
+        let mut config = config(lambda_p);
+        config.build_capacity = Some(BUILD_CAPACITY);
+        pair.sender = Sender::new(
+            config,
+            FakeSource { next_surb: 0 },
+            StdRng::seed_from_u64(20),
+            pair.counters.clone(),
+            pair.start,
+        );
+        pair.sender.handle_link_up(pair.start);
+        pair.builder = Some(FakeSource { next_surb: 1 << 40 });
+        pair
+    }
+
+    fn build(&mut self) {
+        let Some(builder) = self.builder.as_mut() else {
+            return;
+        };
+        let mut rng = StdRng::seed_from_u64(0);
+        while let Some(job) = self.sender.poll_build() {
+            let built = match job {
+                Job::Fragment(f) => Built::Fragment {
+                    key: f.key,
+                    packet: builder.fragment(&mut rng, &f.destination, &f.bytes),
+                    at: self.now,
+                },
+                Job::DropCover => Built::DropCover {
+                    packet: builder.drop_cover(&mut rng),
+                    at: self.now,
+                },
+            };
+            self.sender.handle_built(built);
+        }
+    }
+
+    fn enqueue(&mut self, message: OutgoingMessage, fragments: Vec<(u16, Vec<u8>)>) {
+        self.sender
+            .handle_enqueue(message, fragments, self.now, 1_000);
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// Moves to the sender's next timeout and lets both sides talk until they are quiet.
+    fn step(&mut self) {
+        self.build();
+        self.now = self.now.max(self.sender.poll_timeout());
+        self.sender.handle_timeout(self.now);
+        self.exchange();
+    }
+
+    fn exchange(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some(event) = self.sender.poll_event() {
+                busy = true;
+                match event {
+                    SenderEvent::Acked((id, index)) => {
+                        if let Some(store) = &self.store {
+                            store.ack_fragment(&id, index).unwrap();
+                        }
+                        self.acked.push((id, index));
+                    }
+                    SenderEvent::Delivered(id) => self.delivered.push(id),
+                    SenderEvent::Failed(id) => self.failed.push(id),
+                    SenderEvent::Pulled { pull, items } => {
+                        // The driver's part: nothing here is a reply or readable; all of it
+                        // may go.
+                        self.handed_to_driver += items.len();
+                        let handles = items.iter().map(|i| i.handle).collect();
+                        self.sender.handle_processed(pull, handles, self.now);
+                    }
+                    SenderEvent::CloseLink(why) => self.closed.push(why),
+                }
+            }
+            while let Some(frame) = self.sender.poll_transmit() {
+                busy = true;
+                self.sender.handle_sent(true);
+                self.relay.on_frame(frame);
+            }
+            if self.sender.in_flight() > self.peak_in_flight {
+                self.peak_in_flight = self.sender.in_flight();
+                assert!(
+                    self.sender.in_flight() <= self.sender.window().floor() as usize,
+                    "more in flight than the window allows"
+                );
+            }
+            while let Some(frame) = self.relay.to_client.pop_front() {
+                busy = true;
+                self.sender.handle_frame(frame, self.now);
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// Runs every timeout up to and including `until`.
+    fn run_until(&mut self, until: Instant) {
+        while self.sender.poll_timeout() <= until {
+            self.step();
+        }
+        self.now = until;
+    }
+
+    /// Runs until `done` holds, at most 60 simulated seconds.
+    fn run_while(&mut self, mut busy: impl FnMut(&Pair) -> bool) {
+        let limit = self.now + Duration::from_secs(60);
+        while busy(self) {
+            assert!(self.now < limit, "did not finish within 60 s");
+            self.step();
+        }
+    }
+
+    fn arrivals_of(&self, key: FragKey) -> usize {
+        self.relay.arrivals.iter().filter(|k| **k == key).count()
+    }
+
+    fn stat(&self, c: &std::sync::atomic::AtomicU64) -> u64 {
+        let _ = self;
+        c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn window_grows_by_one_per_ack_and_caps_what_is_in_flight() {
+    let mut pair = Pair::new(1000.0);
+    let (m, fragments) = message(1, 64);
+    pair.enqueue(m, encoded(&fragments));
+    assert_eq!(pair.sender.window(), 16.0);
+    // Before the first pull returns any ack, exactly the initial window is in flight.
+    pair.run_until(pair.at(99));
+    assert_eq!(pair.sender.in_flight(), 16);
+    assert_eq!(pair.stat(&pair.counters.real_sent), 16);
+    pair.run_while(|p| p.delivered.is_empty());
+    assert_eq!(pair.delivered, [[1; 16]]);
+    assert_eq!(pair.acked.len(), 64);
+    // Slow start: one more per ack, no ack was late.
+    assert_eq!(pair.sender.window(), 16.0 + 64.0);
+    assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
+    assert_eq!(pair.stat(&pair.counters.real_sent), 64);
+    assert_eq!(pair.sender.unacknowledged(), 0);
+    assert!(pair.peak_in_flight >= 16);
+}
+
+#[test]
+fn window_halves_once_per_round_trip_of_late_acks_and_never_below_the_minimum() {
+    let mut pair = Pair::new(1000.0);
+    let (m, fragments) = message(2, 8);
+    for f in &fragments {
+        pair.relay.lose_always.insert(([2; 16], f.index));
+    }
+    pair.enqueue(m, encoded(&fragments));
+    // All eight leave within a few ms; their acks are due 2 pulls + 1 s margin later.
+    pair.run_until(pair.at(1_150));
+    assert_eq!(pair.stat(&pair.counters.real_sent), 8);
+    assert_eq!(pair.sender.window(), 16.0, "nothing is late yet");
+    pair.run_until(pair.at(1_350));
+    // Eight late acks in one round trip are one congestion event.
+    assert_eq!(pair.sender.window(), 8.0);
+    assert_eq!(
+        pair.sender.in_flight(),
+        0,
+        "every late fragment is backing off"
+    );
+    assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
+    // The retransmissions are late again, a round trip later: halved again, to the floor.
+    pair.run_until(pair.at(10_000));
+    assert!(pair.stat(&pair.counters.retransmissions) >= 8);
+    assert_eq!(pair.sender.window(), MIN_WINDOW);
+    pair.run_until(pair.at(30_000));
+    assert_eq!(pair.sender.window(), MIN_WINDOW);
+    assert!(pair.delivered.is_empty());
+}
+
+#[test]
+fn a_lost_ack_means_one_retransmission_then_delivery() {
+    let mut pair = Pair::new(50.0);
+    let (m, fragments) = message(3, 2);
+    pair.relay.lose_once.insert(([3; 16], 0));
+    pair.enqueue(m, encoded(&fragments));
+    pair.run_while(|p| p.delivered.is_empty());
+    assert_eq!(pair.delivered, [[3; 16]]);
+    assert_eq!(
+        pair.arrivals_of(([3; 16], 0)),
+        2,
+        "fragment 0 was sent twice"
+    );
+    assert_eq!(pair.arrivals_of(([3; 16], 1)), 1);
+    assert_eq!(pair.stat(&pair.counters.retransmissions), 1);
+    assert_eq!(pair.stat(&pair.counters.real_sent), 3);
+    assert_eq!(pair.stat(&pair.counters.acks), 2);
+    assert_eq!(pair.acked.len(), 2);
+    // The late ack cut the window from 17 (16, +1 for fragment 1's ack) to half; that is
+    // also the new slow-start threshold, so the retransmission's ack adds 1 / window.
+    assert_eq!(pair.sender.window(), 17.0 / 2.0 + 1.0 / 8.5);
+}
+
+#[test]
+fn a_duplicate_ack_counts_once_and_is_deleted_too() {
+    let mut pair = Pair::new(50.0);
+    pair.relay.duplicate_acks = true;
+    let (m, fragments) = message(4, 1);
+    pair.enqueue(m, encoded(&fragments));
+    pair.run_while(|p| p.delivered.is_empty());
+    let t = pair.now + PULL_INTERVAL * 3;
+    pair.run_until(t);
+    assert_eq!(pair.delivered, [[4; 16]]);
+    assert_eq!(pair.acked, [([4; 16], 0)]);
+    assert_eq!(pair.stat(&pair.counters.acks), 1);
+    assert_eq!(pair.stat(&pair.counters.messages_delivered), 1);
+    assert_eq!(pair.sender.window(), 17.0);
+    // The copy no longer matches an outstanding SURB id: it goes to the receiver (which
+    // finds nothing readable) and is deleted like everything else.
+    assert_eq!(pair.handed_to_driver, 1);
+    assert!(pair.relay.mailbox.is_empty());
+    assert_eq!(pair.stat(&pair.counters.items_pulled), 2);
+}
+
+#[test]
+fn a_pull_of_dummies_only_ends_with_exactly_one_empty_delete() {
+    let mut pair = Pair::new(50.0);
+    pair.run_until(pair.at(0));
+    assert_eq!(pair.relay.pulls, 1, "the first pull goes out at once");
+    assert_eq!(pair.relay.deletes, [Vec::<u64>::new()]);
+    // Pulls at 0, 100, ..., 900 ms: ten, each followed by exactly one (empty) Delete.
+    pair.run_until(pair.at(950));
+    assert_eq!(pair.relay.pulls, 10);
+    assert_eq!(pair.relay.deletes.len(), 10);
+    assert!(pair.relay.deletes.iter().all(Vec::is_empty));
+    assert_eq!(pair.stat(&pair.counters.pulls), 10);
+    assert_eq!(pair.stat(&pair.counters.items_pulled), 0);
+    assert_eq!(pair.handed_to_driver, 0);
+    assert!(pair.closed.is_empty());
+    // The payload stream still ran: cover only.
+    assert!(pair.relay.drops > 20);
+    assert!(pair.relay.arrivals.is_empty());
+    assert_eq!(pair.stat(&pair.counters.drop_sent), pair.relay.drops as u64);
+}
+
+#[test]
+fn a_restart_with_a_half_acked_message_sends_only_the_unacked_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+    let (m, fragments) = message(5, 4);
+    store.put_outgoing(&m, &fragments).unwrap();
+
+    // First life: fragments 2 and 3 are never acknowledged.
+    let mut first = Pair::new(50.0);
+    first.store = Some(store.clone());
+    first.relay.lose_always = HashSet::from([([5; 16], 2), ([5; 16], 3)]);
+    first.enqueue(m.clone(), encoded(&fragments));
+    first.run_while(|p| p.acked.len() < 2);
+    first.run_until(first.now + Duration::from_secs(2));
+    assert_eq!(first.acked.len(), 2);
+    assert!(first.delivered.is_empty());
+    drop(first); // the crash
+
+    // Second life: the outbox holds the message with its two unacked fragments.
+    let loaded = store.load_outbox().unwrap();
+    assert_eq!(loaded.len(), 1);
+    let (m2, queued) = loaded.into_iter().next().unwrap();
+    assert_eq!(m2, m);
+    let indices: Vec<u16> = queued.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices, [2, 3]);
+    let mut second = Pair::new(50.0);
+    second.store = Some(store.clone());
+    second.enqueue(m2, queued);
+    second.run_while(|p| p.delivered.is_empty());
+    let arrived: HashMap<FragKey, usize> =
+        second
+            .relay
+            .arrivals
+            .iter()
+            .fold(HashMap::new(), |mut seen, k| {
+                *seen.entry(*k).or_default() += 1;
+                seen
+            });
+    assert_eq!(
+        arrived,
+        HashMap::from([(([5; 16], 2), 1), (([5; 16], 3), 1)])
+    );
+    assert_eq!(second.delivered, [[5; 16]]);
+    assert_eq!(store.outbox_len(), 0);
+}
+
+#[test]
+fn a_message_older_than_its_lifetime_fails_and_frees_its_fragments() {
+    let mut pair = Pair::new(50.0);
+    let (m, fragments) = message(6, 2);
+    pair.relay.lose_always = HashSet::from([([6; 16], 0), ([6; 16], 1)]);
+    // Created 590 s ago (wall clock): 10 s of its 600 s lifetime remain.
+    pair.sender
+        .handle_enqueue(m, encoded(&fragments), pair.now, 1_000 + 590_000);
+    pair.run_until(pair.at(9_900));
+    assert!(pair.failed.is_empty());
+    pair.run_until(pair.at(10_100));
+    assert_eq!(pair.failed, [[6; 16]]);
+    assert_eq!(pair.sender.unacknowledged(), 0);
+    assert_eq!(pair.sender.in_flight(), 0);
+}
+
+#[test]
+fn a_broken_write_puts_the_fragment_back_in_front() {
+    let mut pair = Pair::new(50.0);
+    let (m, fragments) = message(7, 1);
+    pair.enqueue(m, encoded(&fragments));
+    // Drive by hand until the fragment is handed out, then fail its write.
+    loop {
+        pair.now = pair.sender.poll_timeout();
+        pair.sender.handle_timeout(pair.now);
+        let mut failed = false;
+        while let Some(frame) = pair.sender.poll_transmit() {
+            if matches!(&frame, Frame::Packet(p) if p[0] == KIND_FRAGMENT) {
+                pair.sender.handle_sent(false);
+                failed = true;
+                break;
+            }
+            pair.sender.handle_sent(true);
+            pair.relay.on_frame(frame);
+        }
+        if failed {
+            break;
+        }
+        pair.relay.to_client.clear();
+        pair.relay.session = None;
+    }
+    assert_eq!(pair.stat(&pair.counters.real_sent), 0);
+    assert_eq!(pair.sender.in_flight(), 0);
+    // The link comes back: the fragment is sent again, and delivered.
+    pair.relay = Relay::default();
+    pair.sender.handle_link_up(pair.now);
+    pair.run_while(|p| p.delivered.is_empty());
+    assert_eq!(pair.stat(&pair.counters.real_sent), 1);
+    assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
+}
+
+#[test]
+fn with_build_threads_fragments_are_built_ahead_within_the_window() {
+    let mut pair = Pair::with_build_threads(1000.0);
+    let (m, fragments) = message(8, 40);
+    pair.enqueue(m, encoded(&fragments));
+    pair.build();
+    // The cover stock and one window of fragments are built before anything is sent.
+    assert_eq!(pair.sender.in_flight(), 0);
+    pair.run_until(pair.at(99));
+    assert_eq!(
+        pair.sender.in_flight(),
+        16,
+        "the window caps what is built and sent"
+    );
+    pair.run_while(|p| p.delivered.is_empty());
+    assert_eq!(pair.delivered, [[8; 16]]);
+    assert_eq!(pair.stat(&pair.counters.real_sent), 40);
+    assert_eq!(pair.stat(&pair.counters.retransmissions), 0);
+    assert_eq!(pair.sender.window(), 16.0 + 40.0);
+    let mut arrived = pair.relay.arrivals.clone();
+    arrived.sort_unstable();
+    arrived.dedup();
+    assert_eq!(arrived.len(), 40, "every fragment arrived exactly once");
+    assert_eq!(pair.relay.arrivals.len(), 40);
+    assert!(
+        pair.relay.drops > 0,
+        "idle payload ticks send cover from the stock"
+    );
+}

@@ -1,0 +1,427 @@
+//! The pull session: how a client empties its mailbox over its link, both halves.
+//!
+//! ```text
+//! client                               mailbox relay
+//!   PullRequest                 ──▶
+//!                               ◀──    PULL_SLOTS × PullSlot (items, padded with dummies)
+//!   Delete { handles }          ──▶    (exactly one per pull, empty or not)
+//!                               ◀──    DeleteDone { count }
+//! ```
+//!
+//! Every pull is answered with exactly [`PULL_SLOTS`] slots and followed by exactly one
+//! `Delete`, so the link looks the same whether the mailbox is full or empty and whether the
+//! client kept anything. The client may send its next `PullRequest` right after the previous
+//! `Delete` without waiting for the `DeleteDone`: the relay handles a link's frames in order,
+//! so that `DeleteDone` arrives before the next pull's slots.
+//!
+//! Sans-I/O, no clock: [`ClientPull`] (the client's half) and [`RelayPull`] (the relay's) take
+//! frames and hand frames out; the caller owns the link and the timers. Every frame that does
+//! not fit the conversation is an error, never a panic.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+use crate::link::{Frame, MAX_DELETE_HANDLES, MailboxItem, PullSlot};
+use crate::params::PULL_SLOTS;
+
+/// A pull session went wrong; split by who is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PullError {
+    /// The other side sent a frame the conversation does not allow here.
+    #[error("the peer broke the pull session: {0}")]
+    PeerMisbehaved(&'static str),
+    /// Our own caller asked for a transition the conversation does not allow.
+    #[error("pull session misuse: {0}")]
+    ApiMisuse(&'static str),
+}
+
+impl PullError {
+    /// A short stable label, suitable for a metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PullError::PeerMisbehaved(why) | PullError::ApiMisuse(why) => why,
+        }
+    }
+}
+
+/// Where the client's half of a pull is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientPhase {
+    /// No pull in progress: a new one may start.
+    Idle,
+    /// A `PullRequest` is out; `received` of the [`PULL_SLOTS`] slots have arrived.
+    Collecting { received: usize },
+    /// Every slot arrived and the items were handed out; the one `Delete` is owed.
+    Holding,
+}
+
+/// The client's half of the pull session.
+///
+/// ```
+/// use spore_protocol::link::{Frame, PullSlot};
+/// use spore_protocol::params::PULL_SLOTS;
+/// use spore_protocol::pull::{ClientPull, RelayPull};
+///
+/// let mut client = ClientPull::new();
+/// let relay = RelayPull::new();
+/// let request = client.start().unwrap();
+/// let (relay, slots) = relay.answer(&request, Vec::new()).unwrap();
+/// let mut items = None;
+/// for slot in slots {
+///     items = client.handle_frame(slot).unwrap().or(items);
+/// }
+/// assert!(items.unwrap().is_empty()); // every slot was a dummy
+/// let delete = client.delete(Vec::new()).unwrap(); // still exactly one Delete
+/// let (_relay, handles) = relay.handle_delete(&delete).unwrap();
+/// assert!(handles.is_empty());
+/// client.handle_frame(Frame::DeleteDone { count: 0 }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientPull {
+    phase: Phase,
+    /// Handles sent in each `Delete` whose `DeleteDone` has not arrived, oldest first.
+    deletes_unanswered: VecDeque<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    Collecting {
+        items: Vec<MailboxItem>,
+        received: usize,
+    },
+    Holding {
+        handles: Vec<u64>,
+    },
+}
+
+impl Default for ClientPull {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientPull {
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::Idle,
+            deletes_unanswered: VecDeque::new(),
+        }
+    }
+
+    pub fn phase(&self) -> ClientPhase {
+        match &self.phase {
+            Phase::Idle => ClientPhase::Idle,
+            Phase::Collecting { received, .. } => ClientPhase::Collecting {
+                received: *received,
+            },
+            Phase::Holding { .. } => ClientPhase::Holding,
+        }
+    }
+
+    /// `Delete`s sent whose `DeleteDone` has not arrived yet.
+    pub fn deletes_unanswered(&self) -> usize {
+        self.deletes_unanswered.len()
+    }
+
+    /// Starts a pull: the frame to send. Only from [`ClientPhase::Idle`] (a `DeleteDone` may
+    /// still be on its way).
+    pub fn start(&mut self) -> Result<Frame, PullError> {
+        if !matches!(self.phase, Phase::Idle) {
+            return Err(PullError::ApiMisuse("a pull is already in progress"));
+        }
+        self.phase = Phase::Collecting {
+            items: Vec::new(),
+            received: 0,
+        };
+        Ok(Frame::PullRequest)
+    }
+
+    /// Takes one frame of the session from the relay. Returns the pulled items (possibly
+    /// none: dummies only) when the last slot arrives; the caller then owes one
+    /// [`ClientPull::delete`].
+    ///
+    /// Errors: a slot outside a pull or out of order, a `DeleteDone` for no `Delete` or for
+    /// more handles than it carried, or any frame that is not part of a pull session.
+    pub fn handle_frame(&mut self, frame: Frame) -> Result<Option<Vec<MailboxItem>>, PullError> {
+        match frame {
+            Frame::PullSlot(slot) => self.handle_slot(slot),
+            Frame::DeleteDone { count } => {
+                let Some(sent) = self.deletes_unanswered.pop_front() else {
+                    return Err(PullError::PeerMisbehaved("delete done without a delete"));
+                };
+                if usize::try_from(count).map_or(true, |c| c > sent) {
+                    return Err(PullError::PeerMisbehaved(
+                        "deleted more items than were named",
+                    ));
+                }
+                Ok(None)
+            }
+            _ => Err(PullError::PeerMisbehaved("not a pull session frame")),
+        }
+    }
+
+    fn handle_slot(&mut self, slot: PullSlot) -> Result<Option<Vec<MailboxItem>>, PullError> {
+        let Phase::Collecting { items, received } = &mut self.phase else {
+            return Err(PullError::PeerMisbehaved("pull slot outside a pull"));
+        };
+        if usize::from(slot.index) != *received {
+            return Err(PullError::PeerMisbehaved("pull slot out of order"));
+        }
+        *received += 1;
+        if let Some(item) = slot.item {
+            items.push(item);
+        }
+        if *received < PULL_SLOTS {
+            return Ok(None);
+        }
+        let items = std::mem::take(items);
+        self.phase = Phase::Holding {
+            handles: items.iter().map(|i| i.handle).collect(),
+        };
+        Ok(Some(items))
+    }
+
+    /// Ends the pull with its one `Delete`, naming the pulled items that may go (empty when
+    /// nothing may). Only after the last slot; every handle must come from this pull.
+    pub fn delete(&mut self, handles: Vec<u64>) -> Result<Frame, PullError> {
+        let Phase::Holding { handles: pulled } = &self.phase else {
+            return Err(PullError::ApiMisuse("delete outside a finished pull"));
+        };
+        if handles.len() > MAX_DELETE_HANDLES || handles.iter().any(|h| !pulled.contains(h)) {
+            return Err(PullError::ApiMisuse(
+                "delete names an item this pull did not return",
+            ));
+        }
+        self.phase = Phase::Idle;
+        self.deletes_unanswered.push_back(handles.len());
+        Ok(Frame::Delete { handles })
+    }
+
+    /// The link was lost: whatever was in progress is void (the relay keeps undeleted items).
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+/// The relay's half of the pull session for one link, consumed by value: a pull is answered
+/// with exactly [`PULL_SLOTS`] slots and must be followed by exactly one `Delete` naming only
+/// items it handed out before the next pull is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayPull {
+    /// Waiting for a `PullRequest`.
+    Idle,
+    /// A pull was answered with these handles; waiting for its `Delete`.
+    AwaitingDelete { handed: Vec<u64> },
+}
+
+impl Default for RelayPull {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RelayPull {
+    pub fn new() -> Self {
+        RelayPull::Idle
+    }
+
+    /// Answers `request` (which must be a `PullRequest`) with `items` (at most
+    /// [`PULL_SLOTS`], as read from the mailbox), padded with dummy slots to exactly
+    /// [`PULL_SLOTS`] frames.
+    pub fn answer(
+        self,
+        request: &Frame,
+        items: Vec<MailboxItem>,
+    ) -> Result<(RelayPull, Vec<Frame>), PullError> {
+        if !matches!(request, Frame::PullRequest) {
+            return Err(PullError::PeerMisbehaved("not a pull request"));
+        }
+        if !matches!(self, RelayPull::Idle) {
+            return Err(PullError::PeerMisbehaved("pull before the previous delete"));
+        }
+        if items.len() > PULL_SLOTS {
+            return Err(PullError::ApiMisuse("more items than pull slots"));
+        }
+        let handed: Vec<u64> = items.iter().map(|i| i.handle).collect();
+        let mut items = items.into_iter();
+        let frames = (0..PULL_SLOTS)
+            .map(|index| {
+                Frame::PullSlot(PullSlot {
+                    index: u8::try_from(index).unwrap_or(u8::MAX),
+                    item: items.next(),
+                })
+            })
+            .collect();
+        Ok((RelayPull::AwaitingDelete { handed }, frames))
+    }
+
+    /// Accepts the one `Delete` that ends a pull: the handles the relay should now delete.
+    /// Errors for any other frame, a `Delete` without a pull, or a handle the pull did not
+    /// hand out.
+    pub fn handle_delete(self, frame: &Frame) -> Result<(RelayPull, Vec<u64>), PullError> {
+        let Frame::Delete { handles } = frame else {
+            return Err(PullError::PeerMisbehaved("not a delete"));
+        };
+        let RelayPull::AwaitingDelete { handed } = self else {
+            return Err(PullError::PeerMisbehaved("delete without a pull"));
+        };
+        if handles.iter().any(|h| !handed.contains(h)) {
+            return Err(PullError::PeerMisbehaved(
+                "delete names an item the pull did not return",
+            ));
+        }
+        Ok((RelayPull::Idle, handles.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::PAYLOAD_SIZE;
+
+    fn item(handle: u64) -> MailboxItem {
+        MailboxItem {
+            handle,
+            surb_id: [handle as u8; 16],
+            payload: Box::new([0; PAYLOAD_SIZE]),
+        }
+    }
+
+    /// One whole pull through both halves; returns what the client got and what the relay
+    /// was told to delete.
+    fn round(
+        client: &mut ClientPull,
+        relay: RelayPull,
+        stored: Vec<MailboxItem>,
+        keep: impl Fn(&MailboxItem) -> bool,
+    ) -> (Vec<MailboxItem>, RelayPull, Vec<u64>) {
+        let request = client.start().unwrap();
+        let (relay, slots) = relay.answer(&request, stored).unwrap();
+        assert_eq!(slots.len(), PULL_SLOTS);
+        let mut got = None;
+        for slot in slots {
+            if let Some(items) = client.handle_frame(slot).unwrap() {
+                assert!(got.is_none(), "items handed out twice");
+                got = Some(items);
+            }
+        }
+        let got = got.unwrap();
+        let handles = got.iter().filter(|i| !keep(i)).map(|i| i.handle).collect();
+        let delete = client.delete(handles).unwrap();
+        let (relay, deleted) = relay.handle_delete(&delete).unwrap();
+        (got, relay, deleted)
+    }
+
+    #[test]
+    fn a_pull_of_dummies_only_still_ends_with_one_empty_delete() {
+        let mut client = ClientPull::new();
+        let (got, relay, deleted) = round(&mut client, RelayPull::new(), Vec::new(), |_| false);
+        assert!(got.is_empty());
+        assert!(deleted.is_empty());
+        assert_eq!(relay, RelayPull::Idle);
+        assert_eq!(client.deletes_unanswered(), 1);
+        client.handle_frame(Frame::DeleteDone { count: 0 }).unwrap();
+        assert_eq!(client.deletes_unanswered(), 0);
+        assert_eq!(client.phase(), ClientPhase::Idle);
+    }
+
+    #[test]
+    fn items_come_out_once_and_only_released_ones_are_deleted() {
+        let mut client = ClientPull::new();
+        let stored = vec![item(1), item(2), item(3)];
+        let (got, _relay, deleted) =
+            round(&mut client, RelayPull::new(), stored, |i| i.handle == 2);
+        assert_eq!(got.iter().map(|i| i.handle).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(deleted, [1, 3]);
+    }
+
+    #[test]
+    fn the_next_pull_may_start_before_the_delete_done() {
+        let mut client = ClientPull::new();
+        let (_, relay, _) = round(&mut client, RelayPull::new(), vec![item(1)], |_| false);
+        let (_, _, _) = round(&mut client, relay, vec![item(2)], |_| false);
+        assert_eq!(client.deletes_unanswered(), 2);
+        client.handle_frame(Frame::DeleteDone { count: 1 }).unwrap();
+        client.handle_frame(Frame::DeleteDone { count: 1 }).unwrap();
+        assert!(client.handle_frame(Frame::DeleteDone { count: 0 }).is_err());
+    }
+
+    #[test]
+    fn client_refuses_frames_outside_the_conversation() {
+        let mut client = ClientPull::new();
+        let slot = Frame::PullSlot(PullSlot {
+            index: 0,
+            item: None,
+        });
+        assert!(
+            client.handle_frame(slot.clone()).is_err(),
+            "slot before pull"
+        );
+        assert!(client.delete(Vec::new()).is_err(), "delete before pull");
+        client.start().unwrap();
+        assert!(client.start().is_err(), "two pulls at once");
+        let late = Frame::PullSlot(PullSlot {
+            index: 3,
+            item: None,
+        });
+        assert_eq!(
+            client.handle_frame(late),
+            Err(PullError::PeerMisbehaved("pull slot out of order"))
+        );
+        assert!(client.handle_frame(Frame::Padding).is_err());
+        assert!(client.handle_frame(Frame::PullRequest).is_err());
+        // A slot more than PULL_SLOTS: the pull is over, so it is outside a pull.
+        let mut client = ClientPull::new();
+        let request = client.start().unwrap();
+        let (_, slots) = RelayPull::new().answer(&request, vec![item(5)]).unwrap();
+        for s in slots {
+            client.handle_frame(s).unwrap();
+        }
+        assert!(client.handle_frame(slot).is_err());
+        assert!(
+            client.delete(vec![6]).is_err(),
+            "a handle this pull did not return"
+        );
+        client.delete(vec![5]).unwrap();
+        assert!(
+            client.handle_frame(Frame::DeleteDone { count: 2 }).is_err(),
+            "more deleted than named"
+        );
+    }
+
+    #[test]
+    fn relay_refuses_a_second_pull_a_stray_delete_and_foreign_handles() {
+        let (relay, _) = RelayPull::new()
+            .answer(&Frame::PullRequest, vec![item(1)])
+            .unwrap();
+        assert!(
+            relay
+                .clone()
+                .answer(&Frame::PullRequest, Vec::new())
+                .is_err()
+        );
+        assert!(
+            relay
+                .clone()
+                .handle_delete(&Frame::Delete { handles: vec![9] })
+                .is_err()
+        );
+        let (relay, deleted) = relay
+            .handle_delete(&Frame::Delete { handles: vec![1] })
+            .unwrap();
+        assert_eq!(deleted, [1]);
+        assert!(
+            relay
+                .clone()
+                .handle_delete(&Frame::Delete { handles: vec![] })
+                .is_err(),
+            "exactly one delete per pull"
+        );
+        assert!(relay.clone().answer(&Frame::Padding, Vec::new()).is_err());
+        let too_many = (0..=PULL_SLOTS as u64).map(item).collect();
+        assert!(relay.answer(&Frame::PullRequest, too_many).is_err());
+    }
+}
