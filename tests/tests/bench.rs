@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use spore_client::{RateOverrides, Transport};
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{Testnet, TestnetConfig};
 
 use crate::{init_tracing, transaction, wait_until};
 

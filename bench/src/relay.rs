@@ -37,10 +37,9 @@ use spore_relay::connection::{FrameReader, accept_handshake};
 use spore_relay::{Link, RelayConfig, RelayKeys, RolesConfig};
 use tokio::io::AsyncReadExt;
 
-use super::{
+use crate::{
     now_unix, process_cpu_secs, thread_cpu_secs, thread_groups_cpu_secs, threads_cpu_secs, verdict,
 };
-use crate::authority;
 
 /// Targets from issue 8.
 pub const TARGET_RATIO_1CORE: f64 = 0.85;
@@ -348,8 +347,8 @@ impl RelayProcess {
             sink.descriptor(epoch, now)?,
             generator.descriptor(epoch, now)?,
         ];
-        let directory = authority::build(descs, params, &authority_key, now, 3600)?;
-        authority::write(&directory, &dir.path().join("directory.bin"))?;
+        let directory = spore_testkit::signed_directory(descs, params, &authority_key, now, 3600)?;
+        std::fs::write(dir.path().join("directory.bin"), directory.to_bytes())?;
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, toml::to_string(&config)?)?;
         let log = dir.path().join("relay.log");
