@@ -133,14 +133,10 @@ mod tests {
         net.shutdown().await.unwrap();
     }
 
-    /// Needs the `spore-relay` binary in the same target directory (`cargo test --workspace`
-    /// or `cargo build --bins` builds it); says so and passes when it is missing.
+    /// Runs the `spore-relay` binary of this target directory (the test kit builds it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn relay_and_latency_benches_run_against_a_real_relay_process() {
-        let Ok(bin) = relay::relay_binary() else {
-            eprintln!("skipped: no spore-relay binary built next to the test executable");
-            return;
-        };
+        let bin = spore_testkit::binaries::require(spore_testkit::binaries::RELAY);
         let r = relay::run(&relay::RelayBenchConfig {
             packets: 300,
             relay_bin: bin.clone(),

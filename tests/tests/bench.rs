@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use spore_bench::thread_cpu_secs;
 use spore_client::{RateOverrides, Transport};
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_bench::thread_cpu_secs;
 use spore_testkit::{Testnet, TestnetConfig};
 
 use crate::{init_tracing, transaction, wait_until};
