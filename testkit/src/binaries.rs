@@ -86,9 +86,11 @@ fn build(bin: WorkspaceBinary, profile_dir: &Path) -> Result<PathBuf, BinaryErro
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(&cargo);
     command.args(["build", "--quiet", "--bin", bin.name]);
-    if let Some(package) = bin.package {
-        command.args(["--package", package]);
-    }
+    match bin.package {
+        Some(package) => command.args(["--package", package]),
+        // In a member's folder cargo looks only at that package: ask the whole workspace.
+        None => command.arg("--workspace"),
+    };
     command.args(profile_args(profile_dir));
     let shown = format!("{command:?}");
     match command.status() {
