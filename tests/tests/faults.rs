@@ -13,12 +13,11 @@ use spore_protocol::packet::{self, ForwardPayload};
 use spore_protocol::params::{PACKET_SIZE, SEALED_FRAGMENT_SIZE};
 use spore_protocol::{MailboxKey, SporeAddress};
 use spore_relay::connection::connect_handshake;
-use spore_testkit::{Testnet, TestnetConfig};
+use spore_testkit::{TestRelay, Testnet, TestnetConfig, delete, packet_to, pull};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
-use spore_testkit::{TestRelay, delete, packet_to, pull};
 
 const WAIT: Duration = Duration::from_secs(15);
 
