@@ -9,11 +9,13 @@ use rand::Rng;
 use spore_client::Transport;
 use spore_protocol::link::Frame;
 use spore_protocol::link::WIRE_FRAME_LEN;
-use spore_protocol::packet::{self, ForwardPayload};
-use spore_protocol::params::{PACKET_SIZE, SEALED_FRAGMENT_SIZE};
+use spore_protocol::packet;
+use spore_protocol::params::PACKET_SIZE;
 use spore_protocol::{MailboxKey, SporeAddress};
 use spore_relay::connection::connect_handshake;
-use spore_testkit::{TestRelay, Testnet, TestnetConfig, delete, packet_to, pull};
+use spore_testkit::{
+    TestRelay, Testnet, TestnetConfig, acked_packet_with_ids, delete, packet_frame, packet_to, pull,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -71,7 +73,7 @@ async fn links_cut_mid_handshake_or_mid_frame_lose_only_the_partial_frame() {
                 let whole = round % 4;
                 for i in 0..=whole {
                     let p = packet_to(hop, owner.mailbox_id(), &round.to_be_bytes());
-                    let frame = Frame::Packet(p.into_boxed_slice().try_into().unwrap());
+                    let frame = packet_frame(&p);
                     let mut wire = Box::new([0u8; WIRE_FRAME_LEN]);
                     sealer.seal(&frame, &mut wire).unwrap();
                     if i < whole {
@@ -154,18 +156,16 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     let mut real = Vec::new();
     for i in 0..n_real {
         let ack_id = packet::random_surb_id();
-        let (surb, _) =
-            packet::build_surb(&[hop], sender.mailbox_id(), ack_id, &[Duration::ZERO]).unwrap();
-        let payload = ForwardPayload {
-            ack_surb: surb,
-            sealed_fragment: vec![0x5a; SEALED_FRAGMENT_SIZE],
-        }
-        .encode()
-        .unwrap();
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&(i as u32).to_be_bytes());
-        let p = packet::build_packet(&[hop], owner.mailbox_id(), id, &[Duration::ZERO], &payload)
-            .unwrap();
+        let p = acked_packet_with_ids(
+            &[hop],
+            owner.mailbox_id(),
+            id,
+            &[hop],
+            sender.mailbox_id(),
+            ack_id,
+        );
         ack_ids.insert(ack_id, i as u32);
         real.push(p);
     }
@@ -210,9 +210,7 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
         let mut link = relay2.link(&rand::random()).await;
         let gap = storm / (n_real as u32);
         for p in real {
-            link.send(&Frame::Packet(p.into_boxed_slice().try_into().unwrap()))
-                .await
-                .unwrap();
+            link.send(&packet_frame(&p)).await.unwrap();
             tokio::time::sleep(gap).await;
         }
     });

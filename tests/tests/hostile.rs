@@ -14,12 +14,11 @@ use spore_protocol::directory::{
     SphinxKey,
 };
 use spore_protocol::fragment::{Fragment, Reassembler, ReassemblyLimits};
-use spore_protocol::link::Frame;
 use spore_protocol::packet::{self, IncomingPacket, PacketLimits};
 use spore_protocol::params::{FRAGMENT_DATA_SIZE, PACKET_SIZE};
 use spore_relay::{DirectorySource, Link, ManualClock, MemoryDirectory};
 
-use spore_testkit::{TestRelay, delete, packet_to, pull, wait_until};
+use spore_testkit::{TestRelay, delete, packet_frame, packet_to, pull, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -438,11 +437,7 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
         .await
         .unwrap();
     for p in &bombs {
-        link.send(&Frame::Packet(
-            p.clone().into_boxed_slice().try_into().unwrap(),
-        ))
-        .await
-        .unwrap();
+        link.send(&packet_frame(p)).await.unwrap();
     }
 
     // A real transaction behind them still arrives.
