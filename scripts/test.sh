@@ -20,11 +20,8 @@ fi
 echo "== unit, property and per-crate integration tests"
 cargo test --workspace --exclude spore-tests --locked 2>&1
 
-# The crash tests SIGKILL the real binaries (spore-relay, spore-sidecar): build them first,
-# `cargo test -p spore-tests` does not build other packages' binaries.
-echo "== binaries for the crash tests"
-cargo build --bins --locked 2>&1
-
+# The crash tests SIGKILL the real binaries (spore-relay, spore-sidecar); spore-testkit
+# builds them on first use (`cargo build --bin NAME` into the same target directory).
 # Whole-network tests measure timing on the wire (Poisson statistics an observer sees):
 # run them one at a time so they do not share two cores with each other.
 echo "== whole-network tests"

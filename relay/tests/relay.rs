@@ -1,9 +1,7 @@
 //! Integration tests for spore-relay: real relays on 127.0.0.1 over real TCP and Noise links.
-//! One test binary; each module is one promise area.
+//! One test binary; each module is one promise area. The helpers (in-process relays, the relay
+//! process, pull/delete, packet builders) come from `spore-testkit`.
 #![allow(clippy::unwrap_used)]
-
-#[path = "relay/util.rs"]
-mod util;
 
 #[path = "relay/hostile.rs"]
 mod hostile;

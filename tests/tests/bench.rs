@@ -3,28 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use spore_bench::thread_cpu_secs;
 use spore_client::{RateOverrides, Transport};
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{Testnet, TestnetConfig};
 
 use crate::{init_tracing, transaction, wait_until};
-
-/// CPU seconds (user + system) this thread has used.
-fn thread_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 0, utime 11, stime 12 (in clock ticks, 100/s).
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 #[test]
 #[ignore = "measurement; run with --ignored --nocapture"]
@@ -53,9 +37,9 @@ fn client_cpu_at_ten_packets_per_second_with_cover() {
     rt.block_on(async {
         let alice = Transport::start(config).await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (cpu0, t0, s0) = (thread_cpu(), Instant::now(), alice.stats());
+        let (cpu0, t0, s0) = (thread_cpu_secs(), Instant::now(), alice.stats());
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let (cpu1, t1, s1) = (thread_cpu(), Instant::now(), alice.stats());
+        let (cpu1, t1, s1) = (thread_cpu_secs(), Instant::now(), alice.stats());
         let wall = (t1 - t0).as_secs_f64();
         let packets = (s1.drop_sent + s1.loops_sent + s1.real_sent)
             - (s0.drop_sent + s0.loops_sent + s0.real_sent);

@@ -9,21 +9,21 @@
 //!   sidecar is SIGKILLed and restarted; every request answered 200 is delivered to the
 //!   recipient's homeserver exactly once.
 //!
-//! Both need the workspace binaries built (`cargo build --bins`, done by scripts/test.sh).
+//! Both run the workspace binaries, which `spore_testkit::binaries` builds when they are missing
+//! or stale.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use spore_protocol::link::{Frame, MailboxItem};
-use spore_protocol::packet::{self, ForwardPayload, RouteHop};
-use spore_protocol::params::{PACKET_SIZE, PULL_SLOTS, SEALED_FRAGMENT_SIZE};
+use spore_protocol::packet::{self, RouteHop};
 use spore_protocol::{MailboxKey, SporeAddress};
 use spore_relay::{Link, RelayKeys};
+use spore_testkit::relay_process::{self, KilledOnDrop, connect, free_port, hop};
+use spore_testkit::{acked_packet_with_ids, binaries, packet_frame, try_delete, try_pull};
 
 use crate::{init_tracing, wait_until};
 
@@ -39,131 +39,6 @@ pub fn cycles(ci: usize) -> usize {
         ci * 10
     } else {
         ci
-    }
-}
-
-/// A workspace binary next to this test executable (`target/<profile>/<name>`).
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/tests-<hash> -> target/<profile>/<name>
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (SIGKILL) when dropped.
-pub struct Proc(pub Child);
-
-impl Proc {
-    pub fn sigkill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-// ---------------------------------------------------------------- relay
-
-fn relay_init(bin: &Path, dir: &Path) -> String {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let out = Command::new(bin)
-        .args(["init", "--dir"])
-        .arg(dir)
-        .args(["--role", "edge", "--listen", &listen])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = dir.join("relay.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("metrics_listen = ", "# metrics_listen = "),
-    )
-    .unwrap();
-    listen
-}
-
-fn relay_run(bin: &Path, dir: &Path) -> Proc {
-    Proc(
-        Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(dir.join("relay.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn connect(addr: &str, keys: &RelayKeys, secret: &[u8; 32]) -> Link {
-    for _ in 0..400 {
-        if let Ok(l) = Link::connect(addr, secret, Some(keys.link_public())).await {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("relay at {addr} did not come up");
-}
-
-fn hop(keys: &RelayKeys) -> RouteHop {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let epoch = now / spore_relay::MixConfig::default().epoch_length_secs;
-    RouteHop {
-        id: keys.relay_id(),
-        sphinx_key: keys.sphinx_public(epoch),
-    }
-}
-
-/// One pull; `Err` when the link died (the relay was killed).
-async fn try_pull(link: &mut Link) -> Result<Vec<MailboxItem>, ()> {
-    link.send(&Frame::PullRequest).await.map_err(|_| ())?;
-    let mut items = Vec::new();
-    for _ in 0..PULL_SLOTS {
-        match link.recv().await.map_err(|_| ())? {
-            Frame::PullSlot(slot) => items.extend(slot.item),
-            other => panic!("expected a pull slot, got {other:?}"),
-        }
-    }
-    Ok(items)
-}
-
-/// Deletes `handles`; `Ok(count)` once the relay says the deletion is on disk.
-async fn try_delete(link: &mut Link, handles: Vec<u64>) -> Result<u32, ()> {
-    link.send(&Frame::Delete { handles })
-        .await
-        .map_err(|_| ())?;
-    match link.recv().await.map_err(|_| ())? {
-        Frame::DeleteDone { count } => Ok(count),
-        // A relay that cannot write (full disk) refuses the deletion: not confirmed.
-        Frame::Error { .. } => Err(()),
-        other => panic!("expected DeleteDone, got {other:?}"),
     }
 }
 
@@ -219,7 +94,7 @@ async fn owner_loop(mut link: Link, ledger: Arc<Mutex<Ledger>>, acks: bool) {
                 assert_eq!(count as usize, n, "every pulled handle is deletable");
                 ledger.lock().unwrap().deleted.extend(seqs);
             }
-            Err(()) => return,
+            Err(_) => return,
         }
     }
 }
@@ -239,21 +114,12 @@ async fn sender_loop(
             l.sent
         };
         let ack_id = packet::random_surb_id();
-        let (surb, _recovery) =
-            packet::build_surb(&[h], sender, ack_id, &[Duration::ZERO]).unwrap();
-        let payload = ForwardPayload {
-            ack_surb: surb,
-            sealed_fragment: vec![0x5a; SEALED_FRAGMENT_SIZE],
-        }
-        .encode()
-        .unwrap();
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&seq.to_be_bytes());
         id[8..].copy_from_slice(&packet::random_surb_id()[8..]);
-        let p = packet::build_packet(&[h], recipient, id, &[Duration::ZERO], &payload).unwrap();
+        let p = acked_packet_with_ids(&[h], recipient, id, &[h], sender, ack_id);
         ledger.lock().unwrap().ack_ids.insert(ack_id, seq);
-        let p: Box<[u8; PACKET_SIZE]> = p.into_boxed_slice().try_into().unwrap();
-        if link.writer.write_frame(&Frame::Packet(p)).await.is_err()
+        if link.writer.write_frame(&packet_frame(&p)).await.is_err()
             || link.writer.flush().await.is_err()
         {
             return;
@@ -265,9 +131,9 @@ async fn sender_loop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_stick() {
     init_tracing();
-    let bin = workspace_bin("spore-relay");
+    let bin = binaries::require(binaries::RELAY);
     let dir = tempfile::tempdir().unwrap();
-    let addr = relay_init(&bin, dir.path());
+    let addr = relay_process::init(&bin, dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
     let (recipient, sender) = (MailboxKey::generate(), MailboxKey::generate());
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -276,7 +142,7 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
     let mut rng = rand::rng();
 
     for cycle in 0..n_cycles {
-        let child = relay_run(&bin, dir.path());
+        let child = relay_process::run(&bin, dir.path());
         let h = hop(&keys);
         let in_link = connect(&addr, &keys, &rand::random()).await;
         let ack_link = connect(&addr, &keys, &sender.secret_bytes()).await;
@@ -307,7 +173,7 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
     }
 
     // Final run: collect every ack still stored and everything still in the mailbox.
-    let _child = relay_run(&bin, dir.path());
+    let _child = relay_process::run(&bin, dir.path());
     let ack_link = connect(&addr, &keys, &sender.secret_bytes()).await;
     let owner_link = connect(&addr, &keys, &recipient.secret_bytes()).await;
     let a = tokio::spawn(owner_loop(ack_link, ledger.clone(), true));
@@ -352,7 +218,7 @@ pub(crate) struct Side<'a> {
 /// Writes a sidecar's key and TOML config under `dir` (fast test rates) and returns its path.
 pub(crate) fn sidecar_config(
     dir: &Path,
-    net: &spore_tests::Testnet,
+    net: &spore_testkit::Testnet,
     side: &Side<'_>,
     peers: &[(&str, &SporeAddress)],
 ) -> PathBuf {
@@ -399,8 +265,8 @@ pull_interval_ms = 50
     path
 }
 
-fn sidecar_run(bin: &Path, config: &Path) -> Proc {
-    Proc(
+fn sidecar_run(bin: &Path, config: &Path) -> KilledOnDrop {
+    KilledOnDrop(
         Command::new(bin)
             .arg("run")
             .arg("--config")
@@ -440,9 +306,9 @@ async fn put_txn(addr: &str, txn: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once() {
     use spore_sidecar::{Sidecar, SidecarConfig};
-    use spore_tests::{StubHomeserver, Testnet, TestnetConfig};
+    use spore_testkit::{StubHomeserver, Testnet, TestnetConfig};
     init_tracing();
-    let bin = workspace_bin("spore-sidecar");
+    let bin = binaries::require(binaries::SIDECAR);
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
@@ -572,15 +438,15 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
     assert!(!answered.is_empty(), "{report}");
     assert!(alice_hs.received().is_empty());
     bob.shutdown().await;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
 }
 
 // ---------------------------------------------------------------- disk full
 
 /// Runs the relay with its file size capped (`ulimit -f`, SIGXFSZ ignored so a write past the
 /// cap fails with EFBIG like a full disk instead of killing the process).
-fn relay_run_capped(bin: &Path, dir: &Path, cap_kib: u64) -> Proc {
-    Proc(
+fn relay_run_capped(bin: &Path, dir: &Path, cap_kib: u64) -> KilledOnDrop {
+    KilledOnDrop(
         Command::new("bash")
             .arg("-c")
             .arg(format!(
@@ -600,9 +466,9 @@ fn relay_run_capped(bin: &Path, dir: &Path, cap_kib: u64) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_relay_on_a_full_disk_refuses_and_keeps_what_it_acked() {
-    let bin = workspace_bin("spore-relay");
+    let bin = binaries::require(binaries::RELAY);
     let dir = tempfile::tempdir().unwrap();
-    let addr = relay_init(&bin, dir.path());
+    let addr = relay_process::init(&bin, dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
     let (recipient, sender) = (MailboxKey::generate(), MailboxKey::generate());
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -653,7 +519,7 @@ async fn mailbox_relay_on_a_full_disk_refuses_and_keeps_what_it_acked() {
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     // Restart without the cap: everything acked must be there.
-    let _child = relay_run(&bin, dir.path());
+    let _child = relay_process::run(&bin, dir.path());
     let owner = connect(&addr, &keys, &recipient.secret_bytes()).await;
     let o = tokio::spawn(owner_loop(owner, ledger.clone(), false));
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use spore_client::Transport;
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{Testnet, TestnetConfig};
 
 use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
 
@@ -111,7 +111,7 @@ async fn offline_delivery(n: usize) {
     );
     bob.shutdown().await;
     alice.shutdown().await;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

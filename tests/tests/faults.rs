@@ -9,15 +9,16 @@ use rand::Rng;
 use spore_client::Transport;
 use spore_protocol::link::Frame;
 use spore_protocol::link::WIRE_FRAME_LEN;
-use spore_protocol::packet::{self, ForwardPayload};
-use spore_protocol::params::{PACKET_SIZE, SEALED_FRAGMENT_SIZE};
+use spore_protocol::packet;
+use spore_protocol::params::PACKET_SIZE;
 use spore_protocol::{MailboxKey, SporeAddress};
 use spore_relay::connect_handshake;
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{
+    TestRelay, Testnet, TestnetConfig, acked_packet_with_ids, delete, packet_frame, packet_to, pull,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::hostile::{Subject, delete, packet_to, pull};
 use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -44,7 +45,8 @@ fn garbage_from(base: &[u8; PACKET_SIZE], n: u64) -> Box<[u8; PACKET_SIZE]> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_cut_mid_handshake_or_mid_frame_lose_only_the_partial_frame() {
-    let relay = Subject::start(|_| {}, spore_relay::DirectorySource::None, system_clock()).await;
+    let relay =
+        TestRelay::start_full(|_| {}, spore_relay::DirectorySource::None, system_clock()).await;
     let owner = MailboxKey::generate();
     let hop = relay.hop_for(relay.r().current_epoch());
     let addr = relay.r().local_addr();
@@ -71,7 +73,7 @@ async fn links_cut_mid_handshake_or_mid_frame_lose_only_the_partial_frame() {
                 let whole = round % 4;
                 for i in 0..=whole {
                     let p = packet_to(hop, owner.mailbox_id(), &round.to_be_bytes());
-                    let frame = Frame::Packet(p.into_boxed_slice().try_into().unwrap());
+                    let frame = packet_frame(&p);
                     let mut wire = Box::new([0u8; WIRE_FRAME_LEN]);
                     sealer.seal(&frame, &mut wire).unwrap();
                     if i < whole {
@@ -118,7 +120,7 @@ fn resident_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets() {
-    let relay = Subject::start(
+    let relay = TestRelay::start_full(
         |c| {
             c.mix.workers = 1;
             c.limits.unwrap_queue = 1024;
@@ -154,18 +156,16 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     let mut real = Vec::new();
     for i in 0..n_real {
         let ack_id = packet::random_surb_id();
-        let (surb, _) =
-            packet::build_surb(&[hop], sender.mailbox_id(), ack_id, &[Duration::ZERO]).unwrap();
-        let payload = ForwardPayload {
-            ack_surb: surb,
-            sealed_fragment: vec![0x5a; SEALED_FRAGMENT_SIZE],
-        }
-        .encode()
-        .unwrap();
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&(i as u32).to_be_bytes());
-        let p = packet::build_packet(&[hop], owner.mailbox_id(), id, &[Duration::ZERO], &payload)
-            .unwrap();
+        let p = acked_packet_with_ids(
+            &[hop],
+            owner.mailbox_id(),
+            id,
+            &[hop],
+            sender.mailbox_id(),
+            ack_id,
+        );
         ack_ids.insert(ack_id, i as u32);
         real.push(p);
     }
@@ -210,9 +210,7 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
         let mut link = relay2.link(&rand::random()).await;
         let gap = storm / (n_real as u32);
         for p in real {
-            link.send(&Frame::Packet(p.into_boxed_slice().try_into().unwrap()))
-                .await
-                .unwrap();
+            link.send(&packet_frame(&p)).await.unwrap();
             tokio::time::sleep(gap).await;
         }
     });
@@ -324,7 +322,7 @@ async fn a_whole_mix_layer_offline_for_a_while_then_back_loses_nothing() {
     relay_offline_then_back("mix layer 2", |net, _| {
         net.mix_indexes()
             .into_iter()
-            .find(|i| net.role(*i) == Some(spore_tests::RelayRole::Mix { layer: 2 }))
+            .find(|i| net.role(*i) == Some(spore_testkit::RelayRole::Mix { layer: 2 }))
             .unwrap()
     })
     .await;
@@ -403,7 +401,7 @@ async fn relay_offline_then_back(
     );
     alice.shutdown().await;
     bob.shutdown().await;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
 }
 
 #[tokio::test]
@@ -413,7 +411,7 @@ async fn clock_skew_across_an_epoch_boundary_is_tolerated_within_grace_and_count
     // epoch 10^7; senders with skewed clocks pick the key of the epoch *they* think it is.
     let boundary = 100 * 10_000_000 + 100;
     let clock = ManualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(boundary - 25));
-    let relay = Subject::start(
+    let relay = TestRelay::start_full(
         |c| {
             c.mix.epoch_length_secs = 100;
             c.mix.grace_secs = 10;
@@ -509,5 +507,5 @@ async fn a_sender_whose_acks_are_slow_does_not_storm() {
         stats.retransmissions
     );
     alice.shutdown().await;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
 }

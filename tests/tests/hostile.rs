@@ -8,144 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use spore_protocol::MailboxKey;
 use spore_protocol::directory::{
     AuthoritySignature, DescriptorFields, Directory, NetworkParams, RelayDescriptor, Roles,
     SphinxKey,
 };
 use spore_protocol::fragment::{Fragment, Reassembler, ReassemblyLimits};
-use spore_protocol::link::{Frame, MailboxItem};
-use spore_protocol::packet::{self, IncomingPacket, PacketLimits, RouteHop};
-use spore_protocol::params::{FRAGMENT_DATA_SIZE, PACKET_SIZE, PULL_SLOTS};
-use spore_protocol::{MailboxId, MailboxKey};
-use spore_relay::{
-    Clock, DirectorySource, Link, ManualClock, MemoryDirectory, Relay, RelayConfig, RelayKeys,
-    RunningRelay,
-};
+use spore_protocol::packet::{self, IncomingPacket, PacketLimits};
+use spore_protocol::params::{FRAGMENT_DATA_SIZE, PACKET_SIZE};
+use spore_relay::{DirectorySource, Link, ManualClock, MemoryDirectory};
 
-use crate::wait_until;
+use spore_testkit::{TestRelay, delete, packet_frame, packet_to, pull, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// An in-process relay (all roles) on 127.0.0.1:0 that can be restarted on the same data.
-pub(crate) struct Subject {
-    relay: Option<RunningRelay>,
-    config: RelayConfig,
-    pub(crate) keys: RelayKeys,
-    source: DirectorySource,
-    clock: Arc<dyn Clock>,
-    _dir: tempfile::TempDir,
-}
-
-impl Subject {
-    pub(crate) async fn start(
-        tweak: impl FnOnce(&mut RelayConfig),
-        source: DirectorySource,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = RelayConfig::for_test(dir.path());
-        tweak(&mut config);
-        let keys = RelayKeys::generate();
-        let relay =
-            Relay::start_with_clock(config.clone(), keys.clone(), source.clone(), clock.clone())
-                .await
-                .unwrap();
-        Self {
-            relay: Some(relay),
-            config,
-            keys,
-            source,
-            clock,
-            _dir: dir,
-        }
-    }
-
-    pub(crate) fn r(&self) -> &RunningRelay {
-        self.relay.as_ref().unwrap()
-    }
-
-    pub(crate) async fn restart(&mut self) {
-        self.relay.take().unwrap().shutdown().await.unwrap();
-        for _ in 0..50 {
-            if let Ok(r) = Relay::start_with_clock(
-                self.config.clone(),
-                self.keys.clone(),
-                self.source.clone(),
-                self.clock.clone(),
-            )
-            .await
-            {
-                self.relay = Some(r);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("restart failed");
-    }
-
-    pub(crate) fn hop_for(&self, epoch: u64) -> RouteHop {
-        RouteHop {
-            id: self.keys.relay_id(),
-            sphinx_key: self.keys.sphinx_public(epoch),
-        }
-    }
-
-    pub(crate) async fn link(&self, secret: &[u8; 32]) -> Link {
-        Link::connect(
-            &self.r().local_addr().to_string(),
-            secret,
-            Some(self.keys.link_public()),
-        )
-        .await
-        .unwrap()
-    }
-
-    pub(crate) async fn send(&self, packets: &[Vec<u8>]) {
-        let mut link = self.link(&rand::random()).await;
-        for p in packets {
-            let p: Box<[u8; PACKET_SIZE]> = p.clone().into_boxed_slice().try_into().unwrap();
-            link.writer.write_frame(&Frame::Packet(p)).await.unwrap();
-        }
-        link.writer.flush().await.unwrap();
-        link.writer.shutdown().await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(2), link.reader.read_frame()).await;
-    }
-
-    pub(crate) async fn shutdown(mut self) {
-        self.relay.take().unwrap().shutdown().await.unwrap();
-    }
-}
-
-pub(crate) async fn pull(link: &mut Link) -> Vec<MailboxItem> {
-    link.send(&Frame::PullRequest).await.unwrap();
-    let mut items = Vec::new();
-    for _ in 0..PULL_SLOTS {
-        match link.recv().await.unwrap() {
-            Frame::PullSlot(slot) => items.extend(slot.item),
-            other => panic!("expected a pull slot, got {other:?}"),
-        }
-    }
-    items
-}
-
-pub(crate) async fn delete(link: &mut Link, handles: Vec<u64>) -> u32 {
-    link.send(&Frame::Delete { handles }).await.unwrap();
-    match link.recv().await.unwrap() {
-        Frame::DeleteDone { count } => count,
-        other => panic!("expected DeleteDone, got {other:?}"),
-    }
-}
-
-pub(crate) fn packet_to(hop: RouteHop, mailbox: MailboxId, msg: &[u8]) -> Vec<u8> {
-    packet::build_packet(
-        &[hop],
-        mailbox,
-        packet::random_surb_id(),
-        &[Duration::ZERO],
-        msg,
-    )
-    .unwrap()
-}
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -156,7 +31,7 @@ fn now_unix() -> u64 {
 
 #[tokio::test]
 async fn low_order_points_and_bad_header_macs_are_dropped_and_counted() {
-    let relay = Subject::start(
+    let relay = TestRelay::start_full(
         |_| {},
         DirectorySource::None,
         Arc::new(spore_relay::SystemClock),
@@ -227,7 +102,7 @@ fn top_bit() -> [u8; 32] {
 async fn replay_across_a_key_epoch_boundary_and_a_restart_is_dropped_and_counted() {
     // Epochs of 100 s with 10 s grace; start 5 s before the boundary of epoch 10^7.
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(100 * 10_000_000 + 95));
-    let mut relay = Subject::start(
+    let mut relay = TestRelay::start_full(
         |c| {
             c.mix.epoch_length_secs = 100;
             c.mix.grace_secs = 10;
@@ -278,7 +153,7 @@ async fn replay_across_a_key_epoch_boundary_and_a_restart_is_dropped_and_counted
 
 #[tokio::test]
 async fn nobody_pulls_or_deletes_someone_elses_mailbox() {
-    let relay = Subject::start(
+    let relay = TestRelay::start_full(
         |_| {},
         DirectorySource::None,
         Arc::new(spore_relay::SystemClock),
@@ -337,7 +212,7 @@ async fn forged_and_expired_directories_are_refused_and_the_old_one_kept() {
     let authority = SigningKey::from_bytes(&rand::random());
     let impostor = SigningKey::from_bytes(&rand::random());
     let memory = MemoryDirectory::new();
-    let relay = Subject::start(
+    let relay = TestRelay::start_full(
         |c| {
             c.directory.authorities = vec![hex::encode(authority.verifying_key().to_bytes())];
             c.directory.threshold = 1;
@@ -503,7 +378,7 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     use spore_protocol::params::{FORWARD_HOPS, SEALED_FRAGMENT_SIZE, SURB_SIZE};
     use spore_protocol::route::RouteSelector;
     use spore_protocol::{SporeAddress, seal};
-    use spore_tests::{Testnet, TestnetConfig};
+    use spore_testkit::{Testnet, TestnetConfig};
 
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
@@ -562,11 +437,7 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
         .await
         .unwrap();
     for p in &bombs {
-        link.send(&Frame::Packet(
-            p.clone().into_boxed_slice().try_into().unwrap(),
-        ))
-        .await
-        .unwrap();
+        link.send(&packet_frame(p)).await.unwrap();
     }
 
     // A real transaction behind them still arrives.
@@ -616,5 +487,5 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     eprintln!("client: {:?}", bob.stats());
     alice.shutdown().await;
     bob.shutdown().await;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use spore_client::{RateOverrides, Transport};
 use spore_protocol::link::WIRE_FRAME_LEN;
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_tests::{Observer, Testnet, TestnetConfig};
+use spore_testkit::{Observer, Testnet, TestnetConfig};
 
 use crate::{init_tracing, transaction};
 

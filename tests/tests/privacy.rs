@@ -21,7 +21,7 @@ use spore_protocol::params::{
 };
 use spore_protocol::route::RouteSelector;
 use spore_protocol::{MailboxId, MailboxKey, SporeAddress, seal};
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{Testnet, TestnetConfig};
 
 use crate::{fast, transaction, txn_of, within};
 
@@ -104,7 +104,7 @@ async fn child_exchange() {
     );
     alice.shutdown().await;
     bob.shutdown().await;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
     println!("DONE");
 }
 
@@ -304,5 +304,5 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     }
     assert_eq!(normalised(&reports[0].text), normalised(&reports[1].text));
     assert_eq!(normalised(&reports[0].text), normalised(&reports[2].text));
-    net.shutdown().await;
+    let _ = net.shutdown().await;
 }

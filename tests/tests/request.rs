@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use spore_client::{SporeFederationClient, StaticResolver, Transport};
 use spore_protocol::{FederationRequest, FederationResponse};
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{Testnet, TestnetConfig};
 use tower::{Service, ServiceExt};
 
 use crate::{fast, init_tracing, within};

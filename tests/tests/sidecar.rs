@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
 use spore_sidecar::{Sidecar, SidecarConfig};
-use spore_tests::{StubHomeserver, Testnet, TestnetConfig};
+use spore_testkit::{StubHomeserver, Testnet, TestnetConfig};
 
 use crate::{init_tracing, wait_until};
 

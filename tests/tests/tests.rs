@@ -13,11 +13,11 @@ mod request;
 mod sidecar;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spore_client::{RateOverrides, TransportConfig};
 use spore_protocol::FederationRequest;
+pub use spore_testkit::{wait_until, within};
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
@@ -62,26 +62,6 @@ pub fn fast(mut c: TransportConfig, lambda_p: f64) -> TransportConfig {
         pull_interval: Some(Duration::from_millis(50)),
     };
     c
-}
-
-/// Polls `f` every 20 ms until it is true or `timeout` passes.
-pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
-/// Runs `fut` with a deadline, panicking with `what` if it is missed.
-pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out: {what}"),
-    }
 }
 
 /// Takes inbound requests from `receiver`, acking each, until `n` distinct transaction ids

@@ -19,8 +19,8 @@ use spore_client::{
 };
 use spore_protocol::MailboxKey;
 
-use crate::testnet::{Role, Testnet, TestnetConfig};
 use crate::workload::{ServerIdentity, transactions, txn_id, verify_request};
+use spore_testkit::{RelayRole, Testnet, TestnetConfig};
 
 /// What the demo does; the defaults are what `spore demo` runs.
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ fn client_config(
         relay,
         DirectorySource::Fixed(net.directory().clone()),
         Trust {
-            authorities: vec![net.authority_public()],
+            authorities: vec![net.authority()],
             threshold: 1,
         },
     );
@@ -195,16 +195,16 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
             tmp.path().to_path_buf()
         }
     };
-    let mut tcfg = TestnetConfig::new(dir.join("relays"));
-    tcfg.edge = cfg.edge;
-    tcfg.width = cfg.width;
+    let mut tcfg = TestnetConfig::in_dir(dir.join("relays"));
+    tcfg.mailbox_relays = cfg.edge;
+    tcfg.mixes_per_layer = cfg.width;
     tcfg.params.mu = cfg.mu;
     tcfg.params.lambda_p = cfg.lambda_p;
     let net = Testnet::start(tcfg)
         .await
         .context("the local network did not start")?;
     tracing::info!(stage = "testnet up", "demo");
-    let edges = net.edge_relays();
+    let edges = net.mailbox_relays();
     let (relay_a, relay_b) = (edges[0], edges[edges.len() - 1]);
 
     let a_id = ServerIdentity::generate("a.spore.test");
@@ -333,8 +333,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
         .into_iter()
         .map(|(role, m)| RelayTraffic {
             role: match role {
-                Role::Edge => "entry+mailbox".to_string(),
-                Role::Mix { layer } => format!("mix layer {layer}"),
+                RelayRole::Mailbox => "entry+mailbox".to_string(),
+                RelayRole::Mix { layer } => format!("mix layer {layer}"),
             },
             packets_in: m.packets_in,
             packets_forwarded: m.packets_forwarded,

@@ -162,13 +162,13 @@ pub fn render(r: &LoadReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testnet::{Testnet, TestnetConfig};
+    use spore_testkit::{Testnet, TestnetConfig};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn load_through_a_testnet_loses_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = TestnetConfig::new(tmp.path());
-        cfg.width = 1;
+        let mut cfg = TestnetConfig::in_dir(tmp.path());
+        cfg.mixes_per_layer = 1;
         cfg.params.mu = 200.0;
         let net = Testnet::start(cfg).await.unwrap();
         let report = run(

@@ -1,210 +1,19 @@
 //! `spore`: parse, run, print the error chain on one line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use ed25519_dalek::SigningKey;
-use spore_protocol::directory::NetworkParams;
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
 use spore_tools::{authority, inspect, keyfile};
 
-/// Spore: a store-and-forward mixnet for peer-to-peer Matrix.
-#[derive(Parser)]
-#[command(version, about, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod analyze_command;
+mod bench_command;
+mod flags;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run a whole network on loopback and show a federation workload crossing it.
-    Demo(DemoArgs),
-    /// Generate keys: a directory authority key or a homeserver mailbox key.
-    #[command(subcommand)]
-    Keygen(KeygenCmd),
-    /// Directory authority: build, co-sign, verify, show and serve the signed directory.
-    #[command(subcommand)]
-    Directory(DirectoryCmd),
-    /// Decode a packet, link frame, directory, descriptor or Spore address and say what an
-    /// outside observer can and cannot learn from it.
-    Inspect(InspectArgs),
-    /// Privacy analysis: anonymity metrics, attack simulations, traces, figures.
-    Analyze(spore_tools::analyze::cli::AnalyzeArgs),
-    /// A local network on loopback that stays up for manual use.
-    #[command(subcommand)]
-    Testnet(TestnetCmd),
-    /// Drive a network with a fixed packet rate and report throughput and loss.
-    Load(LoadArgs),
-    /// Benchmarks: relay vs the Sphinx floor, latency, mailbox store, client cost.
-    Bench(spore_tools::bench::BenchArgs),
-}
-
-#[derive(Subcommand)]
-enum TestnetCmd {
-    /// Start relays and a directory in DIR and keep them running until Ctrl-C or `down`.
-    Up {
-        #[arg(long)]
-        dir: PathBuf,
-        /// Total relays: 2 entry/mailbox relays plus 3 mix layers sharing the rest (min 5).
-        #[arg(long, default_value_t = 8)]
-        relays: usize,
-    },
-    /// Stop the testnet running in DIR.
-    Down {
-        #[arg(long)]
-        dir: PathBuf,
-    },
-}
-
-#[derive(Args)]
-struct LoadArgs {
-    /// The signed directory of the network to load (e.g. DIR/directory.bin of a testnet).
-    #[arg(long)]
-    directory: PathBuf,
-    /// Packets per second offered to the entry relay.
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
-    /// Seconds of load.
-    #[arg(long, default_value_t = 5)]
-    duration: u64,
-    /// Seconds to keep pulling after the last packet.
-    #[arg(long, default_value_t = 30)]
-    drain: u64,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct DemoArgs {
-    /// Keep the network's data here instead of a temporary folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Federation transactions A sends to B.
-    #[arg(long, default_value_t = spore_tools::demo::DemoConfig::default().transactions)]
-    transactions: usize,
-    /// Mixes per layer.
-    #[arg(long, default_value_t = 2)]
-    width: usize,
-    /// Print the summary as one JSON object (keys sent, delivered, duplicates, lost, latency_ms).
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum KeygenCmd {
-    /// An ed25519 key for a directory authority. Prints the public key relays must trust.
-    Authority {
-        /// Where to write the secret key (created with mode 0600; never overwritten).
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// An X25519 mailbox key for a homeserver. Prints its Spore address for the given relays.
-    Mailbox {
-        /// Where to write the secret key (created with mode 0600; never overwritten).
-        #[arg(long)]
-        out: PathBuf,
-        /// Relay id (hex) of a mailbox relay holding this mailbox; give one or two.
-        #[arg(long = "relay", required = true, num_args = 1)]
-        relays: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum DirectoryCmd {
-    /// Collect relay descriptors, check them and sign a directory for the current epoch.
-    Build {
-        /// The authority's secret key file (from `spore keygen authority`).
-        #[arg(long)]
-        key: PathBuf,
-        /// Descriptor files (from `spore-relay descriptor --out`), or folders of `*.desc` files.
-        #[arg(long = "descriptors", required = true, num_args = 1..)]
-        descriptors: Vec<PathBuf>,
-        /// Where to write the signed directory (replaced atomically).
-        #[arg(long)]
-        out: PathBuf,
-        /// How long the document stays valid.
-        #[arg(long, default_value_t = 86_400)]
-        valid_secs: u64,
-        #[command(flatten)]
-        params: ParamArgs,
-    },
-    /// Add this authority's signature to an existing directory (threshold signing).
-    Sign {
-        #[arg(long)]
-        key: PathBuf,
-        /// The directory file; rewritten in place.
-        file: PathBuf,
-    },
-    /// Check a directory against trusted authority keys, as relays and clients do.
-    Verify {
-        /// Trusted authority public key (hex); repeat for several.
-        #[arg(long = "authority", required = true)]
-        authorities: Vec<String>,
-        /// How many of them must have signed.
-        #[arg(long, default_value_t = 1)]
-        threshold: usize,
-        file: PathBuf,
-    },
-    /// Print a directory in human form.
-    Show { file: PathBuf },
-    /// Serve the directory file over HTTP on loopback (`GET /directory`).
-    Serve {
-        file: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8470")]
-        listen: std::net::SocketAddr,
-    },
-}
-
-/// Network parameters published in the directory (defaults are Spore's shipped values).
-#[derive(Args)]
-struct ParamArgs {
-    /// Per-hop delay rate mu (1/s); mean per-hop delay is 1/mu.
-    #[arg(long, default_value_t = NetworkParams::default().mu)]
-    mu: f64,
-    /// Client payload stream rate lambda_P (packets/s).
-    #[arg(long, default_value_t = NetworkParams::default().lambda_p)]
-    lambda_p: f64,
-    /// Client loop cover rate lambda_L (packets/s).
-    #[arg(long, default_value_t = NetworkParams::default().lambda_l)]
-    lambda_l: f64,
-    /// Client drop cover rate lambda_D (packets/s).
-    #[arg(long, default_value_t = NetworkParams::default().lambda_d)]
-    lambda_d: f64,
-    /// Relay loop cover rate lambda_M (packets/s).
-    #[arg(long, default_value_t = NetworkParams::default().lambda_m)]
-    lambda_m: f64,
-    /// Key epoch length in seconds.
-    #[arg(long, default_value_t = NetworkParams::default().epoch_length_secs)]
-    epoch_secs: u64,
-}
-
-impl ParamArgs {
-    fn params(&self) -> NetworkParams {
-        NetworkParams {
-            mu: self.mu,
-            lambda_p: self.lambda_p,
-            lambda_l: self.lambda_l,
-            lambda_d: self.lambda_d,
-            lambda_m: self.lambda_m,
-            epoch_length_secs: self.epoch_secs,
-            ..NetworkParams::default()
-        }
-    }
-}
-
-#[derive(Args)]
-struct InspectArgs {
-    /// File to inspect (binary, or hex text).
-    file: Option<PathBuf>,
-    /// Inspect these hex bytes instead of a file.
-    #[arg(long, conflicts_with = "file")]
-    hex: Option<String>,
-}
+use flags::{Cli, Command, DirectoryCmd, KeygenCmd, TestnetCmd};
 
 fn main() -> ExitCode {
     // Quiet by default so the demo's own output reads cleanly; RUST_LOG=info shows the
@@ -288,8 +97,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(args) => spore_tools::bench::run_cli(args).map(|()| ExitCode::SUCCESS),
-        Command::Analyze(args) => spore_tools::analyze::cli::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench_command::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Analyze(args) => analyze_command::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -393,7 +202,7 @@ fn directory(cmd: DirectoryCmd) -> Result<ExitCode> {
 }
 
 fn testnet(cmd: TestnetCmd) -> Result<ExitCode> {
-    use spore_tools::testnet::{Testnet, TestnetConfig};
+    use spore_testkit::{Testnet, TestnetConfig};
     match cmd {
         TestnetCmd::Up { dir, relays } => {
             if relays < 5 {
@@ -409,20 +218,20 @@ fn testnet(cmd: TestnetCmd) -> Result<ExitCode> {
                     pid.trim()
                 );
             }
-            let mut cfg = TestnetConfig::new(&dir);
-            cfg.width = ((relays - 2) / 3).max(1);
+            let mut cfg = TestnetConfig::in_dir(&dir);
+            cfg.mixes_per_layer = ((relays - 2) / 3).max(1);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let net = Testnet::start(cfg).await?;
                 std::fs::write(&pid_file, std::process::id().to_string())?;
-                let auth = hex::encode(net.authority_public());
+                let auth = hex::encode(net.authority());
                 println!(
                     "testnet up: {} relays, directory {}",
                     net.relay_count(),
                     net.directory_path().display()
                 );
                 println!("authority key: {auth}");
-                for id in net.edge_relays() {
+                for id in net.mailbox_relays() {
                     println!("entry/mailbox relay: {id}");
                 }
                 println!();

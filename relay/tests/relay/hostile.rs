@@ -12,7 +12,8 @@ use spore_relay::connect_handshake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::*;
+use spore_protocol::MailboxKey;
+use spore_testkit::{TestRelay, plain_packet, pull, wait_until};
 
 fn random_frame(rng: &mut impl rand::Rng) -> Frame {
     match rng.random_range(0..8u8) {
@@ -87,14 +88,14 @@ async fn arbitrary_bytes_and_frames_from_a_socket_do_not_panic() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The relay still works for an honest client.
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
         &[Duration::ZERO],
         b"still here",
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(
         wait_until(Duration::from_secs(10), || relay
             .r()
@@ -183,11 +184,11 @@ async fn a_link_sending_too_fast_is_rate_limited() {
         c.limits.packet_burst = 5;
     })
     .await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let packets: Vec<_> = (0..20u8)
         .map(|i| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(
         wait_until(Duration::from_secs(5), || {
             let m = relay.r().metrics();
@@ -204,7 +205,7 @@ async fn a_link_sending_too_fast_is_rate_limited() {
 #[tokio::test]
 async fn mutated_and_random_packets_never_panic_the_workers() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let valid = plain_packet(
         &[relay.hop(), relay.hop()],
         owner.mailbox_id(),
@@ -239,7 +240,7 @@ async fn mutated_and_random_packets_never_panic_the_workers() {
         &[Duration::ZERO],
         b"after",
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(
         wait_until(Duration::from_secs(20), || {
             let m = relay.r().metrics();

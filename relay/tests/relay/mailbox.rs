@@ -6,21 +6,22 @@ use std::time::Duration;
 use spore_protocol::MailboxId;
 use spore_relay::{DirectorySource, ManualClock};
 
-use crate::util::*;
+use spore_protocol::MailboxKey;
+use spore_testkit::{TestRelay, acked_packet, delete, plain_packet, pull, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
         &[Duration::ZERO],
         b"hello",
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
     let mut link = relay.link(&owner.secret_bytes()).await;
@@ -40,17 +41,17 @@ async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
 #[tokio::test]
 async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
         &[Duration::ZERO],
         b"secret",
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
-    let intruder = mailbox_key();
+    let intruder = MailboxKey::generate();
     let mut link = relay.link(&intruder.secret_bytes()).await;
     assert!(
         pull(&mut link).await.is_empty(),
@@ -67,7 +68,7 @@ async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
 #[tokio::test]
 async fn interrupted_pull_loses_nothing() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let packets: Vec<_> = (0..20u8)
         .map(|i| {
             plain_packet(
@@ -78,7 +79,7 @@ async fn interrupted_pull_loses_nothing() {
             )
         })
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 20).await);
 
     // Ask for a pull and hang up before reading the answer.
@@ -117,8 +118,8 @@ async fn interrupted_pull_loses_nothing() {
 #[tokio::test]
 async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
     let relay = TestRelay::start_with(|c| c.mailbox.quota_items = 3).await;
-    let owner = mailbox_key();
-    let other = mailbox_key();
+    let owner = MailboxKey::generate();
+    let other = MailboxKey::generate();
     let packets: Vec<_> = (0..5u8)
         .map(|i| {
             plain_packet(
@@ -129,7 +130,7 @@ async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
             )
         })
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(
         wait_until(WAIT, || {
             let m = relay.r().metrics();
@@ -141,7 +142,7 @@ async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
     );
     // Another mailbox still has room.
     let p = plain_packet(&[relay.hop()], other.mailbox_id(), &[Duration::ZERO], b"x");
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 4).await);
 
     let mut link = relay.link(&owner.secret_bytes()).await;
@@ -159,7 +160,7 @@ async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
         &[Duration::ZERO],
         b"late",
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 5).await);
     relay.shutdown().await;
 }
@@ -171,12 +172,12 @@ async fn byte_quota_and_disk_budget_refuse_with_their_reason() {
         c.mailbox.disk_budget_bytes = 3 * 1040;
     })
     .await;
-    let a = mailbox_key();
-    let b = mailbox_key();
+    let a = MailboxKey::generate();
+    let b = MailboxKey::generate();
     let mut packets: Vec<_> = (0..3u8)
         .map(|i| plain_packet(&[relay.hop()], a.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(
         wait_until(WAIT, || relay.r().metrics().dropped("mailbox_quota_bytes")
             == 1)
@@ -185,7 +186,7 @@ async fn byte_quota_and_disk_budget_refuse_with_their_reason() {
     packets = (0..2u8)
         .map(|i| plain_packet(&[relay.hop()], b.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(
         wait_until(WAIT, || {
             let m = relay.r().metrics();
@@ -205,14 +206,14 @@ async fn retention_deletes_items_older_than_the_limit() {
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let old = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
         &[Duration::ZERO],
         b"old",
     );
-    send_packets(&relay, &[old]).await;
+    relay.send(&[old]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
     clock.advance(Duration::from_secs(6 * 24 * 3600));
@@ -222,7 +223,7 @@ async fn retention_deletes_items_older_than_the_limit() {
         &[Duration::ZERO],
         b"young",
     );
-    send_packets(&relay, &[young]).await;
+    relay.send(&[young]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
 
     assert_eq!(
@@ -247,7 +248,7 @@ async fn retention_deletes_items_older_than_the_limit() {
 async fn cover_for_the_drop_mailbox_is_discarded() {
     let relay = TestRelay::start().await;
     let p = plain_packet(&[relay.hop()], MailboxId::DROP, &[Duration::ZERO], b"cover");
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().cover_received == 1).await);
     assert_eq!(relay.r().metrics().packets_stored, 0);
     relay.shutdown().await;
@@ -256,15 +257,15 @@ async fn cover_for_the_drop_mailbox_is_discarded() {
 #[tokio::test]
 async fn surb_ack_is_released_after_the_store() {
     let relay = TestRelay::start().await;
-    let recipient = mailbox_key();
-    let sender = mailbox_key();
+    let recipient = MailboxKey::generate();
+    let sender = MailboxKey::generate();
     let (p, ack_id) = acked_packet(
         &[relay.hop(), relay.hop()],
         recipient.mailbox_id(),
         &[relay.hop()],
         sender.mailbox_id(),
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
     assert_eq!(relay.r().metrics().acks_sent, 1);
     let mut link = relay.link(&sender.secret_bytes()).await;
@@ -277,12 +278,12 @@ async fn surb_ack_is_released_after_the_store() {
 #[tokio::test]
 async fn a_damaged_record_is_skipped_counted_and_shown_in_the_metrics() {
     let mut relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let packets: Vec<_> = [b"first", b"other"]
         .iter()
         .map(|body| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], *body))
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
     assert_eq!(relay.r().metrics().mailbox_damaged_records, 0);
 

@@ -7,23 +7,24 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use spore_protocol::packet::RouteHop;
 use spore_relay::{DirectorySource, ManualClock};
 
-use crate::util::*;
+use spore_protocol::MailboxKey;
+use spore_testkit::{TestRelay, plain_packet, pull, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn replayed_packet_is_dropped() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
         &[Duration::ZERO],
         b"once",
     );
-    send_packets(&relay, &[p.clone(), p.clone()]).await;
+    relay.send(&[p.clone(), p.clone()]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().dropped("replay") == 1).await);
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(
         wait_until(WAIT, || {
             let m = relay.r().metrics();
@@ -37,7 +38,7 @@ async fn replayed_packet_is_dropped() {
 #[tokio::test]
 async fn replayed_packet_is_dropped_after_restart() {
     let mut relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     // A forwarding hop and a final hop: both must remember.
     let p = plain_packet(
         &[relay.hop(), relay.hop()],
@@ -45,10 +46,10 @@ async fn replayed_packet_is_dropped_after_restart() {
         &[Duration::ZERO, Duration::ZERO],
         b"once",
     );
-    send_packets(&relay, std::slice::from_ref(&p)).await;
+    relay.send(std::slice::from_ref(&p)).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
     relay.restart().await;
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().dropped("replay") == 1).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(relay.r().metrics().packets_stored, 0);
@@ -64,7 +65,7 @@ async fn replayed_packet_is_dropped_after_restart() {
 #[tokio::test]
 async fn packets_are_held_for_their_header_delay() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop(), relay.hop(), relay.hop()],
         owner.mailbox_id(),
@@ -76,7 +77,7 @@ async fn packets_are_held_for_their_header_delay() {
         b"slow",
     );
     let t0 = Instant::now();
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
     assert!(
         t0.elapsed() >= Duration::from_millis(600),
@@ -89,14 +90,14 @@ async fn packets_are_held_for_their_header_delay() {
 #[tokio::test]
 async fn delay_above_the_maximum_is_refused() {
     let relay = TestRelay::start_with(|c| c.mix.max_delay_ms = 1_000).await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop(), relay.hop()],
         owner.mailbox_id(),
         &[Duration::from_secs(5), Duration::ZERO],
         b"x",
     );
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().dropped("delay_too_long") == 1).await);
     relay.shutdown().await;
 }
@@ -115,7 +116,7 @@ async fn previous_epoch_key_is_accepted_only_during_the_grace_window() {
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let old_hop = relay.hop();
     let early = plain_packet(&[old_hop], owner.mailbox_id(), &[Duration::ZERO], b"early");
     let late = plain_packet(&[old_hop], owner.mailbox_id(), &[Duration::ZERO], b"late");
@@ -127,11 +128,11 @@ async fn previous_epoch_key_is_accepted_only_during_the_grace_window() {
 
     // 55 s later: 5 s into the next epoch, inside the grace window.
     clock.advance(Duration::from_secs(55));
-    send_packets(&relay, &[early, ahead]).await;
+    relay.send(&[early, ahead]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
     // 20 s into the epoch: the old key is gone.
     clock.advance(Duration::from_secs(15));
-    send_packets(&relay, &[late]).await;
+    relay.send(&[late]).await;
     assert!(
         wait_until(WAIT, || relay.r().metrics().dropped("bad_mac") == 1).await,
         "{:?}",
@@ -144,7 +145,7 @@ async fn previous_epoch_key_is_accepted_only_during_the_grace_window() {
 #[tokio::test]
 async fn many_packets_through_one_relay() {
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let n = 300;
     let packets: Vec<_> = (0..n)
         .map(|i: u32| {
@@ -156,7 +157,7 @@ async fn many_packets_through_one_relay() {
             )
         })
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(
         wait_until(Duration::from_secs(30), || relay
             .r()
@@ -185,9 +186,9 @@ async fn replay_tags_are_dropped_with_their_expired_key_epoch() {
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"x");
-    send_packets(&relay, &[p]).await;
+    relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().replay_tags == 1).await);
     // Into the next epoch, past the grace window: the old key and its tags are gone.
     clock.advance(Duration::from_secs(75));
@@ -206,7 +207,7 @@ async fn overload_drops_at_the_bounded_queue_instead_of_growing() {
         c.mix.workers = 1;
     })
     .await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let n = 400u64;
     let packets: Vec<_> = (0..n)
         .map(|i| {
@@ -218,7 +219,7 @@ async fn overload_drops_at_the_bounded_queue_instead_of_growing() {
             )
         })
         .collect();
-    send_packets(&relay, &packets).await;
+    relay.send(&packets).await;
     assert!(
         wait_until(WAIT, || {
             let m = relay.r().metrics();

@@ -11,7 +11,8 @@ use spore_protocol::packet::{self, RouteHop};
 use spore_protocol::params::PACKET_SIZE;
 use spore_relay::{DirectorySource, MemoryDirectory, RelayConfig, RolesConfig, SystemClock};
 
-use crate::util::*;
+use spore_protocol::MailboxKey;
+use spore_testkit::{TestRelay, plain_packet, pull, wait_until};
 
 pub struct Network {
     pub entry: TestRelay,
@@ -139,8 +140,8 @@ impl Network {
 #[tokio::test]
 async fn three_layer_network_delivers_end_to_end_and_acks() {
     let net = Network::start(|_| {}).await;
-    let recipient = mailbox_key();
-    let sender = mailbox_key();
+    let recipient = MailboxKey::generate();
+    let sender = MailboxKey::generate();
     let n = 12;
     let mut link = net.entry.link(&rand::random()).await;
     let mut ack_ids = Vec::new();
@@ -252,7 +253,7 @@ async fn directory_without_enough_signatures_is_refused() {
 #[tokio::test]
 async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
     let mut net = Network::start(|_| {}).await;
-    let recipient = mailbox_key();
+    let recipient = MailboxKey::generate();
     let send_one = |net: &Network, tag: u8| {
         plain_packet(
             &net.forward_route(),
@@ -262,7 +263,7 @@ async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
         )
     };
     let p = send_one(&net, 1);
-    send_packets(&net.entry, &[p]).await;
+    net.entry.send(&[p]).await;
     assert!(
         wait_until(Duration::from_secs(10), || net
             .mailbox
@@ -280,7 +281,7 @@ async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
         r.r().refresh_directory().await.unwrap();
     }
     let p = send_one(&net, 2);
-    send_packets(&net.entry, &[p]).await;
+    net.entry.send(&[p]).await;
     assert!(
         wait_until(Duration::from_secs(15), || net
             .mailbox
@@ -300,7 +301,7 @@ async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
 #[tokio::test]
 async fn a_mix_takes_packets_only_from_relays_in_the_directory() {
     let net = Network::start(|_| {}).await;
-    let recipient = mailbox_key();
+    let recipient = MailboxKey::generate();
     let route: Vec<RouteHop> = net.all()[1..].iter().map(|r| r.hop()).collect();
     let p = plain_packet(
         &route,
@@ -309,7 +310,7 @@ async fn a_mix_takes_packets_only_from_relays_in_the_directory() {
         b"skip",
     );
     // A client (key not in the directory) tries to skip the entry layer.
-    send_packets(&net.mixes[0], &[p]).await;
+    net.mixes[0].send(&[p]).await;
     assert!(
         wait_until(Duration::from_secs(5), || {
             net.mixes[0].r().metrics().dropped("not_authorized") == 1

@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::*;
+use spore_protocol::MailboxKey;
+use spore_testkit::{TestRelay, delete, plain_packet, pull, wait_until};
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -23,9 +24,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 async fn metrics_endpoint_exports_counters_by_reason_and_latency() {
     let relay =
         TestRelay::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"m");
-    send_packets(&relay, &[p.clone(), p]).await;
+    relay.send(&[p.clone(), p]).await;
     assert!(
         wait_until(Duration::from_secs(10), || relay
             .r()
@@ -151,14 +152,14 @@ async fn info_logs_name_no_addresses_mailboxes_or_timings() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let relay = TestRelay::start().await;
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate();
     let p = plain_packet(
         &[relay.hop(), relay.hop()],
         owner.mailbox_id(),
         &[Duration::from_millis(5), Duration::ZERO],
         b"log",
     );
-    send_packets(&relay, &[p.clone(), p]).await;
+    relay.send(&[p.clone(), p]).await;
     assert!(
         wait_until(Duration::from_secs(10), || relay
             .r()

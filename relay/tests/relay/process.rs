@@ -1,102 +1,22 @@
 //! The real `spore-relay` binary: init, run, SIGKILL, restart, SIGTERM.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use spore_protocol::packet::RouteHop;
-use spore_relay::{Link, RelayConfig, RelayKeys};
-
-use crate::util::*;
+use spore_protocol::MailboxKey;
+use spore_relay::{RelayConfig, RelayKeys};
+use spore_testkit::relay_process::{connect, hop};
+use spore_testkit::{acked_packet, drain, packet_frame, plain_packet, relay_process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_spore-relay");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `spore-relay init` into `dir`, then make the config test-friendly (no fixed metrics port).
 fn init(dir: &Path) -> String {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let out = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(dir)
-        .args(["--role", "edge", "--listen", &listen])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = dir.join("relay.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replace("metrics_listen = ", "# metrics_listen = ");
-    std::fs::write(&path, text).unwrap();
-    listen
+    relay_process::init(Path::new(BIN), dir)
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(dir: &Path) -> Proc {
-    Proc(
-        Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(dir.join("relay.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn connect(addr: &str, keys: &RelayKeys, secret: &[u8; 32]) -> Link {
-    for _ in 0..200 {
-        if let Ok(l) = Link::connect(addr, secret, Some(keys.link_public())).await {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("relay at {addr} did not come up");
-}
-
-fn hop(keys: &RelayKeys) -> RouteHop {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let epoch = now / spore_relay::MixConfig::default().epoch_length_secs;
-    RouteHop {
-        id: keys.relay_id(),
-        sphinx_key: keys.sphinx_public(epoch),
-    }
-}
-
-/// Pulls and deletes until the mailbox is empty; returns how many items there were.
-async fn drain(link: &mut Link) -> usize {
-    let mut n = 0;
-    loop {
-        let items = pull(link).await;
-        if items.is_empty() {
-            return n;
-        }
-        n += items.len();
-        delete(link, items.iter().map(|i| i.handle).collect()).await;
-    }
+fn run(dir: &Path) -> relay_process::KilledOnDrop {
+    relay_process::run(Path::new(BIN), dir)
 }
 
 #[tokio::test]
@@ -130,8 +50,8 @@ async fn relay_sigkilled_after_acking_keeps_every_acked_packet() {
     let dir = tempfile::tempdir().unwrap();
     let addr = init(dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
-    let recipient = mailbox_key();
-    let sender = mailbox_key();
+    let recipient = MailboxKey::generate();
+    let sender = MailboxKey::generate();
     let n = 40;
 
     let child = run(dir.path());
@@ -141,11 +61,7 @@ async fn relay_sigkilled_after_acking_keeps_every_acked_packet() {
         .map(|_| acked_packet(&[h], recipient.mailbox_id(), &[h], sender.mailbox_id()).0)
         .collect();
     for p in &packets {
-        let p = p.clone().into_boxed_slice().try_into().unwrap();
-        link.writer
-            .write_frame(&spore_protocol::link::Frame::Packet(p))
-            .await
-            .unwrap();
+        link.writer.write_frame(&packet_frame(p)).await.unwrap();
     }
     link.writer.flush().await.unwrap();
 
@@ -169,18 +85,12 @@ async fn relay_sigkilled_after_acking_keeps_every_acked_packet() {
     // The replay tags were durable before the acks too: the same packets are refused now.
     let mut link = connect(&addr, &keys, &rand::random()).await;
     for p in &packets {
-        let p = p.clone().into_boxed_slice().try_into().unwrap();
-        link.writer
-            .write_frame(&spore_protocol::link::Frame::Packet(p))
-            .await
-            .unwrap();
+        link.writer.write_frame(&packet_frame(p)).await.unwrap();
     }
     // A fresh packet behind them shows they were all processed.
     let fresh = plain_packet(&[h], recipient.mailbox_id(), &[Duration::ZERO], b"fresh");
     link.writer
-        .write_frame(&spore_protocol::link::Frame::Packet(
-            fresh.into_boxed_slice().try_into().unwrap(),
-        ))
+        .write_frame(&packet_frame(&fresh))
         .await
         .unwrap();
     link.writer.flush().await.unwrap();

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_tests::{Testnet, TestnetConfig};
+use spore_testkit::{Testnet, TestnetConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -117,6 +117,6 @@ pull_interval_ms = 50
         args.dir.display()
     );
     tokio::signal::ctrl_c().await?;
-    net.shutdown().await;
+    let _ = net.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,9 +12,12 @@
 //! - [`flooding`]: the n-1 attack and how fast a mix's missing loops reveal it;
 //! - [`trace`]: the same metrics on a recorded JSON-lines trace.
 //!
+//! Both `network` and `trace` score deliveries with one global passive adversary (`adversary`);
+//! `network` writes traces that `trace` reads back.
+//!
 //! `docs/privacy.md` explains what each number means and what Spore's defaults give.
 
-pub mod cli;
+mod adversary;
 pub mod flooding;
 pub mod intersection;
 pub mod metrics;

@@ -33,7 +33,7 @@ use std::io::{BufRead, Write};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use super::network::{AnonymityMetrics, DeliveryStats, NodeKind, Observer};
+use super::adversary::{AnonymityMetrics, DeliveryStats, NodeKind, Observer};
 
 /// The format version this module reads and writes.
 pub const TRACE_VERSION: u32 = 1;

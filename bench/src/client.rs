@@ -33,8 +33,7 @@ use spore_protocol::{FederationRequest, MailboxKey, RelayId, SporeAddress};
 
 use std::collections::BTreeMap;
 
-use super::{process_cpu_secs, thread_groups_cpu_secs, verdict};
-use crate::authority;
+use crate::{process_cpu_secs, read_directory, thread_groups_cpu_secs, verdict};
 
 /// Target from issue 8: under 2% of one core.
 pub const TARGET_CPU_SHARE: f64 = 0.02;
@@ -135,7 +134,9 @@ fn spawn_testnet(spore: &Path) -> Result<(TestnetProcess, PathBuf, [u8; 32])> {
     while let Some(line) = lines.next() {
         let line = line?;
         if let Some(hex_key) = line.strip_prefix("authority key: ") {
-            let key = crate::keyfile::parse_hex32(hex_key.trim())
+            let key = hex::decode(hex_key.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
                 .context("testnet printed a bad authority key")?;
             // Keep reading what it prints next: with the pipe closed, its next line would fail
             // with EPIPE and take the whole network down mid-run.
@@ -209,7 +210,7 @@ pub async fn run(cfg: &ClientBenchConfig) -> Result<ClientReport> {
             authority,
         } => (None, directory.clone(), *authority, true),
     };
-    let directory = authority::read(&directory_path)?;
+    let directory = read_directory(&directory_path)?;
     let relay = directory
         .relays
         .iter()
@@ -372,7 +373,7 @@ pub async fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport> 
             authority,
         } => (None, directory.clone(), *authority, true),
     };
-    let directory = authority::read(&directory_path)?;
+    let directory = read_directory(&directory_path)?;
     let edges: Vec<_> = directory
         .relays
         .iter()

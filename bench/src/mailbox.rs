@@ -17,7 +17,7 @@ use spore_protocol::MailboxId;
 use spore_protocol::params::{PAYLOAD_SIZE, PULL_SLOTS, SURB_ID_SIZE};
 use spore_relay::{Database, MailboxLimits, MailboxStore};
 
-use super::{disk_bytes, now_unix, rss_mb, verdict};
+use crate::{disk_bytes, now_unix, rss_mb, verdict};
 
 pub const TARGET_STORE_PER_S: f64 = 20_000.0;
 pub const TARGET_RELEASE_PER_S: f64 = 50_000.0;

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,12 +35,12 @@ use spore_protocol::packet::{
 use spore_protocol::params::PACKET_SIZE;
 use spore_relay::{FrameReader, accept_handshake};
 use spore_relay::{Link, RelayConfig, RelayKeys, RolesConfig};
+use spore_testkit::relay_process::{self, KilledOnDrop};
 use tokio::io::AsyncReadExt;
 
-use super::{
+use crate::{
     now_unix, process_cpu_secs, thread_cpu_secs, thread_groups_cpu_secs, threads_cpu_secs, verdict,
 };
-use crate::authority;
 
 /// Targets from issue 8.
 pub const TARGET_RATIO_1CORE: f64 = 0.85;
@@ -284,7 +284,7 @@ impl Default for Generator {
 
 /// A `spore-relay run` child process; killed on drop.
 pub struct RelayProcess {
-    child: Child,
+    child: KilledOnDrop,
     pub addr: SocketAddr,
     /// The relay's Prometheus endpoint (loopback).
     pub metrics_addr: SocketAddr,
@@ -348,23 +348,18 @@ impl RelayProcess {
             sink.descriptor(epoch, now)?,
             generator.descriptor(epoch, now)?,
         ];
-        let directory = authority::build(descs, params, &authority_key, now, 3600)?;
-        authority::write(&directory, &dir.path().join("directory.bin"))?;
+        let directory = spore_testkit::signed_directory(descs, params, &authority_key, now, 3600)?;
+        std::fs::write(dir.path().join("directory.bin"), directory.to_bytes())?;
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, toml::to_string(&config)?)?;
         let log = dir.path().join("relay.log");
-        let child = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
+        let child = relay_process::run_command(bin, dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut me = Self {
-            child,
+            child: KilledOnDrop(child),
             addr,
             metrics_addr,
             link_public: keys.link_public(),
@@ -373,7 +368,7 @@ impl RelayProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = me.child.try_wait()? {
+            if let Some(status) = me.child.0.try_wait()? {
                 bail!("spore-relay exited at start ({status}): {}", me.log_tail());
             }
             if std::net::TcpStream::connect(addr).is_ok() {
@@ -387,20 +382,13 @@ impl RelayProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,6 +1,5 @@
-//! `spore analyze ...`: flag parsing and printing; the work is in the sibling modules.
-
-use clap::{Args, Subcommand};
+//! `spore analyze ...`: runs the models in `spore_tools::analyze` with the parsed flags and
+//! prints their reports.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -8,208 +7,18 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use spore_tools::analyze::flooding::{self, FloodingParams};
+use spore_tools::analyze::intersection::{self, IntersectionParams};
+use spore_tools::analyze::metrics::Summary;
+use spore_tools::analyze::network::{self, AnonymityMetrics, NetworkParams};
+use spore_tools::analyze::poisson_mix::{self, PoissonMixParams};
+use spore_tools::analyze::sda::{self, SdaParams};
+use spore_tools::analyze::trace::{self, TraceOptions, TraceWriter};
 
-use super::flooding::{self, FloodingParams};
-use super::intersection::{self, IntersectionParams};
-use super::metrics::Summary;
-use super::network::{self, AnonymityMetrics, NetworkParams};
-use super::poisson_mix::{self, PoissonMixParams};
-use super::sda::{self, SdaParams};
-use super::trace::{self, TraceOptions, TraceWriter};
-
-/// Measure how well a Spore network hides who talks to whom.
-#[derive(Debug, Args)]
-pub struct AnalyzeArgs {
-    #[command(subcommand)]
-    command: AnalyzeCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum AnalyzeCommand {
-    /// One Poisson (M/M/inf) mix: entropy of a message passing it, against Loopix's closed form.
-    PoissonMix(PoissonMixArgs),
-    /// A stratified network: end-to-end sender entropy, epsilon for two senders, latency.
-    Network(NetworkArgs),
-    /// Replay a recorded trace (JSON lines) through the same adversary and score it.
-    Trace(TraceArgs),
-    /// Statistical disclosure attack on a long-lived sender's contacts.
-    Sda(SdaArgs),
-    /// Intersection (hitting-set) attack on online sessions against a mailbox.
-    Intersection(IntersectionArgs),
-    /// n-1 attack on one mix: target entropy under attack, and how fast missing loops reveal it.
-    #[command(name = "n-minus-1")]
-    NMinus1(NMinus1Args),
-}
-
-#[derive(Debug, Args)]
-struct IntersectionArgs {
-    /// Users who could be the sender.
-    #[arg(long, default_value_t = 1_000)]
-    users: usize,
-    /// Fraction of epochs a user is online.
-    #[arg(long, default_value_t = 0.3)]
-    online: f64,
-    /// Mean online session, epochs.
-    #[arg(long, default_value_t = 10.0)]
-    session: f64,
-    /// A delivery is attributed to users online in the last this many epochs.
-    #[arg(long, default_value_t = 1)]
-    window: usize,
-    /// Probability the sender sends in an epoch it is online.
-    #[arg(long, default_value_t = 0.2)]
-    send: f64,
-    /// Give up after this many epochs.
-    #[arg(long, default_value_t = 10_000)]
-    max_epochs: usize,
-    /// Trials.
-    #[arg(long, default_value_t = 100)]
-    trials: usize,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-struct NMinus1Args {
-    /// Honest arrival rate before the attack (per second).
-    #[arg(long)]
-    lambda: f64,
-    /// Delay rate (per second).
-    #[arg(long)]
-    mu: f64,
-    /// Mix loop cover rate lambda_M (per second).
-    #[arg(long, default_value_t = 0.0)]
-    loop_rate: f64,
-    /// False alarms per day the loop monitor may raise on an unattacked mix.
-    #[arg(long, default_value_t = 1.0)]
-    false_alarms_per_day: f64,
-    /// Trials.
-    #[arg(long, default_value_t = 10_000)]
-    trials: usize,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-struct SdaArgs {
-    /// Users (senders and receivers).
-    #[arg(long)]
-    users: usize,
-    /// Messages per round (mix batch, or a window of outputs).
-    #[arg(long)]
-    batch: usize,
-    /// Friends per user.
-    #[arg(long)]
-    contacts: usize,
-    /// Observed rounds in which the target sends.
-    #[arg(long)]
-    rounds: usize,
-    /// Rounds without the target for the background estimate (default: --rounds).
-    #[arg(long)]
-    background_rounds: Option<usize>,
-    /// Independent trials.
-    #[arg(long, default_value_t = 100)]
-    trials: usize,
-    /// Fraction of the target's messages replaced by cover.
-    #[arg(long, default_value_t = 0.0)]
-    cover: f64,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Also draw success against rounds (1/64 .. 1x --rounds, with and without --cover) to this SVG.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-struct NetworkArgs {
-    /// Mix layers.
-    #[arg(long, default_value_t = 3)]
-    layers: u32,
-    /// Mixes per layer.
-    #[arg(long)]
-    width: u32,
-    /// Total packets per second from all clients (cover included).
-    #[arg(long)]
-    rate: f64,
-    /// Mean per-hop delay in seconds (1/mu).
-    #[arg(long)]
-    delay: f64,
-    /// Clients (each owns one mailbox).
-    #[arg(long, default_value_t = 500)]
-    senders: u32,
-    /// Simulated seconds of sending.
-    #[arg(long, default_value_t = 60.0)]
-    duration: f64,
-    /// Mixes the adversary controls (chosen at random).
-    #[arg(long, default_value_t = 0)]
-    corrupt: u32,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Also write the run as a trace (JSON lines) to this file.
-    #[arg(long)]
-    trace_out: Option<PathBuf>,
-    /// Also draw entropy against latency, sweeping --delay over 1/8 .. 4x, to this SVG.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-struct TraceArgs {
-    /// Trace file (JSON lines).
-    file: PathBuf,
-    /// Ground truth in a separate file.
-    #[arg(long)]
-    truth: Option<PathBuf>,
-    /// A relay whose input-output links the adversary knows (repeatable).
-    #[arg(long)]
-    corrupt: Vec<String>,
-    /// Challenge senders for epsilon, `A,B` (default: the trace's meta record).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
-    challenge: Option<Vec<String>>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-struct PoissonMixArgs {
-    /// Real message arrival rate (per second).
-    #[arg(long)]
-    lambda: f64,
-    /// Delay rate per message (per second; mean delay 1/mu).
-    #[arg(long)]
-    mu: f64,
-    /// Mix loop cover rate lambda_M (per second).
-    #[arg(long, default_value_t = 0.0)]
-    loop_rate: f64,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Outputs measured after burn-in.
-    #[arg(long, default_value_t = 200_000)]
-    outputs: usize,
-    /// Also draw entropy against lambda/mu (1/4 .. 256, at this mu and loop rate) to this SVG.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+use crate::flags::{
+    AnalyzeArgs, AnalyzeCommand, IntersectionArgs, NMinus1Args, NetworkArgs, PoissonMixArgs,
+    SdaArgs, TraceArgs,
+};
 
 /// Runs one `spore analyze` subcommand.
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -239,7 +48,7 @@ fn poisson_mix_cmd(a: PoissonMixArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.plot {
         let ratios: Vec<f64> = (-2..=8).map(|k| 2f64.powi(k)).collect();
         let sweep = poisson_mix::sweep(a.mu, &ratios, a.loop_rate, a.outputs, a.seed)?;
-        super::plot::entropy_vs_ratio(path, &sweep)?;
+        spore_tools::analyze::plot::entropy_vs_ratio(path, &sweep)?;
         if !a.json {
             println!(
                 "lambda/mu  simulated  closed-form  difference  (bits; mu {}, loop rate {})",
@@ -343,7 +152,7 @@ fn network_cmd(a: NetworkArgs) -> anyhow::Result<()> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        super::plot::entropy_vs_latency(path, &runs)?;
+        spore_tools::analyze::plot::entropy_vs_latency(path, &runs)?;
         if !a.json {
             println!("delay (s)  mean latency  p99 latency  entropy (bits)  epsilon p50");
             for r in &runs {
@@ -443,7 +252,7 @@ fn sda_cmd(a: SdaArgs) -> anyhow::Result<()> {
                 sda::sweep_rounds(&params, &rounds)?,
             ));
         }
-        super::plot::sda_vs_rounds(path, &series)?;
+        spore_tools::analyze::plot::sda_vs_rounds(path, &series)?;
     }
     if a.json {
         return print_json(&r);

@@ -11,7 +11,7 @@
 //! the relay's own histograms (scraped from its metrics endpoint before and after each level)
 //! say which stage the time went to.
 //!
-//! The relay is a real `spore-relay` process (see [`super::relay`]). Its capacity is measured
+//! The relay is a real `spore-relay` process (see [`crate::relay`]). Its capacity is measured
 //! first in the same run (a burst, as in `bench relay`); then packets are offered at 10%, 50%
 //! and 90% of it, evenly spaced: the generator is a dedicated thread that sleeps until each
 //! packet is due and writes it by itself (see [`paced_send`]).
@@ -29,12 +29,12 @@ use spore_protocol::link::Frame;
 use spore_protocol::packet;
 use spore_relay::{Link, RelayKeys};
 
-use super::quantile;
-use super::relay::{
+use crate::quantile;
+use crate::relay::{
     Generator, RelayProcess, Sink, SinkMode, build_delayed_packets, build_packets,
     connect_and_warm, next_hop_alphas, to_frames, wait_for,
 };
-use super::relay_metrics::{Quantiles, RelayHistograms};
+use crate::relay_metrics::{Quantiles, RelayHistograms};
 
 /// Target from issue 8: p99 below 2 ms at 50% load.
 pub const TARGET_P99_US_AT_50: f64 = 2000.0;
@@ -472,9 +472,9 @@ pub fn render(r: &LatencyReport) -> String {
         } else {
             ", sampled delays"
         },
-        super::verdict(r.p99_us_at_50 < TARGET_P99_US_AT_50),
+        crate::verdict(r.p99_us_at_50 < TARGET_P99_US_AT_50),
         r.p99_us_at_50_delay0,
-        super::verdict(r.p99_us_at_50_delay0 < TARGET_P99_US_AT_50),
+        crate::verdict(r.p99_us_at_50_delay0 < TARGET_P99_US_AT_50),
     );
     s
 }
