@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-20}"
-TARGETS="${FUZZ_TARGETS:-packet link_frame directory bundle reassembly}"
+TARGETS="${FUZZ_TARGETS:-packet link_frame directory bundle reassembly pull_session}"
 
 if ! rustup toolchain list | grep -q nightly; then
     echo "!!!! SKIPPING FUZZING: no nightly toolchain (rustup toolchain install nightly) !!!!"
