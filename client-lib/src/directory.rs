@@ -1,8 +1,10 @@
-//! The verified directory in force, refreshed from its [`DirectorySource`].
+//! The verified directory in force, refreshed from its [`DirectorySource`]. Bytes come from
+//! `spore-directory-fetch` and are verified by `spore-protocol`'s [`Trust`], as on relays.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use spore_directory_fetch::{DirectorySource as Fetched, FetchError};
 use spore_protocol::Directory;
 
 use crate::config::{DirectorySource, Trust};
@@ -51,7 +53,9 @@ impl DirectoryView {
     /// How often the source should be re-read, if it can change.
     pub fn refresh_interval(&self) -> Option<Duration> {
         match &self.source {
-            DirectorySource::File { refresh, .. } => Some((*refresh).max(Duration::from_secs(1))),
+            DirectorySource::File { refresh, .. } | DirectorySource::Http { refresh, .. } => {
+                Some((*refresh).max(Duration::from_secs(1)))
+            }
             DirectorySource::Fixed(_) => None,
         }
     }
@@ -65,23 +69,32 @@ impl DirectoryView {
 }
 
 async fn fetch(source: &DirectorySource, trust: &Trust) -> Result<Directory> {
-    let dir = match source {
-        DirectorySource::File { path, .. } => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|source| ClientError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-            Directory::from_bytes(&bytes)?
+    let from = match source {
+        DirectorySource::File { path, .. } => Fetched::File(path.clone()),
+        DirectorySource::Http { url, .. } => Fetched::Http(url.clone()),
+        DirectorySource::Fixed(d) => {
+            return verify(d.clone(), trust);
         }
-        DirectorySource::Fixed(d) => d.clone(),
     };
-    if trust.threshold > 0 {
-        dir.verify(&trust.authorities, trust.threshold, now_unix())
-            .map_err(|e| ClientError::Directory(e.to_string()))?;
-    } else {
+    let bytes = match from.fetch().await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(ClientError::Directory(format!(
+                "no directory at {from} yet"
+            )));
+        }
+        Err(FetchError::File { path, source }) => return Err(ClientError::File { path, source }),
+        Err(e) => return Err(ClientError::Directory(format!("{from}: {e}"))),
+    };
+    verify(Directory::from_bytes(&bytes)?, trust)
+}
+
+fn verify(dir: Directory, trust: &Trust) -> Result<Directory> {
+    if !trust.checks_signatures() {
         tracing::warn!("directory signatures are not checked (threshold 0): testing only");
     }
+    trust
+        .verify(&dir, now_unix())
+        .map_err(|e| ClientError::Directory(e.to_string()))?;
     Ok(dir)
 }

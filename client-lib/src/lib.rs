@@ -34,7 +34,9 @@ pub mod sidecar;
 mod store;
 mod transport;
 
-pub use config::{DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust};
+pub use config::{
+    DirectoryConfig, DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust,
+};
 pub use error::{ClientError, Result};
 pub use scheduler::{PoissonSchedule, Stream, backoff};
 pub use service::{

@@ -30,30 +30,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
-use crate::config::{DirectorySource, RateOverrides, TransportConfig, Trust};
+use crate::config::{DirectoryConfig, DirectorySource, RateOverrides, TransportConfig};
 use crate::error::{ClientError, Result};
 use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::service::{SporeFederationClient, StaticResolver, transaction_id};
 use crate::transport::{InboundRequest, Transport};
 
-/// `[directory]` in the sidecar config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectorySection {
-    /// The signed directory file.
-    pub path: PathBuf,
-    /// Hex ed25519 keys of the directory authorities.
-    #[serde(default)]
-    pub authorities: Vec<String>,
-    #[serde(default = "one")]
-    pub threshold: usize,
-    #[serde(default = "sixty")]
-    pub refresh_secs: u64,
-}
+/// `[directory]` in the sidecar config: the relay's section, with the same keys (`path` or
+/// `url`, `authorities`, `threshold`, `refresh_secs`).
+pub type DirectorySection = DirectoryConfig;
 
-fn one() -> usize {
-    1
-}
 fn sixty() -> u64 {
     60
 }
@@ -121,15 +107,12 @@ impl SidecarConfig {
         let mut config: Self =
             toml::from_str(&text).map_err(|e| ClientError::Config(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut config.data_dir,
-            &mut config.mailbox_key_file,
-            &mut config.directory.path,
-        ] {
+        for p in [&mut config.data_dir, &mut config.mailbox_key_file] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        config.directory.resolve_path(base);
         Ok(config)
     }
 
@@ -145,25 +128,17 @@ impl SidecarConfig {
 
     /// The transport config this sidecar runs with.
     pub fn transport_config(&self) -> Result<TransportConfig> {
-        let authorities = self
-            .directory
-            .authorities
-            .iter()
-            .map(|a| hex32("authority key", a))
-            .collect::<Result<Vec<_>>>()?;
+        let trust = (self.directory.trust()).map_err(|e| ClientError::Config(e.to_string()))?;
+        let source = DirectorySource::from_config(&self.directory).ok_or_else(|| {
+            ClientError::Config("directory.path or directory.url is required".into())
+        })?;
         let mut config = TransportConfig::new(
             &self.data_dir,
             self.mailbox_key()?,
             &self.server_name,
             RelayId(hex32("mailbox_relay", &self.mailbox_relay)?),
-            DirectorySource::File {
-                path: self.directory.path.clone(),
-                refresh: Duration::from_secs(self.directory.refresh_secs),
-            },
-            Trust {
-                authorities,
-                threshold: self.directory.threshold,
-            },
+            source,
+            trust,
         );
         if let Some(n) = self.reply_surbs {
             config.reply_surbs = n;
