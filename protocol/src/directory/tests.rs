@@ -3,9 +3,9 @@
 use super::*;
 use ed25519_dalek::SigningKey;
 
+use crate::error::Error;
 use crate::error::{PeerMisbehaved, Result};
 use crate::ids::RelayId;
-use crate::error::Error;
 use proptest::prelude::*;
 
 const NOW: u64 = 1_728_000_000;
