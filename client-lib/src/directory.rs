@@ -7,8 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use spore_directory_fetch::{DirectorySource as Fetched, FetchError};
 use spore_protocol::Directory;
 
-#[cfg(test)]
-use crate::config::DirectoryConfig;
 use crate::config::{DirectorySource, Trust};
 use crate::error::{ClientError, Result};
 
