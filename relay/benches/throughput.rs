@@ -153,7 +153,7 @@ fn build_packets(keys: &RelayKeys, epoch: u64, sink: RelayId, n: usize) -> Vec<V
             packet::build_packet(
                 &route,
                 MailboxId([1; 32]),
-                packet::random_surb_id(),
+                packet::random_surb_id(&mut rand::rng()),
                 &[Duration::ZERO, Duration::ZERO],
                 &(i as u64).to_be_bytes(),
             )

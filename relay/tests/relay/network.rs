@@ -145,7 +145,7 @@ async fn three_layer_network_delivers_end_to_end_and_acks() {
     let mut link = net.entry.link(&rand::random()).await;
     let mut ack_ids = Vec::new();
     for i in 0..n {
-        let ack_id = packet::random_surb_id();
+        let ack_id = packet::random_surb_id(&mut rand::rng());
         let (surb, _) = packet::build_surb(
             &net.ack_route(),
             sender.mailbox_id(),
@@ -162,7 +162,7 @@ async fn three_layer_network_delivers_end_to_end_and_acks() {
         let p = packet::build_packet(
             &net.forward_route(),
             recipient.mailbox_id(),
-            packet::random_surb_id(),
+            packet::random_surb_id(&mut rand::rng()),
             &[Duration::from_millis(10); 5],
             &payload,
         )

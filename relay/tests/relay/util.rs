@@ -180,7 +180,14 @@ pub fn plain_packet(
     delays: &[Duration],
     msg: &[u8],
 ) -> Vec<u8> {
-    packet::build_packet(route, mailbox, packet::random_surb_id(), delays, msg).unwrap()
+    packet::build_packet(
+        route,
+        mailbox,
+        packet::random_surb_id(&mut rand::rng()),
+        delays,
+        msg,
+    )
+    .unwrap()
 }
 
 /// A forward packet carrying a SURB-ack that comes back over `ack_route` to `ack_mailbox`.
@@ -191,7 +198,7 @@ pub fn acked_packet(
     ack_route: &[RouteHop],
     ack_mailbox: MailboxId,
 ) -> (Vec<u8>, [u8; 16]) {
-    let ack_id = packet::random_surb_id();
+    let ack_id = packet::random_surb_id(&mut rand::rng());
     let (surb, _recovery) = packet::build_surb(
         ack_route,
         ack_mailbox,
@@ -208,7 +215,7 @@ pub fn acked_packet(
     let p = packet::build_packet(
         route,
         mailbox,
-        packet::random_surb_id(),
+        packet::random_surb_id(&mut rand::rng()),
         &vec![Duration::ZERO; route.len()],
         &payload,
     )
@@ -217,5 +224,5 @@ pub fn acked_packet(
 }
 
 pub fn mailbox_key() -> MailboxKey {
-    MailboxKey::generate()
+    MailboxKey::generate(&mut rand::rng())
 }
