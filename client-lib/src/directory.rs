@@ -78,10 +78,15 @@ async fn fetch(source: &DirectorySource, trust: &Trust) -> Result<Directory> {
     };
     let bytes = match from.fetch().await {
         Ok(Some(bytes)) => bytes,
+        // A missing file stays the error it always was for a client (it cannot start without one).
         Ok(None) => {
-            return Err(ClientError::Directory(format!(
-                "no directory at {from} yet"
-            )));
+            return Err(match from {
+                Fetched::File(path) => ClientError::File {
+                    path,
+                    source: std::io::ErrorKind::NotFound.into(),
+                },
+                _ => ClientError::Directory(format!("no directory at {from} yet")),
+            });
         }
         Err(FetchError::File { path, source }) => return Err(ClientError::File { path, source }),
         Err(e) => return Err(ClientError::Directory(format!("{from}: {e}"))),
@@ -164,6 +169,18 @@ mod tests {
         *answer.write().expect("lock") = signed(&SigningKey::from_bytes(&[6; 32]), 2);
         assert!(view.refresh().await.is_err(), "untrusted signer");
         assert_eq!(view.current().epoch, first + 1, "previous one kept");
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_a_file_error() {
+        let source = DirectorySource::File {
+            path: "/nonexistent/spore/directory.bin".into(),
+            refresh: Duration::from_secs(60),
+        };
+        assert!(matches!(
+            DirectoryView::load(source, Trust::default()).await,
+            Err(ClientError::File { .. })
+        ));
     }
 
     #[test]

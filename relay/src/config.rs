@@ -241,7 +241,7 @@ impl RelayConfig {
         {
             return bad("limits: connection and queue sizes must be positive");
         }
-        if (self.directory.path.is_some() || self.directory.url.is_some())
+        if self.directory.has_source()
             && self.directory.authorities.len() < self.directory.threshold
         {
             return bad("directory.threshold exceeds the number of directory.authorities");

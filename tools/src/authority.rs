@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
-use spore_protocol::directory::{Directory, RelayDescriptor};
+use spore_protocol::directory::{Directory, RelayDescriptor, Trust};
 
 use crate::keyfile::write_atomic;
 
@@ -126,15 +126,12 @@ pub async fn serve(
     }
 }
 
-/// Parses authority public keys given as hex on the command line.
+/// Parses authority public keys given as hex on the command line (the configs' rule).
 pub fn parse_authorities(hex_keys: &[String]) -> Result<Vec<[u8; 32]>> {
     if hex_keys.is_empty() {
         bail!("at least one --authority key is required");
     }
-    hex_keys
-        .iter()
-        .map(|k| crate::keyfile::parse_hex32(k).with_context(|| format!("bad authority key {k}")))
-        .collect()
+    Ok(Trust::from_hex(hex_keys, hex_keys.len())?.authorities)
 }
 
 #[cfg(test)]
