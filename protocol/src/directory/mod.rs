@@ -1,11 +1,13 @@
-//! Relay descriptors and the signed directory document.
+//! Relay descriptors, the signed directory document, and what readers do with it.
 //!
 //! A relay describes itself in a [`RelayDescriptor`] signed with its ed25519 identity key (the
-//! key that is also its [`RelayId`]): where to reach it, which roles it plays, its Noise link
-//! key and its Sphinx keys for the current and next epoch. Directory authorities collect the
-//! descriptors into a [`Directory`] with the network-wide [`NetworkParams`] and each sign it;
-//! clients and relays accept a document only if enough trusted authorities did
-//! ([`Directory::verify`]).
+//! key that is also its [`RelayId`](crate::RelayId)): where to reach it, which roles it plays,
+//! its Noise link key and its Sphinx keys for the current and next epoch. Directory authorities
+//! collect the descriptors into a [`Directory`] with the network-wide [`NetworkParams`]
+//! ([`build`]) and each sign it; clients and relays accept a document only if enough trusted
+//! authorities did ([`Trust::verify_bytes`], over [`Directory::verify`]). Relays keep it as a
+//! [`NetworkView`] of lookup tables. Fetching the bytes is I/O and lives in
+//! `spore-directory-fetch`.
 //!
 //! Encodings are versioned, have exactly one form (no trailing bytes, unknown bits or values
 //! rejected) and are what the signatures cover, so a document that parses and verifies means
