@@ -226,4 +226,25 @@ mod tests {
         let _ = tx.send(());
         server.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn relays_and_clients_fetch_what_it_serves() {
+        use spore_relay::DirectorySource;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("d.bin");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(path.clone(), addr, async move {
+            let _ = rx.await;
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let source = DirectorySource::Http(format!("http://{addr}/directory"));
+        assert_eq!(source.fetch().await.unwrap(), None, "503: no directory yet");
+        std::fs::write(&path, b"doc-bytes").unwrap();
+        assert_eq!(source.fetch().await.unwrap(), Some(b"doc-bytes".to_vec()));
+        let _ = tx.send(());
+        server.await.unwrap().unwrap();
+    }
 }
