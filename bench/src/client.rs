@@ -160,7 +160,7 @@ async fn start_client(
 ) -> Result<Transport> {
     let mut config = TransportConfig::new(
         data.to_owned(),
-        MailboxKey::generate(),
+        MailboxKey::generate(&mut rand::rng()),
         "bench.spore.test",
         relay,
         DirectorySource::File {
@@ -181,7 +181,7 @@ pub fn build_rate(directory: &Directory, n: usize) -> Result<f64> {
     let routes = RouteSelector::new(directory, directory.epoch);
     let mut rng = rand::rng();
     let entry = routes.random_entry(&mut rng)?;
-    let me = MailboxKey::generate();
+    let me = MailboxKey::generate(&mut rand::rng());
     let max_delay = Duration::from_millis(directory.params.max_delay_ms);
     let msg = vec![0u8; PAYLOAD_CAPACITY];
     let t0 = Instant::now();
@@ -191,7 +191,7 @@ pub fn build_rate(directory: &Directory, n: usize) -> Result<f64> {
         std::hint::black_box(build_packet(
             &route,
             me.mailbox_id(),
-            random_surb_id(),
+            random_surb_id(&mut rand::rng()),
             &delays,
             &msg,
         )?);
@@ -388,7 +388,7 @@ pub async fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport> 
     // An offline recipient on the other mailbox relay: nobody pulls its mailbox.
     let recipient = SporeAddress {
         mailbox_relays: vec![far],
-        mailbox_key: MailboxKey::generate().public().to_bytes(),
+        mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };
     let data = tempfile::tempdir()?;
     let transport = start_client(

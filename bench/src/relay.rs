@@ -427,7 +427,7 @@ pub fn build_delayed_packets(
             Ok(packet::build_packet(
                 &route,
                 MailboxId([1; 32]),
-                random_surb_id(),
+                random_surb_id(&mut rand::rng()),
                 &[*delay, Duration::ZERO],
                 &(i as u64).to_be_bytes(),
             )?)

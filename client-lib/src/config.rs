@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use spore_directory_fetch::DirectoryConfig;
 use spore_protocol::directory::NetworkParams;
 use spore_protocol::{Directory, MailboxKey, RelayId};
 
@@ -13,18 +14,33 @@ pub enum DirectorySource {
     /// A file as published by the authorities, re-read every `refresh` (a new document is
     /// used once it verifies).
     File { path: PathBuf, refresh: Duration },
+    /// An authority's URL, `http://host:port/directory` (`spore directory serve`), fetched
+    /// again every `refresh`, as relays do.
+    Http { url: String, refresh: Duration },
     /// A fixed document (tests, embedded testnets). Still verified against [`Trust`].
     Fixed(Directory),
 }
 
-/// Who must have signed the directory.
-#[derive(Debug, Clone, Default)]
-pub struct Trust {
-    /// ed25519 public keys of the directory authorities.
-    pub authorities: Vec<[u8; 32]>,
-    /// Valid signatures required. 0 accepts an unsigned directory: tests only.
-    pub threshold: usize,
+impl DirectorySource {
+    /// The source a `[directory]` config section names (`path`, else `url`), if any.
+    pub fn from_config(section: &DirectoryConfig) -> Option<Self> {
+        let refresh = section.refresh();
+        match (&section.path, &section.url) {
+            (Some(path), _) => Some(Self::File {
+                path: path.clone(),
+                refresh,
+            }),
+            (None, Some(url)) => Some(Self::Http {
+                url: url.clone(),
+                refresh,
+            }),
+            (None, None) => None,
+        }
+    }
 }
+
+/// Who must have signed the directory: the same type relays use.
+pub use spore_protocol::directory::Trust;
 
 /// Per-client overrides of the directory's rates. Every client of a network should use the
 /// directory's values (so all clients look alike); overrides exist for tests and benchmarks.

@@ -1,8 +1,10 @@
-//! The verified directory in force, refreshed from its [`DirectorySource`].
+//! The verified directory in force, refreshed from its [`DirectorySource`]. Bytes come from
+//! `spore-directory-fetch` and are verified by `spore-protocol`'s [`Trust`], as on relays.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use spore_directory_fetch::{DirectorySource as Fetched, FetchError};
 use spore_protocol::Directory;
 
 use crate::config::{DirectorySource, Trust};
@@ -51,7 +53,9 @@ impl DirectoryView {
     /// How often the source should be re-read, if it can change.
     pub fn refresh_interval(&self) -> Option<Duration> {
         match &self.source {
-            DirectorySource::File { refresh, .. } => Some((*refresh).max(Duration::from_secs(1))),
+            DirectorySource::File { refresh, .. } | DirectorySource::Http { refresh, .. } => {
+                Some((*refresh).max(Duration::from_secs(1)))
+            }
             DirectorySource::Fixed(_) => None,
         }
     }
@@ -65,23 +69,135 @@ impl DirectoryView {
 }
 
 async fn fetch(source: &DirectorySource, trust: &Trust) -> Result<Directory> {
-    let dir = match source {
-        DirectorySource::File { path, .. } => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|source| ClientError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-            Directory::from_bytes(&bytes)?
+    let from = match source {
+        DirectorySource::File { path, .. } => Fetched::File(path.clone()),
+        DirectorySource::Http { url, .. } => Fetched::Http(url.clone()),
+        DirectorySource::Fixed(d) => {
+            return verify(d.clone(), trust);
         }
-        DirectorySource::Fixed(d) => d.clone(),
     };
-    if trust.threshold > 0 {
-        dir.verify(&trust.authorities, trust.threshold, now_unix())
-            .map_err(|e| ClientError::Directory(e.to_string()))?;
-    } else {
+    let bytes = match from.fetch().await {
+        Ok(Some(bytes)) => bytes,
+        // A missing file stays the error it always was for a client (it cannot start without one).
+        Ok(None) => {
+            return Err(match from {
+                Fetched::File(path) => ClientError::File {
+                    path,
+                    source: std::io::ErrorKind::NotFound.into(),
+                },
+                _ => ClientError::Directory(format!("no directory at {from} yet")),
+            });
+        }
+        Err(FetchError::File { path, source }) => return Err(ClientError::File { path, source }),
+        Err(e) => return Err(ClientError::Directory(format!("{from}: {e}"))),
+    };
+    verify(Directory::from_bytes(&bytes)?, trust)
+}
+
+fn verify(dir: Directory, trust: &Trust) -> Result<Directory> {
+    if !trust.checks_signatures() {
         tracing::warn!("directory signatures are not checked (threshold 0): testing only");
     }
+    trust
+        .verify(&dir, now_unix())
+        .map_err(|e| ClientError::Directory(e.to_string()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DirectoryConfig;
+    use ed25519_dalek::SigningKey;
+    use spore_protocol::directory::NetworkParams;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn signed(auth: &SigningKey, epoch_offset: u64) -> Vec<u8> {
+        let now = now_unix();
+        let mut d = Directory {
+            epoch: now / 3600 + epoch_offset,
+            valid_after: now - 10,
+            valid_until: now + 3600,
+            params: NetworkParams::default(),
+            relays: vec![],
+            signatures: vec![],
+        };
+        d.sign(auth).expect("sign");
+        d.to_bytes()
+    }
+
+    /// An authority answering every request with `answer`'s current bytes.
+    async fn authority(answer: Arc<RwLock<Vec<u8>>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0; 1024];
+                let _ = s.read(&mut buf).await;
+                let body = answer.read().expect("lock").clone();
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            }
+        });
+        format!("http://{addr}/directory")
+    }
+
+    #[tokio::test]
+    async fn a_client_reads_the_directory_from_an_authority_url() {
+        let auth = SigningKey::from_bytes(&[5; 32]);
+        let answer = Arc::new(RwLock::new(signed(&auth, 0)));
+        let url = authority(answer.clone()).await;
+        let trust = Trust {
+            authorities: vec![auth.verifying_key().to_bytes()],
+            threshold: 1,
+        };
+        let source = DirectorySource::Http {
+            url,
+            refresh: Duration::from_secs(30),
+        };
+        let view = DirectoryView::load(source, trust).await.expect("verified");
+        assert_eq!(view.refresh_interval(), Some(Duration::from_secs(30)));
+        let first = view.current().epoch;
+
+        *answer.write().expect("lock") = signed(&auth, 1);
+        view.refresh().await.expect("newer document");
+        assert_eq!(view.current().epoch, first + 1);
+
+        *answer.write().expect("lock") = signed(&SigningKey::from_bytes(&[6; 32]), 2);
+        assert!(view.refresh().await.is_err(), "untrusted signer");
+        assert_eq!(view.current().epoch, first + 1, "previous one kept");
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_a_file_error() {
+        let source = DirectorySource::File {
+            path: "/nonexistent/spore/directory.bin".into(),
+            refresh: Duration::from_secs(60),
+        };
+        assert!(matches!(
+            DirectoryView::load(source, Trust::default()).await,
+            Err(ClientError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn a_config_section_names_a_file_or_a_url() {
+        let section: DirectoryConfig =
+            toml::from_str("url = \"http://a.example:8080/directory\"\nrefresh_secs = 5")
+                .expect("parses");
+        assert!(matches!(
+            DirectorySource::from_config(&section),
+            Some(DirectorySource::Http { url, refresh })
+                if url == "http://a.example:8080/directory" && refresh == Duration::from_secs(5)
+        ));
+        let section: DirectoryConfig = toml::from_str("path = \"d.bin\"").expect("parses");
+        assert!(matches!(
+            DirectorySource::from_config(&section),
+            Some(DirectorySource::File { .. })
+        ));
+        assert!(DirectorySource::from_config(&DirectoryConfig::default()).is_none());
+    }
 }

@@ -41,7 +41,9 @@ mod shared;
 mod store;
 mod transport;
 
-pub use config::{DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust};
+pub use config::{
+    DirectoryConfig, DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust,
+};
 pub use error::{ClientError, Result, StorageError, StorageErrorKind};
 pub use scheduler::{PoissonSchedule, Stream, backoff};
 pub use service::{

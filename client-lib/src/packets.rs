@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rand::{Rng, RngExt};
+use rand::{CryptoRng, RngExt};
 use spore_protocol::packet::{
     self, ForwardPayload, SurbRecovery, build_packet, build_surb, random_surb_id, sample_delays,
 };
@@ -46,26 +46,26 @@ impl PacketFactory<'_> {
     }
 
     /// A fresh SURB-ack back to our own mailbox.
-    fn ack_surb<R: Rng + ?Sized>(
+    fn ack_surb<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
     ) -> Result<(Vec<u8>, SurbRecovery, [u8; 16], Duration)> {
         let route = self.routes().surb_route(rng, &self.own_relay)?;
         let delays = sample_delays(rng, self.rates.mu, SURB_HOPS, self.rates.max_delay)?;
-        let id = random_surb_id();
+        let id = random_surb_id(rng);
         let (surb, recovery) = build_surb(&route, self.own_mailbox, id, &delays)?;
         Ok((surb, recovery, id, total(&delays, SURB_HOPS - 1)))
     }
 
     /// One encoded fragment, sealed to `destination`'s key, with a SURB-ack, routed
     /// own relay → 3 mixes → `destination`'s mailbox relay.
-    pub fn fragment<R: Rng + ?Sized>(
+    pub fn fragment<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         destination: &SporeAddress,
         fragment: &[u8],
     ) -> Result<BuiltPacket> {
-        let sealed_fragment = seal::seal(&destination.mailbox_public_key(), fragment)?;
+        let sealed_fragment = seal::seal(rng, &destination.mailbox_public_key(), fragment)?;
         let (ack_surb, recovery, ack_id, ack_delay) = self.ack_surb(rng)?;
         let payload = ForwardPayload {
             ack_surb,
@@ -86,7 +86,7 @@ impl PacketFactory<'_> {
         let bytes = build_packet(
             &route,
             destination.mailbox_id(),
-            random_surb_id(),
+            random_surb_id(rng),
             &delays,
             &payload,
         )?;
@@ -99,7 +99,7 @@ impl PacketFactory<'_> {
 
     /// Drop cover: random bytes where a real packet has its SURB and sealed fragment, to a
     /// random mailbox relay, for the mailbox nobody reads.
-    pub fn drop_cover<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<BuiltPacket> {
+    pub fn drop_cover<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<BuiltPacket> {
         let mut ack_surb = vec![0u8; SURB_SIZE];
         rng.fill_bytes(&mut ack_surb);
         let mut sealed_fragment = vec![0u8; SEALED_FRAGMENT_SIZE];
@@ -113,7 +113,13 @@ impl PacketFactory<'_> {
         let mailbox_relay = routes.random_mailbox_relay(rng)?;
         let route = routes.forward_route(rng, &self.own_relay, &mailbox_relay)?;
         let delays = sample_delays(rng, self.rates.mu, FORWARD_HOPS, self.rates.max_delay)?;
-        let bytes = build_packet(&route, MailboxId::DROP, random_surb_id(), &delays, &payload)?;
+        let bytes = build_packet(
+            &route,
+            MailboxId::DROP,
+            random_surb_id(rng),
+            &delays,
+            &payload,
+        )?;
         Ok(BuiltPacket {
             bytes,
             ack: None,
@@ -124,7 +130,7 @@ impl PacketFactory<'_> {
     /// A reply SURB for a request to `peer`: it enters the network at the peer's own relay
     /// (where the peer's link is, so the reply leaves the peer like any other packet), crosses
     /// the mix layers and ends in our mailbox.
-    pub fn reply_surb<R: Rng + ?Sized>(
+    pub fn reply_surb<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         peer: &SporeAddress,
@@ -139,7 +145,7 @@ impl PacketFactory<'_> {
             .routes()
             .forward_route(rng, peer_relay, &self.own_relay)?;
         let delays = sample_delays(rng, self.rates.mu, FORWARD_HOPS, self.rates.max_delay)?;
-        let id = random_surb_id();
+        let id = random_surb_id(rng);
         let (surb, recovery) = build_surb(&route, self.own_mailbox, id, &delays)?;
         Ok((surb, recovery, id))
     }

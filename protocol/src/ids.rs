@@ -83,8 +83,11 @@ pub struct MailboxKey {
 }
 
 impl MailboxKey {
-    pub fn generate() -> Self {
-        Self::from_secret_bytes(rand::random())
+    /// A new key from the caller's cryptographic `rng`.
+    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let secret = StaticSecret::random_from_rng(rng);
+        let public = PublicKey::from(&secret);
+        Self { secret, public }
     }
 
     pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
@@ -213,7 +216,7 @@ mod tests {
 
     #[test]
     fn address_text_round_trips() {
-        let key = MailboxKey::generate();
+        let key = MailboxKey::generate(&mut rand::rng());
         let a = SporeAddress {
             mailbox_relays: vec![RelayId([7; 32]), RelayId([9; 32])],
             mailbox_key: key.public().to_bytes(),

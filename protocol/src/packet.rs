@@ -361,9 +361,9 @@ pub fn sample_delays<R: rand::Rng + ?Sized>(
         .collect())
 }
 
-/// A fresh random SURB id; never all-zero (the crate refuses zero ids for single-seed SURBs).
-pub fn random_surb_id() -> [u8; SURB_ID_SIZE] {
-    let mut rng = rand::rng();
+/// A fresh random SURB id drawn from the caller's `rng`; never all-zero (the crate refuses
+/// zero ids for single-seed SURBs).
+pub fn random_surb_id<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> [u8; SURB_ID_SIZE] {
     loop {
         let id: [u8; SURB_ID_SIZE] = rng.random();
         if id != [0; SURB_ID_SIZE] {
@@ -754,7 +754,7 @@ mod tests {
         let fwd = relays(5);
         let back = relays(4);
         let a_mailbox = MailboxId([0xaa; 32]);
-        let surb_id = random_surb_id();
+        let surb_id = random_surb_id(&mut rand::rng());
         let (surb, recovery) =
             build_surb(&route(&back), a_mailbox, surb_id, &[Duration::ZERO; 4]).unwrap();
         assert_eq!(surb.len(), SURB_SIZE);
@@ -765,7 +765,7 @@ mod tests {
         let mut bytes = build_packet(
             &route(&fwd),
             MailboxId([0xbb; 32]),
-            random_surb_id(),
+            random_surb_id(&mut rand::rng()),
             &[Duration::ZERO; 5],
             &payload.encode().unwrap(),
         )

@@ -19,6 +19,7 @@
 use chacha20poly1305::aead::Aead;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce};
 use hkdf::Hkdf;
+use rand::CryptoRng;
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::Zeroizing;
@@ -40,13 +41,20 @@ const EPHEMERAL_KEY_SIZE: usize = 32;
 /// ```
 /// use spore_protocol::{seal, MailboxKey};
 ///
-/// let bob = MailboxKey::generate();
-/// let sealed = seal::seal(&bob.public(), b"fragment").unwrap();
+/// let bob = MailboxKey::generate(&mut rand::rng());
+/// let sealed = seal::seal(&mut rand::rng(), &bob.public(), b"fragment").unwrap();
 /// assert_eq!(seal::open(bob.secret(), &sealed).unwrap(), b"fragment");
 /// ```
-pub fn seal(recipient: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>> {
+///
+/// The ephemeral key comes from `rng` (the caller's, so time and randomness come from
+/// outside this crate); it must be a cryptographic generator.
+pub fn seal<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    recipient: &PublicKey,
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
     // Drawn straight into the secret type, so it is zeroized on drop with no stray copy.
-    let ephemeral = StaticSecret::random_from_rng(&mut rand::rng());
+    let ephemeral = StaticSecret::random_from_rng(rng);
     seal_with_ephemeral(&ephemeral, recipient, plaintext)
 }
 
@@ -137,7 +145,7 @@ mod tests {
     #[test]
     fn sealed_message_round_trips() {
         let (secret, public) = keypair(7);
-        let sealed = seal(&public, b"hello mailbox").unwrap();
+        let sealed = seal(&mut rand::rng(), &public, b"hello mailbox").unwrap();
         assert_eq!(sealed.len(), b"hello mailbox".len() + SEAL_OVERHEAD);
         assert_eq!(open(&secret, &sealed).unwrap(), b"hello mailbox");
     }
@@ -145,7 +153,7 @@ mod tests {
     #[test]
     fn empty_plaintext_round_trips() {
         let (secret, public) = keypair(8);
-        let sealed = seal(&public, b"").unwrap();
+        let sealed = seal(&mut rand::rng(), &public, b"").unwrap();
         assert_eq!(sealed.len(), SEAL_OVERHEAD);
         assert_eq!(open(&secret, &sealed).unwrap(), b"");
     }
@@ -153,17 +161,28 @@ mod tests {
     #[test]
     fn each_seal_uses_a_fresh_ephemeral_key() {
         let (_, public) = keypair(9);
-        let a = seal(&public, b"same").unwrap();
-        let b = seal(&public, b"same").unwrap();
+        let a = seal(&mut rand::rng(), &public, b"same").unwrap();
+        let b = seal(&mut rand::rng(), &public, b"same").unwrap();
         assert_ne!(a[..32], b[..32]);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_callers_rng_decides_the_ephemeral_key() {
+        use rand::SeedableRng;
+        use rand::rngs::StdRng;
+        let (secret, public) = keypair(9);
+        let a = seal(&mut StdRng::seed_from_u64(1), &public, b"same").unwrap();
+        let b = seal(&mut StdRng::seed_from_u64(1), &public, b"same").unwrap();
+        assert_eq!(a, b, "same seed, same sealed bytes");
+        assert_eq!(open(&secret, &a).unwrap(), b"same");
     }
 
     #[test]
     fn wrong_key_cannot_open() {
         let (_, public) = keypair(1);
         let (other_secret, _) = keypair(2);
-        let sealed = seal(&public, b"secret").unwrap();
+        let sealed = seal(&mut rand::rng(), &public, b"secret").unwrap();
         assert_eq!(
             open(&other_secret, &sealed),
             Err(Error::InvalidMessage(InvalidMessage::Decrypt))
@@ -173,7 +192,7 @@ mod tests {
     #[test]
     fn any_flipped_bit_is_detected() {
         let (secret, public) = keypair(3);
-        let sealed = seal(&public, b"tamper with me").unwrap();
+        let sealed = seal(&mut rand::rng(), &public, b"tamper with me").unwrap();
         for byte in 0..sealed.len() {
             for bit in 0..8 {
                 let mut tampered = sealed.clone();
@@ -186,7 +205,7 @@ mod tests {
     #[test]
     fn truncated_seal_is_rejected() {
         let (secret, public) = keypair(4);
-        let sealed = seal(&public, b"x").unwrap();
+        let sealed = seal(&mut rand::rng(), &public, b"x").unwrap();
         assert!(open(&secret, &sealed[..sealed.len() - 1]).is_err());
         assert_eq!(
             open(&secret, &sealed[..SEAL_OVERHEAD - 1]),
@@ -211,7 +230,7 @@ mod tests {
     fn low_order_recipient_key_is_refused() {
         for point in [[0u8; 32], LOW_ORDER_POINT] {
             assert_eq!(
-                seal(&PublicKey::from(point), b"x"),
+                seal(&mut rand::rng(), &PublicKey::from(point), b"x"),
                 Err(Error::PeerMisbehaved(PeerMisbehaved::LowOrderPoint))
             );
         }
@@ -236,7 +255,7 @@ mod tests {
         #[test]
         fn seal_round_trips_arbitrary_plaintext(data in proptest::collection::vec(any::<u8>(), 0..700)) {
             let (secret, public) = keypair(12);
-            let sealed = seal(&public, &data).unwrap();
+            let sealed = seal(&mut rand::rng(), &public, &data).unwrap();
             prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
             prop_assert_eq!(open(&secret, &sealed).unwrap(), data);
         }

@@ -125,7 +125,12 @@ fn write_fuzz_seeds() {
     write(
         "bundle",
         "sealed",
-        &seal::seal(&PublicKey::from(&StaticSecret::from([3u8; 32])), b"seed").unwrap(),
+        &seal::seal(
+            &mut rand::rng(),
+            &PublicKey::from(&StaticSecret::from([3u8; 32])),
+            b"seed",
+        )
+        .unwrap(),
     );
     let frags = split([9; 16], &[1u8; 32], 8).unwrap();
     let stream: Vec<u8> = frags.iter().flat_map(|f| f.encode()).collect();

@@ -131,33 +131,8 @@ impl Default for MailboxConfig {
     }
 }
 
-/// Where the signed directory comes from and who must have signed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DirectoryConfig {
-    /// File holding the directory (as published by the authorities).
-    pub path: Option<PathBuf>,
-    /// Or an authority's URL, `http://host:port/directory` (used when `path` is not set).
-    pub url: Option<String>,
-    /// Hex ed25519 public keys of the directory authorities.
-    pub authorities: Vec<String>,
-    /// Valid authority signatures required.
-    pub threshold: usize,
-    /// How often the source is re-read.
-    pub refresh_secs: u64,
-}
-
-impl Default for DirectoryConfig {
-    fn default() -> Self {
-        Self {
-            path: None,
-            url: None,
-            authorities: Vec::new(),
-            threshold: 1,
-            refresh_secs: 60,
-        }
-    }
-}
+/// `[directory]`: the same section, with the same keys, as the sidecar's config.
+pub use spore_directory_fetch::DirectoryConfig;
 
 /// The whole `relay.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,7 +241,7 @@ impl RelayConfig {
         {
             return bad("limits: connection and queue sizes must be positive");
         }
-        if (self.directory.path.is_some() || self.directory.url.is_some())
+        if self.directory.has_source()
             && self.directory.authorities.len() < self.directory.threshold
         {
             return bad("directory.threshold exceeds the number of directory.authorities");
@@ -292,12 +267,7 @@ impl RelayConfig {
 
     /// The directory source this config names: `path`, else `url`, else none.
     pub fn directory_source(&self) -> crate::directory::DirectorySource {
-        use crate::directory::DirectorySource;
-        match (&self.directory.path, &self.directory.url) {
-            (Some(p), _) => DirectorySource::File(p.clone()),
-            (None, Some(u)) => DirectorySource::Http(u.clone()),
-            (None, None) => DirectorySource::None,
-        }
+        self.directory.source()
     }
 
     /// The address to publish: `public_address`, or the listen address.

@@ -76,7 +76,7 @@ fn build_loop(
     let bytes = packet::build_packet(
         &route,
         MailboxId::DROP,
-        packet::random_surb_id(),
+        packet::random_surb_id(&mut rng),
         &delays,
         &message,
     )

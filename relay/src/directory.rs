@@ -1,171 +1,35 @@
 //! Where the relay learns the network: the signed directory, re-read periodically from a
 //! [`DirectorySource`] and verified against the configured authority keys before use.
+//! Fetching is `spore-directory-fetch`'s and verifying is `spore-protocol`'s (shared with
+//! clients); this module keeps the view in force and the relay's lookups on it.
 //!
 //! The relay needs the directory for two things: the address and link key of each next hop
 //! (a Sphinx header names a hop by its [`RelayId`] only), and the mixes to route its own loop
 //! cover through.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
+use spore_directory_fetch::FetchError;
+pub use spore_directory_fetch::{DirectorySource, MemoryDirectory};
 use spore_protocol::RelayId;
-use spore_protocol::directory::Directory;
-use x25519_dalek::PublicKey;
+use spore_protocol::directory::BadAuthorityKey;
+pub use spore_protocol::directory::{NetworkView, RelayInfo, Trust};
 
 use crate::clock::Clock;
 use crate::error::{RelayError, Result};
 
-/// Where directory bytes come from. An HTTP fetch from the authorities is the next variant.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum DirectorySource {
-    /// No directory: the relay can store and serve mailboxes but forwards nothing.
-    None,
-    /// A file, re-read on every refresh (the authorities' tool writes it atomically).
-    File(PathBuf),
-    /// Bytes set in-process (tests, tools embedding a relay).
-    Memory(MemoryDirectory),
-    /// `GET http://host:port/path` from a directory authority (`spore authority serve`).
-    /// Plain HTTP is enough: the document is signed and verified by threshold, so transport
-    /// security would add only hiding that a relay fetched the (public) directory.
-    Http(String),
-}
-
-/// Largest directory accepted over HTTP (4096 relays of under 500 bytes, plus signatures).
-pub const MAX_DIRECTORY_BYTES: usize = 4 << 20;
-const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Splits `http://host:port/path` into (`host:port`, `/path`).
-fn parse_http_url(url: &str) -> Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| RelayError::Directory(format!("{url}: only http:// URLs are supported")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err(RelayError::Directory(format!("{url}: no host")));
-    }
-    let authority = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path.to_owned()))
-}
-
-async fn http_get(url: &str) -> Result<Option<Vec<u8>>> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    use hyper::body::Bytes;
-
-    let (authority, path) = parse_http_url(url)?;
-    let fetch = async {
-        let stream = tokio::net::TcpStream::connect(&authority).await?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| RelayError::Directory(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| RelayError::Directory(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| RelayError::Directory(e.to_string()))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_DIRECTORY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| RelayError::Directory(format!("directory body: {e}")))?
-            .to_bytes();
-        conn.abort();
-        if status == hyper::StatusCode::SERVICE_UNAVAILABLE
-            || status == hyper::StatusCode::NOT_FOUND
-        {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(RelayError::Directory(format!(
-                "authority answered {status}"
-            )));
-        }
-        Ok(Some(body.to_vec()))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, fetch)
-        .await
-        .map_err(|_| RelayError::Timeout)?
-}
-
-impl DirectorySource {
-    /// The current bytes, or `None` if the source has nothing yet.
-    pub async fn fetch(&self) -> Result<Option<Vec<u8>>> {
-        match self {
-            DirectorySource::None => Ok(None),
-            DirectorySource::File(path) => match tokio::fs::read(path).await {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(RelayError::File {
-                    path: path.clone(),
-                    source,
-                }),
-            },
-            DirectorySource::Memory(m) => Ok(m.get()),
-            DirectorySource::Http(url) => http_get(url).await,
-        }
+/// Authority keys that are not hex are a config error.
+impl From<BadAuthorityKey> for RelayError {
+    fn from(e: BadAuthorityKey) -> Self {
+        RelayError::Config(e.to_string())
     }
 }
 
-/// A directory held in memory and shared with whoever sets it.
-#[derive(Debug, Clone, Default)]
-pub struct MemoryDirectory {
-    bytes: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-impl MemoryDirectory {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Replaces the directory; relays pick it up on their next refresh
-    /// (or at once with `RunningRelay::refresh_directory`).
-    pub fn set(&self, bytes: Vec<u8>) {
-        *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-    }
-
-    pub fn get(&self) -> Option<Vec<u8>> {
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// Authority keys and threshold. A threshold of 0 accepts unsigned directories (tests only;
-/// the relay logs a warning at start).
-#[derive(Debug, Clone, Default)]
-pub struct Trust {
-    pub authorities: Vec<[u8; 32]>,
-    pub threshold: usize,
-}
-
-impl Trust {
-    pub fn from_hex(keys: &[String], threshold: usize) -> Result<Self> {
-        let authorities = keys
-            .iter()
-            .map(|k| {
-                hex::decode(k.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .ok_or_else(|| {
-                        RelayError::Config(format!("authority key {k:?} is not 32 hex bytes"))
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            authorities,
-            threshold,
-        })
+fn fetch_error(e: FetchError) -> RelayError {
+    match e {
+        FetchError::File { path, source } => RelayError::File { path, source },
+        FetchError::Timeout => RelayError::Timeout,
+        other => RelayError::Directory(other.to_string()),
     }
 }
 
@@ -220,10 +84,13 @@ impl DirectoryView {
     /// Re-reads the source; keeps the old directory if the new one is missing or invalid.
     /// Returns whether a new directory was installed.
     pub async fn refresh(&self) -> Result<bool> {
-        let Some(bytes) = self.source.fetch().await? else {
+        let Some(bytes) = self.source.fetch().await.map_err(fetch_error)? else {
             return Ok(false);
         };
-        if self.current().is_some_and(|c| c.source_bytes == bytes) {
+        if self
+            .current()
+            .is_some_and(|c| c.source_bytes() == bytes.as_slice())
+        {
             return Ok(false);
         }
         // Signature checks cost ~50 us per descriptor: off the async threads.
@@ -269,101 +136,12 @@ impl DirectoryView {
     }
 }
 
-/// What the relay keeps from a verified directory.
-#[derive(Debug, Clone)]
-pub struct NetworkView {
-    pub epoch: u64,
-    /// Loopix μ: rate of the per-hop exponential delay (1/mean seconds).
-    pub mu: f64,
-    /// The network's key epoch length; relays must use the same.
-    pub epoch_length_secs: u64,
-    pub max_delay_ms: u64,
-    pub relays: HashMap<RelayId, RelayInfo>,
-    source_bytes: Vec<u8>,
-}
-
-/// One relay as the directory lists it.
-#[derive(Debug, Clone)]
-pub struct RelayInfo {
-    pub id: RelayId,
-    pub address: String,
-    pub link_key: [u8; 32],
-    pub layer: u8,
-    pub mix: bool,
-    pub mailbox: bool,
-    pub entry: bool,
-    pub sphinx_keys: Vec<(u64, PublicKey)>,
-}
-
-impl RelayInfo {
-    pub fn sphinx_key(&self, epoch: u64) -> Option<PublicKey> {
-        self.sphinx_keys
-            .iter()
-            .find(|(e, _)| *e == epoch)
-            .map(|(_, k)| *k)
-    }
-}
-
-impl NetworkView {
-    /// Parses and verifies a directory.
-    ///
-    /// With a trust threshold of 0 nothing is verified (tests only).
-    pub fn from_directory_bytes(bytes: Vec<u8>, trust: &Trust, now_unix: u64) -> Result<Self> {
-        let dir = Directory::from_bytes(&bytes)?;
-        if trust.threshold > 0 {
-            dir.verify(&trust.authorities, trust.threshold, now_unix)?;
-        }
-        Ok(Self::from_directory(&dir, bytes))
-    }
-
-    fn from_directory(dir: &Directory, source_bytes: Vec<u8>) -> Self {
-        let relays = dir
-            .relays
-            .iter()
-            .map(|d| {
-                (
-                    d.id,
-                    RelayInfo {
-                        id: d.id,
-                        address: d.address.clone(),
-                        link_key: d.link_key,
-                        layer: d.layer,
-                        mix: d.roles.mix,
-                        mailbox: d.roles.mailbox,
-                        entry: d.roles.entry,
-                        sphinx_keys: d
-                            .sphinx_keys
-                            .iter()
-                            .map(|k| (k.epoch, PublicKey::from(k.public)))
-                            .collect(),
-                    },
-                )
-            })
-            .collect();
-        Self {
-            epoch: dir.epoch,
-            mu: dir.params.mu,
-            epoch_length_secs: dir.params.epoch_length_secs,
-            max_delay_ms: dir.params.max_delay_ms,
-            relays,
-            source_bytes,
-        }
-    }
-
-    /// Mixes in `layer`.
-    pub fn mixes_in_layer(&self, layer: u8) -> impl Iterator<Item = &RelayInfo> {
-        self.relays
-            .values()
-            .filter(move |r| r.mix && r.layer == layer)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use ed25519_dalek::SigningKey;
-    use spore_protocol::directory::NetworkParams;
+    use spore_protocol::directory::{Directory, NetworkParams};
 
     fn doc(now: u64) -> Directory {
         Directory {
@@ -421,20 +199,6 @@ mod tests {
             now / 3600,
             "previous one kept"
         );
-    }
-
-    #[test]
-    fn http_urls() {
-        assert_eq!(
-            parse_http_url("http://127.0.0.1:8080/directory").expect("ok"),
-            ("127.0.0.1:8080".into(), "/directory".into())
-        );
-        assert_eq!(
-            parse_http_url("http://dir.example").expect("ok"),
-            ("dir.example:80".into(), "/".into())
-        );
-        assert!(parse_http_url("https://dir.example/").is_err());
-        assert!(parse_http_url("http:///x").is_err());
     }
 
     #[tokio::test]

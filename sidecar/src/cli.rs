@@ -47,7 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .init();
     match cli.command {
         Command::Keygen { out } => {
-            let key = MailboxKey::generate();
+            let key = MailboxKey::generate(&mut rand::rng());
             write_private(&out, &hex::encode(key.secret_bytes()))?;
         }
         Command::Address { config } => {

@@ -6,29 +6,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use spore_client::{DirectorySource, RateOverrides, StaticResolver, TransportConfig, Trust};
+use spore_client::{
+    DirectoryConfig, DirectorySource, RateOverrides, StaticResolver, TransportConfig,
+};
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
 
 use crate::error::{Result, SidecarError};
 
-/// `[directory]` in the sidecar config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectorySection {
-    /// The signed directory file.
-    pub path: PathBuf,
-    /// Hex ed25519 keys of the directory authorities.
-    #[serde(default)]
-    pub authorities: Vec<String>,
-    #[serde(default = "one")]
-    pub threshold: usize,
-    #[serde(default = "sixty")]
-    pub refresh_secs: u64,
-}
+/// `[directory]` in the sidecar config: the relay's section, with the same keys (`path` or
+/// `url`, `authorities`, `threshold`, `refresh_secs`).
+pub type DirectorySection = DirectoryConfig;
 
-fn one() -> usize {
-    1
-}
 fn sixty() -> u64 {
     60
 }
@@ -96,15 +84,12 @@ impl SidecarConfig {
         let mut config: Self =
             toml::from_str(&text).map_err(|e| SidecarError::Config(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut config.data_dir,
-            &mut config.mailbox_key_file,
-            &mut config.directory.path,
-        ] {
+        for p in [&mut config.data_dir, &mut config.mailbox_key_file] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        config.directory.resolve_path(base);
         Ok(config)
     }
 
@@ -133,25 +118,20 @@ impl SidecarConfig {
 
     /// The transport config this sidecar runs with.
     pub fn transport_config(&self) -> Result<TransportConfig> {
-        let authorities = self
+        let trust = self
             .directory
-            .authorities
-            .iter()
-            .map(|a| hex32("authority key", a))
-            .collect::<Result<Vec<_>>>()?;
+            .trust()
+            .map_err(|e| SidecarError::Config(e.to_string()))?;
+        let source = DirectorySource::from_config(&self.directory).ok_or_else(|| {
+            SidecarError::Config("directory.path or directory.url is required".into())
+        })?;
         let mut config = TransportConfig::new(
             &self.data_dir,
             self.mailbox_key()?,
             &self.server_name,
             self.mailbox_relay()?,
-            DirectorySource::File {
-                path: self.directory.path.clone(),
-                refresh: Duration::from_secs(self.directory.refresh_secs),
-            },
-            Trust {
-                authorities,
-                threshold: self.directory.threshold,
-            },
+            source,
+            trust,
         );
         if let Some(n) = self.reply_surbs {
             config.reply_surbs = n;

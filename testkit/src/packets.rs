@@ -16,8 +16,14 @@ pub fn plain_packet(
     delays: &[Duration],
     msg: &[u8],
 ) -> Vec<u8> {
-    packet::build_packet(route, mailbox, packet::random_surb_id(), delays, msg)
-        .expect("a valid route builds a packet")
+    packet::build_packet(
+        route,
+        mailbox,
+        packet::random_surb_id(&mut rand::rng()),
+        delays,
+        msg,
+    )
+    .expect("a valid route builds a packet")
 }
 
 /// A one-hop packet to `mailbox` at `hop`, no delay.
@@ -66,11 +72,11 @@ pub fn acked_packet(
     ack_route: &[RouteHop],
     ack_mailbox: MailboxId,
 ) -> (Vec<u8>, [u8; 16]) {
-    let ack_id = packet::random_surb_id();
+    let ack_id = packet::random_surb_id(&mut rand::rng());
     let p = acked_packet_with_ids(
         route,
         mailbox,
-        packet::random_surb_id(),
+        packet::random_surb_id(&mut rand::rng()),
         ack_route,
         ack_mailbox,
         ack_id,

@@ -444,7 +444,12 @@ impl Testnet {
         mailbox_relay: RelayId,
         data_dir: impl Into<PathBuf>,
     ) -> TransportConfig {
-        self.client_config_with_key(server_name, mailbox_relay, data_dir, MailboxKey::generate())
+        self.client_config_with_key(
+            server_name,
+            mailbox_relay,
+            data_dir,
+            MailboxKey::generate(&mut rand::rng()),
+        )
     }
 
     /// Like [`Testnet::client_config`] with a given mailbox key (to restart a client, or to

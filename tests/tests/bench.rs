@@ -79,7 +79,7 @@ async fn sustained_real_fragment_throughput() {
     let alice = Transport::start(config).await.unwrap();
     let bob = SporeAddress {
         mailbox_relays: vec![mailboxes[1]],
-        mailbox_key: MailboxKey::generate().public().to_bytes(),
+        mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };
     let n = 3000;
     let t0 = Instant::now();

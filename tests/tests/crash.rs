@@ -113,10 +113,10 @@ async fn sender_loop(
             l.sent += 1;
             l.sent
         };
-        let ack_id = packet::random_surb_id();
+        let ack_id = packet::random_surb_id(&mut rand::rng());
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&seq.to_be_bytes());
-        id[8..].copy_from_slice(&packet::random_surb_id()[8..]);
+        id[8..].copy_from_slice(&packet::random_surb_id(&mut rand::rng())[8..]);
         let p = acked_packet_with_ids(&[h], recipient, id, &[h], sender, ack_id);
         ledger.lock().unwrap().ack_ids.insert(ack_id, seq);
         if link.writer.write_frame(&packet_frame(&p)).await.is_err()
@@ -135,7 +135,10 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
     let dir = tempfile::tempdir().unwrap();
     let addr = relay_process::init(&bin, dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
-    let (recipient, sender) = (MailboxKey::generate(), MailboxKey::generate());
+    let (recipient, sender) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let n_cycles = cycles(50);
     let started = Instant::now();
@@ -312,7 +315,10 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let (alice_key, bob_key) = (MailboxKey::generate(), MailboxKey::generate());
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let alice_address = SporeAddress {
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),
@@ -470,7 +476,10 @@ async fn mailbox_relay_on_a_full_disk_refuses_and_keeps_what_it_acked() {
     let dir = tempfile::tempdir().unwrap();
     let addr = relay_process::init(&bin, dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
-    let (recipient, sender) = (MailboxKey::generate(), MailboxKey::generate());
+    let (recipient, sender) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let ledger = Arc::new(Mutex::new(Ledger::default()));
 
     let mut child = relay_run_capped(&bin, dir.path(), 6 * 1024);

@@ -20,8 +20,8 @@ async fn offline_delivery(n: usize) {
     .unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let alice_key = MailboxKey::generate();
-    let bob_key = MailboxKey::generate();
+    let alice_key = MailboxKey::generate(&mut rand::rng());
+    let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_address = SporeAddress {
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
@@ -133,7 +133,7 @@ async fn unacked_inbound_requests_are_handed_out_again_after_a_restart() {
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let bob_key = MailboxKey::generate();
+    let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_config = fast(
         net.client_config_with_key(
             "bob.example",

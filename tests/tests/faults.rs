@@ -47,7 +47,7 @@ fn garbage_from(base: &[u8; PACKET_SIZE], n: u64) -> Box<[u8; PACKET_SIZE]> {
 async fn links_cut_mid_handshake_or_mid_frame_lose_only_the_partial_frame() {
     let relay =
         TestRelay::start_full(|_| {}, spore_relay::DirectorySource::None, system_clock()).await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let hop = relay.hop_for(relay.r().current_epoch());
     let addr = relay.r().local_addr();
     let mut complete = 0u64;
@@ -130,7 +130,10 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     )
     .await;
     let relay = Arc::new(relay);
-    let (owner, sender) = (MailboxKey::generate(), MailboxKey::generate());
+    let (owner, sender) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let hop = relay.hop_for(relay.r().current_epoch());
 
     // Capacity: how fast the worker disposes of garbage with nothing else going on (fewer
@@ -155,7 +158,7 @@ async fn overload_at_five_times_capacity_keeps_pulls_answered_and_acked_packets(
     let mut ack_ids = HashMap::new();
     let mut real = Vec::new();
     for i in 0..n_real {
-        let ack_id = packet::random_surb_id();
+        let ack_id = packet::random_surb_id(&mut rand::rng());
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&(i as u32).to_be_bytes());
         let p = acked_packet_with_ids(
@@ -338,7 +341,10 @@ async fn relay_offline_then_back(
     let mut net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let (alice_key, bob_key) = (MailboxKey::generate(), MailboxKey::generate());
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let bob_address = SporeAddress {
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
@@ -420,7 +426,7 @@ async fn clock_skew_across_an_epoch_boundary_is_tolerated_within_grace_and_count
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let epoch = relay.r().current_epoch();
     let old_key = relay.hop_for(epoch);
     let new_key = relay.hop_for(epoch + 1);
@@ -471,7 +477,7 @@ async fn a_sender_whose_acks_are_slow_does_not_storm() {
     let data = tempfile::tempdir().unwrap();
     let bob = SporeAddress {
         mailbox_relays: vec![mailboxes[1]],
-        mailbox_key: MailboxKey::generate().public().to_bytes(),
+        mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };
     let mut config = net.client_config("alice.example", mailboxes[0], data.path().join("alice"));
     config.rates = spore_client::RateOverrides {

@@ -37,7 +37,7 @@ async fn low_order_points_and_bad_header_macs_are_dropped_and_counted() {
         Arc::new(spore_relay::SystemClock),
     )
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let hop = relay.hop_for(relay.r().current_epoch());
     let good = packet_to(hop, owner.mailbox_id(), b"good");
 
@@ -111,7 +111,7 @@ async fn replay_across_a_key_epoch_boundary_and_a_restart_is_dropped_and_counted
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let epoch = relay.r().current_epoch();
     // One packet for the current key, one for the next (published early for the boundary).
     let current = packet_to(relay.hop_for(epoch), owner.mailbox_id(), b"current");
@@ -159,7 +159,10 @@ async fn nobody_pulls_or_deletes_someone_elses_mailbox() {
         Arc::new(spore_relay::SystemClock),
     )
     .await;
-    let (owner, thief) = (MailboxKey::generate(), MailboxKey::generate());
+    let (owner, thief) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let hop = relay.hop_for(relay.r().current_epoch());
     relay
         .send(&[packet_to(hop, owner.mailbox_id(), b"for the owner")])
@@ -383,7 +386,10 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let (alice_key, bob_key) = (MailboxKey::generate(), MailboxKey::generate());
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let bob_address = SporeAddress {
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
@@ -406,7 +412,7 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
         packet::build_packet(
             &route,
             bob_address.mailbox_id(),
-            packet::random_surb_id(),
+            packet::random_surb_id(&mut rand::rng()),
             &[Duration::ZERO; FORWARD_HOPS],
             &payload,
         )
@@ -421,7 +427,12 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
             count,
             data: vec![0u8; FRAGMENT_DATA_SIZE],
         };
-        let sealed = seal::seal(&bob_address.mailbox_public_key(), &f.encode()).unwrap();
+        let sealed = seal::seal(
+            &mut rand::rng(),
+            &bob_address.mailbox_public_key(),
+            &f.encode(),
+        )
+        .unwrap();
         bombs.push(forged(sealed, &mut rng));
     }
     // And garbage that does not open with Bob's key at all.

@@ -32,7 +32,7 @@ async fn link_has_the_same_frame_sizes_and_poisson_timing_busy_or_idle() {
     // Bob is offline: his mailbox relay stores, acks flow back, nothing else changes.
     let bob = SporeAddress {
         mailbox_relays: vec![mailboxes[1]],
-        mailbox_key: MailboxKey::generate().public().to_bytes(),
+        mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };
 
     let window = Duration::from_secs(8);

@@ -46,7 +46,10 @@ async fn child_exchange() {
     }
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let (alice_key, bob_key) = (MailboxKey::generate(), MailboxKey::generate());
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     for key in [&alice_key, &bob_key] {
         let id = hex::encode(key.mailbox_id().0);
         println!("SECRET {id}");
@@ -232,10 +235,10 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     let directory = net.directory().clone();
     let mailboxes = net.mailbox_relays();
     let (own, other) = (mailboxes[0], mailboxes[1]);
-    let me = MailboxKey::generate();
+    let me = MailboxKey::generate(&mut rand::rng());
     let peer = SporeAddress {
         mailbox_relays: vec![other],
-        mailbox_key: MailboxKey::generate().public().to_bytes(),
+        mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };
     let mut rng = rand::rng();
     let routes = RouteSelector::new(&directory, directory.epoch);
@@ -245,11 +248,22 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     // Built the way the client's PacketFactory builds them (real fragment with a SURB-ack,
     // loop cover = a fragment to ourselves, drop cover = random payload to the drop mailbox).
     let fragment_to = |dest: &SporeAddress, rng: &mut rand::rngs::ThreadRng| {
-        let sealed = seal::seal(&dest.mailbox_public_key(), &vec![7u8; FRAGMENT_SIZE]).unwrap();
+        let sealed = seal::seal(
+            &mut rand::rng(),
+            &dest.mailbox_public_key(),
+            &vec![7u8; FRAGMENT_SIZE],
+        )
+        .unwrap();
         assert_eq!(sealed.len(), SEALED_FRAGMENT_SIZE);
         let surb_route = routes.surb_route(rng, &own).unwrap();
         let d = sample_delays(rng, mu, SURB_HOPS, max_delay).unwrap();
-        let (surb, _) = build_surb(&surb_route, me.mailbox_id(), random_surb_id(), &d).unwrap();
+        let (surb, _) = build_surb(
+            &surb_route,
+            me.mailbox_id(),
+            random_surb_id(&mut rand::rng()),
+            &d,
+        )
+        .unwrap();
         let payload = ForwardPayload {
             ack_surb: surb,
             sealed_fragment: sealed,
@@ -260,7 +274,14 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
             .forward_route(rng, &own, &dest.mailbox_relays[0])
             .unwrap();
         let d = sample_delays(rng, mu, FORWARD_HOPS, max_delay).unwrap();
-        build_packet(&route, dest.mailbox_id(), random_surb_id(), &d, &payload).unwrap()
+        build_packet(
+            &route,
+            dest.mailbox_id(),
+            random_surb_id(&mut rand::rng()),
+            &d,
+            &payload,
+        )
+        .unwrap()
     };
     let real = fragment_to(&peer, &mut rng);
     let me_address = SporeAddress {
@@ -283,7 +304,14 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
         let relay = routes.random_mailbox_relay(&mut rng).unwrap();
         let route = routes.forward_route(&mut rng, &own, &relay).unwrap();
         let d = sample_delays(&mut rng, mu, FORWARD_HOPS, max_delay).unwrap();
-        build_packet(&route, MailboxId::DROP, random_surb_id(), &d, &payload).unwrap()
+        build_packet(
+            &route,
+            MailboxId::DROP,
+            random_surb_id(&mut rand::rng()),
+            &d,
+            &payload,
+        )
+        .unwrap()
     };
 
     let reports: Vec<_> = [&real, &loop_cover, &drop_cover]

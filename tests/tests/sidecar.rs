@@ -39,7 +39,10 @@ async fn sidecar_delivers_a_transaction_once_after_homeserver_errors_and_proxies
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
-    let (alice_key, bob_key) = (MailboxKey::generate(), MailboxKey::generate());
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
     let alice_address = SporeAddress {
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),

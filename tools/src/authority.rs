@@ -1,5 +1,6 @@
-//! The directory authority: collects relays' signed descriptors, checks them, and signs one
-//! directory document per epoch that relays and clients trust by threshold.
+//! The `spore directory` commands' glue: descriptor and directory files, and serving the
+//! document over HTTP. Building, signing, verifying and describing a directory are pure and
+//! live in [`spore_protocol::directory`] (re-exported here for the commands).
 //!
 //! Several authorities sign the same document independently ([`add_signature`]); a reader
 //! accepts it when enough of the authorities it trusts have signed ([`verify`]).
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
-use spore_protocol::directory::{Directory, NetworkParams, RelayDescriptor};
+use spore_protocol::directory::{Directory, RelayDescriptor, Trust};
 
 use crate::keyfile::write_atomic;
 
@@ -48,31 +49,7 @@ pub fn descriptor_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Builds and signs the directory for the epoch containing `now_unix`. Descriptors that do
-/// not verify are refused with the file's name, not silently skipped: an operator must know.
-pub fn build(
-    descriptors: Vec<RelayDescriptor>,
-    params: NetworkParams,
-    key: &SigningKey,
-    now_unix: u64,
-    valid_secs: u64,
-) -> Result<Directory> {
-    params.validate().context("invalid network parameters")?;
-    for d in &descriptors {
-        d.verify(now_unix)
-            .with_context(|| format!("descriptor of relay {} does not verify", d.id.short()))?;
-    }
-    let mut dir = Directory {
-        epoch: now_unix / params.epoch_length_secs,
-        valid_after: now_unix,
-        valid_until: now_unix.saturating_add(valid_secs),
-        params,
-        relays: descriptors,
-        signatures: Vec::new(),
-    };
-    dir.sign(key)?;
-    Ok(dir)
-}
+pub use spore_protocol::directory::{build, describe};
 
 /// Adds `key`'s signature to an existing document (a second authority co-signing).
 pub fn add_signature(dir: &mut Directory, key: &SigningKey) -> Result<()> {
@@ -93,65 +70,6 @@ pub fn write(dir: &Directory, path: &Path) -> Result<()> {
 pub fn read(path: &Path) -> Result<Directory> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Directory::from_bytes(&bytes).with_context(|| format!("{} is not a directory", path.display()))
-}
-
-/// A human summary of a directory document.
-pub fn describe(dir: &Directory) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let p = &dir.params;
-    let _ = writeln!(
-        s,
-        "epoch {}  valid {}..{}  {} relays  {} signature(s)",
-        dir.epoch,
-        dir.valid_after,
-        dir.valid_until,
-        dir.relays.len(),
-        dir.signatures.len()
-    );
-    let _ = writeln!(
-        s,
-        "params: mu={} /s (mean {:.1} ms/hop)  lambda_p={} lambda_l={} lambda_d={} lambda_m={}  packet={} B  epoch={} s  max_delay={} ms  pull={} ms",
-        p.mu,
-        1000.0 / p.mu,
-        p.lambda_p,
-        p.lambda_l,
-        p.lambda_d,
-        p.lambda_m,
-        p.packet_size,
-        p.epoch_length_secs,
-        p.max_delay_ms,
-        p.pull_interval_ms
-    );
-    for r in &dir.relays {
-        let mut roles = Vec::new();
-        if r.roles.entry {
-            roles.push("entry");
-        }
-        if r.roles.mix {
-            roles.push("mix");
-        }
-        if r.roles.mailbox {
-            roles.push("mailbox");
-        }
-        let _ = writeln!(
-            s,
-            "  relay {}  {:<21}  {:<18} layer {}  keys for epochs {:?}",
-            r.id.short(),
-            r.address,
-            roles.join("+"),
-            r.layer,
-            r.sphinx_keys.iter().map(|k| k.epoch).collect::<Vec<_>>()
-        );
-    }
-    for sig in &dir.signatures {
-        let _ = writeln!(
-            s,
-            "  signed by authority {}",
-            hex::encode(&sig.authority[..6])
-        );
-    }
-    s
 }
 
 /// Serves the directory file over HTTP (`GET /directory`) until `shutdown` resolves.
@@ -208,21 +126,18 @@ pub async fn serve(
     }
 }
 
-/// Parses authority public keys given as hex on the command line.
+/// Parses authority public keys given as hex on the command line (the configs' rule).
 pub fn parse_authorities(hex_keys: &[String]) -> Result<Vec<[u8; 32]>> {
     if hex_keys.is_empty() {
         bail!("at least one --authority key is required");
     }
-    hex_keys
-        .iter()
-        .map(|k| crate::keyfile::parse_hex32(k).with_context(|| format!("bad authority key {k}")))
-        .collect()
+    Ok(Trust::from_hex(hex_keys, hex_keys.len())?.authorities)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spore_protocol::directory::{DescriptorFields, Roles, SphinxKey};
+    use spore_protocol::directory::{DescriptorFields, NetworkParams, Roles, SphinxKey};
 
     fn descriptor(now: u64) -> RelayDescriptor {
         RelayDescriptor::sign(
@@ -308,6 +223,27 @@ mod tests {
         let text = String::from_utf8_lossy(&resp);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.ends_with("doc-bytes"));
+        let _ = tx.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn relays_and_clients_fetch_what_it_serves() {
+        use spore_relay::DirectorySource;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("d.bin");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(path.clone(), addr, async move {
+            let _ = rx.await;
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let source = DirectorySource::Http(format!("http://{addr}/directory"));
+        assert_eq!(source.fetch().await.unwrap(), None, "503: no directory yet");
+        std::fs::write(&path, b"doc-bytes").unwrap();
+        assert_eq!(source.fetch().await.unwrap(), Some(b"doc-bytes".to_vec()));
         let _ = tx.send(());
         server.await.unwrap().unwrap();
     }

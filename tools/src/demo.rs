@@ -209,11 +209,11 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoSummary> {
 
     let a_id = ServerIdentity::generate("a.spore.test");
     let b_name = "b.spore.test";
-    let b_key = MailboxKey::generate();
+    let b_key = MailboxKey::generate(&mut rand::rng());
     let a = Transport::start(client_config(
         &dir,
         "a.spore.test",
-        MailboxKey::generate(),
+        MailboxKey::generate(&mut rand::rng()),
         &net,
         relay_a,
         &cfg,

@@ -84,7 +84,7 @@ pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> 
     if !desc.roles.mailbox {
         bail!("the entry relay must also be a mailbox relay (load pulls its own mailbox there)");
     }
-    let me = MailboxKey::generate();
+    let me = MailboxKey::generate(&mut rand::rng());
     let mut send_link = Link::connect(&desc.address, &rand::random(), Some(desc.link_key))
         .await
         .with_context(|| format!("cannot reach the entry relay at {}", desc.address))?;
@@ -108,7 +108,13 @@ pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> 
             let delays = sample_delays(&mut rng, directory.params.mu, FORWARD_HOPS, max_delay)?;
             (route, delays)
         };
-        let packet = build_packet(&route, me.mailbox_id(), random_surb_id(), &delays, &msg)?;
+        let packet = build_packet(
+            &route,
+            me.mailbox_id(),
+            random_surb_id(&mut rand::rng()),
+            &delays,
+            &msg,
+        )?;
         let packet: Box<[u8; PACKET_SIZE]> = packet
             .into_boxed_slice()
             .try_into()

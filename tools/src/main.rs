@@ -129,7 +129,7 @@ fn keygen(cmd: KeygenCmd) -> Result<ExitCode> {
                         .with_context(|| format!("bad relay id {r}"))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let key = MailboxKey::generate();
+            let key = MailboxKey::generate(&mut rand::rng());
             keyfile::write_secret(&out, &key.secret_bytes())?;
             let address = SporeAddress {
                 mailbox_relays,

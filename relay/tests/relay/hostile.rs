@@ -88,7 +88,7 @@ async fn arbitrary_bytes_and_frames_from_a_socket_do_not_panic() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The relay still works for an honest client.
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
@@ -184,7 +184,7 @@ async fn a_link_sending_too_fast_is_rate_limited() {
         c.limits.packet_burst = 5;
     })
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let packets: Vec<_> = (0..20u8)
         .map(|i| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
@@ -205,7 +205,7 @@ async fn a_link_sending_too_fast_is_rate_limited() {
 #[tokio::test]
 async fn mutated_and_random_packets_never_panic_the_workers() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let valid = plain_packet(
         &[relay.hop(), relay.hop()],
         owner.mailbox_id(),

@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
@@ -41,7 +41,7 @@ async fn stored_packet_is_pulled_by_its_owner_and_deleted_on_ack() {
 #[tokio::test]
 async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
@@ -51,7 +51,7 @@ async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
     relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
 
-    let intruder = MailboxKey::generate();
+    let intruder = MailboxKey::generate(&mut rand::rng());
     let mut link = relay.link(&intruder.secret_bytes()).await;
     assert!(
         pull(&mut link).await.is_empty(),
@@ -68,7 +68,7 @@ async fn pull_by_a_key_that_does_not_own_the_mailbox_gets_nothing() {
 #[tokio::test]
 async fn interrupted_pull_loses_nothing() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let packets: Vec<_> = (0..20u8)
         .map(|i| {
             plain_packet(
@@ -118,8 +118,8 @@ async fn interrupted_pull_loses_nothing() {
 #[tokio::test]
 async fn full_mailbox_refuses_new_packets_and_keeps_stored_ones() {
     let relay = TestRelay::start_with(|c| c.mailbox.quota_items = 3).await;
-    let owner = MailboxKey::generate();
-    let other = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
+    let other = MailboxKey::generate(&mut rand::rng());
     let packets: Vec<_> = (0..5u8)
         .map(|i| {
             plain_packet(
@@ -172,8 +172,8 @@ async fn byte_quota_and_disk_budget_refuse_with_their_reason() {
         c.mailbox.disk_budget_bytes = 3 * 1040;
     })
     .await;
-    let a = MailboxKey::generate();
-    let b = MailboxKey::generate();
+    let a = MailboxKey::generate(&mut rand::rng());
+    let b = MailboxKey::generate(&mut rand::rng());
     let mut packets: Vec<_> = (0..3u8)
         .map(|i| plain_packet(&[relay.hop()], a.mailbox_id(), &[Duration::ZERO], &[i]))
         .collect();
@@ -206,7 +206,7 @@ async fn retention_deletes_items_older_than_the_limit() {
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let old = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
@@ -257,8 +257,8 @@ async fn cover_for_the_drop_mailbox_is_discarded() {
 #[tokio::test]
 async fn surb_ack_is_released_after_the_store() {
     let relay = TestRelay::start().await;
-    let recipient = MailboxKey::generate();
-    let sender = MailboxKey::generate();
+    let recipient = MailboxKey::generate(&mut rand::rng());
+    let sender = MailboxKey::generate(&mut rand::rng());
     let (p, ack_id) = acked_packet(
         &[relay.hop(), relay.hop()],
         recipient.mailbox_id(),
@@ -278,7 +278,7 @@ async fn surb_ack_is_released_after_the_store() {
 #[tokio::test]
 async fn a_damaged_record_is_skipped_counted_and_shown_in_the_metrics() {
     let mut relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let packets: Vec<_> = [b"first", b"other"]
         .iter()
         .map(|body| plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], *body))

@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn replayed_packet_is_dropped() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop()],
         owner.mailbox_id(),
@@ -38,7 +38,7 @@ async fn replayed_packet_is_dropped() {
 #[tokio::test]
 async fn replayed_packet_is_dropped_after_restart() {
     let mut relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     // A forwarding hop and a final hop: both must remember.
     let p = plain_packet(
         &[relay.hop(), relay.hop()],
@@ -65,7 +65,7 @@ async fn replayed_packet_is_dropped_after_restart() {
 #[tokio::test]
 async fn packets_are_held_for_their_header_delay() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop(), relay.hop(), relay.hop()],
         owner.mailbox_id(),
@@ -90,7 +90,7 @@ async fn packets_are_held_for_their_header_delay() {
 #[tokio::test]
 async fn delay_above_the_maximum_is_refused() {
     let relay = TestRelay::start_with(|c| c.mix.max_delay_ms = 1_000).await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop(), relay.hop()],
         owner.mailbox_id(),
@@ -116,7 +116,7 @@ async fn previous_epoch_key_is_accepted_only_during_the_grace_window() {
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let old_hop = relay.hop();
     let early = plain_packet(&[old_hop], owner.mailbox_id(), &[Duration::ZERO], b"early");
     let late = plain_packet(&[old_hop], owner.mailbox_id(), &[Duration::ZERO], b"late");
@@ -145,7 +145,7 @@ async fn previous_epoch_key_is_accepted_only_during_the_grace_window() {
 #[tokio::test]
 async fn many_packets_through_one_relay() {
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let n = 300;
     let packets: Vec<_> = (0..n)
         .map(|i: u32| {
@@ -186,7 +186,7 @@ async fn replay_tags_are_dropped_with_their_expired_key_epoch() {
         Arc::new(clock.clone()),
     )
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"x");
     relay.send(&[p]).await;
     assert!(wait_until(WAIT, || relay.r().metrics().replay_tags == 1).await);
@@ -207,7 +207,7 @@ async fn overload_drops_at_the_bounded_queue_instead_of_growing() {
         c.mix.workers = 1;
     })
     .await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let n = 400u64;
     let packets: Vec<_> = (0..n)
         .map(|i| {

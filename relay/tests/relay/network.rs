@@ -140,13 +140,13 @@ impl Network {
 #[tokio::test]
 async fn three_layer_network_delivers_end_to_end_and_acks() {
     let net = Network::start(|_| {}).await;
-    let recipient = MailboxKey::generate();
-    let sender = MailboxKey::generate();
+    let recipient = MailboxKey::generate(&mut rand::rng());
+    let sender = MailboxKey::generate(&mut rand::rng());
     let n = 12;
     let mut link = net.entry.link(&rand::random()).await;
     let mut ack_ids = Vec::new();
     for i in 0..n {
-        let ack_id = packet::random_surb_id();
+        let ack_id = packet::random_surb_id(&mut rand::rng());
         let (surb, _) = packet::build_surb(
             &net.ack_route(),
             sender.mailbox_id(),
@@ -163,7 +163,7 @@ async fn three_layer_network_delivers_end_to_end_and_acks() {
         let p = packet::build_packet(
             &net.forward_route(),
             recipient.mailbox_id(),
-            packet::random_surb_id(),
+            packet::random_surb_id(&mut rand::rng()),
             &[Duration::from_millis(10); 5],
             &payload,
         )
@@ -253,7 +253,7 @@ async fn directory_without_enough_signatures_is_refused() {
 #[tokio::test]
 async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
     let mut net = Network::start(|_| {}).await;
-    let recipient = MailboxKey::generate();
+    let recipient = MailboxKey::generate(&mut rand::rng());
     let send_one = |net: &Network, tag: u8| {
         plain_packet(
             &net.forward_route(),
@@ -301,7 +301,7 @@ async fn outbound_link_reconnects_when_the_next_hop_comes_back() {
 #[tokio::test]
 async fn a_mix_takes_packets_only_from_relays_in_the_directory() {
     let net = Network::start(|_| {}).await;
-    let recipient = MailboxKey::generate();
+    let recipient = MailboxKey::generate(&mut rand::rng());
     let route: Vec<RouteHop> = net.all()[1..].iter().map(|r| r.hop()).collect();
     let p = plain_packet(
         &route,

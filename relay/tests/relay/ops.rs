@@ -24,7 +24,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 async fn metrics_endpoint_exports_counters_by_reason_and_latency() {
     let relay =
         TestRelay::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"m");
     relay.send(&[p.clone(), p]).await;
     assert!(
@@ -152,7 +152,7 @@ async fn info_logs_name_no_addresses_mailboxes_or_timings() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let relay = TestRelay::start().await;
-    let owner = MailboxKey::generate();
+    let owner = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &[relay.hop(), relay.hop()],
         owner.mailbox_id(),

@@ -50,8 +50,8 @@ async fn relay_sigkilled_after_acking_keeps_every_acked_packet() {
     let dir = tempfile::tempdir().unwrap();
     let addr = init(dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
-    let recipient = MailboxKey::generate();
-    let sender = MailboxKey::generate();
+    let recipient = MailboxKey::generate(&mut rand::rng());
+    let sender = MailboxKey::generate(&mut rand::rng());
     let n = 40;
 
     let child = run(dir.path());

@@ -56,7 +56,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         else {
             anyhow::bail!("--homeserver NAME,FEDERATION_URL,PROXY_ADDR");
         };
-        let key = MailboxKey::generate();
+        let key = MailboxKey::generate(&mut rand::rng());
         let address = SporeAddress {
             mailbox_relays: vec![mailboxes[i % mailboxes.len()]],
             mailbox_key: key.public().to_bytes(),

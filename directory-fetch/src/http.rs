@@ -1,0 +1,207 @@
+//! A minimal HTTP/1.0 `GET`: enough to fetch one signed document from an authority.
+//!
+//! HTTP/1.0 because its answers are plain (servers may not use chunked encoding with it, and
+//! close the connection after the body), so the response is the head, then the body up to
+//! `Content-Length` or the end of the stream.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::source::FetchError;
+
+/// Largest directory accepted over HTTP (4096 relays of under 500 bytes, plus signatures).
+pub const MAX_DIRECTORY_BYTES: usize = 4 << 20;
+/// The whole exchange (connect, request, answer) must finish within this.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest status line plus headers accepted.
+const MAX_HEAD_BYTES: usize = 16 << 10;
+
+/// Splits `http://host:port/path` into (`host:port`, `/path`).
+pub(crate) fn parse_http_url(url: &str) -> Result<(String, String), FetchError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| FetchError::Http(format!("{url}: only http:// URLs are supported")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(FetchError::Http(format!("{url}: no host")));
+    }
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((authority, path.to_owned()))
+}
+
+fn request(authority: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: */*\r\n\r\n").into_bytes()
+}
+
+/// The body of a complete response, `None` for 404 and 503 (no directory yet).
+pub(crate) fn parse_response(raw: &[u8]) -> Result<Option<Vec<u8>>, FetchError> {
+    let bad = |what: &str| FetchError::Http(format!("authority's answer: {what}"));
+    let head_end = raw
+        .windows(4)
+        .take(MAX_HEAD_BYTES)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no complete response head"))?;
+    let head = std::str::from_utf8(raw.get(..head_end).unwrap_or_default())
+        .map_err(|_| bad("response head is not text"))?;
+    let mut lines = head.split("\r\n");
+    let mut status_line = lines.next().unwrap_or_default().split_whitespace();
+    if !status_line.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(bad("not an HTTP/1 response"));
+    }
+    let status: u16 = status_line
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    let mut content_length = None;
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad("malformed header"))?;
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| bad("malformed Content-Length"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            && !value.eq_ignore_ascii_case("identity")
+        {
+            return Err(bad("transfer encoding in answer to HTTP/1.0"));
+        }
+    }
+    let mut body = raw.get(head_end + 4..).unwrap_or_default().to_vec();
+    if let Some(n) = content_length {
+        if body.len() < n {
+            return Err(bad("body is shorter than its Content-Length"));
+        }
+        body.truncate(n);
+    }
+    if body.len() > MAX_DIRECTORY_BYTES {
+        return Err(FetchError::Http(format!(
+            "directory body: longer than {MAX_DIRECTORY_BYTES} bytes"
+        )));
+    }
+    if status == 503 || status == 404 {
+        return Ok(None);
+    }
+    if !(200..300).contains(&status) {
+        return Err(FetchError::Http(format!("authority answered {status}")));
+    }
+    Ok(Some(body))
+}
+
+/// Fetches `url`; `None` if the authority has no directory yet.
+pub(crate) async fn get(url: &str) -> Result<Option<Vec<u8>>, FetchError> {
+    let (authority, path) = parse_http_url(url)?;
+    let io = |e: std::io::Error| FetchError::Http(format!("{authority}: {e}"));
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(io)?;
+        stream
+            .write_all(&request(&authority, &path))
+            .await
+            .map_err(io)?;
+        let mut raw = Vec::new();
+        // One byte over the limit tells a too-long answer from one exactly at it.
+        let limit = MAX_HEAD_BYTES + MAX_DIRECTORY_BYTES + 1;
+        (&mut stream)
+            .take(limit as u64)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io)?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:8080/directory").expect("ok"),
+            ("127.0.0.1:8080".into(), "/directory".into())
+        );
+        assert_eq!(
+            parse_http_url("http://dir.example").expect("ok"),
+            ("dir.example:80".into(), "/".into())
+        );
+        assert!(parse_http_url("https://dir.example/").is_err());
+        assert!(parse_http_url("http:///x").is_err());
+    }
+
+    #[test]
+    fn responses() {
+        assert_eq!(
+            parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\ndocXX").unwrap(),
+            Some(b"doc".to_vec())
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndoc").unwrap(),
+            Some(b"doc".to_vec())
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\nno directory yet").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n").unwrap(),
+            None
+        );
+        for bad in [
+            &b"HTTP/1.1 500 Internal Server Error\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ndoc",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ndoc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            b"SSH-2.0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut big = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+        big.resize(big.len() + MAX_DIRECTORY_BYTES + 1, 0);
+        assert!(parse_response(&big).is_err(), "over the limit");
+    }
+
+    #[tokio::test]
+    async fn fetches_over_a_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let answer: &[u8] = if req.starts_with("GET /directory HTTP/1.0\r\n") {
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\ndoc"
+                } else {
+                    b"HTTP/1.0 404 Not Found\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+            }
+        });
+        assert_eq!(
+            get(&format!("http://{addr}/directory")).await.unwrap(),
+            Some(b"doc".to_vec())
+        );
+        assert_eq!(get(&format!("http://{addr}/other")).await.unwrap(), None);
+    }
+}
