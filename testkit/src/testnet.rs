@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use spore_client::{DirectorySource, RateOverrides, Timeouts, TransportConfig, Trust};
-use spore_protocol::directory::{Directory, NetworkParams, RelayDescriptor};
+use spore_protocol::directory::{self, BuildError, Directory, NetworkParams, RelayDescriptor};
 use spore_protocol::params::MIX_LAYERS;
 use spore_protocol::{MailboxKey, RelayId};
 use spore_relay::{
@@ -152,26 +152,14 @@ pub fn signed_directory(
     now_unix: u64,
     valid_secs: u64,
 ) -> Result<Directory, TestnetError> {
-    params
-        .validate()
-        .map_err(|e| TestnetError::Params(e.to_string()))?;
-    for d in &descriptors {
-        d.verify(now_unix).map_err(|e| TestnetError::Descriptor {
-            relay: d.id.short(),
-            reason: e.to_string(),
-        })?;
-    }
-    let mut dir = Directory {
-        epoch: now_unix / params.epoch_length_secs,
-        valid_after: now_unix,
-        valid_until: now_unix.saturating_add(valid_secs),
-        params,
-        relays: descriptors,
-        signatures: Vec::new(),
-    };
-    dir.sign(key)
-        .map_err(|e| TestnetError::Directory(e.to_string()))?;
-    Ok(dir)
+    directory::build(descriptors, params, key, now_unix, valid_secs).map_err(|e| match e {
+        BuildError::Params(e) => TestnetError::Params(e.to_string()),
+        BuildError::Descriptor { relay, source } => TestnetError::Descriptor {
+            relay,
+            reason: source.to_string(),
+        },
+        other => TestnetError::Directory(other.to_string()),
+    })
 }
 
 impl Testnet {
