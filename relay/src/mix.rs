@@ -109,7 +109,10 @@ pub(crate) struct MixContext {
     pub metrics: Arc<Metrics>,
 }
 
-/// Per-worker cache of derived Sphinx secrets (HKDF per epoch, not per packet).
+/// Per-worker copy of the accepted epochs' Sphinx secrets, refreshed once a second. Only keys
+/// the relay holds: an epoch whose key was erased (or never made) has none, and its packets
+/// are refused. Copies are zeroized when dropped, and a worker drops them when it goes idle,
+/// so an erased epoch's key does not outlive its erasure in an idle worker.
 #[derive(Default)]
 struct SecretCache {
     secrets: HashMap<u64, StaticSecret>,
@@ -124,15 +127,27 @@ impl SecretCache {
         self.secrets.retain(|e, _| epochs.contains(e));
         epochs
             .into_iter()
-            .map(|e| {
-                let s = self
-                    .secrets
-                    .entry(e)
-                    .or_insert_with(|| ctx.keys.sphinx_secret(e))
-                    .clone();
-                (e, s)
+            .filter_map(|e| {
+                if let Some(s) = self.secrets.get(&e) {
+                    return Some((e, s.clone()));
+                }
+                match ctx.keys.epochs().secret(e) {
+                    Ok(Some(s)) => {
+                        self.secrets.insert(e, s.clone());
+                        Some((e, s))
+                    }
+                    Ok(None) => None,
+                    Err(err) => {
+                        tracing::error!(error = %err, epoch = e, "could not read an epoch key");
+                        None
+                    }
+                }
             })
             .collect()
+    }
+
+    fn clear(&mut self) {
+        self.secrets.clear();
     }
 }
 
@@ -333,6 +348,11 @@ fn worker_loop(
     // The earliest deadline still ahead among the held packets.
     let mut held_deadline: Option<Instant> = None;
     loop {
+        if held.is_empty() {
+            // About to wait for a packet, maybe long: hold no key copies meanwhile.
+            cache.clear();
+            secrets.clear();
+        }
         let packet = match next_packet(rx, stop, held.is_empty()) {
             Next::Packet(p) => Some(p),
             Next::Empty => None,

@@ -174,9 +174,11 @@ impl Parts {
             quota_bytes: config.mailbox.quota_bytes,
             disk_budget_bytes: config.mailbox.disk_budget_bytes,
         });
+        let (keys, schedule, now) = (self.keys.clone(), self.schedule, self.clock.now_unix());
         let storage = tokio::task::spawn_blocking(move || -> Result<_> {
             let db = Database::open(&data_dir)?;
             let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
+            crate::epoch_keys::rotate(&keys, &schedule, &replay, now)?;
             let store = match limits {
                 Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
                 None => None,
@@ -301,10 +303,11 @@ impl Parts {
         Some(service)
     }
 
-    /// Directory refresh and replay-cache expiry, every `directory.refresh_secs`.
+    /// Directory refresh, replay-cache expiry and epoch-key rotation, every `directory.refresh_secs`.
     fn spawn_maintenance(&self, directory: &Arc<DirectoryView>, replay: &Arc<ReplayCache>) {
         let directory = directory.clone();
         let replay = replay.clone();
+        let keys = self.keys.clone();
         let clock = self.clock.clone();
         let metrics = self.metrics.clone();
         metrics.set_replay_tags(replay.len());
@@ -323,13 +326,18 @@ impl Parts {
                     count_refused_directory(&metrics, &e);
                     tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
                 }
-                let oldest = schedule.oldest_kept_epoch(clock.now_unix());
-                let replay2 = replay.clone();
-                let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
+                let now = clock.now_unix();
+                let oldest = schedule.oldest_kept_epoch(now);
+                let (replay2, keys2) = (replay.clone(), keys.clone());
+                let expired = tokio::task::spawn_blocking(move || {
+                    let n = replay2.expire_before(oldest)?;
+                    crate::epoch_keys::rotate(&keys2, &schedule, &replay2, now).map(|_| n)
+                })
+                .await;
                 metrics.set_replay_tags(replay.len());
                 match expired {
                     Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "replay or key expiry failed"),
                     _ => {}
                 }
             }

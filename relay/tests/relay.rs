@@ -7,6 +7,8 @@ mod util;
 
 #[path = "relay/hostile.rs"]
 mod hostile;
+#[path = "relay/keys.rs"]
+mod keys;
 #[path = "relay/mailbox.rs"]
 mod mailbox;
 #[path = "relay/mix.rs"]
