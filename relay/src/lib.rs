@@ -47,6 +47,7 @@ mod epoch_keys;
 mod error;
 mod forward;
 mod handler;
+mod held_packets;
 mod keys;
 mod link_pool;
 mod listener;

@@ -19,7 +19,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::RelayConfig;
 use crate::directory::{DirectorySource, DirectoryView, Trust};
 use crate::error::{RelayError, Result};
-use crate::forward::{Egress, Forwarder};
+use crate::forward::{Egress, Forwarder, ReleaseGate};
 use crate::handler::{LinkSettings, Shared};
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
@@ -130,6 +130,7 @@ impl Relay {
             db: Some(storage.db),
             shutdown,
             stop,
+            gate: mix.gate,
             workers: mix.workers,
             committer: Some(mix.committer),
             delay_thread: Some(mix.delay_thread),
@@ -158,6 +159,7 @@ struct Storage {
 struct Mix {
     ingress: PacketIngress,
     egress: Arc<Egress>,
+    gate: Arc<ReleaseGate>,
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: std::thread::JoinHandle<()>,
     delay_thread: std::thread::JoinHandle<()>,
@@ -246,9 +248,10 @@ impl Parts {
             Box::new(pool),
             self.metrics.clone(),
         );
-        let (forwarder, delay_thread) = Forwarder::start(
+        let (forwarder, delay_thread, gate) = Forwarder::start(
             egress.clone(),
             config.limits.delay_queue,
+            Some(crate::held_packets::path_in(&config.data_dir)),
             self.clock.clone(),
             self.metrics.clone(),
         )?;
@@ -283,6 +286,7 @@ impl Parts {
         Ok(Mix {
             ingress,
             egress,
+            gate,
             workers,
             committer,
             delay_thread,
@@ -482,6 +486,9 @@ pub struct RunningRelay {
     db: Option<Database>,
     shutdown: Shutdown,
     stop: Arc<AtomicBool>,
+    /// Closed first on a graceful stop: what the delay queue holds then is kept for the next
+    /// start instead of racing the links' close.
+    gate: Arc<ReleaseGate>,
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
     delay_thread: Option<std::thread::JoinHandle<()>>,
@@ -601,9 +608,15 @@ impl RunningRelay {
         self.shutdown().await
     }
 
-    /// Stops accepting, closes links, lets the workers finish what they hold, commits the
-    /// database, and returns once the database is closed (so it can be reopened at once).
+    /// Stops releasing delayed packets, stops accepting, closes links (after they flushed what
+    /// they were given), lets the workers finish what they hold, commits the database, keeps
+    /// the delay queue's packets for the next start, and returns once the database is closed
+    /// (so it can be reopened at once).
     pub async fn shutdown(mut self) -> Result<()> {
+        let gate = self.gate.clone();
+        tokio::task::spawn_blocking(move || gate.close())
+            .await
+            .map_err(|_| RelayError::ShuttingDown)?;
         self.shutdown.trigger();
         if tokio::time::timeout(Duration::from_secs(10), self.shutdown.wait_tasks())
             .await
