@@ -36,6 +36,7 @@
 //!   after a rotation and the next one during `mix.grace_secs` before it are accepted.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod clock;
 mod config;
 mod connection;

@@ -361,6 +361,11 @@ impl Parts {
             link_secret: *self.keys.link_secret(),
             ingress: ingress.clone(),
             packets_from_anyone: config.roles.entry,
+            relays_only: !config.roles.entry && !config.roles.mailbox,
+            admission: crate::admission::Admission::new(
+                config.limits.max_connections,
+                crate::admission::RELAY_SLOTS,
+            ),
             directory: directory.clone(),
             mailbox: mailbox.clone(),
             metrics: self.metrics.clone(),
@@ -376,8 +381,9 @@ impl Parts {
             Listener {
                 listener,
                 limit: Arc::new(Semaphore::new(config.limits.max_connections)),
-                per_ip: Arc::default(),
-                max_per_ip: config.limits.max_connections_per_ip,
+                per_prefix: Arc::default(),
+                // Counted per /24 (IPv4) or /64 (IPv6) prefix.
+                max_per_prefix: config.limits.max_connections_per_ip,
                 shared,
                 shutdown: self.shutdown.clone(),
             }
