@@ -70,6 +70,58 @@ impl ReleaseGate {
     }
 }
 
+/// One client link may hold at most this fraction (1/n) of the delay queue, so that one link
+/// sending maximum-delay packets cannot fill it for everyone. Links of listed relays carry
+/// many clients' packets and have no share limit.
+const LINK_SHARE: usize = 8;
+
+/// What the delay thread needs to know of an item to keep each link to its share.
+pub(crate) trait FromLink {
+    /// The client link the item came on, if its share is limited.
+    fn link(&self) -> Option<u64>;
+}
+
+impl FromLink for Delayed {
+    fn link(&self) -> Option<u64> {
+        self.1.and_then(|t| t.link)
+    }
+}
+
+/// Items each client link has in the delay queue.
+struct LinkShares {
+    share: usize,
+    held: std::collections::HashMap<u64, usize>,
+}
+
+impl LinkShares {
+    fn new(capacity: usize) -> Self {
+        Self {
+            share: (capacity / LINK_SHARE).max(1),
+            held: std::collections::HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, link: Option<u64>) -> bool {
+        let Some(link) = link else { return true };
+        let n = self.held.entry(link).or_insert(0);
+        if *n >= self.share {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&mut self, link: Option<u64>) {
+        let Some(link) = link else { return };
+        if let Some(n) = self.held.get_mut(&link) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&link);
+            }
+        }
+    }
+}
+
 /// Room in the channel from the commit thread to the delay thread. When it is full the commit
 /// thread blocks, which pushes back on the workers and, through the bounded unwrap queue, on
 /// the links, instead of growing memory.
@@ -84,6 +136,8 @@ const INTAKE_BATCH: usize = 1024;
 pub(crate) struct HopTiming {
     pub received: Instant,
     pub delay: Duration,
+    /// The client link the packet came on (its share of the delay queue), if any.
+    pub link: Option<u64>,
 }
 
 impl HopTiming {
@@ -290,6 +344,7 @@ fn restore(path: &std::path::Path, clock: &dyn Clock) -> Vec<Scheduled<Delayed>>
             let timing = h.delay.map(|delay| HopTiming {
                 received: at.checked_sub(delay).unwrap_or(at),
                 delay,
+                link: None,
             });
             Scheduled {
                 at,
@@ -377,7 +432,7 @@ fn spawn_delay_thread<T, F, E>(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
-    T: Send + 'static,
+    T: FromLink + Send + 'static,
     F: FnMut(T, Duration) + Send + 'static,
     E: FnOnce(Vec<(Instant, T)>) + Send + 'static,
 {
@@ -388,12 +443,10 @@ where
             let _runtime = runtime.as_ref().map(|r| r.enter());
             precise_timers();
             let mut queue = DelayQueue::new(capacity);
+            let mut shares = LinkShares::new(capacity);
             let mut added = 0i64;
             for s in initial {
-                match queue.push(s.at, s.item) {
-                    Ok(()) => added += 1,
-                    Err(_) => metrics.dropped("delay_queue_full"),
-                }
+                added += i64::from(push_in_share(&mut queue, &mut shares, &metrics, s));
             }
             metrics.queue_add(Queue::Delay, added);
             loop {
@@ -429,10 +482,7 @@ where
                 // Take what is already waiting before looking at the deadlines again.
                 while let Some(s) = next {
                     n += 1;
-                    match queue.push(s.at, s.item) {
-                        Ok(()) => added += 1,
-                        Err(_) => metrics.dropped("delay_queue_full"),
-                    }
+                    added += i64::from(push_in_share(&mut queue, &mut shares, &metrics, s));
                     next = if n < INTAKE_BATCH {
                         rx.try_recv().ok()
                     } else {
@@ -446,10 +496,38 @@ where
         })
 }
 
+/// Queues `s` if its link is within its share and the queue has room; else drops and counts it.
+fn push_in_share<T: FromLink>(
+    queue: &mut DelayQueue<T>,
+    shares: &mut LinkShares,
+    metrics: &Metrics,
+    s: Scheduled<T>,
+) -> bool {
+    let link = s.item.link();
+    if !shares.take(link) {
+        metrics.dropped("delay_share_full");
+        return false;
+    }
+    match queue.push(s.at, s.item) {
+        Ok(()) => true,
+        Err(_) => {
+            shares.give_back(link);
+            metrics.dropped("delay_queue_full");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+
+    impl FromLink for u32 {
+        fn link(&self) -> Option<u64> {
+            None
+        }
+    }
 
     #[test]
     fn the_thread_releases_in_deadline_order_never_early_and_stops_with_its_senders() {
@@ -495,5 +573,53 @@ mod tests {
         assert!(out_rx.try_recv().is_err());
         assert_eq!(left_rx.try_recv().expect("handed over"), [9]);
         assert_eq!(metrics.snapshot().delay_queue, 0);
+    }
+
+    #[test]
+    fn one_client_link_holds_at_most_its_share_of_the_delay_queue() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let (left_tx, left_rx) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let thread = spawn_delay_thread(
+            rx,
+            16, // a share of 16 / LINK_SHARE = 2
+            Vec::new(),
+            None,
+            |_: Delayed, _| {},
+            move |left: Vec<(Instant, Delayed)>| {
+                let _ = left_tx.send(left.iter().map(|(_, d)| d.link()).collect::<Vec<_>>());
+            },
+            Arc::new(SystemClock),
+            metrics.clone(),
+        )
+        .expect("thread");
+        let at = Instant::now() + Duration::from_secs(600);
+        for link in [
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(2),
+            None,
+            None,
+            None,
+        ] {
+            let timing = HopTiming {
+                received: at,
+                delay: Duration::ZERO,
+                link,
+            };
+            let item = (
+                (RelayId([0; 32]), Box::new([0u8; PACKET_SIZE])),
+                Some(timing),
+            );
+            tx.send(Scheduled { at, item }).expect("send");
+        }
+        drop(tx);
+        thread.join().expect("joined");
+        let mut left = left_rx.try_recv().expect("handed over");
+        left.sort();
+        assert_eq!(left, [None, None, None, Some(1), Some(1), Some(2)]);
+        assert_eq!(metrics.snapshot().dropped("delay_share_full"), 2);
     }
 }

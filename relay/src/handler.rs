@@ -181,7 +181,12 @@ pub(crate) struct Handler {
     reply: mpsc::Sender<Frame>,
     /// The link's slot; closed when it is given to another link.
     slot: Admitted,
+    /// Unique among this relay's links.
+    link_id: u64,
 }
+
+/// Numbers links for their share of the delay queue.
+static NEXT_LINK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Handler {
     fn new(
@@ -204,6 +209,7 @@ impl Handler {
             bucket,
             reply,
             slot,
+            link_id: NEXT_LINK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -272,7 +278,9 @@ impl Handler {
             return Next::Close;
         }
         if self.bucket.take() {
-            self.shared.ingress.submit(packet);
+            // A client link's packets count against its share of the delay queue.
+            let link = (!self.slot.is_relay_slot()).then_some(self.link_id);
+            self.shared.ingress.submit_from(link, packet);
         } else {
             m.dropped("rate_limited");
         }

@@ -22,7 +22,12 @@
 //! ## What a peer on a link can rely on
 //!
 //! * Entry relays take `Packet` frames from any key; other relays only from keys that are a
-//!   relay's `link_key` in the directory (`Error { NotAuthorized }`, then close).
+//!   relay's `link_key` in the directory (`Error { NotAuthorized }`, then close). A relay with
+//!   neither the entry nor the mailbox role says so right after the handshake.
+//! * Links are counted per address prefix (/24, /64; `limits.max_connections_per_ip`).
+//!   Listed relays have reserved slots. When every other slot is taken and a connection
+//!   waits, the link quiet longest (no frame but `Padding` for over a second) is closed. A
+//!   client link may hold at most 1/8 of the delay queue (`delay_share_full`).
 //! * Packets over the per-link token bucket (`limits.packets_per_sec`, `limits.packet_burst`)
 //!   are dropped silently (counted). A `PullRequest` costs `PULL_SLOTS` tokens; without them
 //!   the relay answers `Error { RateLimited }` and keeps the link.
@@ -30,9 +35,11 @@
 //!   then `item: None`); on a relay without the mailbox role → `Error { NotAuthorized }`.
 //!   `Delete { handles }` → `DeleteDone { count }` once the deletion is on disk; handles of
 //!   other mailboxes count nothing. Pulling deletes nothing.
-//! * A link that sends nothing for `limits.idle_timeout_secs` (default 300 s) is closed; send
-//!   `Padding` to keep it. Any record that fails to decrypt or parse closes the link.
-//! * Sphinx keys: packets for the current epoch, the previous one during `mix.grace_secs`
+//! * A link that sends nothing for `limits.idle_timeout_secs` (default 300 s), or no first
+//!   frame within 10 s, is closed; send `Padding` to keep it. Any record that fails to decrypt or parse closes the link.
+//! * Sphinx keys are fresh random per epoch and erased after it (forward secrecy,
+//!   `epoch_keys`); a graceful stop keeps the delay queue for the next start
+//!   (`held_packets`). Packets for the current epoch, the previous one during `mix.grace_secs`
 //!   after a rotation and the next one during `mix.grace_secs` before it are accepted.
 #![forbid(unsafe_code)]
 
