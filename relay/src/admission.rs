@@ -142,8 +142,12 @@ impl Admitted {
 
     /// The link carried a frame that does work (anything but `Padding`).
     pub fn touch(&self) {
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, at: Instant) {
         self.last_active
-            .store(self.admission.millis(Instant::now()), Ordering::Relaxed);
+            .store(self.admission.millis(at), Ordering::Relaxed);
     }
 }
 
@@ -276,8 +280,8 @@ mod tests {
         );
         // A listed relay gets in anyway.
         let relay = a.admit(true, t0).expect("reserved");
-        second.touch();
-        let later = Instant::now() + EVICT_MIN_QUIET + Duration::from_millis(10);
+        second.touch_at(t0 + Duration::from_millis(500));
+        let later = t0 + Duration::from_millis(500) + EVICT_MIN_QUIET + Duration::from_millis(100);
         let third = a.admit(false, later).expect("the quiet one makes room");
         assert!(first.evicted.is_cancelled(), "the quietest link is closed");
         assert!(!second.evicted.is_cancelled());

@@ -329,6 +329,9 @@ pub(crate) fn rotate(
     }
     let made = keys.epochs().make_ahead(current..=current + EPOCHS_AHEAD)?;
     let erased = keys.epochs().erase_before(replay.floor().min(current))?;
+    if made > 0 || erased > 0 {
+        tracing::info!(made, erased, "Sphinx epoch keys rotated");
+    }
     Ok((made, erased))
 }
 
