@@ -96,6 +96,11 @@ impl<T> DelayQueue<T> {
         }
     }
 
+    /// Takes every item out, with its deadline, in no particular order.
+    pub fn drain(&mut self) -> Vec<(Instant, T)> {
+        self.heap.drain().map(|e| (e.at, e.item)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

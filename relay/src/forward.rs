@@ -11,24 +11,116 @@
 //! behind the [`LinkSender`] trait (nym-node's `PacketForwarder` habit): forwarding knows
 //! nothing of sockets, and the link pool nothing of the mix. Time is read through the relay's
 //! [`Clock`], so where it comes from is decided by whoever starts the relay.
+//!
+//! A graceful stop loses nothing held here: [`ReleaseGate::close`] (first thing on shutdown,
+//! before any link closes) stops every release, packets committed after it join the delay
+//! queue even if due, and when the commit thread ends the delay thread writes what it holds
+//! to `held_packets`' file with each packet's original release time. The next start puts them
+//! back in the queue: each leaves at its time, or at once if that passed while the relay was
+//! down.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use spore_protocol::RelayId;
 use spore_protocol::params::PACKET_SIZE;
 
 use crate::clock::Clock;
 use crate::delay_queue::{DelayQueue, precise_timers};
+use crate::held_packets::{self, HeldPacket};
 use crate::metrics::{Metrics, Queue, Stage};
 use crate::mix::PacketIngress;
 
 /// A packet on its way to a next hop.
 pub(crate) type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);
 
-/// A forwarded packet waiting in the delay queue.
-type Delayed = (OutboundPacket, HopTiming);
+/// A packet waiting in the delay queue: a forwarded packet with its timing, or (during a
+/// stop) a SURB-ack, which has none.
+type Delayed = (OutboundPacket, Option<HopTiming>);
+
+/// Whether packets may leave: open while the relay runs, closed for good when it stops.
+/// Every release holds the read side while it hands a packet to its link, so once
+/// [`ReleaseGate::close`] returns no packet is on its way out, and the links can flush what
+/// they were given and close.
+#[derive(Debug)]
+pub(crate) struct ReleaseGate {
+    open: RwLock<bool>,
+}
+
+impl ReleaseGate {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: RwLock::new(true),
+        })
+    }
+
+    /// Stops every release, waiting for one in progress to finish.
+    pub fn close(&self) {
+        *self.open.write().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, bool> {
+        self.open.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_open(&self) -> bool {
+        *self.read()
+    }
+}
+
+/// One client link may hold at most this fraction (1/n) of the delay queue, so that one link
+/// sending maximum-delay packets cannot fill it for everyone. Links of listed relays carry
+/// many clients' packets and have no share limit.
+const LINK_SHARE: usize = 8;
+
+/// What the delay thread needs to know of an item to keep each link to its share.
+pub(crate) trait FromLink {
+    /// The client link the item came on, if its share is limited.
+    fn link(&self) -> Option<u64>;
+}
+
+impl FromLink for Delayed {
+    fn link(&self) -> Option<u64> {
+        self.1.and_then(|t| t.link)
+    }
+}
+
+/// Items each client link has in the delay queue.
+struct LinkShares {
+    share: usize,
+    held: std::collections::HashMap<u64, usize>,
+}
+
+impl LinkShares {
+    fn new(capacity: usize) -> Self {
+        Self {
+            share: (capacity / LINK_SHARE).max(1),
+            held: std::collections::HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, link: Option<u64>) -> bool {
+        let Some(link) = link else { return true };
+        let n = self.held.entry(link).or_insert(0);
+        if *n >= self.share {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&mut self, link: Option<u64>) {
+        let Some(link) = link else { return };
+        if let Some(n) = self.held.get_mut(&link) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&link);
+            }
+        }
+    }
+}
 
 /// Room in the channel from the commit thread to the delay thread. When it is full the commit
 /// thread blocks, which pushes back on the workers and, through the bounded unwrap queue, on
@@ -44,6 +136,8 @@ const INTAKE_BATCH: usize = 1024;
 pub(crate) struct HopTiming {
     pub received: Instant,
     pub delay: Duration,
+    /// The client link the packet came on (its share of the delay queue), if any.
+    pub link: Option<u64>,
 }
 
 impl HopTiming {
@@ -113,11 +207,13 @@ impl Egress {
 /// delay of 0, or one that ran out during the commit), else through the delay thread.
 ///
 /// The commit thread owns the only `Forwarder`; when it ends, the delay thread's channel
-/// closes and the delay thread ends too, dropping what it still holds (none of it was
-/// acknowledged by this relay).
+/// closes and the delay thread ends too, keeping what it still holds for the next start if
+/// the stop was graceful (the gate closed).
 pub(crate) struct Forwarder {
     egress: Arc<Egress>,
     delay_tx: SyncSender<Scheduled<Delayed>>,
+    gate: Arc<ReleaseGate>,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
 
@@ -129,24 +225,40 @@ impl std::fmt::Debug for Forwarder {
 
 impl Forwarder {
     /// Starts the delay thread, holding at most `capacity` packets; releases go to `egress`.
+    /// With `held_file`, packets held at the last graceful stop are read from it (and the file
+    /// removed) and scheduled first, and packets still held at this run's stop are written to
+    /// it. Returns the gate that stops releases.
     pub fn start(
         egress: Arc<Egress>,
         capacity: usize,
+        held_file: Option<PathBuf>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>, Arc<ReleaseGate>)> {
         let (delay_tx, delay_rx) = std::sync::mpsc::sync_channel(DELAY_CHANNEL);
+        let gate = ReleaseGate::new();
+        let restored = match &held_file {
+            Some(path) => restore(path, clock.as_ref()),
+            None => Vec::new(),
+        };
         let thread = {
             let egress = egress.clone();
             let timer_metrics = metrics.clone();
+            let exit_clock = clock.clone();
+            let exit_gate = gate.clone();
             spawn_delay_thread(
                 delay_rx,
                 capacity,
+                restored,
+                Some(gate.clone()),
                 move |((hop, packet), timing): Delayed, late| {
                     timer_metrics.observe_stage(Stage::DelayTimer, late);
-                    egress.send(hop, packet, Some(timing));
+                    egress.send(hop, packet, timing);
                 },
-                clock,
+                move |left: Vec<(Instant, Delayed)>| {
+                    keep_for_next_start(held_file, &exit_gate, left, exit_clock.as_ref())
+                },
+                clock.clone(),
                 metrics.clone(),
             )?
         };
@@ -154,9 +266,12 @@ impl Forwarder {
             Self {
                 egress,
                 delay_tx,
+                gate: gate.clone(),
+                clock,
                 metrics,
             },
             thread,
+            gate,
         ))
     }
 
@@ -171,21 +286,118 @@ impl Forwarder {
     ) {
         let at = timing.deadline();
         if at <= now {
-            self.egress.send(next_hop, packet, Some(timing));
-            return;
+            let open = self.gate.read();
+            if *open {
+                self.egress.send(next_hop, packet, Some(timing));
+                return;
+            }
         }
-        let scheduled = Scheduled {
-            at,
-            item: ((next_hop, packet), timing),
-        };
-        if self.delay_tx.send(scheduled).is_err() {
+        self.schedule(at, ((next_hop, packet), Some(timing)));
+    }
+
+    /// A packet with no delay to keep (a SURB-ack): leaves at once, or (the relay is
+    /// stopping) is kept for the next start.
+    pub fn send_now(&self, (next_hop, packet): OutboundPacket) {
+        {
+            let open = self.gate.read();
+            if *open {
+                self.egress.send(next_hop, packet, None);
+                return;
+            }
+        }
+        let now = self.clock.monotonic_now();
+        self.schedule(now, ((next_hop, packet), None));
+    }
+
+    fn schedule(&self, at: Instant, item: Delayed) {
+        if self.delay_tx.send(Scheduled { at, item }).is_err() {
             self.metrics.dropped("shutting_down");
         }
     }
+}
 
-    /// A packet with no delay to keep (a SURB-ack): leaves at once.
-    pub fn send_now(&self, (next_hop, packet): OutboundPacket) {
-        self.egress.send(next_hop, packet, None);
+/// Reads the packets held at the last stop and schedules each at its original time, on this
+/// run's monotonic clock (at once if that time has passed). Logs how many.
+fn restore(path: &std::path::Path, clock: &dyn Clock) -> Vec<Scheduled<Delayed>> {
+    let held = match held_packets::take(path) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the packets held at the last stop");
+            return Vec::new();
+        }
+    };
+    if held.is_empty() {
+        return Vec::new();
+    }
+    let (wall, mono) = (clock.now(), clock.monotonic_now());
+    let mut late = 0usize;
+    let out: Vec<Scheduled<Delayed>> = held
+        .into_iter()
+        .map(|h| {
+            let at = match h.release_at.duration_since(wall) {
+                Ok(ahead) => mono + ahead,
+                Err(_) => {
+                    late += 1;
+                    mono
+                }
+            };
+            let timing = h.delay.map(|delay| HopTiming {
+                received: at.checked_sub(delay).unwrap_or(at),
+                delay,
+                link: None,
+            });
+            Scheduled {
+                at,
+                item: ((h.next_hop, h.packet), timing),
+            }
+        })
+        .collect();
+    tracing::info!(
+        packets = out.len(),
+        past_their_time = late,
+        "restored the packets held at the last stop; each leaves at its original time, those \
+         past it at once"
+    );
+    out
+}
+
+/// At the end of the delay thread: after a graceful stop (gate closed) writes what is left to
+/// the held-packets file with wall-clock release times; otherwise (the relay was dropped, or
+/// no file is configured) what is left is lost, and counted in the log.
+fn keep_for_next_start(
+    file: Option<PathBuf>,
+    gate: &ReleaseGate,
+    left: Vec<(Instant, Delayed)>,
+    clock: &dyn Clock,
+) {
+    let n = left.len();
+    let Some(path) = file.filter(|_| !gate.is_open()) else {
+        if n > 0 {
+            tracing::warn!(
+                packets = n,
+                "delayed packets dropped at stop (not a graceful stop)"
+            );
+        }
+        return;
+    };
+    let (wall, mono) = (clock.now(), clock.monotonic_now());
+    let held: Vec<HeldPacket> = left
+        .into_iter()
+        .map(|(at, ((next_hop, packet), timing))| HeldPacket {
+            release_at: if at >= mono {
+                wall + (at - mono)
+            } else {
+                wall.checked_sub(mono - at)
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            },
+            delay: timing.map(|t| t.delay),
+            next_hop,
+            packet,
+        })
+        .collect();
+    match held_packets::save(&path, &held) {
+        Ok(()) => tracing::info!(packets = n, "kept the delayed packets for the next start"),
+        Err(e) => tracing::error!(error = %e, packets = n, "could not keep the delayed packets"),
     }
 }
 
@@ -196,26 +408,33 @@ pub(crate) struct Scheduled<T> {
     pub item: T,
 }
 
-/// Starts the thread that holds items for their delay: items arrive on `rx` and leave through
-/// `release` at their deadline, with how late they left. It exits once every sender is gone;
-/// items still pending then are dropped. `release` runs inside the tokio runtime current at
-/// the call, if there is one (releasing a packet may start a link task).
+/// Starts the thread that holds items for their delay: `initial` and the items that arrive
+/// on `rx` leave through `release` at their deadline, with how late they left, while `gate`
+/// (if any) is open; once it is closed nothing leaves and arrivals only join the queue. The
+/// thread exits once every sender is gone and hands what is still pending to `at_exit`.
+/// `release` runs inside the tokio runtime current at the call, if there is one (releasing a
+/// packet may start a link task).
 ///
 /// A dedicated thread, not a tokio task: tokio's timer wheel has a 1 ms tick, so every delayed
 /// packet would leave up to a millisecond after its deadline (half a millisecond on average,
 /// added to every hop). Waiting on the channel with a timeout uses the kernel's
 /// high-resolution timers instead (~50 µs slack), and an item that arrives already due (a
 /// deadline spent waiting for the group commit) leaves at once.
-fn spawn_delay_thread<T, F>(
+#[allow(clippy::too_many_arguments)]
+fn spawn_delay_thread<T, F, E>(
     rx: Receiver<Scheduled<T>>,
     capacity: usize,
+    initial: Vec<Scheduled<T>>,
+    gate: Option<Arc<ReleaseGate>>,
     mut release: F,
+    at_exit: E,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
-    T: Send + 'static,
+    T: FromLink + Send + 'static,
     F: FnMut(T, Duration) + Send + 'static,
+    E: FnOnce(Vec<(Instant, T)>) + Send + 'static,
 {
     let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::Builder::new()
@@ -224,15 +443,29 @@ where
             let _runtime = runtime.as_ref().map(|r| r.enter());
             precise_timers();
             let mut queue = DelayQueue::new(capacity);
+            let mut shares = LinkShares::new(capacity);
+            let mut added = 0i64;
+            for s in initial {
+                added += i64::from(push_in_share(&mut queue, &mut shares, &metrics, s));
+            }
+            metrics.queue_add(Queue::Delay, added);
             loop {
                 let now = clock.monotonic_now();
-                let mut released = 0i64;
-                while let Some((at, item)) = queue.pop_due_at(now) {
-                    released += 1;
-                    release(item, now.saturating_duration_since(at));
-                }
-                metrics.queue_sub(Queue::Delay, released);
-                let first = match queue.next_deadline() {
+                let open = {
+                    let open = gate.as_ref().map(|g| g.read());
+                    if open.as_ref().is_none_or(|o| **o) {
+                        let mut released = 0i64;
+                        while let Some((at, item)) = queue.pop_due_at(now) {
+                            released += 1;
+                            release(item, now.saturating_duration_since(at));
+                        }
+                        metrics.queue_sub(Queue::Delay, released);
+                        true
+                    } else {
+                        false
+                    }
+                };
+                let first = match queue.next_deadline().filter(|_| open) {
                     Some(at) => match rx.recv_timeout(at.saturating_duration_since(now)) {
                         Ok(s) => s,
                         Err(RecvTimeoutError::Timeout) => continue,
@@ -249,10 +482,7 @@ where
                 // Take what is already waiting before looking at the deadlines again.
                 while let Some(s) = next {
                     n += 1;
-                    match queue.push(s.at, s.item) {
-                        Ok(()) => added += 1,
-                        Err(_) => metrics.dropped("delay_queue_full"),
-                    }
+                    added += i64::from(push_in_share(&mut queue, &mut shares, &metrics, s));
                     next = if n < INTAKE_BATCH {
                         rx.try_recv().ok()
                     } else {
@@ -262,7 +492,30 @@ where
                 metrics.queue_add(Queue::Delay, added);
             }
             metrics.queue_sub(Queue::Delay, queue.len() as i64);
+            at_exit(queue.drain());
         })
+}
+
+/// Queues `s` if its link is within its share and the queue has room; else drops and counts it.
+fn push_in_share<T: FromLink>(
+    queue: &mut DelayQueue<T>,
+    shares: &mut LinkShares,
+    metrics: &Metrics,
+    s: Scheduled<T>,
+) -> bool {
+    let link = s.item.link();
+    if !shares.take(link) {
+        metrics.dropped("delay_share_full");
+        return false;
+    }
+    match queue.push(s.at, s.item) {
+        Ok(()) => true,
+        Err(_) => {
+            shares.give_back(link);
+            metrics.dropped("delay_queue_full");
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -270,16 +523,28 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
 
+    impl FromLink for u32 {
+        fn link(&self) -> Option<u64> {
+            None
+        }
+    }
+
     #[test]
     fn the_thread_releases_in_deadline_order_never_early_and_stops_with_its_senders() {
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let (out_tx, out_rx) = std::sync::mpsc::channel();
         let metrics = Arc::new(Metrics::new());
+        let (left_tx, left_rx) = std::sync::mpsc::channel();
         let thread = spawn_delay_thread(
             rx,
             16,
+            Vec::new(),
+            None,
             move |item: u32, late| {
                 let _ = out_tx.send((item, Instant::now(), late));
+            },
+            move |left: Vec<(Instant, u32)>| {
+                let _ = left_tx.send(left.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
             },
             Arc::new(SystemClock),
             metrics.clone(),
@@ -302,10 +567,59 @@ mod tests {
             got.push(item);
         }
         assert_eq!(got, [0, 1, 2, 3]);
-        // The last sender gone: the thread ends at once, dropping what is still pending.
+        // The last sender gone: the thread ends at once, handing over what is still pending.
         drop(tx);
         thread.join().expect("joined");
         assert!(out_rx.try_recv().is_err());
+        assert_eq!(left_rx.try_recv().expect("handed over"), [9]);
         assert_eq!(metrics.snapshot().delay_queue, 0);
+    }
+
+    #[test]
+    fn one_client_link_holds_at_most_its_share_of_the_delay_queue() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let (left_tx, left_rx) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let thread = spawn_delay_thread(
+            rx,
+            16, // a share of 16 / LINK_SHARE = 2
+            Vec::new(),
+            None,
+            |_: Delayed, _| {},
+            move |left: Vec<(Instant, Delayed)>| {
+                let _ = left_tx.send(left.iter().map(|(_, d)| d.link()).collect::<Vec<_>>());
+            },
+            Arc::new(SystemClock),
+            metrics.clone(),
+        )
+        .expect("thread");
+        let at = Instant::now() + Duration::from_secs(600);
+        for link in [
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(2),
+            None,
+            None,
+            None,
+        ] {
+            let timing = HopTiming {
+                received: at,
+                delay: Duration::ZERO,
+                link,
+            };
+            let item = (
+                (RelayId([0; 32]), Box::new([0u8; PACKET_SIZE])),
+                Some(timing),
+            );
+            tx.send(Scheduled { at, item }).expect("send");
+        }
+        drop(tx);
+        thread.join().expect("joined");
+        let mut left = left_rx.try_recv().expect("handed over");
+        left.sort();
+        assert_eq!(left, [None, None, None, Some(1), Some(1), Some(2)]);
+        assert_eq!(metrics.snapshot().dropped("delay_share_full"), 2);
     }
 }

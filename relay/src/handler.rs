@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::admission::{Admission, Admitted};
 use crate::connection::{FrameReader, FrameWriter, accept_handshake};
 use crate::directory::DirectoryView;
 use crate::mailbox::MailboxService;
@@ -26,6 +27,10 @@ use crate::shutdown::Shutdown;
 /// How long a closing link's writer may take to send what is queued (pull slots, a final
 /// error) before it is abandoned.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+/// A link must send its first frame within this after the handshake (or the idle timeout, if
+/// shorter): a link that never says anything only holds a slot.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
@@ -45,6 +50,11 @@ pub(crate) struct Shared {
     /// Entry relays take packets from anyone; other relays only from relays in the directory
     /// (so clients cannot skip the entry layer, and strangers cannot load a mix directly).
     pub packets_from_anyone: bool,
+    /// A relay with neither the entry nor the mailbox role talks only to relays: a peer whose
+    /// key is not a listed relay's is refused at the end of the handshake.
+    pub relays_only: bool,
+    /// The slots of handshaken links.
+    pub admission: Arc<Admission>,
     pub directory: Arc<DirectoryView>,
     pub mailbox: Option<MailboxService>,
     pub metrics: Arc<Metrics>,
@@ -89,8 +99,15 @@ enum Next {
     Close,
 }
 
-/// Runs one accepted connection: the handshake, then a [`Handler`] until the link closes.
-pub(crate) async fn serve(shared: Arc<Shared>, shutdown: Shutdown, mut socket: TcpStream) {
+/// Runs one accepted connection: the handshake, the peer's admission, then a [`Handler`]
+/// until the link closes. `permit` (one of the listener's link permits) is held as long as
+/// the link, unless the peer is a listed relay that takes a reserved slot instead.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    mut socket: TcpStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let m = shared.metrics.clone();
     let _ = socket.set_nodelay(true);
     let handshake = tokio::select! {
@@ -105,12 +122,44 @@ pub(crate) async fn serve(shared: Arc<Shared>, shutdown: Shutdown, mut socket: T
             return;
         }
     };
-    m.connection_opened();
+    let is_relay = shared.directory.is_relay_link_key(&remote_static);
     let (sealer, opener) = transport.split();
     let (rd, wr) = socket.into_split();
+    let refusal = if shared.relays_only && !is_relay {
+        m.dropped("not_authorized");
+        Some(LinkErrorCode::NotAuthorized)
+    } else {
+        None
+    };
+    let admitted = match refusal {
+        Some(code) => Err(code),
+        None => shared
+            .admission
+            .admit(is_relay, std::time::Instant::now())
+            .map_err(|_| {
+                m.dropped("link_slots_full");
+                LinkErrorCode::RateLimited
+            }),
+    };
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(code) => {
+            // Said once, then closed: the peer knows why.
+            let mut writer = FrameWriter::new(wr, sealer);
+            let _ = tokio::time::timeout(WRITER_DRAIN, async {
+                let _ = writer.write_frame(&Frame::Error { code }).await;
+                let _ = writer.flush().await;
+                let _ = writer.shutdown().await;
+            })
+            .await;
+            return;
+        }
+    };
+    let _permit = (!admitted.is_relay_slot()).then_some(permit);
+    m.connection_opened();
     let (reply, reply_rx) = mpsc::channel(shared.settings.reply_queue);
     let writer = tokio::spawn(write_loop(FrameWriter::new(wr, sealer), reply_rx));
-    let handler = Handler::new(shared, shutdown, remote_static, reply);
+    let handler = Handler::new(shared, shutdown, remote_static, reply, admitted);
     handler.run(FrameReader::new(rd, opener)).await;
     // The handler (and with it the reply sender) is gone: the writer sends what is queued,
     // but not forever.
@@ -130,7 +179,14 @@ pub(crate) struct Handler {
     may_send_packets: Option<bool>,
     bucket: TokenBucket,
     reply: mpsc::Sender<Frame>,
+    /// The link's slot; closed when it is given to another link.
+    slot: Admitted,
+    /// Unique among this relay's links.
+    link_id: u64,
 }
+
+/// Numbers links for their share of the delay queue.
+static NEXT_LINK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Handler {
     fn new(
@@ -138,6 +194,7 @@ impl Handler {
         shutdown: Shutdown,
         remote_static: [u8; 32],
         reply: mpsc::Sender<Frame>,
+        slot: Admitted,
     ) -> Self {
         let bucket = TokenBucket::new(
             shared.settings.packets_per_sec,
@@ -151,6 +208,8 @@ impl Handler {
             may_send_packets: None,
             bucket,
             reply,
+            slot,
+            link_id: NEXT_LINK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -158,14 +217,21 @@ impl Handler {
     /// idles out or the relay shuts down.
     async fn run(mut self, mut reader: FrameReader<OwnedReadHalf>) {
         let m = self.shared.metrics.clone();
+        let mut timeout = self.shared.settings.idle_timeout.min(FIRST_FRAME_TIMEOUT);
+        let evicted = self.slot.evicted.clone();
         loop {
             let frame = tokio::select! {
                 _ = self.shutdown.signalled() => {
                     let _ = self.reply.try_send(Frame::Error { code: LinkErrorCode::ShuttingDown });
                     break;
                 }
-                r = tokio::time::timeout(self.shared.settings.idle_timeout, reader.read_frame()) => r,
+                _ = evicted.cancelled() => {
+                    m.dropped("link_evicted");
+                    break;
+                }
+                r = tokio::time::timeout(timeout, reader.read_frame()) => r,
             };
+            timeout = self.shared.settings.idle_timeout;
             let frame = match frame {
                 Err(_) => {
                     tracing::debug!("link idle, closing");
@@ -179,6 +245,9 @@ impl Handler {
                     break;
                 }
             };
+            if !matches!(frame, Frame::Padding) {
+                self.slot.touch();
+            }
             let next = match frame {
                 Frame::Packet(p) => self.packet(p),
                 Frame::PullRequest => self.pull_request().await,
@@ -209,7 +278,9 @@ impl Handler {
             return Next::Close;
         }
         if self.bucket.take() {
-            self.shared.ingress.submit(packet);
+            // A client link's packets count against its share of the delay queue.
+            let link = (!self.slot.is_relay_slot()).then_some(self.link_id);
+            self.shared.ingress.submit_from(link, packet);
         } else {
             m.dropped("rate_limited");
         }

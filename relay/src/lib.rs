@@ -22,7 +22,12 @@
 //! ## What a peer on a link can rely on
 //!
 //! * Entry relays take `Packet` frames from any key; other relays only from keys that are a
-//!   relay's `link_key` in the directory (`Error { NotAuthorized }`, then close).
+//!   relay's `link_key` in the directory (`Error { NotAuthorized }`, then close). A relay with
+//!   neither the entry nor the mailbox role says so right after the handshake.
+//! * Links are counted per address prefix (/24, /64; `limits.max_connections_per_ip`).
+//!   Listed relays have reserved slots. When every other slot is taken and a connection
+//!   waits, the link quiet longest (no frame but `Padding` for over a second) is closed. A
+//!   client link may hold at most 1/8 of the delay queue (`delay_share_full`).
 //! * Packets over the per-link token bucket (`limits.packets_per_sec`, `limits.packet_burst`)
 //!   are dropped silently (counted). A `PullRequest` costs `PULL_SLOTS` tokens; without them
 //!   the relay answers `Error { RateLimited }` and keeps the link.
@@ -30,12 +35,15 @@
 //!   then `item: None`); on a relay without the mailbox role → `Error { NotAuthorized }`.
 //!   `Delete { handles }` → `DeleteDone { count }` once the deletion is on disk; handles of
 //!   other mailboxes count nothing. Pulling deletes nothing.
-//! * A link that sends nothing for `limits.idle_timeout_secs` (default 300 s) is closed; send
-//!   `Padding` to keep it. Any record that fails to decrypt or parse closes the link.
-//! * Sphinx keys: packets for the current epoch, the previous one during `mix.grace_secs`
+//! * A link that sends nothing for `limits.idle_timeout_secs` (default 300 s), or no first
+//!   frame within 10 s, is closed; send `Padding` to keep it. Any record that fails to decrypt or parse closes the link.
+//! * Sphinx keys are fresh random per epoch and erased after it (forward secrecy,
+//!   `epoch_keys`); a graceful stop keeps the delay queue for the next start
+//!   (`held_packets`). Packets for the current epoch, the previous one during `mix.grace_secs`
 //!   after a rotation and the next one during `mix.grace_secs` before it are accepted.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod clock;
 mod config;
 mod connection;
@@ -43,15 +51,18 @@ mod cover;
 mod delay_queue;
 mod descriptor;
 mod directory;
+mod epoch_keys;
 mod error;
 mod forward;
 mod handler;
+mod held_packets;
 mod keys;
 mod link_pool;
 mod listener;
 mod mailbox;
 mod metrics;
 mod mix;
+mod private_files;
 mod relay;
 mod replay;
 mod shutdown;
@@ -65,6 +76,7 @@ pub use connection::{FrameReader, FrameWriter, Link, accept_handshake, connect_h
 pub use delay_queue::{DelayQueue, precise_timers};
 pub use descriptor::build as build_descriptor;
 pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};
+pub use epoch_keys::EpochKeys;
 pub use error::{RelayError, Result};
 pub use keys::{KeySchedule, RelayKeys};
 pub use metrics::{Metrics, MetricsSnapshot, Stage};

@@ -169,6 +169,19 @@ impl LinkPool {
             loop {
                 tokio::select! {
                     _ = self.shutdown.signalled() => {
+                        // Releases stopped before the signal: what is queued is all there is
+                        // for this link. It goes out before the link closes.
+                        let mut n = 0i64;
+                        while let Ok(q) = rx.try_recv() {
+                            n += 1;
+                            if link.writer.write_frame(&Frame::Packet(q.packet)).await.is_err() {
+                                self.metrics.dropped("link_write_failed");
+                                continue;
+                            }
+                            self.metrics.forwarded();
+                        }
+                        self.metrics.queue_sub(Queue::Link, n);
+                        let _ = link.writer.flush().await;
                         let _ = link.send(&Frame::Error { code: LinkErrorCode::ShuttingDown }).await;
                         break 'outer;
                     }

@@ -42,6 +42,9 @@ const MAX_GROUP: usize = 4096;
 pub(crate) struct Inbound {
     packet: Box<[u8; PACKET_SIZE]>,
     received: Instant,
+    /// The client link it came on, whose share of the delay queue it counts against; `None`
+    /// for a relay's link and for packets of this relay itself.
+    link: Option<u64>,
 }
 
 /// The entry to the worker pool; cheap to clone, one per connection.
@@ -61,9 +64,16 @@ impl std::fmt::Debug for PacketIngress {
 impl PacketIngress {
     /// Queues a packet for unwrapping; drops (and counts) it if the queue is full. Never blocks.
     pub fn submit(&self, packet: Box<[u8; PACKET_SIZE]>) {
+        self.submit_from(None, packet);
+    }
+
+    /// [`PacketIngress::submit`] for a packet from client link `link` (see `forward`'s
+    /// per-link share of the delay queue).
+    pub fn submit_from(&self, link: Option<u64>, packet: Box<[u8; PACKET_SIZE]>) {
         let inbound = Inbound {
             packet,
             received: self.clock.monotonic_now(),
+            link,
         };
         match self.tx.try_send(inbound) {
             Ok(()) => self.metrics.queue_add(Queue::Unwrap, 1),
@@ -109,7 +119,10 @@ pub(crate) struct MixContext {
     pub metrics: Arc<Metrics>,
 }
 
-/// Per-worker cache of derived Sphinx secrets (HKDF per epoch, not per packet).
+/// Per-worker copy of the accepted epochs' Sphinx secrets, refreshed once a second. Only keys
+/// the relay holds: an epoch whose key was erased (or never made) has none, and its packets
+/// are refused. Copies are zeroized when dropped, and a worker drops them when it goes idle,
+/// so an erased epoch's key does not outlive its erasure in an idle worker.
 #[derive(Default)]
 struct SecretCache {
     secrets: HashMap<u64, StaticSecret>,
@@ -124,15 +137,27 @@ impl SecretCache {
         self.secrets.retain(|e, _| epochs.contains(e));
         epochs
             .into_iter()
-            .map(|e| {
-                let s = self
-                    .secrets
-                    .entry(e)
-                    .or_insert_with(|| ctx.keys.sphinx_secret(e))
-                    .clone();
-                (e, s)
+            .filter_map(|e| {
+                if let Some(s) = self.secrets.get(&e) {
+                    return Some((e, s.clone()));
+                }
+                match ctx.keys.epochs().secret(e) {
+                    Ok(Some(s)) => {
+                        self.secrets.insert(e, s.clone());
+                        Some((e, s))
+                    }
+                    Ok(None) => None,
+                    Err(err) => {
+                        tracing::error!(error = %err, epoch = e, "could not read an epoch key");
+                        None
+                    }
+                }
             })
             .collect()
+    }
+
+    fn clear(&mut self) {
+        self.secrets.clear();
     }
 }
 
@@ -147,6 +172,7 @@ impl MixContext {
         &self,
         bytes: &[u8; PACKET_SIZE],
         received: Instant,
+        link: Option<u64>,
         secrets: &[(u64, StaticSecret)],
         tag: &mut Option<(u64, ShortTag)>,
     ) -> Result<Option<Outcome>, Reason> {
@@ -172,7 +198,7 @@ impl MixContext {
                 Some(short) => *tag = Some((*epoch, short)),
                 None => return Err("replay"),
             }
-            return self.handle_unwrapped(unwrapped, received);
+            return self.handle_unwrapped(unwrapped, received, link);
         }
         Err("no_key")
     }
@@ -181,6 +207,7 @@ impl MixContext {
         &self,
         unwrapped: Unwrapped,
         received: Instant,
+        link: Option<u64>,
     ) -> Result<Option<Outcome>, Reason> {
         match unwrapped {
             Unwrapped::Forward {
@@ -195,7 +222,11 @@ impl MixContext {
                 Ok(Some(Outcome::Forward {
                     next_hop,
                     packet,
-                    timing: HopTiming { received, delay },
+                    timing: HopTiming {
+                        received,
+                        delay,
+                        link,
+                    },
                 }))
             }
             Unwrapped::Final {
@@ -333,6 +364,11 @@ fn worker_loop(
     // The earliest deadline still ahead among the held packets.
     let mut held_deadline: Option<Instant> = None;
     loop {
+        if held.is_empty() {
+            // About to wait for a packet, maybe long: hold no key copies meanwhile.
+            cache.clear();
+            secrets.clear();
+        }
         let packet = match next_packet(rx, stop, held.is_empty()) {
             Next::Packet(p) => Some(p),
             Next::Empty => None,
@@ -341,7 +377,12 @@ fn worker_loop(
                 return;
             }
         };
-        let Some(Inbound { packet, received }) = packet else {
+        let Some(Inbound {
+            packet,
+            received,
+            link,
+        }) = packet
+        else {
             if !hand_off(ctx, commit_tx, &mut held) {
                 return;
             }
@@ -362,7 +403,7 @@ fn worker_loop(
         // A bug in the Sphinx code on some hostile input must cost one packet, not a
         // worker: contain it, count it, keep going.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ctx.process(&packet, received, &secrets, &mut tag)
+            ctx.process(&packet, received, link, &secrets, &mut tag)
         }))
         .unwrap_or_else(|_| {
             tracing::error!("panic while processing a packet; packet dropped");

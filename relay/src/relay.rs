@@ -19,7 +19,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::RelayConfig;
 use crate::directory::{DirectorySource, DirectoryView, Trust};
 use crate::error::{RelayError, Result};
-use crate::forward::{Egress, Forwarder};
+use crate::forward::{Egress, Forwarder, ReleaseGate};
 use crate::handler::{LinkSettings, Shared};
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
@@ -130,6 +130,7 @@ impl Relay {
             db: Some(storage.db),
             shutdown,
             stop,
+            gate: mix.gate,
             workers: mix.workers,
             committer: Some(mix.committer),
             delay_thread: Some(mix.delay_thread),
@@ -158,6 +159,7 @@ struct Storage {
 struct Mix {
     ingress: PacketIngress,
     egress: Arc<Egress>,
+    gate: Arc<ReleaseGate>,
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: std::thread::JoinHandle<()>,
     delay_thread: std::thread::JoinHandle<()>,
@@ -174,9 +176,11 @@ impl Parts {
             quota_bytes: config.mailbox.quota_bytes,
             disk_budget_bytes: config.mailbox.disk_budget_bytes,
         });
+        let (keys, schedule, now) = (self.keys.clone(), self.schedule, self.clock.now_unix());
         let storage = tokio::task::spawn_blocking(move || -> Result<_> {
             let db = Database::open(&data_dir)?;
             let replay = Arc::new(ReplayCache::open(&data_dir.join("replay"), oldest_epoch)?);
+            crate::epoch_keys::rotate(&keys, &schedule, &replay, now)?;
             let store = match limits {
                 Some(l) => Some(Arc::new(MailboxStore::open(&db, l)?)),
                 None => None,
@@ -244,9 +248,10 @@ impl Parts {
             Box::new(pool),
             self.metrics.clone(),
         );
-        let (forwarder, delay_thread) = Forwarder::start(
+        let (forwarder, delay_thread, gate) = Forwarder::start(
             egress.clone(),
             config.limits.delay_queue,
+            Some(crate::held_packets::path_in(&config.data_dir)),
             self.clock.clone(),
             self.metrics.clone(),
         )?;
@@ -281,6 +286,7 @@ impl Parts {
         Ok(Mix {
             ingress,
             egress,
+            gate,
             workers,
             committer,
             delay_thread,
@@ -301,10 +307,11 @@ impl Parts {
         Some(service)
     }
 
-    /// Directory refresh and replay-cache expiry, every `directory.refresh_secs`.
+    /// Directory refresh, replay-cache expiry and epoch-key rotation, every `directory.refresh_secs`.
     fn spawn_maintenance(&self, directory: &Arc<DirectoryView>, replay: &Arc<ReplayCache>) {
         let directory = directory.clone();
         let replay = replay.clone();
+        let keys = self.keys.clone();
         let clock = self.clock.clone();
         let metrics = self.metrics.clone();
         metrics.set_replay_tags(replay.len());
@@ -323,13 +330,18 @@ impl Parts {
                     count_refused_directory(&metrics, &e);
                     tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
                 }
-                let oldest = schedule.oldest_kept_epoch(clock.now_unix());
-                let replay2 = replay.clone();
-                let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
+                let now = clock.now_unix();
+                let oldest = schedule.oldest_kept_epoch(now);
+                let (replay2, keys2) = (replay.clone(), keys.clone());
+                let expired = tokio::task::spawn_blocking(move || {
+                    let n = replay2.expire_before(oldest)?;
+                    crate::epoch_keys::rotate(&keys2, &schedule, &replay2, now).map(|_| n)
+                })
+                .await;
                 metrics.set_replay_tags(replay.len());
                 match expired {
                     Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "replay or key expiry failed"),
                     _ => {}
                 }
             }
@@ -349,6 +361,11 @@ impl Parts {
             link_secret: *self.keys.link_secret(),
             ingress: ingress.clone(),
             packets_from_anyone: config.roles.entry,
+            relays_only: !config.roles.entry && !config.roles.mailbox,
+            admission: crate::admission::Admission::new(
+                config.limits.max_connections,
+                crate::admission::RELAY_SLOTS,
+            ),
             directory: directory.clone(),
             mailbox: mailbox.clone(),
             metrics: self.metrics.clone(),
@@ -364,8 +381,9 @@ impl Parts {
             Listener {
                 listener,
                 limit: Arc::new(Semaphore::new(config.limits.max_connections)),
-                per_ip: Arc::default(),
-                max_per_ip: config.limits.max_connections_per_ip,
+                per_prefix: Arc::default(),
+                // Counted per /24 (IPv4) or /64 (IPv6) prefix.
+                max_per_prefix: config.limits.max_connections_per_ip,
                 shared,
                 shutdown: self.shutdown.clone(),
             }
@@ -474,6 +492,9 @@ pub struct RunningRelay {
     db: Option<Database>,
     shutdown: Shutdown,
     stop: Arc<AtomicBool>,
+    /// Closed first on a graceful stop: what the delay queue holds then is kept for the next
+    /// start instead of racing the links' close.
+    gate: Arc<ReleaseGate>,
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
     delay_thread: Option<std::thread::JoinHandle<()>>,
@@ -593,9 +614,15 @@ impl RunningRelay {
         self.shutdown().await
     }
 
-    /// Stops accepting, closes links, lets the workers finish what they hold, commits the
-    /// database, and returns once the database is closed (so it can be reopened at once).
+    /// Stops releasing delayed packets, stops accepting, closes links (after they flushed what
+    /// they were given), lets the workers finish what they hold, commits the database, keeps
+    /// the delay queue's packets for the next start, and returns once the database is closed
+    /// (so it can be reopened at once).
     pub async fn shutdown(mut self) -> Result<()> {
+        let gate = self.gate.clone();
+        tokio::task::spawn_blocking(move || gate.close())
+            .await
+            .map_err(|_| RelayError::ShuttingDown)?;
         self.shutdown.trigger();
         if tokio::time::timeout(Duration::from_secs(10), self.shutdown.wait_tasks())
             .await

@@ -28,9 +28,9 @@
 //! probability ~10^-5 per epoch, and costs one retransmission).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -119,11 +119,7 @@ fn read_floor(dir: &Path) -> Result<u64> {
 /// Replaces the floor file atomically: a crash leaves either the old floor or the new one.
 fn write_floor(dir: &Path, floor: u64) -> Result<()> {
     let tmp = dir.join(FLOOR_TMP);
-    let mut f = File::create(&tmp).map_err(file_error(&tmp))?;
-    f.write_all(&floor.to_be_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(file_error(&tmp))?;
-    drop(f);
+    crate::private_files::write_synced(&tmp, &floor.to_be_bytes()).map_err(file_error(&tmp))?;
     let path = dir.join(FLOOR_FILE);
     std::fs::rename(&tmp, &path).map_err(file_error(&path))?;
     sync_dir(dir)
@@ -163,13 +159,14 @@ impl LogWriter {
     /// `end`: where the records end, when the caller has just read the log (at start-up);
     /// otherwise the log is read to find it.
     fn open(path: &Path, end: Option<u64>) -> Result<Self> {
-        let file = OpenOptions::new()
+        let file = crate::private_files::options()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(path)
             .map_err(file_error(path))?;
+        crate::private_files::restrict(&file).map_err(file_error(path))?;
         let len = file.metadata().map_err(file_error(path))?.len();
         if len == 0 {
             // New (or empty) file: its name must survive a crash, not only its data.
@@ -243,7 +240,7 @@ impl ReplayCache {
                  key epoch expires"
             );
         }
-        std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+        crate::private_files::create_dir_all(dir).map_err(file_error(dir))?;
         let stored_floor = read_floor(dir)?;
         let floor = oldest_epoch.max(stored_floor);
         if floor != stored_floor {
@@ -429,6 +426,7 @@ impl ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn replay_survives_reopen_and_expires_with_epoch() {

@@ -1,9 +1,10 @@
 //! Shutdown signalling, the mini-redis way: one signal every task listens for, and a tracker
 //! whose emptiness tells that every task has finished.
 //!
-//! Order on shutdown (see `Relay::shutdown`): stop accepting links, close inbound links, let the
-//! Sphinx workers finish the packets they hold, commit (flush) the database, and only then
-//! return. Nothing is acknowledged that is not durable, so a crash at any point loses only
+//! Order on shutdown (see `RunningRelay::shutdown`): stop releasing delayed packets, stop
+//! accepting links, close inbound links, flush and close outbound links, let the Sphinx workers
+//! finish the packets they hold, commit (flush) the database, write the delay queue to disk for
+//! the next start (`forward`, `held_packets`), and only then return. Nothing is acknowledged that is not durable, so a crash at any point loses only
 //! unacknowledged packets, which senders retransmit.
 
 use tokio_util::sync::CancellationToken;

@@ -5,6 +5,8 @@
 
 #[path = "relay/hostile.rs"]
 mod hostile;
+#[path = "relay/keys.rs"]
+mod keys;
 #[path = "relay/mailbox.rs"]
 mod mailbox;
 #[path = "relay/mix.rs"]

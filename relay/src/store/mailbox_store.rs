@@ -26,7 +26,7 @@
 //! commit (one sync per file per group, not per item) and the folder when a file was created.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -210,7 +210,7 @@ impl State {
             .checked_add(1)
             .ok_or(RelayError::Corrupt("segment ids exhausted"))?;
         let path = segment_path(dir, next);
-        let file = OpenOptions::new()
+        let file = crate::private_files::options()
             .read(true)
             .write(true)
             .create_new(true)
@@ -298,7 +298,7 @@ impl State {
         }
         let tmp = dir.join("deleted.log.new");
         let path = dir.join(DELETE_LOG);
-        let file = OpenOptions::new()
+        let file = crate::private_files::options()
             .read(true)
             .write(true)
             .create(true)
@@ -381,7 +381,7 @@ impl MailboxStore {
             return Err(RelayError::Corrupt("the mailbox store is already open"));
         }
         let dir = db.dir().join("mailbox");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        crate::private_files::create_dir_all(&dir).map_err(io_err(&dir))?;
         let damaged = AtomicU64::new(0);
 
         let mut segments = BTreeMap::new();
@@ -398,7 +398,7 @@ impl MailboxStore {
                 continue;
             };
             let path = entry.path();
-            let file = OpenOptions::new()
+            let file = crate::private_files::options()
                 .read(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
@@ -407,7 +407,7 @@ impl MailboxStore {
 
         // Tombstones: a torn tail (never acknowledged) is cut off so appends stay aligned.
         let log_path = dir.join(DELETE_LOG);
-        let log = OpenOptions::new()
+        let log = crate::private_files::options()
             .read(true)
             .write(true)
             .create(true)
@@ -487,7 +487,7 @@ impl MailboxStore {
 
         // A fresh segment at every open: slots of the last one, even torn, are never rewritten.
         let path = segment_path(&dir, active);
-        let file = OpenOptions::new()
+        let file = crate::private_files::options()
             .read(true)
             .write(true)
             .create_new(true)

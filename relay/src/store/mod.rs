@@ -31,7 +31,7 @@ pub struct Database {
 impl Database {
     /// Opens (or creates) the data folder `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| RelayError::File {
+        crate::private_files::create_dir_all(dir).map_err(|source| RelayError::File {
             path: dir.to_owned(),
             source,
         })?;

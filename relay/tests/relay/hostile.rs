@@ -282,3 +282,107 @@ async fn one_address_cannot_take_every_connection() {
     );
     relay.shutdown().await;
 }
+
+/// A TCP connection from `source` (any 127.x.y.z address is local) to `addr`.
+async fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    socket.connect(addr.parse().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_held_open_without_frames_do_not_lock_out_an_honest_client() {
+    let relay = TestRelay::start_with(|c| {
+        c.limits.max_connections = 128;
+        c.limits.max_connections_per_ip = 64; // per /24 prefix
+    })
+    .await;
+    let addr = relay.addr();
+    let key = relay.keys.link_public();
+
+    // 16 attacker addresses in 4 /24 prefixes, 64 handshakes each, held without a frame.
+    let mut attempts = Vec::new();
+    for prefix in 10..14u8 {
+        for host in 1..5u8 {
+            for _ in 0..64 {
+                let addr = addr.clone();
+                attempts.push(tokio::spawn(async move {
+                    let mut s =
+                        connect_from(std::net::Ipv4Addr::new(127, 0, prefix, host), &addr).await?;
+                    let t = connect_handshake(&mut s, &rand::random(), Some(key), WAIT_HS)
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    Ok::<_, std::io::Error>((s, t))
+                }));
+            }
+        }
+    }
+    let mut held = Vec::new();
+    for a in attempts {
+        if let Ok(Ok(link)) = a.await {
+            held.push(link);
+        }
+    }
+    let handshaken = held.len();
+    // Let the held links go quiet.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Honest probes from another prefix: each connects, sends, and finds its packet stored.
+    let probes = 20;
+    let mut delivered = 0;
+    for i in 0..probes {
+        let owner = mailbox_key();
+        let probe = async {
+            let mut s = connect_from(std::net::Ipv4Addr::new(127, 0, 1, 1), &addr).await?;
+            let (t, _) = connect_handshake(&mut s, &owner.secret_bytes(), Some(key), WAIT_HS)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (sealer, opener) = t.split();
+            let (rd, wr) = s.into_split();
+            let mut link = Link {
+                reader: spore_relay::FrameReader::new(rd, opener),
+                writer: spore_relay::FrameWriter::new(wr, sealer),
+                remote_static: key,
+            };
+            let p = plain_packet(
+                &[relay.hop()],
+                owner.mailbox_id(),
+                &[Duration::ZERO],
+                format!("probe {i}").as_bytes(),
+            );
+            link.send(&Frame::Packet(p.into_boxed_slice().try_into().unwrap()))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            for _ in 0..100 {
+                if !pull(&mut link).await.is_empty() {
+                    return Ok::<_, std::io::Error>(true);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(false)
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(10), probe).await {
+            delivered += 1;
+        }
+    }
+    let m = relay.r().metrics();
+    eprintln!(
+        "admission: 1024 attacker handshakes from 16 addresses in 4 /24s, {handshaken} \
+         completed, {} refused by the prefix cap, {} refused for full slots, {} evicted; \
+         honest probes delivered {delivered}/{probes}, {} links open",
+        m.dropped("per_ip_limit"),
+        m.dropped("link_slots_full"),
+        m.dropped("link_evicted"),
+        m.connections_open,
+    );
+    assert_eq!(delivered, probes, "every honest probe gets in and delivers");
+    assert!(m.dropped("per_ip_limit") > 0, "the prefix cap refused some");
+    assert!(
+        m.connections_open <= 128,
+        "open links stay within the client slots: {}",
+        m.connections_open
+    );
+    drop(held);
+}
+
+const WAIT_HS: Duration = Duration::from_secs(5);

@@ -321,3 +321,49 @@ async fn a_mix_takes_packets_only_from_relays_in_the_directory() {
     assert_eq!(net.mailbox.r().metrics().packets_stored, 0);
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_mix_refuses_strangers_at_the_handshake_and_still_forwards_for_relays() {
+    let net = Network::start(|_| {}).await;
+    let mix = &net.mixes[0];
+    // Strangers are told at once, before they send a frame, and hold no link slot.
+    let strangers = 200;
+    let mut held = Vec::new();
+    for _ in 0..strangers {
+        let mut link = mix.link(&rand::random()).await;
+        match tokio::time::timeout(Duration::from_secs(2), link.recv()).await {
+            Ok(Ok(Frame::Error {
+                code: spore_protocol::link::LinkErrorCode::NotAuthorized,
+            })) => {}
+            other => panic!("expected NotAuthorized at the handshake, got {other:?}"),
+        }
+        held.push(link);
+    }
+    let m = mix.r().metrics();
+    assert_eq!(m.dropped("not_authorized"), strangers);
+    assert_eq!(m.connections_open, 0, "no stranger holds a link");
+
+    // Relays still reach the mix: a packet crosses the whole network.
+    let recipient = mailbox_key();
+    let p = plain_packet(
+        &net.forward_route(),
+        recipient.mailbox_id(),
+        &[Duration::ZERO; 5],
+        b"through",
+    );
+    let mut link = net.entry.link(&rand::random()).await;
+    link.send(&Frame::Packet(p.into_boxed_slice().try_into().unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || net
+            .mailbox
+            .r()
+            .metrics()
+            .packets_stored
+            == 1)
+        .await
+    );
+    drop(held);
+    net.shutdown().await;
+}
