@@ -331,7 +331,7 @@ async fn links_held_open_without_frames_do_not_lock_out_an_honest_client() {
     let probes = 20;
     let mut delivered = 0;
     for i in 0..probes {
-        let owner = mailbox_key();
+        let owner = MailboxKey::generate(&mut rand::rng());
         let probe = async {
             let mut s = connect_from(std::net::Ipv4Addr::new(127, 0, 1, 1), &addr).await?;
             let (t, _) = connect_handshake(&mut s, &owner.secret_bytes(), Some(key), WAIT_HS)

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use hkdf::Hkdf;
 use sha2::Sha256;
+use spore_protocol::MailboxKey;
 use spore_protocol::packet::{IncomingPacket, PacketLimits, RouteHop};
 use spore_relay::{DirectorySource, ManualClock, Relay, RelayConfig, RelayKeys};
 use x25519_dalek::StaticSecret;
 
-use crate::util::*;
+use spore_testkit::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -115,7 +116,7 @@ async fn nothing_on_disk_unwraps_a_recorded_packet_after_its_grace_window() {
         id: relay.id(),
         sphinx_key: relay.sphinx_public(epoch),
     };
-    let owner = mailbox_key();
+    let owner = MailboxKey::generate(&mut rand::rng());
     // The neighbour records this packet on its way in.
     let recorded = plain_packet(&[hop], owner.mailbox_id(), &[Duration::ZERO], b"secret");
     let t = TestRelayRef(&relay, &keys);

@@ -344,7 +344,7 @@ async fn a_mix_refuses_strangers_at_the_handshake_and_still_forwards_for_relays(
     assert_eq!(m.connections_open, 0, "no stranger holds a link");
 
     // Relays still reach the mix: a packet crosses the whole network.
-    let recipient = mailbox_key();
+    let recipient = MailboxKey::generate(&mut rand::rng());
     let p = plain_packet(
         &net.forward_route(),
         recipient.mailbox_id(),

@@ -168,16 +168,12 @@ async fn descriptor_command_prints_a_signed_descriptor() {
 }
 
 /// Like [`run`], with info logs written to `log`.
-fn run_logged(dir: &Path, log: &Path) -> Proc {
+fn run_logged(dir: &Path, log: &Path) -> relay_process::KilledOnDrop {
     let file = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(dir.join("relay.toml"))
+    relay_process::KilledOnDrop(
+        relay_process::run_command(Path::new(BIN), dir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .unwrap(),
@@ -185,7 +181,7 @@ fn run_logged(dir: &Path, log: &Path) -> Proc {
 }
 
 /// SIGTERM, then waits (at most 10 s) for a successful exit.
-async fn sigterm(child: &mut Proc) {
+async fn sigterm(child: &mut relay_process::KilledOnDrop) {
     let status = Command::new("sh")
         .args(["-c", &format!("kill -TERM {}", child.0.id())])
         .status()
@@ -231,7 +227,7 @@ async fn sigterm_under_load_loses_no_delayed_packet_and_the_restart_releases_the
     let dir = tempfile::tempdir().unwrap();
     let addr = init(dir.path());
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
-    let recipient = mailbox_key();
+    let recipient = MailboxKey::generate(&mut rand::rng());
     let (log1, log2) = (dir.path().join("run1.log"), dir.path().join("run2.log"));
     let n = 400usize;
     let mut child = run_logged(dir.path(), &log1);
