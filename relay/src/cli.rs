@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use spore_relay::{Relay, RelayConfig, RelayKeys, RolesConfig};
+use spore_relay::{Relay, RelayConfig, RelayKeys, RolesConfig, Template};
 
 /// The Spore relay: a mix node and/or mailbox for the Spore mixnet.
 #[derive(Debug, Parser)]
@@ -48,6 +48,13 @@ enum Command {
         /// Path to relay.toml.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Create the relay's key file if it does not exist (the Debian package's postinst uses
+    /// this); prints the relay id and link key either way.
+    Keygen {
+        /// Where the keys go (mode 0600); an existing file is kept, never overwritten.
+        #[arg(long)]
+        key_file: PathBuf,
     },
     /// Print this relay's signed descriptor for the directory authorities.
     Descriptor {
@@ -149,6 +156,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { key_file } => {
+            let keys = RelayKeys::load_or_generate(&key_file)?;
+            println!("relay id   {}", keys.relay_id());
+            println!("link key   {}", hex::encode(keys.link_public()));
+            println!("key file   {}", key_file.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Descriptor { config, out } => {
             let config = RelayConfig::load(&config)?;
             let keys = RelayKeys::load(&config.key_file)?;
@@ -185,12 +199,39 @@ fn init(dir: &Path, role: Role, layer: u8, listen: SocketAddr) -> anyhow::Result
     keys.save(&dir.join("relay.key"))?;
     let roles = role.roles();
     let layer = if roles.mix { layer } else { 0 };
-    let text = RelayConfig::commented_template(listen, roles, layer, "relay.key");
+    let metrics_listen = free_metrics_port();
+    let text = RelayConfig::commented_template(&Template {
+        listen,
+        roles,
+        layer,
+        key_file: "relay.key",
+        data_dir: "data",
+        metrics_listen,
+    });
     RelayConfig::from_toml(&text).context("generated config does not validate")?;
     std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     println!("relay id   {}", keys.relay_id());
     println!("link key   {}", hex::encode(keys.link_public()));
     println!("config     {}", config_path.display());
+    match metrics_listen {
+        Some(m) => println!("metrics    http://{m}/metrics (health: /health)"),
+        None => println!(
+            "metrics    off: no free port in 127.0.0.1:{}..{}; set metrics_listen in the config",
+            METRICS_PORTS.start, METRICS_PORTS.end
+        ),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ports `init` tries for the metrics endpoint: 9464 (the OpenTelemetry/Prometheus exporter
+/// convention) and the next few, so a second relay on a host does not collide with the first.
+const METRICS_PORTS: std::ops::Range<u16> = 9464..9564;
+
+/// The first metrics port in [`METRICS_PORTS`] nothing listens on now. (A relay that is
+/// configured but stopped is not seen: `init` prints the port so the operator can check.)
+fn free_metrics_port() -> Option<SocketAddr> {
+    METRICS_PORTS
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .find(|addr| std::net::TcpListener::bind(addr).is_ok())
 }

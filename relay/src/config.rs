@@ -159,6 +159,19 @@ impl Default for DirectoryConfig {
     }
 }
 
+/// What `spore-relay init` (and the Debian package's `/etc/spore/relay.toml`) fill in.
+#[derive(Debug, Clone, Copy)]
+pub struct Template<'a> {
+    pub listen: SocketAddr,
+    pub roles: RolesConfig,
+    pub layer: u8,
+    /// As written into the file: relative paths are relative to the config file.
+    pub key_file: &'a str,
+    pub data_dir: &'a str,
+    /// `None` writes the line commented out (no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
 /// The whole `relay.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,12 +369,19 @@ impl RelayConfig {
     }
 
     /// The commented `relay.toml` that `spore-relay init` writes.
-    pub fn commented_template(
-        listen: SocketAddr,
-        roles: RolesConfig,
-        layer: u8,
-        key_file: &str,
-    ) -> String {
+    pub fn commented_template(t: &Template<'_>) -> String {
+        let Template {
+            listen,
+            roles,
+            layer,
+            key_file,
+            data_dir,
+            metrics_listen,
+        } = *t;
+        let metrics_line = match metrics_listen {
+            Some(m) => format!("metrics_listen = \"{m}\""),
+            None => "# metrics_listen = \"127.0.0.1:9464\"".to_owned(),
+        };
         let l = LimitsConfig::default();
         let m = MixConfig::default();
         let b = MailboxConfig::default();
@@ -376,11 +396,12 @@ listen = "{listen}"
 # Mix layer (1..=3); only used when roles.mix is set.
 layer = {layer}
 # Databases (replay tags, mailboxes).
-data_dir = "data"
+data_dir = "{data_dir}"
 # Secret keys: identity (ed25519), link (Noise X25519), Sphinx master secret. Keep it 0600.
 key_file = "{key_file}"
-# Prometheus endpoint, loopback only. Comment out to disable.
-metrics_listen = "127.0.0.1:9464"
+# Prometheus endpoint (/metrics) and health check (/health, read by `spore-relay status`),
+# loopback only; each relay on a host needs its own port. Comment out to disable.
+{metrics_line}
 # How long a descriptor printed by `spore-relay descriptor` stays valid.
 descriptor_lifetime_secs = {lifetime}
 # Keep a fresh signed descriptor in this file while running (rewritten every half epoch).
@@ -468,20 +489,46 @@ mod tests {
 
     #[test]
     fn template_parses_and_validates() {
-        let text = RelayConfig::commented_template(
-            "127.0.0.1:7400".parse().expect("addr"),
-            RolesConfig {
+        let text = RelayConfig::commented_template(&Template {
+            listen: "127.0.0.1:7400".parse().expect("addr"),
+            roles: RolesConfig {
                 entry: false,
                 mix: true,
                 mailbox: true,
             },
-            2,
-            "relay.key",
-        );
+            layer: 2,
+            key_file: "relay.key",
+            data_dir: "data",
+            metrics_listen: Some("127.0.0.1:9464".parse().expect("addr")),
+        });
         let c = RelayConfig::from_toml(&text).expect("template parses");
         assert_eq!(c.layer, 2);
         assert!(c.roles.mailbox);
         assert_eq!(c.mailbox.retention_secs, 7 * 24 * 3600);
+    }
+
+    /// `relay/deploy/relay.toml` (the Debian package's `/etc/spore/relay.toml`) is the `init`
+    /// template with the package's paths. `SPORE_BLESS=1` rewrites it after a template change.
+    #[test]
+    fn packaged_config_is_the_template() {
+        let text = RelayConfig::commented_template(&Template {
+            listen: "0.0.0.0:7400".parse().expect("addr"),
+            roles: RolesConfig::default(),
+            layer: 1,
+            key_file: "/var/lib/spore/relay.key",
+            data_dir: "/var/lib/spore/data",
+            metrics_listen: Some("127.0.0.1:9464".parse().expect("addr")),
+        });
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/relay.toml");
+        if std::env::var_os("SPORE_BLESS").is_some() {
+            std::fs::write(&path, &text).expect("write deploy/relay.toml");
+        }
+        let packaged = std::fs::read_to_string(&path).expect("read deploy/relay.toml");
+        assert_eq!(
+            packaged, text,
+            "deploy/relay.toml differs from the template: run with SPORE_BLESS=1"
+        );
+        RelayConfig::from_toml(&packaged).expect("packaged config validates");
     }
 
     #[test]

@@ -59,7 +59,7 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig,
+    DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig, Template,
 };
 pub use connection::{FrameReader, FrameWriter, Link, accept_handshake, connect_handshake};
 pub use delay_queue::{DelayQueue, precise_timers};
