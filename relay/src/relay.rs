@@ -25,7 +25,7 @@ use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
 use crate::listener::Listener;
 use crate::mailbox::{self, MailboxService};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Metrics, MetricsSnapshot, RelayDescription};
 use crate::mix::{self, MixContext, PacketIngress};
 use crate::replay::ReplayCache;
 use crate::shutdown::Shutdown;
@@ -65,8 +65,18 @@ impl Relay {
     ) -> Result<RunningRelay> {
         config.validate()?;
         // Bind first: a busy port fails before anything is opened or started.
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| RelayError::Bind {
+                    what: "listen",
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.use_clock(clock.clone());
+        metrics.describe(describe(&config, local_addr, &directory));
         let parts = Parts {
             schedule: KeySchedule {
                 epoch_length_secs: config.mix.epoch_length_secs,
@@ -75,7 +85,7 @@ impl Relay {
             config,
             keys,
             clock,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown: Shutdown::new(),
         };
         let storage = parts.open_storage().await?;
@@ -108,12 +118,17 @@ impl Relay {
             shutdown,
             ..
         } = parts;
+        let health = metrics.health();
         tracing::info!(
             id = %keys.relay_id().short(),
+            version = env!("CARGO_PKG_VERSION"),
+            roles = %health.relay.roles.join(","),
+            listen = %local_addr,
+            public_address = %health.relay.public_address,
+            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            directory = %health.relay.directory_source,
+            listed = health.listed,
             workers = config.worker_count(),
-            mix = config.roles.mix,
-            mailbox = config.roles.mailbox,
-            entry = config.roles.entry,
             "relay started"
         );
         guard.armed = false;
@@ -210,6 +225,7 @@ impl Parts {
             count_refused_directory(&self.metrics, &e);
             tracing::warn!(error = %e, "no usable directory yet");
         }
+        record_directory(&self.metrics, &directory, &self.keys.relay_id());
         Ok(directory)
     }
 
@@ -311,6 +327,8 @@ impl Parts {
         let shutdown = self.shutdown.clone();
         let schedule = self.schedule;
         let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
+        let relay_id = self.keys.relay_id();
+        let mut refusals = RefusalLog::default();
         self.shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -319,16 +337,21 @@ impl Parts {
                     _ = shutdown.signalled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = directory.refresh().await {
-                    count_refused_directory(&metrics, &e);
-                    tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
+                let refreshed = directory.refresh().await;
+                if let Err(e) = &refreshed {
+                    count_refused_directory(&metrics, e);
                 }
+                refusals.observe(&refreshed);
+                record_directory(&metrics, &directory, &relay_id);
                 let oldest = schedule.oldest_kept_epoch(clock.now_unix());
                 let replay2 = replay.clone();
-                let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
+                let expired =
+                    tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
                 metrics.set_replay_tags(replay.len());
                 match expired {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(epochs = n, "dropped expired replay caches")
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
                     _ => {}
                 }
@@ -534,6 +557,14 @@ impl RunningRelay {
         self.metrics.snapshot()
     }
 
+    /// What `GET /health` serves (and `spore-relay status` prints).
+    pub fn health(&self) -> crate::metrics::Health {
+        if let Some(m) = &self.mailbox {
+            m.refresh_gauges();
+        }
+        self.metrics.health()
+    }
+
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
@@ -565,6 +596,7 @@ impl RunningRelay {
         if let Err(e) = &result {
             count_refused_directory(&self.metrics, e);
         }
+        record_directory(&self.metrics, &self.directory, &self.keys.relay_id());
         result
     }
 
@@ -656,5 +688,80 @@ fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
             }
             _ => "directory_malformed",
         });
+    }
+}
+
+/// The fixed facts `/health` and the start-up line report.
+fn describe(
+    config: &RelayConfig,
+    local_addr: SocketAddr,
+    source: &DirectorySource,
+) -> RelayDescription {
+    let roles = &config.roles;
+    let mut names = Vec::new();
+    if roles.entry {
+        names.push("entry".to_owned());
+    }
+    if roles.mix {
+        names.push(format!("mix (layer {})", config.layer));
+    }
+    if roles.mailbox {
+        names.push("mailbox".to_owned());
+    }
+    let directory_source = match source {
+        DirectorySource::File(p) => format!("file {}", p.display()),
+        DirectorySource::Http(u) => format!("url {u}"),
+        DirectorySource::None => "none".to_owned(),
+        DirectorySource::Memory(_) => "in memory".to_owned(),
+    };
+    RelayDescription {
+        roles: names,
+        listen: local_addr.to_string(),
+        public_address: config.advertised_address(local_addr),
+        directory_configured: !matches!(source, DirectorySource::None),
+        directory_source,
+        unwrap_queue_limit: config.limits.unwrap_queue,
+        delay_queue_limit: config.limits.delay_queue,
+        link_queue_limit: config.limits.link_queue,
+        mailbox: roles.mailbox,
+        disk_budget_bytes: config.mailbox.disk_budget_bytes,
+        loop_rate: config.mix.loop_rate,
+    }
+}
+
+/// Tells the metrics which directory is in force and whether it lists this relay.
+fn record_directory(metrics: &Metrics, directory: &DirectoryView, id: &RelayId) {
+    let view = directory.current();
+    metrics.set_directory(
+        view.as_ref().map(|v| (v.valid_after, v.valid_until)),
+        view.as_ref()
+            .and_then(|v| v.relays.get(id))
+            .map(|r| (r.published_at, r.expires_at)),
+    );
+}
+
+/// Logs a refused or unreadable directory once per change of state, not at every refresh:
+/// the first failure (and a different error) at warn, the return to a good directory at info.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last_error: Option<String>,
+}
+
+impl RefusalLog {
+    fn observe(&mut self, result: &Result<bool>) {
+        match result {
+            Err(e) => {
+                let text = e.to_string();
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "directory refresh failed; keeping the previous one");
+                    self.last_error = Some(text);
+                }
+            }
+            Ok(_) => {
+                if self.last_error.take().is_some() {
+                    tracing::info!("directory source usable again");
+                }
+            }
+        }
     }
 }
