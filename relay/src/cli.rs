@@ -128,7 +128,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("spore-relay: {e:#}");
+            eprintln!("spore-relay: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -153,10 +153,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             layer,
             listen,
         } => init(&dir, role, layer, listen),
-        Command::Run { config } => {
+        Command::Run {
+            config: config_path,
+        } => {
             init_tracing();
-            let config = RelayConfig::load(&config)?;
-            let keys = RelayKeys::load(&config.key_file)?;
+            let config = RelayConfig::load(&config_path)?;
+            let keys = load_keys(&config_path, &config)?;
+            // Everything `descriptor` checks, checked before starting.
+            let address = config.publishable_address(config.listen)?;
+            spore_relay::build_descriptor(&config, &keys, &address, unix_now()?)
+                .context("the descriptor this config would publish does not validate")?;
             let source = config.directory_source();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -176,22 +182,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("key file   {}", key_file.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Descriptor { config, out } => {
-            let config = RelayConfig::load(&config)?;
-            let keys = RelayKeys::load(&config.key_file)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .context("system clock before 1970")?
-                .as_secs();
-            if config.public_address.is_none() && config.listen.ip().is_unspecified() {
-                bail!(
-                    "listen is {} and public_address is not set: set public_address in the config \
-                     to the host:port other relays and clients should dial",
-                    config.listen
-                );
-            }
-            let address = config.advertised_address(config.listen);
-            let d = spore_relay::build_descriptor(&config, &keys, &address, now)?;
+        Command::Descriptor {
+            config: config_path,
+            out,
+        } => {
+            let config = RelayConfig::load(&config_path)?;
+            let keys = load_keys(&config_path, &config)?;
+            let address = config.publishable_address(config.listen)?;
+            let d = spore_relay::build_descriptor(&config, &keys, &address, unix_now()?)
+                .context("the descriptor this config would publish does not validate")?;
             match out {
                 Some(path) => std::fs::write(&path, d.to_bytes())
                     .with_context(|| format!("writing {}", path.display()))?,
@@ -200,6 +199,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn unix_now() -> anyhow::Result<u64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs())
+}
+
+/// Loads `key_file`; an error names the field, the config it was set in and the fix.
+fn load_keys(config_path: &Path, config: &RelayConfig) -> anyhow::Result<RelayKeys> {
+    let path = &config.key_file;
+    RelayKeys::load(path).map_err(|e| {
+        let why = match e {
+            spore_relay::RelayError::File { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                format!(
+                    "does not exist; create it with `spore-relay keygen --key-file {}`",
+                    path.display()
+                )
+            }
+            spore_relay::RelayError::File { source, .. } => format!("cannot be read: {source}"),
+            other => format!("is not a relay key file: {other}"),
+        };
+        anyhow::anyhow!(
+            "key_file {} (set in {}) {why}",
+            path.display(),
+            config_path.display()
+        )
+    })
+}
+
+/// The error and its causes on one line, each cause once: a layer whose message already
+/// contains its source's text (`#[error("... {0}")]`) is not followed by that text again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn init(dir: &Path, role: Role, layer: u8, listen: SocketAddr) -> anyhow::Result<ExitCode> {

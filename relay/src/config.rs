@@ -159,6 +159,19 @@ impl Default for DirectoryConfig {
     }
 }
 
+/// The descriptor's address rule (`spore_protocol::directory`): `host:port`, port 1..=65535,
+/// no whitespace or control characters, at most `MAX_ADDRESS_LEN` bytes.
+fn is_host_port(address: &str) -> bool {
+    if address.len() > spore_protocol::directory::MAX_ADDRESS_LEN
+        || address.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return false;
+    }
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
 /// What `spore-relay init` (and the Debian package's `/etc/spore/relay.toml`) fill in.
 #[derive(Debug, Clone, Copy)]
 pub struct Template<'a> {
@@ -221,14 +234,18 @@ impl RelayConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text)?;
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            RelayError::Config(m) => RelayError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| RelayError::Config(e.to_string()))?;
+        let config: Self = toml::from_str(text)
+            .map_err(|e| RelayError::Config(e.to_string().trim_end().to_owned()))?;
         config.validate()?;
         Ok(config)
     }
@@ -251,45 +268,112 @@ impl RelayConfig {
         }
     }
 
-    /// Rejects settings that cannot work, with a message naming the field.
+    /// Rejects settings that cannot work, with a message naming the field, what it holds and
+    /// the form it needs. Everything `spore-relay descriptor` would refuse is refused here too,
+    /// so `run` fails at start, not hours later when the descriptor is built.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(RelayError::Config(m.to_owned()));
+        let bad = |m: String| Err(RelayError::Config(m));
         let layers = spore_protocol::params::MIX_LAYERS as u8;
         if self.roles.mix && !(1..=layers).contains(&self.layer) {
-            return bad("layer must be between 1 and the number of mix layers for a mix");
+            return bad(format!(
+                "layer = {}: a mix (roles.mix = true) needs a layer from 1 to {layers}",
+                self.layer
+            ));
         }
         if !(self.roles.mix || self.roles.entry || self.roles.mailbox) {
-            return bad("roles: at least one of entry, mix, mailbox must be set");
+            return bad(
+                "[roles]: entry, mix and mailbox are all false; set at least one to true".into(),
+            );
+        }
+        if let Some(a) = &self.public_address
+            && !is_host_port(a)
+        {
+            return bad(format!(
+                "public_address = {a:?}: expected host:port that other relays can dial, \
+                 e.g. \"relay.example.org:7400\" or \"203.0.113.7:7400\" (port 1-65535, \
+                 no spaces, at most {} bytes)",
+                spore_protocol::directory::MAX_ADDRESS_LEN
+            ));
         }
         if self.mix.epoch_length_secs == 0 {
-            return bad("mix.epoch_length_secs must be positive");
+            return bad("mix.epoch_length_secs = 0: expected a positive number of seconds (the network's epoch length, 3600 by default)".into());
         }
         if self.mix.grace_secs > self.mix.epoch_length_secs {
-            return bad("mix.grace_secs must not exceed mix.epoch_length_secs");
+            return bad(format!(
+                "mix.grace_secs = {}: must not exceed mix.epoch_length_secs ({})",
+                self.mix.grace_secs, self.mix.epoch_length_secs
+            ));
         }
         if !(self.mix.loop_rate.is_finite() && self.mix.loop_rate >= 0.0) {
-            return bad("mix.loop_rate must be a non-negative number");
+            return bad(format!(
+                "mix.loop_rate = {}: expected a non-negative number of loops per second (0 = off)",
+                self.mix.loop_rate
+            ));
         }
-        if self.limits.max_connections == 0
-            || self.limits.max_connections_per_ip == 0
-            || self.limits.unwrap_queue == 0
-            || self.limits.delay_queue == 0
-            || self.limits.link_queue == 0
-            || self.limits.reply_queue == 0
-        {
-            return bad("limits: connection and queue sizes must be positive");
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_connections", l.max_connections),
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("unwrap_queue", l.unwrap_queue),
+            ("delay_queue", l.delay_queue),
+            ("link_queue", l.link_queue),
+            ("reply_queue", l.reply_queue),
+        ] {
+            if value == 0 {
+                return bad(format!("limits.{name} = 0: expected a positive number"));
+            }
+        }
+        for (i, key) in self.directory.authorities.iter().enumerate() {
+            let ok = hex::decode(key.trim()).is_ok_and(|b| b.len() == 32);
+            if !ok {
+                return bad(format!(
+                    "directory.authorities[{i}] = {key:?}: expected an authority's ed25519 public \
+                     key as 64 hex characters (`spore directory show` prints them in full)"
+                ));
+            }
         }
         if (self.directory.path.is_some() || self.directory.url.is_some())
             && self.directory.authorities.len() < self.directory.threshold
         {
-            return bad("directory.threshold exceeds the number of directory.authorities");
+            return bad(format!(
+                "directory.threshold = {}: more than the {} key(s) in directory.authorities; \
+                 list the authorities' keys or lower the threshold",
+                self.directory.threshold,
+                self.directory.authorities.len()
+            ));
+        }
+        if let Some(u) = &self.directory.url
+            && self.directory.path.is_none()
+            && !u.starts_with("http://")
+        {
+            return bad(format!(
+                "directory.url = {u:?}: expected http://host:port/path (the document is signed, \
+                 so plain HTTP is enough)"
+            ));
         }
         if let Some(m) = self.metrics_listen
             && !m.ip().is_loopback()
         {
-            return bad("metrics_listen must be a loopback address");
+            return bad(format!(
+                "metrics_listen = \"{m}\": must be a loopback address such as \
+                 \"127.0.0.1:9464\" (the endpoint has no authentication)"
+            ));
         }
         Ok(())
+    }
+
+    /// The address the descriptor will publish, or why there is none: `listen` on every
+    /// interface (0.0.0.0) is not an address anyone can dial.
+    pub fn publishable_address(&self, bound: SocketAddr) -> Result<String> {
+        if self.public_address.is_none() && bound.ip().is_unspecified() {
+            return Err(RelayError::Config(format!(
+                "listen = \"{}\" and public_address is not set: set public_address to the \
+                 host:port other relays and clients should dial, e.g. \"relay.example.org:{}\"",
+                self.listen,
+                bound.port()
+            )));
+        }
+        Ok(self.advertised_address(bound))
     }
 
     /// Worker threads to start: `mix.workers`, or one per core.
@@ -529,6 +613,117 @@ mod tests {
             "deploy/relay.toml differs from the template: run with SPORE_BLESS=1"
         );
         RelayConfig::from_toml(&packaged).expect("packaged config validates");
+    }
+
+    /// Each bad config and the message an operator gets: the field, what it holds, the form
+    /// expected, said once.
+    #[test]
+    fn bad_configs_name_the_field_and_the_expected_form() {
+        let base = "listen = \"127.0.0.1:7400\"\ndata_dir = \"data\"\nkey_file = \"relay.key\"\n";
+        let key = "ab".repeat(32);
+        let table: &[(&str, &str)] = &[
+            (
+                "public_address = \"relay.example.org\"",
+                "public_address = \"relay.example.org\": expected host:port",
+            ),
+            (
+                "public_address = \"relay example:7400\"",
+                "public_address = \"relay example:7400\": expected host:port",
+            ),
+            ("public_address = \"host:0\"", "(port 1-65535"),
+            (
+                "layer = 4",
+                "layer = 4: a mix (roles.mix = true) needs a layer from 1 to 3",
+            ),
+            (
+                "metrics_listen = \"0.0.0.0:9464\"",
+                "metrics_listen = \"0.0.0.0:9464\": must be a loopback address",
+            ),
+            (
+                "[roles]\nentry = false\nmix = false\nmailbox = false",
+                "[roles]: entry, mix and mailbox are all false",
+            ),
+            (
+                "[limits]\nlink_queue = 0",
+                "limits.link_queue = 0: expected a positive number",
+            ),
+            (
+                "[mix]\ngrace_secs = 7200",
+                "mix.grace_secs = 7200: must not exceed mix.epoch_length_secs (3600)",
+            ),
+            (
+                "[directory]\npath = \"d.bin\"\nauthorities = [\"abcd\"]",
+                "directory.authorities[0] = \"abcd\": expected an authority's ed25519 public key as 64 hex characters",
+            ),
+            (
+                "[directory]\npath = \"d.bin\"\nthreshold = 2\nauthorities = [\"KEY\"]",
+                "directory.threshold = 2: more than the 1 key(s) in directory.authorities",
+            ),
+            (
+                "[directory]\nurl = \"https://authority.example/directory\"\nthreshold = 0",
+                "directory.url = \"https://authority.example/directory\": expected http://host:port/path",
+            ),
+            ("lissten = \"x\"", "unknown field `lissten`"),
+            ("[limits]\nmax_connections = -1", "max_connections"),
+        ];
+        for (extra, expected) in table {
+            let layer = if extra.starts_with("layer") {
+                ""
+            } else {
+                "layer = 1\n"
+            };
+            let text = format!("{base}{layer}{}\n", extra.replace("KEY", &key));
+            let err = RelayConfig::from_toml(&text).expect_err(extra).to_string();
+            assert!(
+                err.contains(expected),
+                "{extra:?}: got {err:?}, expected {expected:?}"
+            );
+            // No message says the same thing twice.
+            let first_line = err.lines().next().unwrap_or_default();
+            assert!(
+                !first_line.is_empty() && err.matches(first_line).count() == 1,
+                "{extra:?}: repeated text in {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_file_error_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7400\"\ndata_dir = \"d\"\nkey_file = \"k\"\nlayer = 9\n",
+        )
+        .expect("write");
+        let err = RelayConfig::load(&path).expect_err("layer 9").to_string();
+        assert!(
+            err.starts_with(&format!("{}: layer = 9", path.display())),
+            "{err}"
+        );
+        let err = RelayConfig::load(&dir.path().join("missing.toml"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            err.contains("missing.toml") && err.contains("No such file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_on_every_interface_needs_a_public_address() {
+        let mut c = RelayConfig::for_test(Path::new("/tmp"));
+        c.listen = "0.0.0.0:7400".parse().expect("addr");
+        let err = c
+            .publishable_address(c.listen)
+            .expect_err("no public address")
+            .to_string();
+        assert!(err.contains("set public_address"), "{err}");
+        c.public_address = Some("relay.example.org:7400".into());
+        assert_eq!(
+            c.publishable_address(c.listen).expect("set"),
+            "relay.example.org:7400"
+        );
     }
 
     #[test]

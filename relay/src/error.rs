@@ -8,7 +8,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    #[error("i/o: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{path}: {source}")]
     File {
@@ -25,13 +25,15 @@ pub enum RelayError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
-    #[error("config: {0}")]
+    /// A config problem; the message names the file (when read from one), the field, what it
+    /// holds and the form expected.
+    #[error("{0}")]
     Config(String),
     #[error("key file: {0}")]
     Keys(String),
     #[error("directory: {0}")]
     Directory(String),
-    #[error("protocol: {0}")]
+    #[error(transparent)]
     Protocol(#[from] spore_protocol::Error),
     #[error("link: {0}")]
     Link(String),

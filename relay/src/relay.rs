@@ -223,7 +223,7 @@ impl Parts {
         );
         if let Err(e) = directory.refresh().await {
             count_refused_directory(&self.metrics, &e);
-            tracing::warn!(error = %e, "no usable directory yet");
+            tracing::warn!(directory = %directory_refusal(&e, &self.clock), "no usable directory yet");
         }
         record_directory(&self.metrics, &directory, &self.keys.relay_id());
         Ok(directory)
@@ -328,7 +328,10 @@ impl Parts {
         let schedule = self.schedule;
         let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
         let relay_id = self.keys.relay_id();
-        let mut refusals = RefusalLog::default();
+        let mut refusals = RefusalLog {
+            last_error: None,
+            now: self.clock.clone(),
+        };
         self.shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -742,16 +745,17 @@ fn record_directory(metrics: &Metrics, directory: &DirectoryView, id: &RelayId) 
 
 /// Logs a refused or unreadable directory once per change of state, not at every refresh:
 /// the first failure (and a different error) at warn, the return to a good directory at info.
-#[derive(Debug, Default)]
 struct RefusalLog {
     last_error: Option<String>,
+    /// Wall time, for "not valid now" (the relay's clock).
+    now: Arc<dyn Clock>,
 }
 
 impl RefusalLog {
     fn observe(&mut self, result: &Result<bool>) {
         match result {
             Err(e) => {
-                let text = e.to_string();
+                let text = directory_refusal(e, &self.now);
                 if self.last_error.as_deref() != Some(text.as_str()) {
                     tracing::warn!(error = %text, "directory refresh failed; keeping the previous one");
                     self.last_error = Some(text);
@@ -763,5 +767,36 @@ impl RefusalLog {
                 }
             }
         }
+    }
+}
+
+/// Why a directory was refused, in an operator's words: a directory comes from the operator's
+/// own file or URL, so its faults are not called a peer's misbehaviour, and each says what to
+/// check.
+fn directory_refusal(e: &RelayError, clock: &Arc<dyn Clock>) -> String {
+    match e {
+        RelayError::Protocol(ProtocolError::PeerMisbehaved(p)) => match p {
+            PeerMisbehaved::NotEnoughSignatures { valid, needed } => format!(
+                "refused: only {valid} of the {needed} required signatures (directory.threshold) \
+                 are by keys in directory.authorities; check those keys against the authorities' \
+                 (`spore directory show` prints them in full)"
+            ),
+            PeerMisbehaved::Expired => format!(
+                "refused: the directory is not valid now ({}); the authorities have not \
+                 published a fresh one, or this host's clock is wrong",
+                crate::error::UtcTime(clock.now_unix())
+            ),
+            PeerMisbehaved::BadSignature => {
+                "refused: an authority signature does not verify (damaged or forged document)"
+                    .to_owned()
+            }
+            other => format!("refused: {other}"),
+        },
+        RelayError::Protocol(ProtocolError::InvalidMessage(m)) => {
+            format!(
+                "refused: not a directory document ({m}); is the source the binary directory, not hex?"
+            )
+        }
+        other => format!("could not be read: {other}"),
     }
 }

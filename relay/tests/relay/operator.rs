@@ -282,3 +282,50 @@ fn init_metrics_port(dir: &Path) -> u16 {
         .parse()
         .unwrap()
 }
+
+#[test]
+fn run_names_a_missing_key_file_and_how_to_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), free_port(), |t| t);
+    std::fs::remove_file(dir.path().join("relay.key")).unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key_file ")
+            && err.contains("does not exist; create it with `spore-relay keygen --key-file"),
+        "{err}"
+    );
+    assert!(err.contains(&config.display().to_string()), "{err}");
+}
+
+#[test]
+fn run_refuses_a_public_address_descriptor_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), free_port(), |t| {
+        t.replace("# public_address = ", "public_address = \"no-port\"\n# ")
+    });
+    for command in ["run", "descriptor"] {
+        let out = Command::new(BIN)
+            .arg(command)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "{}: public_address = \"no-port\": expected host:port",
+                config.display()
+            )),
+            "{command}: {err}"
+        );
+        assert_eq!(err.matches("expected host:port").count(), 1, "{err}");
+    }
+}
