@@ -506,6 +506,9 @@ impl Metrics {
         );
         // Every stage is exported from the start, so a scrape before the first packet has them.
         let stages = Stage::ALL.map(|stage| m.stage_seconds.get_or_create_owned(&stage.label()));
+        for q in [Queue::Unwrap, Queue::Commit, Queue::Delay, Queue::Link] {
+            m.queue_depth.get_or_create(&q.label());
+        }
         Self {
             registry,
             stages,
@@ -899,4 +902,139 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sample names the registry exports: a counter `x` as `x_total`, a histogram as
+    /// `x_bucket`/`x_sum`/`x_count`, a gauge as `x` (read from the `# TYPE` lines, so families
+    /// with no member yet count too).
+    fn exported_names() -> BTreeSet<String> {
+        let m = Metrics::new();
+        // A family appears once it has a member: the drop counter gets its first at run time.
+        m.dropped("replay");
+        let text = m.encode();
+        let mut names = BTreeSet::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if (words.next(), words.next()) != (Some("#"), Some("TYPE")) {
+                continue;
+            }
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+            // The family's own name, as descriptions mention it.
+            names.insert(name.to_owned());
+        }
+        names
+    }
+
+    /// Every `spore_relay_*` name in `text`.
+    fn names_used(text: &str) -> BTreeSet<String> {
+        let mut used = BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("spore_relay_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            if end > "spore_relay_".len() {
+                used.insert(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
+        used
+    }
+
+    #[test]
+    fn health_metrics_are_exported() {
+        let names = exported_names();
+        for name in [
+            "spore_relay_uptime_seconds",
+            "spore_relay_start_time_seconds",
+            "spore_relay_directory_valid_until_seconds",
+            "spore_relay_directory_age_seconds",
+            "spore_relay_listed",
+            "spore_relay_descriptor_age_seconds",
+            "spore_relay_loop_alarm",
+        ] {
+            assert!(names.contains(name), "{name} not exported");
+        }
+        let text = Metrics::new().encode();
+        assert!(
+            text.contains(&format!(
+                "spore_relay_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
+
+    /// The alert rules and the dashboard in `relay/deploy/` use only names the relay exports,
+    /// so a renamed metric cannot leave a silent alert behind.
+    #[test]
+    fn deploy_files_use_only_exported_metrics() {
+        let exported = exported_names();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        for file in ["alerts.yml", "dashboard.json"] {
+            let text = std::fs::read_to_string(deploy.join(file)).expect("deploy file");
+            let used = names_used(&text);
+            assert!(used.len() >= 8, "{file} uses only {used:?}");
+            let unknown: Vec<_> = used.difference(&exported).collect();
+            assert!(
+                unknown.is_empty(),
+                "{file} uses metrics the relay does not export: {unknown:?}"
+            );
+        }
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(deploy.join("dashboard.json")).expect("dashboard"),
+        )
+        .expect("dashboard.json is JSON");
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        );
+    }
+
+    #[test]
+    fn health_without_a_directory_source_is_healthy_and_with_one_is_not() {
+        let m = Metrics::new();
+        m.describe(RelayDescription::default());
+        assert!(m.health().healthy);
+        let m = Metrics::new();
+        m.describe(RelayDescription {
+            directory_configured: true,
+            directory_source: "file /x".into(),
+            ..RelayDescription::default()
+        });
+        let h = m.health();
+        assert!(!h.healthy);
+        assert!(
+            h.problems[0].contains("no verified directory from file /x"),
+            "{h:?}"
+        );
+        let now = m.now_unix();
+        m.set_directory(Some((now - 10, now + 3600)), None);
+        assert!(m.health().problems[0].contains("not listed"));
+        m.set_directory(
+            Some((now - 10, now + 3600)),
+            Some((now - 5, now + 7 * 86_400)),
+        );
+        assert!(m.health().healthy);
+        m.set_directory(
+            Some((now - 7200, now - 3600)),
+            Some((now - 5, now + 7 * 86_400)),
+        );
+        assert!(m.health().problems[0].contains("expired at"));
+    }
 }
