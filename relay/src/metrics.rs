@@ -507,7 +507,7 @@ impl Metrics {
         // Every stage is exported from the start, so a scrape before the first packet has them.
         let stages = Stage::ALL.map(|stage| m.stage_seconds.get_or_create_owned(&stage.label()));
         for q in [Queue::Unwrap, Queue::Commit, Queue::Delay, Queue::Link] {
-            m.queue_depth.get_or_create(&q.label());
+            m.queue_depth.get_or_create(&q.label()).set(0);
         }
         Self {
             registry,
