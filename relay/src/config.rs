@@ -726,6 +726,57 @@ mod tests {
         );
     }
 
+    /// `docs/relay-config.md` documents every field the config types have: each `section.field`
+    /// (from the types themselves, serialized) appears as a table row under its section.
+    #[test]
+    fn config_reference_lists_every_field() {
+        let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/relay-config.md");
+        let doc = std::fs::read_to_string(&doc_path).expect("docs/relay-config.md");
+        let mut config = RelayConfig::for_test(Path::new("/tmp"));
+        // Optional fields appear in the serialization only when set.
+        config.public_address = Some("relay.example.org:7400".into());
+        config.metrics_listen = Some("127.0.0.1:9464".parse().expect("addr"));
+        config.descriptor_file = Some("relay.desc".into());
+        config.directory.path = Some("d.bin".into());
+        config.directory.url = Some("http://a/d".into());
+        let value = toml::Value::try_from(&config).expect("config serializes");
+        let table = value.as_table().expect("a table");
+        let section_of = |name: &str| -> &str {
+            let heading = if name.is_empty() {
+                "## Top level".to_owned()
+            } else {
+                format!("## `[{name}]`")
+            };
+            let start = doc
+                .find(&heading)
+                .unwrap_or_else(|| panic!("no section {heading}"));
+            let rest = &doc[start + heading.len()..];
+            &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+        };
+        let mut checked = 0;
+        for (key, v) in table {
+            match v.as_table() {
+                Some(fields) => {
+                    for field in fields.keys() {
+                        assert!(
+                            section_of(key).contains(&format!("| `{field}` |")),
+                            "docs/relay-config.md: [{key}] {field} is not documented"
+                        );
+                        checked += 1;
+                    }
+                }
+                None => {
+                    assert!(
+                        section_of("").contains(&format!("| `{key}` |")),
+                        "docs/relay-config.md: {key} is not documented"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 30, "only {checked} fields seen");
+    }
+
     #[test]
     fn public_metrics_address_is_rejected() {
         let mut c = RelayConfig::for_test(Path::new("/tmp"));
