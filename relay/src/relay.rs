@@ -96,10 +96,10 @@ impl Relay {
             stop: stop.clone(),
             armed: true,
         };
-        let directory = parts.start_directory(directory).await?;
+        let (directory, refusals) = parts.start_directory(directory).await?;
         let mix = parts.start_mix(&storage, &directory, &stop)?;
         let mailbox = parts.start_mailbox(&storage);
-        parts.spawn_maintenance(&directory, &storage.replay);
+        parts.spawn_maintenance(&directory, &storage.replay, refusals);
         parts.spawn_listener(listener, &mix.ingress, &directory, &mailbox);
         let metrics_addr = match parts.config.metrics_listen {
             Some(addr) => Some(
@@ -211,7 +211,12 @@ impl Parts {
     }
 
     /// The directory view, with a first read of the source (a relay starts without one).
-    async fn start_directory(&self, source: DirectorySource) -> Result<Arc<DirectoryView>> {
+    /// Also returns the refusal log, which knows whether that first read failed (so the
+    /// maintenance task does not log the same refusal again).
+    async fn start_directory(
+        &self,
+        source: DirectorySource,
+    ) -> Result<(Arc<DirectoryView>, RefusalLog)> {
         let config = &self.config;
         let trust = Trust::from_hex(&config.directory.authorities, config.directory.threshold)?;
         if trust.threshold == 0 {
@@ -221,12 +226,17 @@ impl Parts {
             DirectoryView::new(source, trust, self.clock.clone())
                 .expect_epoch_length(config.mix.epoch_length_secs),
         );
-        if let Err(e) = directory.refresh().await {
-            count_refused_directory(&self.metrics, &e);
-            tracing::warn!(directory = %directory_refusal(&e, &self.clock), "no usable directory yet");
+        let mut refusals = RefusalLog {
+            last_error: None,
+            now: self.clock.clone(),
+        };
+        let first = directory.refresh().await;
+        if let Err(e) = &first {
+            count_refused_directory(&self.metrics, e);
         }
+        refusals.observe(&first);
         record_directory(&self.metrics, &directory, &self.keys.relay_id());
-        Ok(directory)
+        Ok((directory, refusals))
     }
 
     /// The unwrap queue, the Sphinx workers, the commit thread, the forwarder with its delay
@@ -318,7 +328,12 @@ impl Parts {
     }
 
     /// Directory refresh and replay-cache expiry, every `directory.refresh_secs`.
-    fn spawn_maintenance(&self, directory: &Arc<DirectoryView>, replay: &Arc<ReplayCache>) {
+    fn spawn_maintenance(
+        &self,
+        directory: &Arc<DirectoryView>,
+        replay: &Arc<ReplayCache>,
+        mut refusals: RefusalLog,
+    ) {
         let directory = directory.clone();
         let replay = replay.clone();
         let clock = self.clock.clone();
@@ -328,10 +343,6 @@ impl Parts {
         let schedule = self.schedule;
         let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
         let relay_id = self.keys.relay_id();
-        let mut refusals = RefusalLog {
-            last_error: None,
-            now: self.clock.clone(),
-        };
         self.shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -757,7 +768,11 @@ impl RefusalLog {
             Err(e) => {
                 let text = directory_refusal(e, &self.now);
                 if self.last_error.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(error = %text, "directory refresh failed; keeping the previous one");
+                    tracing::warn!(
+                        error = %text,
+                        "directory source refused; keeping the directory in force, if any \
+                         (logged again only when the reason changes)"
+                    );
                     self.last_error = Some(text);
                 }
             }

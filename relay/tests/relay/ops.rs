@@ -149,6 +149,10 @@ async fn info_logs_name_no_addresses_mailboxes_or_timings() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // With a single registered dispatcher, tracing-core computes the interest of a callsite
+    // first hit on another test's thread from that thread's (empty) default and caches "never":
+    // a second live dispatcher makes it ask every registered one, this capture included.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
 
     let relay = TestRelay::start().await;
     let owner = mailbox_key();
