@@ -222,19 +222,21 @@ impl Parts {
         if trust.threshold == 0 {
             tracing::warn!("directory signatures are not checked (threshold 0): testing only");
         }
+        let mut refusals = RefusalLog {
+            last_error: None,
+            now: self.clock.clone(),
+            source: source.clone(),
+            authorities: trust.authorities.clone(),
+        };
         let directory = Arc::new(
             DirectoryView::new(source, trust, self.clock.clone())
                 .expect_epoch_length(config.mix.epoch_length_secs),
         );
-        let mut refusals = RefusalLog {
-            last_error: None,
-            now: self.clock.clone(),
-        };
         let first = directory.refresh().await;
         if let Err(e) = &first {
             count_refused_directory(&self.metrics, e);
         }
-        refusals.observe(&first);
+        refusals.observe(&first).await;
         record_directory(&self.metrics, &directory, &self.keys.relay_id());
         Ok((directory, refusals))
     }
@@ -355,7 +357,7 @@ impl Parts {
                 if let Err(e) = &refreshed {
                     count_refused_directory(&metrics, e);
                 }
-                refusals.observe(&refreshed);
+                refusals.observe(&refreshed).await;
                 record_directory(&metrics, &directory, &relay_id);
                 let oldest = schedule.oldest_kept_epoch(clock.now_unix());
                 let replay2 = replay.clone();
@@ -760,16 +762,27 @@ struct RefusalLog {
     last_error: Option<String>,
     /// Wall time, for "not valid now" (the relay's clock).
     now: Arc<dyn Clock>,
+    /// Re-read on a signature or validity refusal, to say which authority did not sign and
+    /// when the document is valid.
+    source: DirectorySource,
+    authorities: Vec<[u8; 32]>,
 }
 
 impl RefusalLog {
-    fn observe(&mut self, result: &Result<bool>) {
+    async fn observe(&mut self, result: &Result<bool>) {
         match result {
             Err(e) => {
                 let text = directory_refusal(e, &self.now);
                 if self.last_error.as_deref() != Some(text.as_str()) {
+                    let document = match e {
+                        RelayError::Protocol(ProtocolError::PeerMisbehaved(_)) => {
+                            refused_document(&self.source, &self.authorities).await
+                        }
+                        _ => None,
+                    };
                     tracing::warn!(
                         error = %text,
+                        document = document.as_deref().unwrap_or("-"),
                         "directory source refused; keeping the directory in force, if any \
                          (logged again only when the reason changes)"
                     );
@@ -814,4 +827,38 @@ fn directory_refusal(e: &RelayError, clock: &Arc<dyn Clock>) -> String {
         }
         other => format!("could not be read: {other}"),
     }
+}
+
+/// What a refused directory document says about itself: its validity window in UTC, which of
+/// `directory.authorities` did not sign it, and signatures by keys not in that list. `None` when
+/// the source cannot be re-read or parsed.
+async fn refused_document(source: &DirectorySource, authorities: &[[u8; 32]]) -> Option<String> {
+    let bytes = source.fetch().await.ok()??;
+    let doc = spore_protocol::directory::Directory::from_bytes(&bytes).ok()?;
+    let signers: Vec<[u8; 32]> = doc.signatures.iter().map(|s| s.authority).collect();
+    let mut text = format!(
+        "valid from {} to {}",
+        crate::error::UtcTime(doc.valid_after),
+        crate::error::UtcTime(doc.valid_until)
+    );
+    let missing: Vec<String> = authorities
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| !signers.contains(k))
+        .map(|(i, k)| format!("directory.authorities[{i}] = {}", hex::encode(k)))
+        .collect();
+    if !missing.is_empty() {
+        text.push_str("; no signature by ");
+        text.push_str(&missing.join(", "));
+    }
+    let unknown: Vec<String> = signers
+        .iter()
+        .filter(|k| !authorities.contains(k))
+        .map(hex::encode)
+        .collect();
+    if !unknown.is_empty() {
+        text.push_str("; signed by keys not in directory.authorities: ");
+        text.push_str(&unknown.join(", "));
+    }
+    Some(text)
 }

@@ -329,3 +329,71 @@ fn run_refuses_a_public_address_descriptor_would_refuse() {
         assert_eq!(err.matches("expected host:port").count(), 1, "{err}");
     }
 }
+
+#[test]
+fn a_directory_missing_a_signature_names_the_authority_and_the_validity() {
+    use ed25519_dalek::SigningKey;
+    use spore_protocol::directory::{Directory, NetworkParams};
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SigningKey::from_bytes(&[7; 32]);
+    let absent = SigningKey::from_bytes(&[9; 32]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut doc = Directory {
+        epoch: now / 3600,
+        valid_after: now - 60,
+        valid_until: now + 86_400,
+        params: NetworkParams::default(),
+        relays: vec![],
+        signatures: vec![],
+    };
+    doc.sign(&signer).unwrap();
+    std::fs::write(dir.path().join("directory.bin"), doc.to_bytes()).unwrap();
+    let keys = [
+        absent.verifying_key().to_bytes(),
+        signer.verifying_key().to_bytes(),
+    ];
+    let absent_hex = hex::encode(keys[0]);
+    let config = init(dir.path(), free_port(), |t| {
+        t.replace("# path = \"directory.bin\"", "path = \"directory.bin\"")
+            .replace("threshold = 1", "threshold = 2")
+            .replace(
+                "authorities = []",
+                &format!(
+                    "authorities = [\"{absent_hex}\", \"{}\"]",
+                    hex::encode(keys[1])
+                ),
+            )
+    });
+    let _relay = run(&config);
+    let out = status_when_up(&config, false);
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("directory source refused"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        line.contains("only 1 of the 2 required signatures"),
+        "{line}"
+    );
+    assert!(!line.contains("peer misbehaved"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "no signature by directory.authorities[0] = {absent_hex}"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "valid from {} to {}",
+            spore_relay::UtcTime(now - 60),
+            spore_relay::UtcTime(now + 86_400)
+        )),
+        "{line}"
+    );
+    assert_eq!(log.matches("directory source refused").count(), 1, "{log}");
+}
