@@ -29,3 +29,6 @@ cargo test -p spore-tests --locked -- --test-threads=1 2>&1
 
 echo "== tests/synapse/run.sh (two Synapse homeservers federating only through Spore)"
 bash tests/synapse/run.sh
+
+echo "== scripts/package-test.sh (Debian package: contents, systemd unit, alert rules, install)"
+bash scripts/package-test.sh

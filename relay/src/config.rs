@@ -134,6 +134,32 @@ impl Default for MailboxConfig {
 /// `[directory]`: the same section, with the same keys, as the sidecar's config.
 pub use spore_directory_fetch::DirectoryConfig;
 
+/// The descriptor's address rule (`spore_protocol::directory`): `host:port`, port 1..=65535,
+/// no whitespace or control characters, at most `MAX_ADDRESS_LEN` bytes.
+fn is_host_port(address: &str) -> bool {
+    if address.len() > spore_protocol::directory::MAX_ADDRESS_LEN
+        || address.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return false;
+    }
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
+/// What `spore-relay init` (and the Debian package's `/etc/spore/relay.toml`) fill in.
+#[derive(Debug, Clone, Copy)]
+pub struct Template<'a> {
+    pub listen: SocketAddr,
+    pub roles: RolesConfig,
+    pub layer: u8,
+    /// As written into the file: relative paths are relative to the config file.
+    pub key_file: &'a str,
+    pub data_dir: &'a str,
+    /// `None` writes the line commented out (no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
 /// The whole `relay.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,14 +209,18 @@ impl RelayConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text)?;
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            RelayError::Config(m) => RelayError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| RelayError::Config(e.to_string()))?;
+        let config: Self = toml::from_str(text)
+            .map_err(|e| RelayError::Config(e.to_string().trim_end().to_owned()))?;
         config.validate()?;
         Ok(config)
     }
@@ -213,45 +243,112 @@ impl RelayConfig {
         }
     }
 
-    /// Rejects settings that cannot work, with a message naming the field.
+    /// Rejects settings that cannot work, with a message naming the field, what it holds and
+    /// the form it needs. Everything `spore-relay descriptor` would refuse is refused here too,
+    /// so `run` fails at start, not hours later when the descriptor is built.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(RelayError::Config(m.to_owned()));
+        let bad = |m: String| Err(RelayError::Config(m));
         let layers = spore_protocol::params::MIX_LAYERS as u8;
         if self.roles.mix && !(1..=layers).contains(&self.layer) {
-            return bad("layer must be between 1 and the number of mix layers for a mix");
+            return bad(format!(
+                "layer = {}: a mix (roles.mix = true) needs a layer from 1 to {layers}",
+                self.layer
+            ));
         }
         if !(self.roles.mix || self.roles.entry || self.roles.mailbox) {
-            return bad("roles: at least one of entry, mix, mailbox must be set");
+            return bad(
+                "[roles]: entry, mix and mailbox are all false; set at least one to true".into(),
+            );
+        }
+        if let Some(a) = &self.public_address
+            && !is_host_port(a)
+        {
+            return bad(format!(
+                "public_address = {a:?}: expected host:port that other relays can dial, \
+                 e.g. \"relay.example.org:7400\" or \"203.0.113.7:7400\" (port 1-65535, \
+                 no spaces, at most {} bytes)",
+                spore_protocol::directory::MAX_ADDRESS_LEN
+            ));
         }
         if self.mix.epoch_length_secs == 0 {
-            return bad("mix.epoch_length_secs must be positive");
+            return bad("mix.epoch_length_secs = 0: expected a positive number of seconds (the network's epoch length, 3600 by default)".into());
         }
         if self.mix.grace_secs > self.mix.epoch_length_secs {
-            return bad("mix.grace_secs must not exceed mix.epoch_length_secs");
+            return bad(format!(
+                "mix.grace_secs = {}: must not exceed mix.epoch_length_secs ({})",
+                self.mix.grace_secs, self.mix.epoch_length_secs
+            ));
         }
         if !(self.mix.loop_rate.is_finite() && self.mix.loop_rate >= 0.0) {
-            return bad("mix.loop_rate must be a non-negative number");
+            return bad(format!(
+                "mix.loop_rate = {}: expected a non-negative number of loops per second (0 = off)",
+                self.mix.loop_rate
+            ));
         }
-        if self.limits.max_connections == 0
-            || self.limits.max_connections_per_ip == 0
-            || self.limits.unwrap_queue == 0
-            || self.limits.delay_queue == 0
-            || self.limits.link_queue == 0
-            || self.limits.reply_queue == 0
-        {
-            return bad("limits: connection and queue sizes must be positive");
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_connections", l.max_connections),
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("unwrap_queue", l.unwrap_queue),
+            ("delay_queue", l.delay_queue),
+            ("link_queue", l.link_queue),
+            ("reply_queue", l.reply_queue),
+        ] {
+            if value == 0 {
+                return bad(format!("limits.{name} = 0: expected a positive number"));
+            }
+        }
+        for (i, key) in self.directory.authorities.iter().enumerate() {
+            let ok = hex::decode(key.trim()).is_ok_and(|b| b.len() == 32);
+            if !ok {
+                return bad(format!(
+                    "directory.authorities[{i}] = {key:?}: expected an authority's ed25519 public \
+                     key as 64 hex characters (`spore directory show` prints them in full)"
+                ));
+            }
         }
         if self.directory.has_source()
             && self.directory.authorities.len() < self.directory.threshold
         {
-            return bad("directory.threshold exceeds the number of directory.authorities");
+            return bad(format!(
+                "directory.threshold = {}: more than the {} key(s) in directory.authorities; \
+                 list the authorities' keys or lower the threshold",
+                self.directory.threshold,
+                self.directory.authorities.len()
+            ));
+        }
+        if let Some(u) = &self.directory.url
+            && self.directory.path.is_none()
+            && !u.starts_with("http://")
+        {
+            return bad(format!(
+                "directory.url = {u:?}: expected http://host:port/path (the document is signed, \
+                 so plain HTTP is enough)"
+            ));
         }
         if let Some(m) = self.metrics_listen
             && !m.ip().is_loopback()
         {
-            return bad("metrics_listen must be a loopback address");
+            return bad(format!(
+                "metrics_listen = \"{m}\": must be a loopback address such as \
+                 \"127.0.0.1:9464\" (the endpoint has no authentication)"
+            ));
         }
         Ok(())
+    }
+
+    /// The address the descriptor will publish, or why there is none: `listen` on every
+    /// interface (0.0.0.0) is not an address anyone can dial.
+    pub fn publishable_address(&self, bound: SocketAddr) -> Result<String> {
+        if self.public_address.is_none() && bound.ip().is_unspecified() {
+            return Err(RelayError::Config(format!(
+                "listen = \"{}\" and public_address is not set: set public_address to the \
+                 host:port other relays and clients should dial, e.g. \"relay.example.org:{}\"",
+                self.listen,
+                bound.port()
+            )));
+        }
+        Ok(self.advertised_address(bound))
     }
 
     /// Worker threads to start: `mix.workers`, or one per core.
@@ -326,12 +423,19 @@ impl RelayConfig {
     }
 
     /// The commented `relay.toml` that `spore-relay init` writes.
-    pub fn commented_template(
-        listen: SocketAddr,
-        roles: RolesConfig,
-        layer: u8,
-        key_file: &str,
-    ) -> String {
+    pub fn commented_template(t: &Template<'_>) -> String {
+        let Template {
+            listen,
+            roles,
+            layer,
+            key_file,
+            data_dir,
+            metrics_listen,
+        } = *t;
+        let metrics_line = match metrics_listen {
+            Some(m) => format!("metrics_listen = \"{m}\""),
+            None => "# metrics_listen = \"127.0.0.1:9464\"".to_owned(),
+        };
         let l = LimitsConfig::default();
         let m = MixConfig::default();
         let b = MailboxConfig::default();
@@ -346,11 +450,12 @@ listen = "{listen}"
 # Mix layer (1..=3); only used when roles.mix is set.
 layer = {layer}
 # Databases (replay tags, mailboxes).
-data_dir = "data"
+data_dir = "{data_dir}"
 # Secret keys: identity (ed25519), link (Noise X25519), Sphinx master secret. Keep it 0600.
 key_file = "{key_file}"
-# Prometheus endpoint, loopback only. Comment out to disable.
-metrics_listen = "127.0.0.1:9464"
+# Prometheus endpoint (/metrics) and health check (/health, read by `spore-relay status`),
+# loopback only; each relay on a host needs its own port. Comment out to disable.
+{metrics_line}
 # How long a descriptor printed by `spore-relay descriptor` stays valid.
 descriptor_lifetime_secs = {lifetime}
 # Keep a fresh signed descriptor in this file while running (rewritten every half epoch).
@@ -438,20 +543,208 @@ mod tests {
 
     #[test]
     fn template_parses_and_validates() {
-        let text = RelayConfig::commented_template(
-            "127.0.0.1:7400".parse().expect("addr"),
-            RolesConfig {
+        let text = RelayConfig::commented_template(&Template {
+            listen: "127.0.0.1:7400".parse().expect("addr"),
+            roles: RolesConfig {
                 entry: false,
                 mix: true,
                 mailbox: true,
             },
-            2,
-            "relay.key",
-        );
+            layer: 2,
+            key_file: "relay.key",
+            data_dir: "data",
+            metrics_listen: Some("127.0.0.1:9464".parse().expect("addr")),
+        });
         let c = RelayConfig::from_toml(&text).expect("template parses");
         assert_eq!(c.layer, 2);
         assert!(c.roles.mailbox);
         assert_eq!(c.mailbox.retention_secs, 7 * 24 * 3600);
+    }
+
+    /// `relay/deploy/relay.toml` (the Debian package's `/etc/spore/relay.toml`) is the `init`
+    /// template with the package's paths. `SPORE_BLESS=1` rewrites it after a template change.
+    #[test]
+    fn packaged_config_is_the_template() {
+        let text = RelayConfig::commented_template(&Template {
+            listen: "0.0.0.0:7400".parse().expect("addr"),
+            roles: RolesConfig::default(),
+            layer: 1,
+            key_file: "/var/lib/spore/relay.key",
+            data_dir: "/var/lib/spore/data",
+            metrics_listen: Some("127.0.0.1:9464".parse().expect("addr")),
+        });
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/relay.toml");
+        if std::env::var_os("SPORE_BLESS").is_some() {
+            std::fs::write(&path, &text).expect("write deploy/relay.toml");
+        }
+        let packaged = std::fs::read_to_string(&path).expect("read deploy/relay.toml");
+        assert_eq!(
+            packaged, text,
+            "deploy/relay.toml differs from the template: run with SPORE_BLESS=1"
+        );
+        RelayConfig::from_toml(&packaged).expect("packaged config validates");
+    }
+
+    /// Each bad config and the message an operator gets: the field, what it holds, the form
+    /// expected, said once.
+    #[test]
+    fn bad_configs_name_the_field_and_the_expected_form() {
+        let base = "listen = \"127.0.0.1:7400\"\ndata_dir = \"data\"\nkey_file = \"relay.key\"\n";
+        let key = "ab".repeat(32);
+        let table: &[(&str, &str)] = &[
+            (
+                "public_address = \"relay.example.org\"",
+                "public_address = \"relay.example.org\": expected host:port",
+            ),
+            (
+                "public_address = \"relay example:7400\"",
+                "public_address = \"relay example:7400\": expected host:port",
+            ),
+            ("public_address = \"host:0\"", "(port 1-65535"),
+            (
+                "layer = 4",
+                "layer = 4: a mix (roles.mix = true) needs a layer from 1 to 3",
+            ),
+            (
+                "metrics_listen = \"0.0.0.0:9464\"",
+                "metrics_listen = \"0.0.0.0:9464\": must be a loopback address",
+            ),
+            (
+                "[roles]\nentry = false\nmix = false\nmailbox = false",
+                "[roles]: entry, mix and mailbox are all false",
+            ),
+            (
+                "[limits]\nlink_queue = 0",
+                "limits.link_queue = 0: expected a positive number",
+            ),
+            (
+                "[mix]\ngrace_secs = 7200",
+                "mix.grace_secs = 7200: must not exceed mix.epoch_length_secs (3600)",
+            ),
+            (
+                "[directory]\npath = \"d.bin\"\nauthorities = [\"abcd\"]",
+                "directory.authorities[0] = \"abcd\": expected an authority's ed25519 public key as 64 hex characters",
+            ),
+            (
+                "[directory]\npath = \"d.bin\"\nthreshold = 2\nauthorities = [\"KEY\"]",
+                "directory.threshold = 2: more than the 1 key(s) in directory.authorities",
+            ),
+            (
+                "[directory]\nurl = \"https://authority.example/directory\"\nthreshold = 0",
+                "directory.url = \"https://authority.example/directory\": expected http://host:port/path",
+            ),
+            ("lissten = \"x\"", "unknown field `lissten`"),
+            ("[limits]\nmax_connections = -1", "max_connections"),
+        ];
+        for (extra, expected) in table {
+            let layer = if extra.starts_with("layer") {
+                ""
+            } else {
+                "layer = 1\n"
+            };
+            let text = format!("{base}{layer}{}\n", extra.replace("KEY", &key));
+            let err = RelayConfig::from_toml(&text).expect_err(extra).to_string();
+            assert!(
+                err.contains(expected),
+                "{extra:?}: got {err:?}, expected {expected:?}"
+            );
+            // No message says the same thing twice.
+            let first_line = err.lines().next().unwrap_or_default();
+            assert!(
+                !first_line.is_empty() && err.matches(first_line).count() == 1,
+                "{extra:?}: repeated text in {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_file_error_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7400\"\ndata_dir = \"d\"\nkey_file = \"k\"\nlayer = 9\n",
+        )
+        .expect("write");
+        let err = RelayConfig::load(&path).expect_err("layer 9").to_string();
+        assert!(
+            err.starts_with(&format!("{}: layer = 9", path.display())),
+            "{err}"
+        );
+        let err = RelayConfig::load(&dir.path().join("missing.toml"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            err.contains("missing.toml") && err.contains("No such file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_on_every_interface_needs_a_public_address() {
+        let mut c = RelayConfig::for_test(Path::new("/tmp"));
+        c.listen = "0.0.0.0:7400".parse().expect("addr");
+        let err = c
+            .publishable_address(c.listen)
+            .expect_err("no public address")
+            .to_string();
+        assert!(err.contains("set public_address"), "{err}");
+        c.public_address = Some("relay.example.org:7400".into());
+        assert_eq!(
+            c.publishable_address(c.listen).expect("set"),
+            "relay.example.org:7400"
+        );
+    }
+
+    /// `docs/relay-config.md` documents every field the config types have: each `section.field`
+    /// (from the types themselves, serialized) appears as a table row under its section.
+    #[test]
+    fn config_reference_lists_every_field() {
+        let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/relay-config.md");
+        let doc = std::fs::read_to_string(&doc_path).expect("docs/relay-config.md");
+        let mut config = RelayConfig::for_test(Path::new("/tmp"));
+        // Optional fields appear in the serialization only when set.
+        config.public_address = Some("relay.example.org:7400".into());
+        config.metrics_listen = Some("127.0.0.1:9464".parse().expect("addr"));
+        config.descriptor_file = Some("relay.desc".into());
+        config.directory.path = Some("d.bin".into());
+        config.directory.url = Some("http://a/d".into());
+        let value = toml::Value::try_from(&config).expect("config serializes");
+        let table = value.as_table().expect("a table");
+        let section_of = |name: &str| -> &str {
+            let heading = if name.is_empty() {
+                "## Top level".to_owned()
+            } else {
+                format!("## `[{name}]`")
+            };
+            let start = doc
+                .find(&heading)
+                .unwrap_or_else(|| panic!("no section {heading}"));
+            let rest = &doc[start + heading.len()..];
+            &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+        };
+        let mut checked = 0;
+        for (key, v) in table {
+            match v.as_table() {
+                Some(fields) => {
+                    for field in fields.keys() {
+                        assert!(
+                            section_of(key).contains(&format!("| `{field}` |")),
+                            "docs/relay-config.md: [{key}] {field} is not documented"
+                        );
+                        checked += 1;
+                    }
+                }
+                None => {
+                    assert!(
+                        section_of("").contains(&format!("| `{key}` |")),
+                        "docs/relay-config.md: {key} is not documented"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 30, "only {checked} fields seen");
     }
 
     #[test]

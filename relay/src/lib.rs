@@ -70,16 +70,16 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig,
+    DirectoryConfig, LimitsConfig, MailboxConfig, MixConfig, RelayConfig, RolesConfig, Template,
 };
 pub use connection::{FrameReader, FrameWriter, Link, accept_handshake, connect_handshake};
 pub use delay_queue::{DelayQueue, precise_timers};
 pub use descriptor::build as build_descriptor;
 pub use directory::{DirectorySource, MemoryDirectory, NetworkView, RelayInfo, Trust};
 pub use epoch_keys::EpochKeys;
-pub use error::{RelayError, Result};
+pub use error::{RelayError, Result, UtcTime};
 pub use keys::{KeySchedule, RelayKeys};
-pub use metrics::{Metrics, MetricsSnapshot, Stage};
+pub use metrics::{Health, Metrics, MetricsSnapshot, RelayDescription, Stage};
 pub use relay::{Relay, RunningRelay};
 pub use replay::ReplayCache;
 pub use shutdown::{Shutdown, os_signal};

@@ -132,6 +132,11 @@ impl LinkPool {
 
     async fn run_link(self: Arc<Self>, hop: RelayId, mut rx: mpsc::Receiver<Queued>) {
         let mut backoff = BACKOFF_MIN;
+        let mut reach = HopReachability {
+            hop,
+            failing: false,
+            metrics: self.metrics.clone(),
+        };
         let mut flushed: Vec<(HopTiming, Instant)> = Vec::with_capacity(WRITE_BATCH);
         'outer: loop {
             if self.shutdown.is_triggered() {
@@ -153,10 +158,12 @@ impl LinkPool {
             let mut link = match connected {
                 Ok(link) => {
                     backoff = BACKOFF_MIN;
+                    reach.reachable();
                     link
                 }
                 Err(e) => {
                     tracing::debug!(hop = ?hop, error = %e, "link connect failed");
+                    reach.unreachable(&e);
                     self.metrics.link_connect_failed();
                     let wait = jitter(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -166,6 +173,7 @@ impl LinkPool {
                     }
                 }
             };
+            let _open = OpenLink::new(&self.metrics);
             loop {
                 tokio::select! {
                     _ = self.shutdown.signalled() => {
@@ -251,6 +259,61 @@ impl LinkPool {
         if links.get(&hop).is_some_and(|tx| tx.is_closed()) {
             links.remove(&hop);
         }
+    }
+}
+
+/// Whether a next hop can be reached, logged once per change (not at every retry): the first
+/// failed connect at warn, the recovery at info. Names the hop by its short relay id only.
+struct HopReachability {
+    hop: RelayId,
+    failing: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl HopReachability {
+    fn unreachable(&mut self, e: &dyn std::fmt::Display) {
+        if !self.failing {
+            self.failing = true;
+            self.metrics.hop_failing();
+            tracing::warn!(
+                hop = %self.hop.short(),
+                error = %e,
+                "next hop unreachable; packets to it are dropped while it is retried"
+            );
+        }
+    }
+
+    fn reachable(&mut self) {
+        if self.failing {
+            self.failing = false;
+            self.metrics.hop_recovered();
+            tracing::info!(hop = %self.hop.short(), "next hop reachable again");
+        }
+    }
+}
+
+impl Drop for HopReachability {
+    fn drop(&mut self) {
+        // The link task ends (idle, hop left the directory, shutdown): no longer a failing hop.
+        if self.failing {
+            self.metrics.hop_recovered();
+        }
+    }
+}
+
+/// Counts an outbound link as open while it lives.
+struct OpenLink(Arc<Metrics>);
+
+impl OpenLink {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.link_up();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenLink {
+    fn drop(&mut self) {
+        self.0.link_down();
     }
 }
 

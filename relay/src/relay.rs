@@ -25,7 +25,7 @@ use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
 use crate::listener::Listener;
 use crate::mailbox::{self, MailboxService};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Metrics, MetricsSnapshot, RelayDescription};
 use crate::mix::{self, MixContext, PacketIngress};
 use crate::replay::ReplayCache;
 use crate::shutdown::Shutdown;
@@ -65,8 +65,18 @@ impl Relay {
     ) -> Result<RunningRelay> {
         config.validate()?;
         // Bind first: a busy port fails before anything is opened or started.
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| RelayError::Bind {
+                    what: "listen",
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.use_clock(clock.clone());
+        metrics.describe(describe(&config, local_addr, &directory));
         let parts = Parts {
             schedule: KeySchedule {
                 epoch_length_secs: config.mix.epoch_length_secs,
@@ -75,7 +85,7 @@ impl Relay {
             config,
             keys,
             clock,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown: Shutdown::new(),
         };
         let storage = parts.open_storage().await?;
@@ -86,10 +96,10 @@ impl Relay {
             stop: stop.clone(),
             armed: true,
         };
-        let directory = parts.start_directory(directory).await?;
+        let (directory, refusals) = parts.start_directory(directory).await?;
         let mix = parts.start_mix(&storage, &directory, &stop)?;
         let mailbox = parts.start_mailbox(&storage);
-        parts.spawn_maintenance(&directory, &storage.replay);
+        parts.spawn_maintenance(&directory, &storage.replay, refusals);
         parts.spawn_listener(listener, &mix.ingress, &directory, &mailbox);
         let metrics_addr = match parts.config.metrics_listen {
             Some(addr) => Some(
@@ -108,12 +118,17 @@ impl Relay {
             shutdown,
             ..
         } = parts;
+        let health = metrics.health();
         tracing::info!(
             id = %keys.relay_id().short(),
+            version = env!("CARGO_PKG_VERSION"),
+            roles = %health.relay.roles.join(","),
+            listen = %local_addr,
+            public_address = %health.relay.public_address,
+            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            directory = %health.relay.directory_source,
+            listed = health.listed,
             workers = config.worker_count(),
-            mix = config.roles.mix,
-            mailbox = config.roles.mailbox,
-            entry = config.roles.entry,
             "relay started"
         );
         guard.armed = false;
@@ -200,21 +215,34 @@ impl Parts {
     }
 
     /// The directory view, with a first read of the source (a relay starts without one).
-    async fn start_directory(&self, source: DirectorySource) -> Result<Arc<DirectoryView>> {
+    /// Also returns the refusal log, which knows whether that first read failed (so the
+    /// maintenance task does not log the same refusal again).
+    async fn start_directory(
+        &self,
+        source: DirectorySource,
+    ) -> Result<(Arc<DirectoryView>, RefusalLog)> {
         let config = &self.config;
         let trust = Trust::from_hex(&config.directory.authorities, config.directory.threshold)?;
         if trust.threshold == 0 {
             tracing::warn!("directory signatures are not checked (threshold 0): testing only");
         }
+        let mut refusals = RefusalLog {
+            last_error: None,
+            now: self.clock.clone(),
+            source: source.clone(),
+            authorities: trust.authorities.clone(),
+        };
         let directory = Arc::new(
             DirectoryView::new(source, trust, self.clock.clone())
                 .expect_epoch_length(config.mix.epoch_length_secs),
         );
-        if let Err(e) = directory.refresh().await {
-            count_refused_directory(&self.metrics, &e);
-            tracing::warn!(error = %e, "no usable directory yet");
+        let first = directory.refresh().await;
+        if let Err(e) = &first {
+            count_refused_directory(&self.metrics, e);
         }
-        Ok(directory)
+        refusals.observe(&first).await;
+        record_directory(&self.metrics, &directory, &self.keys.relay_id());
+        Ok((directory, refusals))
     }
 
     /// The unwrap queue, the Sphinx workers, the commit thread, the forwarder with its delay
@@ -308,7 +336,12 @@ impl Parts {
     }
 
     /// Directory refresh, replay-cache expiry and epoch-key rotation, every `directory.refresh_secs`.
-    fn spawn_maintenance(&self, directory: &Arc<DirectoryView>, replay: &Arc<ReplayCache>) {
+    fn spawn_maintenance(
+        &self,
+        directory: &Arc<DirectoryView>,
+        replay: &Arc<ReplayCache>,
+        mut refusals: RefusalLog,
+    ) {
         let directory = directory.clone();
         let replay = replay.clone();
         let keys = self.keys.clone();
@@ -318,6 +351,7 @@ impl Parts {
         let shutdown = self.shutdown.clone();
         let schedule = self.schedule;
         let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
+        let relay_id = self.keys.relay_id();
         self.shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -326,10 +360,12 @@ impl Parts {
                     _ = shutdown.signalled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = directory.refresh().await {
-                    count_refused_directory(&metrics, &e);
-                    tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
+                let refreshed = directory.refresh().await;
+                if let Err(e) = &refreshed {
+                    count_refused_directory(&metrics, e);
                 }
+                refusals.observe(&refreshed).await;
+                record_directory(&metrics, &directory, &relay_id);
                 let now = clock.now_unix();
                 let oldest = schedule.oldest_kept_epoch(now);
                 let (replay2, keys2) = (replay.clone(), keys.clone());
@@ -340,7 +376,9 @@ impl Parts {
                 .await;
                 metrics.set_replay_tags(replay.len());
                 match expired {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(epochs = n, "dropped expired replay caches")
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "replay or key expiry failed"),
                     _ => {}
                 }
@@ -555,6 +593,14 @@ impl RunningRelay {
         self.metrics.snapshot()
     }
 
+    /// What `GET /health` serves (and `spore-relay status` prints).
+    pub fn health(&self) -> crate::metrics::Health {
+        if let Some(m) = &self.mailbox {
+            m.refresh_gauges();
+        }
+        self.metrics.health()
+    }
+
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
@@ -586,6 +632,7 @@ impl RunningRelay {
         if let Err(e) = &result {
             count_refused_directory(&self.metrics, e);
         }
+        record_directory(&self.metrics, &self.directory, &self.keys.relay_id());
         result
     }
 
@@ -684,4 +731,161 @@ fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
             _ => "directory_malformed",
         });
     }
+}
+
+/// The fixed facts `/health` and the start-up line report.
+fn describe(
+    config: &RelayConfig,
+    local_addr: SocketAddr,
+    source: &DirectorySource,
+) -> RelayDescription {
+    let roles = &config.roles;
+    let mut names = Vec::new();
+    if roles.entry {
+        names.push("entry".to_owned());
+    }
+    if roles.mix {
+        names.push(format!("mix (layer {})", config.layer));
+    }
+    if roles.mailbox {
+        names.push("mailbox".to_owned());
+    }
+    let directory_source = match source {
+        DirectorySource::File(p) => format!("file {}", p.display()),
+        DirectorySource::Http(u) => format!("url {u}"),
+        DirectorySource::None => "none".to_owned(),
+        DirectorySource::Memory(_) => "in memory".to_owned(),
+        _ => "other".to_owned(),
+    };
+    RelayDescription {
+        roles: names,
+        listen: local_addr.to_string(),
+        public_address: config.advertised_address(local_addr),
+        directory_configured: !matches!(source, DirectorySource::None),
+        directory_source,
+        unwrap_queue_limit: config.limits.unwrap_queue,
+        delay_queue_limit: config.limits.delay_queue,
+        link_queue_limit: config.limits.link_queue,
+        mailbox: roles.mailbox,
+        disk_budget_bytes: config.mailbox.disk_budget_bytes,
+        loop_rate: config.mix.loop_rate,
+    }
+}
+
+/// Tells the metrics which directory is in force and whether it lists this relay.
+fn record_directory(metrics: &Metrics, directory: &DirectoryView, id: &RelayId) {
+    let view = directory.current();
+    metrics.set_directory(
+        view.as_ref().map(|v| (v.valid_after, v.valid_until)),
+        view.as_ref()
+            .and_then(|v| v.relays.get(id))
+            .map(|r| (r.published_at, r.expires_at)),
+    );
+}
+
+/// Logs a refused or unreadable directory once per change of state, not at every refresh:
+/// the first failure (and a different error) at warn, the return to a good directory at info.
+struct RefusalLog {
+    last_error: Option<String>,
+    /// Wall time, for "not valid now" (the relay's clock).
+    now: Arc<dyn Clock>,
+    /// Re-read on a signature or validity refusal, to say which authority did not sign and
+    /// when the document is valid.
+    source: DirectorySource,
+    authorities: Vec<[u8; 32]>,
+}
+
+impl RefusalLog {
+    async fn observe(&mut self, result: &Result<bool>) {
+        match result {
+            Err(e) => {
+                let text = directory_refusal(e, &self.now);
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    let document = match e {
+                        RelayError::Protocol(ProtocolError::PeerMisbehaved(_)) => {
+                            refused_document(&self.source, &self.authorities).await
+                        }
+                        _ => None,
+                    };
+                    tracing::warn!(
+                        error = %text,
+                        document = document.as_deref().unwrap_or("-"),
+                        "directory source refused; keeping the directory in force, if any \
+                         (logged again only when the reason changes)"
+                    );
+                    self.last_error = Some(text);
+                }
+            }
+            Ok(_) => {
+                if self.last_error.take().is_some() {
+                    tracing::info!("directory source usable again");
+                }
+            }
+        }
+    }
+}
+
+/// Why a directory was refused, in an operator's words: a directory comes from the operator's
+/// own file or URL, so its faults are not called a peer's misbehaviour, and each says what to
+/// check.
+fn directory_refusal(e: &RelayError, clock: &Arc<dyn Clock>) -> String {
+    match e {
+        RelayError::Protocol(ProtocolError::PeerMisbehaved(p)) => match p {
+            PeerMisbehaved::NotEnoughSignatures { valid, needed } => format!(
+                "refused: only {valid} of the {needed} required signatures (directory.threshold) \
+                 are by keys in directory.authorities; check those keys against the authorities' \
+                 (`spore directory show` prints them in full)"
+            ),
+            PeerMisbehaved::Expired => format!(
+                "refused: the directory is not valid now ({}); the authorities have not \
+                 published a fresh one, or this host's clock is wrong",
+                crate::error::UtcTime(clock.now_unix())
+            ),
+            PeerMisbehaved::BadSignature => {
+                "refused: an authority signature does not verify (damaged or forged document)"
+                    .to_owned()
+            }
+            other => format!("refused: {other}"),
+        },
+        RelayError::Protocol(ProtocolError::InvalidMessage(m)) => {
+            format!(
+                "refused: not a directory document ({m}); is the source the binary directory, not hex?"
+            )
+        }
+        other => format!("could not be read: {other}"),
+    }
+}
+
+/// What a refused directory document says about itself: its validity window in UTC, which of
+/// `directory.authorities` did not sign it, and signatures by keys not in that list. `None` when
+/// the source cannot be re-read or parsed.
+async fn refused_document(source: &DirectorySource, authorities: &[[u8; 32]]) -> Option<String> {
+    let bytes = source.fetch().await.ok()??;
+    let doc = spore_protocol::directory::Directory::from_bytes(&bytes).ok()?;
+    let signers: Vec<[u8; 32]> = doc.signatures.iter().map(|s| s.authority).collect();
+    let mut text = format!(
+        "valid from {} to {}",
+        crate::error::UtcTime(doc.valid_after),
+        crate::error::UtcTime(doc.valid_until)
+    );
+    let missing: Vec<String> = authorities
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| !signers.contains(k))
+        .map(|(i, k)| format!("directory.authorities[{i}] = {}", hex::encode(k)))
+        .collect();
+    if !missing.is_empty() {
+        text.push_str("; no signature by ");
+        text.push_str(&missing.join(", "));
+    }
+    let unknown: Vec<String> = signers
+        .iter()
+        .filter(|k| !authorities.contains(k))
+        .map(hex::encode)
+        .collect();
+    if !unknown.is_empty() {
+        text.push_str("; signed by keys not in directory.authorities: ");
+        text.push_str(&unknown.join(", "));
+    }
+    Some(text)
 }

@@ -13,6 +13,8 @@ mod mailbox;
 mod mix;
 #[path = "relay/network.rs"]
 mod network;
+#[path = "relay/operator.rs"]
+mod operator;
 #[path = "relay/ops.rs"]
 mod ops;
 #[path = "relay/process.rs"]

@@ -17,6 +17,9 @@ pub struct NetworkView {
     /// The network's key epoch length; relays must use the same.
     pub epoch_length_secs: u64,
     pub max_delay_ms: u64,
+    /// Unix seconds: the document is valid in `[valid_after, valid_until]` (health, metrics).
+    pub valid_after: u64,
+    pub valid_until: u64,
     pub relays: HashMap<RelayId, RelayInfo>,
     source_bytes: Vec<u8>,
 }
@@ -32,6 +35,9 @@ pub struct RelayInfo {
     pub mailbox: bool,
     pub entry: bool,
     pub sphinx_keys: Vec<(u64, PublicKey)>,
+    /// Unix seconds: the descriptor's validity window (health: is it about to run out?).
+    pub published_at: u64,
+    pub expires_at: u64,
 }
 
 impl RelayInfo {
@@ -72,6 +78,8 @@ impl NetworkView {
                             .iter()
                             .map(|k| (k.epoch, PublicKey::from(k.public)))
                             .collect(),
+                        published_at: d.published_at,
+                        expires_at: d.expires_at,
                     },
                 )
             })
@@ -81,6 +89,8 @@ impl NetworkView {
             mu: dir.params.mu,
             epoch_length_secs: dir.params.epoch_length_secs,
             max_delay_ms: dir.params.max_delay_ms,
+            valid_after: dir.valid_after,
+            valid_until: dir.valid_until,
             relays,
             source_bytes,
         }
