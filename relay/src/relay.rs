@@ -202,9 +202,12 @@ impl Parts {
         if trust.threshold == 0 {
             tracing::warn!("directory signatures are not checked (threshold 0): testing only");
         }
+        let cache = (config.directory.cache_path.clone())
+            .unwrap_or_else(|| config.data_dir.join("directory.bin"));
         let directory = Arc::new(
             DirectoryView::new(source, trust, self.clock.clone())
-                .expect_epoch_length(config.mix.epoch_length_secs),
+                .expect_epoch_length(config.mix.epoch_length_secs)
+                .cache_in(cache),
         );
         if let Err(e) = directory.refresh().await {
             count_refused_directory(&self.metrics, &e);
@@ -311,6 +314,12 @@ impl Parts {
         let shutdown = self.shutdown.clone();
         let schedule = self.schedule;
         let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
+        self.shutdown.spawn(crate::directory::refresh_loop(
+            directory,
+            every,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         self.shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -319,16 +328,15 @@ impl Parts {
                     _ = shutdown.signalled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = directory.refresh().await {
-                    count_refused_directory(&metrics, &e);
-                    tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");
-                }
                 let oldest = schedule.oldest_kept_epoch(clock.now_unix());
                 let replay2 = replay.clone();
-                let expired = tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
+                let expired =
+                    tokio::task::spawn_blocking(move || replay2.expire_before(oldest)).await;
                 metrics.set_replay_tags(replay.len());
                 match expired {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(epochs = n, "dropped expired replay caches"),
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(epochs = n, "dropped expired replay caches")
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "replay cache expiry failed"),
                     _ => {}
                 }
@@ -641,7 +649,7 @@ impl Drop for RunningRelay {
 
 /// Counts a refused directory under `directory_<reason>` (forged, expired, malformed). A source
 /// that could not be read is not a refusal and is not counted.
-fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
+pub(crate) fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
     if let RelayError::Protocol(p) = e {
         metrics.dropped(match p {
             ProtocolError::PeerMisbehaved(PeerMisbehaved::NotEnoughSignatures { .. }) => {

@@ -57,7 +57,8 @@ pub enum TestnetCmd {
 
 #[derive(Args)]
 pub struct LoadArgs {
-    /// The signed directory of the network to load (e.g. DIR/directory.bin of a testnet).
+    /// The signed directory of the network to load: a file (e.g. DIR/directory.bin of a
+    /// testnet) or an authority's URL (`http://host:port/directory`).
     #[arg(long)]
     pub directory: PathBuf,
     /// Packets per second offered to the entry relay.

@@ -81,15 +81,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Testnet(cmd) => testnet(cmd),
         Command::Load(args) => {
-            let dir = authority::read(&args.directory)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let from = args.directory.to_string_lossy().into_owned();
+            let dir = rt.block_on(spore_tools::load::read_directory(&from))?;
             let cfg = spore_tools::load::LoadConfig {
                 rate: args.rate,
                 duration: std::time::Duration::from_secs(args.duration),
                 drain: std::time::Duration::from_secs(args.drain),
                 entry: None,
             };
-            let report =
-                tokio::runtime::Runtime::new()?.block_on(spore_tools::load::run(&dir, &cfg))?;
+            let report = rt.block_on(spore_tools::load::run(&dir, &cfg))?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
