@@ -104,6 +104,39 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
     Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
+/// Unix seconds as an HTTP `Date` (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn format_http_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS.get(usize::try_from(days % 7).unwrap_or(0))
+            .unwrap_or(&"Thu"),
+        day,
+        MONTHS
+            .get(usize::try_from(month - 1).unwrap_or(0))
+            .unwrap_or(&"Jan"),
+        year,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Status, date and body of a complete response.
 fn parse_answer(raw: &[u8]) -> Result<HttpAnswer, FetchError> {
     let bad = |what: &str| FetchError::Http(format!("authority's answer: {what}"));
@@ -277,6 +310,13 @@ mod tests {
             Some(1_796_444_679)
         );
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(
+            format_http_date(784_111_777),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        for t in [0, 951_782_400, 1_796_444_679, 4_102_444_800] {
+            assert_eq!(parse_http_date(&format_http_date(t)), Some(t));
+        }
         let a = parse_answer(
             b"HTTP/1.1 400 Bad Request\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\nwhy",
         )

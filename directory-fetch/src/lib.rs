@@ -24,5 +24,8 @@ pub use config::DirectoryConfig;
 pub use fetcher::{
     DirectoryFetcher, MIN_REFRESH, VerifiedDirectory, next_refresh, write_private_atomic,
 };
-pub use http::{HTTP_TIMEOUT, HttpAnswer, MAX_DIRECTORY_BYTES, get_answer, parse_http_date, post};
+pub use http::{
+    HTTP_TIMEOUT, HttpAnswer, MAX_DIRECTORY_BYTES, format_http_date, get_answer, parse_http_date,
+    post,
+};
 pub use source::{DirectorySource, FetchError, MemoryDirectory};

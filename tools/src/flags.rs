@@ -24,6 +24,10 @@ pub enum Command {
     /// Directory authority: build, co-sign, verify, show and serve the signed directory.
     #[command(subcommand)]
     Directory(DirectoryCmd),
+    /// Directory authority service: take relays' descriptor uploads, agree with the other
+    /// authorities each epoch, publish the threshold-signed directory.
+    #[command(subcommand)]
+    Authority(AuthorityCmd),
     /// Decode a packet, link frame, directory, descriptor or Spore address and say what an
     /// outside observer can and cannot learn from it.
     Inspect(InspectArgs),
@@ -107,6 +111,16 @@ pub enum KeygenCmd {
         /// Relay id (hex) of a mailbox relay holding this mailbox; give one or two.
         #[arg(long = "relay", required = true, num_args = 1)]
         relays: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuthorityCmd {
+    /// Run the authority service until Ctrl-C or SIGTERM (see docs/operating.md).
+    Run {
+        /// authority.toml: listen, key_file, peers, threshold, [params].
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 

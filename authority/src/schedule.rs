@@ -1,0 +1,53 @@
+//! When, within an epoch, an authority votes, builds the consensus and stops waiting for votes.
+
+/// Fractions of the epoch, fixed so that every authority acts at the same wall-clock times.
+pub const VOTE_AT: f64 = 0.35;
+pub const CONSENSUS_AT: f64 = 0.45;
+pub const VOTES_UNTIL: f64 = 0.55;
+
+/// The epoch arithmetic for one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub epoch_length_secs: u64,
+}
+
+impl Schedule {
+    pub fn epoch_at(&self, now_unix: u64) -> u64 {
+        now_unix / self.epoch_length_secs.max(1)
+    }
+
+    /// How far into its epoch `now_ms` (Unix milliseconds) is, in `[0, 1)`.
+    pub fn phase(&self, now_ms: u64) -> f64 {
+        let len_ms = self.epoch_length_secs.max(1) * 1000;
+        (now_ms % len_ms) as f64 / len_ms as f64
+    }
+
+    pub fn start_of(&self, epoch: u64) -> u64 {
+        epoch.saturating_mul(self.epoch_length_secs)
+    }
+
+    /// The document for `epoch` becomes valid half-way through the epoch before it (when it is
+    /// published) and stays valid to the end of `epoch`.
+    pub fn validity(&self, epoch: u64) -> (u64, u64) {
+        let start = self.start_of(epoch);
+        (
+            start.saturating_sub(self.epoch_length_secs / 2),
+            self.start_of(epoch + 1),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_overlaps_the_previous_epochs_second_half() {
+        let s = Schedule {
+            epoch_length_secs: 20,
+        };
+        assert_eq!(s.validity(10), (190, 220));
+        assert_eq!(s.epoch_at(219), 10);
+        assert!((s.phase(207_000) - 0.35).abs() < 1e-9);
+    }
+}
