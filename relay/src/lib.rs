@@ -52,6 +52,7 @@ mod listener;
 mod mailbox;
 mod metrics;
 mod mix;
+mod publish;
 mod relay;
 mod replay;
 mod shutdown;

@@ -99,6 +99,14 @@ impl Relay {
         };
         parts.spawn_cover(&directory, &mix.egress);
         parts.start_descriptor_file(local_addr).await?;
+        crate::publish::spawn(
+            &parts.config,
+            &parts.keys,
+            local_addr,
+            &directory,
+            parts.clock.clone(),
+            &parts.shutdown,
+        );
 
         let Parts {
             config,
