@@ -24,7 +24,7 @@
 //!   that saw the same votes build byte-identical documents. Each signs it and serves its
 //!   signature at `GET /signature/{N+1}`.
 //! * **Publish.** It collects the others' signatures over the same document, and once it holds
-//!   `threshold` of them serves the document at `GET /directory` (valid from `N L + L/2` to
+//!   `threshold` of them serves the document at `GET /directory` (valid from `N L + L/4` to
 //!   the end of epoch `N + 1`), adding signatures as they arrive; until then the previous
 //!   document is served. One authority down costs its signature and its vote, nothing else,
 //!   while a threshold remains.

@@ -26,12 +26,14 @@ impl Schedule {
         epoch.saturating_mul(self.epoch_length_secs)
     }
 
-    /// The document for `epoch` becomes valid half-way through the epoch before it (when it is
-    /// published) and stays valid to the end of `epoch`.
+    /// The document for `epoch` is valid from a quarter into the epoch before it (before the
+    /// vote, so every descriptor voted on was published by then, and early enough that a
+    /// reader whose clock is somewhat behind accepts it when it is published at about
+    /// `CONSENSUS_AT`) to the end of `epoch`.
     pub fn validity(&self, epoch: u64) -> (u64, u64) {
         let start = self.start_of(epoch);
         (
-            start.saturating_sub(self.epoch_length_secs / 2),
+            start.saturating_sub(self.epoch_length_secs - self.epoch_length_secs / 4),
             self.start_of(epoch + 1),
         )
     }
@@ -42,11 +44,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validity_overlaps_the_previous_epochs_second_half() {
+    fn validity_starts_before_the_vote_in_the_previous_epoch() {
         let s = Schedule {
             epoch_length_secs: 20,
         };
-        assert_eq!(s.validity(10), (190, 220));
+        assert_eq!(s.validity(10), (185, 220));
         assert_eq!(s.epoch_at(219), 10);
         assert!((s.phase(207_000) - 0.35).abs() < 1e-9);
     }
