@@ -13,8 +13,8 @@
 //! * **Uploads, all the time.** A relay's descriptor is checked at once (structure, its own
 //!   signature, its validity window) and kept, the latest per relay. A bad upload gets a 4xx
 //!   with the reason and changes nothing; bodies and the number of relays held are bounded.
-//! * **Vote at `0.35 L`.** The authority freezes the descriptors it holds that stay valid to
-//!   the end of epoch `N + 1` and carry a key for it, into a vote: a [`Directory`] signed by
+//! * **Vote at `0.35 L`.** The authority freezes the descriptors it holds that are valid at
+//!   that instant, stay valid to the end of epoch `N + 1` and carry a key for it, into a vote: a [`Directory`] signed by
 //!   itself alone, served at `GET /vote/{N+1}`.
 //! * **Consensus from `0.45 L`.** It fetches the other authorities' votes (until all answered
 //!   or `0.55 L`), checks each against that authority's key, and applies one rule: *a relay

@@ -22,6 +22,14 @@ impl Schedule {
         (now_ms % len_ms) as f64 / len_ms as f64
     }
 
+    /// The instant (Unix seconds) at which votes for `round` are taken: the descriptors voted
+    /// on, and the votes and signatures received, are checked as of then, so every authority
+    /// checks them at the same time however late it runs.
+    pub fn vote_time(&self, round: u64) -> u64 {
+        let len = self.epoch_length_secs;
+        self.start_of(round.saturating_sub(1)) + (len * 35).div_ceil(100)
+    }
+
     pub fn start_of(&self, epoch: u64) -> u64 {
         epoch.saturating_mul(self.epoch_length_secs)
     }
@@ -50,6 +58,7 @@ mod tests {
         };
         assert_eq!(s.validity(10), (185, 220));
         assert_eq!(s.epoch_at(219), 10);
+        assert_eq!(s.vote_time(10), 187);
         assert!((s.phase(207_000) - 0.35).abs() < 1e-9);
     }
 }

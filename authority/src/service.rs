@@ -407,11 +407,12 @@ fn vote(shared: &Shared, round: u64) {
         return;
     }
     let (valid_after, valid_until) = shared.schedule.validity(round);
+    let vote_time = shared.schedule.vote_time(round);
     let mut relays: Vec<RelayDescriptor> = state
         .descriptors
         .values()
         .filter(|d| {
-            d.verify(valid_after).is_ok()
+            d.verify(vote_time).is_ok()
                 && d.expires_at >= valid_until
                 && d.sphinx_key(round).is_some()
         })
@@ -535,7 +536,7 @@ fn check_vote(
     if vote.epoch != round || vote.params != shared.params {
         return Err("for another epoch, or different network parameters".into());
     }
-    vote.verify(&[*key], 1, vote.valid_after)
+    vote.verify(&[*key], 1, shared.schedule.vote_time(round))
         .map_err(|e| e.to_string())?;
     Ok(vote.relays)
 }
@@ -573,7 +574,10 @@ async fn collect_signatures(shared: &Shared, round: u64) {
         let mut check = doc.clone();
         check.signatures = vec![*sig];
         // Same bytes signed: their signature verifies over our document.
-        if check.verify(&[key], 1, doc.valid_after).is_ok() {
+        if check
+            .verify(&[key], 1, shared.schedule.vote_time(round))
+            .is_ok()
+        {
             doc.signatures.push(*sig);
         } else {
             tracing::debug!(authority = %hex::encode(&key[..6]), epoch = round, "a different document: the authorities saw different votes");

@@ -1,6 +1,7 @@
 //! The relay publishing itself: each epoch it signs a fresh descriptor (its current and next
 //! epochs' Sphinx keys) and uploads it to every configured authority (`[directory]
-//! upload_urls`), retrying until each accepted it. Alongside, it watches its standing and
+//! upload_urls`), retrying until each accepted it, and again every quarter epoch (an authority
+//! that restarted has lost what it held). Alongside, it watches its standing and
 //! warns loudly, once per change of state, when:
 //!
 //! * it is not listed in the directory in force (or has no directory at all),
@@ -155,7 +156,7 @@ impl Uploader {
                     }
                 };
             let mut done: HashSet<usize> = HashSet::new();
-            // Until every authority took this epoch's descriptor, or the epoch ends.
+            // This epoch's descriptor to every authority, until the epoch ends.
             while self.clock.now_unix() / epoch_len == epoch {
                 for (i, url) in self.urls.iter().enumerate() {
                     if done.contains(&i) {
@@ -208,16 +209,20 @@ impl Uploader {
                     }
                 }
                 if done.len() == self.urls.len() {
-                    break;
+                    // Again a quarter epoch later (or at the next epoch): an authority that
+                    // restarted meanwhile has lost what it held and gets it back before it votes.
+                    let now = self.clock.now_unix();
+                    let next_epoch = (now / epoch_len + 1) * epoch_len;
+                    let again = (epoch_len / 4).max(1).min(next_epoch.saturating_sub(now));
+                    tokio::time::sleep(Duration::from_secs(again).max(self.retry)).await;
+                    done.clear();
+                    continue;
                 }
                 tokio::time::sleep(self.retry).await;
             }
-            // Next epoch, a little after it starts (spread so relays do not upload in step).
-            let now = self.clock.now_unix();
-            let next = (now / epoch_len + 1) * epoch_len;
+            // A new epoch: upload a little after it starts (spread so relays are not in step).
             let spread = (epoch_len / 20).max(1);
-            let wait = next.saturating_sub(now) + rand::random_range(0..spread);
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+            tokio::time::sleep(Duration::from_secs(rand::random_range(0..spread))).await;
         }
     }
 }
