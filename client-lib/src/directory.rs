@@ -230,6 +230,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_starts_from_its_kept_document_when_no_authority_answers() {
+        let auth = SigningKey::from_bytes(&[5; 32]);
+        let answer = Arc::new(RwLock::new(signed(&auth, 0)));
+        let url = authority(answer.clone()).await;
+        let trust = Trust {
+            authorities: vec![auth.verifying_key().to_bytes()],
+            threshold: 1,
+        };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = tmp.path().join("directory.bin");
+        let source = DirectorySource::Mirrors {
+            urls: vec![url],
+            refresh: Duration::from_secs(30),
+        };
+        let first = DirectoryView::load(source, trust.clone(), Some(cache.clone()))
+            .await
+            .expect("fetched");
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead_url = format!("http://{}/directory", dead.local_addr().expect("addr"));
+        drop(dead);
+        let source = DirectorySource::Http {
+            url: dead_url,
+            refresh: Duration::from_secs(30),
+        };
+        let restarted = DirectoryView::load(source.clone(), trust.clone(), Some(cache))
+            .await
+            .expect("from the kept document");
+        assert_eq!(restarted.current().epoch, first.current().epoch);
+        assert!(
+            DirectoryView::load(source, trust, None).await.is_err(),
+            "nothing kept, nothing answers"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_file_is_a_file_error() {
         let source = DirectorySource::File {
             path: "/nonexistent/spore/directory.bin".into(),

@@ -266,6 +266,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_relay_fetching_by_url_restarts_from_the_document_kept_on_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = tmp.path().join("data").join("directory.bin");
+        let auth = SigningKey::from_bytes(&[8; 32]);
+        let trust = Trust {
+            authorities: vec![auth.verifying_key().to_bytes()],
+            threshold: 1,
+        };
+        let now = SystemClock.now_unix();
+        let mut d = doc(now);
+        d.sign(&auth).expect("sign");
+        spore_directory_fetch::write_private_atomic(&cache, &d.to_bytes()).expect("write");
+        // No authority answers (nothing listens on a port just released).
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/directory", dead.local_addr().expect("addr"));
+        drop(dead);
+        let view = DirectoryView::new(
+            DirectorySource::Mirrors(vec![url.clone(), url]),
+            trust,
+            Arc::new(SystemClock),
+        )
+        .cache_in(cache);
+        assert!(view.refresh().await.is_err(), "the authorities are down");
+        assert_eq!(view.current().expect("the cached document").epoch, d.epoch);
+    }
+
+    #[tokio::test]
     async fn http_source_fetches_a_directory() {
         use http_body_util::Full;
         use hyper::body::Bytes;
