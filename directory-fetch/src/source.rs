@@ -15,7 +15,7 @@ pub enum DirectorySource {
     File(PathBuf),
     /// Bytes set in-process (tests, tools embedding a relay).
     Memory(MemoryDirectory),
-    /// `GET http://host:port/path` from a directory authority (`spore authority serve`).
+    /// `GET http://host:port/path` from a directory authority (`spore authority run`) or a mirror.
     /// Plain HTTP is enough: the document is signed and verified by threshold, so transport
     /// security would add only hiding that a reader fetched the (public) directory.
     Http(String),
