@@ -30,6 +30,8 @@ const TICK: Duration = Duration::from_millis(250);
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection must finish its request within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at accept (relays retry, readers use mirrors).
+const MAX_CONNECTIONS: usize = 512;
 
 /// Why the service could not start.
 #[derive(Debug, Error)]
@@ -238,6 +240,7 @@ async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             () = stopped(&mut stop) => return,
@@ -250,8 +253,13 @@ async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("connection limit reached; closing a new connection");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, req).await) }
@@ -556,14 +564,29 @@ async fn collect_signatures(shared: &Shared, round: u64) {
         !signed.contains(k)
     })
     .await;
-    let mut state = shared.state();
-    let Some(doc) = state
-        .rounds
-        .get_mut(&round)
-        .and_then(|r| r.document.as_mut())
-    else {
+    let Some(bytes) = add_signatures(shared, round, got) else {
         return;
     };
+    if let Some(path) = shared.directory_file.clone() {
+        let written = tokio::task::spawn_blocking(move || {
+            spore_directory_fetch::write_private_atomic(&path, &bytes).map_err(|e| (path, e))
+        })
+        .await;
+        if let Ok(Err((path, e))) = written {
+            tracing::warn!(error = %e, path = %path.display(), "cannot write the published directory");
+        }
+    }
+}
+
+/// Adds the peers' signatures that verify over our document for `round`; publishes it if it
+/// has reached the threshold and is newer or better signed than the one served. Returns the
+/// bytes published, if any.
+fn add_signatures(shared: &Shared, round: u64, got: Vec<([u8; 32], Vec<u8>)>) -> Option<Bytes> {
+    let mut state = shared.state();
+    let doc = state
+        .rounds
+        .get_mut(&round)
+        .and_then(|r| r.document.as_mut())?;
     for (key, body) in got {
         let Ok(theirs) = Directory::from_bytes(&body) else {
             continue;
@@ -590,21 +613,18 @@ async fn collect_signatures(shared: &Shared, round: u64) {
         None => true,
         Some((p, _)) => (doc.epoch, doc.signatures.len()) > (p.epoch, p.signatures.len()),
     };
-    if doc.signatures.len() >= shared.threshold && newer {
-        tracing::info!(
-            epoch = round,
-            signatures = doc.signatures.len(),
-            relays = doc.relays.len(),
-            "directory published"
-        );
-        let bytes = Bytes::from(doc.to_bytes());
-        if let Some(path) = &shared.directory_file
-            && let Err(e) = spore_directory_fetch::write_private_atomic(path, &bytes)
-        {
-            tracing::warn!(error = %e, path = %path.display(), "cannot write the published directory");
-        }
-        state.published = Some((doc, bytes));
+    if doc.signatures.len() < shared.threshold || !newer {
+        return None;
     }
+    tracing::info!(
+        epoch = round,
+        signatures = doc.signatures.len(),
+        relays = doc.relays.len(),
+        "directory published"
+    );
+    let bytes = Bytes::from(doc.to_bytes());
+    state.published = Some((doc, bytes.clone()));
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -743,12 +763,17 @@ mod tests {
                 .collect()
         };
         let mut running = Vec::new();
-        for i in 0..2 {
-            running.push(
-                start(config(addrs[i], peers_of(i), 2, EPOCH), keys[i].clone())
-                    .await
-                    .unwrap(),
-            );
+        let tmp = tempfile::tempdir().unwrap();
+        let kept = tmp.path().join("published.bin");
+        let config_of = |i: usize| {
+            let mut c = config(addrs[i], peers_of(i), 2, EPOCH);
+            if i == 0 {
+                c.directory_file = Some(kept.clone());
+            }
+            c
+        };
+        for (i, key) in keys.iter().enumerate().take(2) {
+            running.push(start(config_of(i), key.clone()).await.unwrap());
         }
         let now = now_ms() / 1000;
         let first = now / EPOCH + 1;
@@ -809,6 +834,16 @@ mod tests {
                 .is_ok(),
             "both authorities publish the same bytes"
         );
+        // Restarted, an authority serves what it last published until its next round.
+        let mut running = running.into_iter();
+        running.next().unwrap().shutdown().await;
+        let restarted = start(config_of(0), keys[0].clone()).await.unwrap();
+        assert_eq!(
+            restarted.published().map(|d| d.epoch),
+            Some(doc.epoch),
+            "the kept document is served after a restart"
+        );
+        restarted.shutdown().await;
         for a in running {
             a.shutdown().await;
         }
