@@ -312,7 +312,8 @@ impl Parts {
         Some(service)
     }
 
-    /// Directory refresh and replay-cache expiry, every `directory.refresh_secs`.
+    /// Directory refresh (its own loop: about every `directory.refresh_secs`, jittered, sooner
+    /// near expiry) and replay-cache expiry, every `directory.refresh_secs`.
     fn spawn_maintenance(&self, directory: &Arc<DirectoryView>, replay: &Arc<ReplayCache>) {
         let directory = directory.clone();
         let replay = replay.clone();
