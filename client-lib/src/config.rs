@@ -17,24 +17,29 @@ pub enum DirectorySource {
     /// An authority's URL, `http://host:port/directory` (`spore directory serve`), fetched
     /// again every `refresh`, as relays do.
     Http { url: String, refresh: Duration },
+    /// Several authority or mirror URLs, tried in turn; a document older than the one in
+    /// force is not taken.
+    Mirrors {
+        urls: Vec<String>,
+        refresh: Duration,
+    },
     /// A fixed document (tests, embedded testnets). Still verified against [`Trust`].
     Fixed(Directory),
 }
 
 impl DirectorySource {
-    /// The source a `[directory]` config section names (`path`, else `url`), if any.
+    /// The source a `[directory]` config section names (`path`, else `url` and `urls`), if any.
     pub fn from_config(section: &DirectoryConfig) -> Option<Self> {
         let refresh = section.refresh();
-        match (&section.path, &section.url) {
-            (Some(path), _) => Some(Self::File {
-                path: path.clone(),
-                refresh,
-            }),
-            (None, Some(url)) => Some(Self::Http {
-                url: url.clone(),
-                refresh,
-            }),
-            (None, None) => None,
+        match section.source() {
+            spore_directory_fetch::DirectorySource::File(path) => {
+                Some(Self::File { path, refresh })
+            }
+            spore_directory_fetch::DirectorySource::Http(url) => Some(Self::Http { url, refresh }),
+            spore_directory_fetch::DirectorySource::Mirrors(urls) => {
+                Some(Self::Mirrors { urls, refresh })
+            }
+            _ => None,
         }
     }
 }

@@ -1,10 +1,14 @@
-//! The verified directory in force, refreshed from its [`DirectorySource`]. Bytes come from
-//! `spore-directory-fetch` and are verified by `spore-protocol`'s [`Trust`], as on relays.
+//! The verified directory in force, refreshed from its [`DirectorySource`] ahead of its
+//! expiry. Fetching (sources in turn, threshold verification, the last good document kept on
+//! disk) is `spore-directory-fetch`'s [`DirectoryFetcher`], as on relays.
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use spore_directory_fetch::{DirectorySource as Fetched, FetchError};
+use spore_directory_fetch::{
+    DirectoryFetcher, DirectorySource as Fetched, FetchError, VerifiedDirectory,
+};
 use spore_protocol::Directory;
 
 use crate::config::{DirectorySource, Trust};
@@ -28,18 +32,62 @@ pub(crate) fn now_ms() -> u64 {
 #[derive(Debug)]
 pub(crate) struct DirectoryView {
     source: DirectorySource,
-    trust: Trust,
+    /// `None` for a fixed document.
+    fetcher: Option<DirectoryFetcher>,
     current: RwLock<Arc<Directory>>,
+    verified: RwLock<Option<Arc<VerifiedDirectory>>>,
 }
 
 impl DirectoryView {
-    /// Loads and verifies the directory once; fails if there is no usable one.
-    pub async fn load(source: DirectorySource, trust: Trust) -> Result<Self> {
-        let dir = fetch(&source, &trust).await?;
+    /// Loads and verifies the directory once; fails if there is no usable one. A directory
+    /// fetched by URL is kept in `cache` and used from there when no authority answers.
+    pub async fn load(
+        source: DirectorySource,
+        trust: Trust,
+        cache: Option<PathBuf>,
+    ) -> Result<Self> {
+        if !trust.checks_signatures() {
+            tracing::warn!("directory signatures are not checked (threshold 0): testing only");
+        }
+        let from = match &source {
+            DirectorySource::File { path, .. } => Fetched::File(path.clone()),
+            DirectorySource::Http { url, .. } => Fetched::Http(url.clone()),
+            DirectorySource::Mirrors { urls, .. } => Fetched::Mirrors(urls.clone()),
+            DirectorySource::Fixed(d) => {
+                trust
+                    .verify(d, now_unix())
+                    .map_err(|e| ClientError::Directory(e.to_string()))?;
+                return Ok(Self {
+                    current: RwLock::new(Arc::new(d.clone())),
+                    source,
+                    fetcher: None,
+                    verified: RwLock::new(None),
+                });
+            }
+        };
+        let by_url = !matches!(from, Fetched::File(_));
+        let fetcher = DirectoryFetcher::new(from, trust).with_cache(cache.filter(|_| by_url));
+        let now = now_unix();
+        let fetched = match fetcher.fetch_newer(None, now).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(nothing_yet(fetcher.source())),
+            Err(e) => Err(fetch_error(fetcher.source(), e)),
+        };
+        let v = match fetched {
+            Ok(v) => v,
+            Err(e) => match fetcher.load_cached(now).await {
+                Some(v) => {
+                    tracing::warn!(error = %e, "no directory from the authorities: using the one kept on disk");
+                    v
+                }
+                None => return Err(e),
+            },
+        };
         Ok(Self {
             source,
-            trust,
-            current: RwLock::new(Arc::new(dir)),
+            current: RwLock::new(Arc::new(v.directory.clone())),
+            verified: RwLock::new(Some(Arc::new(v))),
+            fetcher: Some(fetcher),
         })
     }
 
@@ -53,55 +101,63 @@ impl DirectoryView {
     /// How often the source should be re-read, if it can change.
     pub fn refresh_interval(&self) -> Option<Duration> {
         match &self.source {
-            DirectorySource::File { refresh, .. } | DirectorySource::Http { refresh, .. } => {
+            DirectorySource::File { refresh, .. }
+            | DirectorySource::Http { refresh, .. }
+            | DirectorySource::Mirrors { refresh, .. } => {
                 Some((*refresh).max(Duration::from_secs(1)))
             }
             DirectorySource::Fixed(_) => None,
         }
     }
 
-    /// Re-reads the source; keeps the current document if the new one does not verify.
+    /// When to refresh next: about every `every`, jittered, and sooner as the document in
+    /// force nears its expiry.
+    pub fn next_refresh(&self, every: Duration) -> Duration {
+        spore_directory_fetch::next_refresh(every, Some(self.current().valid_until), now_unix())
+    }
+
+    /// Re-reads the source; keeps the current document if the new one does not verify or is
+    /// older. A refused document is an error the first time it is fetched only.
     pub async fn refresh(&self) -> Result<()> {
-        let dir = fetch(&self.source, &self.trust).await?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
-        Ok(())
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
+        let verified = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match fetcher.fetch_newer(verified.as_deref(), now_unix()).await {
+            Ok(Some(v)) => {
+                tracing::info!(epoch = v.directory.epoch, "installed directory");
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    Arc::new(v.directory.clone());
+                *self.verified.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(v));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(fetch_error(fetcher.source(), e)),
+        }
     }
 }
 
-async fn fetch(source: &DirectorySource, trust: &Trust) -> Result<Directory> {
-    let from = match source {
-        DirectorySource::File { path, .. } => Fetched::File(path.clone()),
-        DirectorySource::Http { url, .. } => Fetched::Http(url.clone()),
-        DirectorySource::Fixed(d) => {
-            return verify(d.clone(), trust);
-        }
-    };
-    let bytes = match from.fetch().await {
-        Ok(Some(bytes)) => bytes,
-        // A missing file stays the error it always was for a client (it cannot start without one).
-        Ok(None) => {
-            return Err(match from {
-                Fetched::File(path) => ClientError::File {
-                    path,
-                    source: std::io::ErrorKind::NotFound.into(),
-                },
-                _ => ClientError::Directory(format!("no directory at {from} yet")),
-            });
-        }
-        Err(FetchError::File { path, source }) => return Err(ClientError::File { path, source }),
-        Err(e) => return Err(ClientError::Directory(format!("{from}: {e}"))),
-    };
-    verify(Directory::from_bytes(&bytes)?, trust)
+/// A missing file stays the error it always was for a client (it cannot start without one).
+fn nothing_yet(from: &Fetched) -> ClientError {
+    match from {
+        Fetched::File(path) => ClientError::File {
+            path: path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        },
+        _ => ClientError::Directory(format!("no directory at {from} yet")),
+    }
 }
 
-fn verify(dir: Directory, trust: &Trust) -> Result<Directory> {
-    if !trust.checks_signatures() {
-        tracing::warn!("directory signatures are not checked (threshold 0): testing only");
+fn fetch_error(from: &Fetched, e: FetchError) -> ClientError {
+    match e {
+        FetchError::File { path, source } => ClientError::File { path, source },
+        FetchError::Refused { source, .. } => ClientError::Directory(source.to_string()),
+        e => ClientError::Directory(format!("{from}: {e}")),
     }
-    trust
-        .verify(&dir, now_unix())
-        .map_err(|e| ClientError::Directory(e.to_string()))?;
-    Ok(dir)
 }
 
 #[cfg(test)]
@@ -158,7 +214,9 @@ mod tests {
             url,
             refresh: Duration::from_secs(30),
         };
-        let view = DirectoryView::load(source, trust).await.expect("verified");
+        let view = DirectoryView::load(source, trust, None)
+            .await
+            .expect("verified");
         assert_eq!(view.refresh_interval(), Some(Duration::from_secs(30)));
         let first = view.current().epoch;
 
@@ -172,13 +230,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_starts_from_its_kept_document_when_no_authority_answers() {
+        let auth = SigningKey::from_bytes(&[5; 32]);
+        let answer = Arc::new(RwLock::new(signed(&auth, 0)));
+        let url = authority(answer.clone()).await;
+        let trust = Trust {
+            authorities: vec![auth.verifying_key().to_bytes()],
+            threshold: 1,
+        };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = tmp.path().join("directory.bin");
+        let source = DirectorySource::Mirrors {
+            urls: vec![url],
+            refresh: Duration::from_secs(30),
+        };
+        let first = DirectoryView::load(source, trust.clone(), Some(cache.clone()))
+            .await
+            .expect("fetched");
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead_url = format!("http://{}/directory", dead.local_addr().expect("addr"));
+        drop(dead);
+        let source = DirectorySource::Http {
+            url: dead_url,
+            refresh: Duration::from_secs(30),
+        };
+        let restarted = DirectoryView::load(source.clone(), trust.clone(), Some(cache))
+            .await
+            .expect("from the kept document");
+        assert_eq!(restarted.current().epoch, first.current().epoch);
+        assert!(
+            DirectoryView::load(source, trust, None).await.is_err(),
+            "nothing kept, nothing answers"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_file_is_a_file_error() {
         let source = DirectorySource::File {
             path: "/nonexistent/spore/directory.bin".into(),
             refresh: Duration::from_secs(60),
         };
         assert!(matches!(
-            DirectoryView::load(source, Trust::default()).await,
+            DirectoryView::load(source, Trust::default(), None).await,
             Err(ClientError::File { .. })
         ));
     }

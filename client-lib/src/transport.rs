@@ -92,7 +92,12 @@ impl Transport {
         if config.server_name.is_empty() {
             return Err(ClientError::Config("server_name is empty".into()));
         }
-        let directory = DirectoryView::load(config.directory.clone(), config.trust.clone()).await?;
+        let directory = DirectoryView::load(
+            config.directory.clone(),
+            config.trust.clone(),
+            Some(config.data_dir.join("directory.bin")),
+        )
+        .await?;
         let dir = directory.current();
         let own = dir.relay(&config.mailbox_relay).ok_or_else(|| {
             ClientError::Directory("our mailbox relay is not in the directory".into())
@@ -158,7 +163,7 @@ impl Transport {
                 loop {
                     tokio::select! {
                         () = stopped(&mut stop) => return,
-                        _ = tokio::time::sleep(every) => {}
+                        _ = tokio::time::sleep(s.directory.next_refresh(every)) => {}
                     }
                     if let Err(e) = s.directory.refresh().await {
                         tracing::warn!(error = %e, "directory refresh failed; keeping the previous one");

@@ -15,10 +15,13 @@ pub enum DirectorySource {
     File(PathBuf),
     /// Bytes set in-process (tests, tools embedding a relay).
     Memory(MemoryDirectory),
-    /// `GET http://host:port/path` from a directory authority (`spore authority serve`).
+    /// `GET http://host:port/path` from a directory authority (`spore authority run`) or a mirror.
     /// Plain HTTP is enough: the document is signed and verified by threshold, so transport
     /// security would add only hiding that a reader fetched the (public) directory.
     Http(String),
+    /// Several authority or mirror URLs, tried in turn ([`crate::DirectoryFetcher`] takes the
+    /// first that verifies and is not older than what the reader has).
+    Mirrors(Vec<String>),
 }
 
 /// Why directory bytes could not be fetched.
@@ -35,9 +38,26 @@ pub enum FetchError {
     Http(String),
     #[error("timed out")]
     Timeout,
+    /// A document was fetched but does not verify (forged, expired, malformed). Reported once
+    /// per document: fetching the same bytes again is "nothing new".
+    #[error("directory from {from} refused: {source}")]
+    Refused {
+        from: String,
+        source: spore_protocol::Error,
+    },
 }
 
 impl DirectorySource {
+    /// The single sources this one tries, in turn (a list of mirrors is one per URL).
+    pub fn each(&self) -> Vec<DirectorySource> {
+        match self {
+            DirectorySource::Mirrors(urls) => {
+                urls.iter().cloned().map(DirectorySource::Http).collect()
+            }
+            other => vec![other.clone()],
+        }
+    }
+
     /// The current bytes, or `None` if the source has nothing yet (no source, a missing
     /// file, an authority answering 404 or 503).
     pub async fn fetch(&self) -> Result<Option<Vec<u8>>, FetchError> {
@@ -53,6 +73,16 @@ impl DirectorySource {
             },
             DirectorySource::Memory(m) => Ok(m.get()),
             DirectorySource::Http(url) => crate::http::get(url).await,
+            DirectorySource::Mirrors(urls) => {
+                let mut last = Ok(None);
+                for url in urls {
+                    last = crate::http::get(url).await;
+                    if let Ok(Some(_)) = last {
+                        break;
+                    }
+                }
+                last
+            }
         }
     }
 }
@@ -64,6 +94,7 @@ impl std::fmt::Display for DirectorySource {
             DirectorySource::File(p) => write!(f, "{}", p.display()),
             DirectorySource::Memory(_) => f.write_str("in-memory directory"),
             DirectorySource::Http(url) => f.write_str(url),
+            DirectorySource::Mirrors(urls) => f.write_str(&urls.join(", ")),
         }
     }
 }

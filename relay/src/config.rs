@@ -241,6 +241,9 @@ impl RelayConfig {
         if let Some(p) = &self.directory.path {
             self.directory.path = Some(abs(p));
         }
+        if let Some(p) = &self.directory.cache_path {
+            self.directory.cache_path = Some(abs(p));
+        }
     }
 
     /// Rejects settings that cannot work, with a message naming the field, what it holds and
@@ -413,11 +416,9 @@ impl RelayConfig {
             },
             mailbox: MailboxConfig::default(),
             directory: DirectoryConfig {
-                path: None,
-                url: None,
-                authorities: Vec::new(),
                 threshold: 0,
                 refresh_secs: 1,
+                ..DirectoryConfig::default()
             },
         }
     }

@@ -1,15 +1,18 @@
-//! Where the relay learns the network: the signed directory, re-read periodically from a
-//! [`DirectorySource`] and verified against the configured authority keys before use.
-//! Fetching is `spore-directory-fetch`'s and verifying is `spore-protocol`'s (shared with
-//! clients); this module keeps the view in force and the relay's lookups on it.
+//! Where the relay learns the network: the signed directory, re-read from a [`DirectorySource`]
+//! (a file, or one or more authority URLs) ahead of its expiry with jitter ([`refresh_loop`])
+//! and verified against the configured authority keys before use. A relay fetching by URL
+//! keeps the last good document on disk and starts from it after a restart. Fetching and
+//! verifying is `spore-directory-fetch`'s [`DirectoryFetcher`] (shared with clients); this
+//! module keeps the view in force and the relay's lookups on it.
 //!
 //! The relay needs the directory for two things: the address and link key of each next hop
 //! (a Sphinx header names a hop by its [`RelayId`] only), and the mixes to route its own loop
 //! cover through.
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use spore_directory_fetch::FetchError;
+use spore_directory_fetch::{DirectoryFetcher, FetchError, VerifiedDirectory};
 pub use spore_directory_fetch::{DirectorySource, MemoryDirectory};
 use spore_protocol::RelayId;
 use spore_protocol::directory::BadAuthorityKey;
@@ -29,6 +32,8 @@ fn fetch_error(e: FetchError) -> RelayError {
     match e {
         FetchError::File { path, source } => RelayError::File { path, source },
         FetchError::Timeout => RelayError::Timeout,
+        // Counted under `directory_<reason>` by the caller.
+        FetchError::Refused { source, .. } => RelayError::Protocol(source),
         other => RelayError::Directory(other.to_string()),
     }
 }
@@ -42,17 +47,20 @@ pub struct Peer {
 
 /// The verified directory currently in force.
 pub struct DirectoryView {
-    source: DirectorySource,
-    trust: Trust,
+    fetcher: DirectoryFetcher,
     clock: Arc<dyn Clock>,
     expected_epoch_length: Option<u64>,
     current: RwLock<Option<Arc<NetworkView>>>,
+    /// The verified document behind `current` (a newer one must not be older than it).
+    verified: RwLock<Option<Arc<VerifiedDirectory>>>,
+    /// Whether the on-disk copy was tried (once, at the first refresh).
+    cache_tried: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DirectoryView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirectoryView")
-            .field("source", &self.source)
+            .field("source", self.fetcher.source())
             .finish_non_exhaustive()
     }
 }
@@ -60,12 +68,30 @@ impl std::fmt::Debug for DirectoryView {
 impl DirectoryView {
     pub fn new(source: DirectorySource, trust: Trust, clock: Arc<dyn Clock>) -> Self {
         Self {
-            source,
-            trust,
+            fetcher: DirectoryFetcher::new(source, trust),
             clock,
             expected_epoch_length: None,
             current: RwLock::new(None),
+            verified: RwLock::new(None),
+            cache_tried: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Keeps the last good document fetched by URL in `path` and starts from it after a
+    /// restart, so a relay does not depend on an authority being up when it starts. (File and
+    /// in-memory sources are their own copy and are not cached.)
+    pub fn cache_in(mut self, path: PathBuf) -> Self {
+        if matches!(
+            self.fetcher.source(),
+            DirectorySource::Http(_) | DirectorySource::Mirrors(_)
+        ) {
+            let fetcher = std::mem::replace(
+                &mut self.fetcher,
+                DirectoryFetcher::new(DirectorySource::None, Trust::default()),
+            );
+            self.fetcher = fetcher.with_cache(Some(path));
+        }
+        self
     }
 
     /// Warn when a directory's epoch length differs from this relay's.
@@ -81,26 +107,35 @@ impl DirectoryView {
             .clone()
     }
 
-    /// Re-reads the source; keeps the old directory if the new one is missing or invalid.
-    /// Returns whether a new directory was installed.
+    /// Re-reads the source; keeps the old directory if the new one is missing, invalid or
+    /// older. Returns whether a new directory was installed. A refused document is an error
+    /// the first time it is fetched only (it is logged and counted once, not every refresh).
     pub async fn refresh(&self) -> Result<bool> {
-        let Some(bytes) = self.source.fetch().await.map_err(fetch_error)? else {
-            return Ok(false);
-        };
-        if self
-            .current()
-            .is_some_and(|c| c.source_bytes() == bytes.as_slice())
-        {
-            return Ok(false);
-        }
-        // Signature checks cost ~50 us per descriptor: off the async threads.
-        let trust = self.trust.clone();
         let now = self.clock.now_unix();
-        let view = tokio::task::spawn_blocking(move || {
-            NetworkView::from_directory_bytes(bytes, &trust, now)
-        })
-        .await
-        .map_err(|_| RelayError::Directory("verification task failed".into()))??;
+        if !self
+            .cache_tried
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+            && let Some(cached) = self.fetcher.load_cached(now).await
+        {
+            self.install(cached);
+        }
+        let verified = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match self.fetcher.fetch_newer(verified.as_deref(), now).await {
+            Ok(Some(v)) => {
+                self.install(v);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(fetch_error(e)),
+        }
+    }
+
+    fn install(&self, v: VerifiedDirectory) {
+        let view = NetworkView::from_verified(&v.directory, v.bytes.clone());
         if let Some(expected) = self.expected_epoch_length
             && view.epoch_length_secs != expected
         {
@@ -113,10 +148,16 @@ impl DirectoryView {
         tracing::info!(
             epoch = view.epoch,
             relays = view.relays.len(),
+            valid_until = view.valid_until,
             "installed directory"
         );
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(view));
-        Ok(true)
+        *self.verified.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(v));
+    }
+
+    /// Unix seconds now, by the relay's clock.
+    pub fn now_unix(&self) -> u64 {
+        self.clock.now_unix()
     }
 
     /// Whether `key` is the link key of a relay in the directory.
@@ -199,6 +240,33 @@ mod tests {
             now / 3600,
             "previous one kept"
         );
+    }
+
+    #[tokio::test]
+    async fn a_relay_fetching_by_url_restarts_from_the_document_kept_on_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = tmp.path().join("data").join("directory.bin");
+        let auth = SigningKey::from_bytes(&[8; 32]);
+        let trust = Trust {
+            authorities: vec![auth.verifying_key().to_bytes()],
+            threshold: 1,
+        };
+        let now = SystemClock.now_unix();
+        let mut d = doc(now);
+        d.sign(&auth).expect("sign");
+        spore_directory_fetch::write_private_atomic(&cache, &d.to_bytes()).expect("write");
+        // No authority answers (nothing listens on a port just released).
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/directory", dead.local_addr().expect("addr"));
+        drop(dead);
+        let view = DirectoryView::new(
+            DirectorySource::Mirrors(vec![url.clone(), url]),
+            trust,
+            Arc::new(SystemClock),
+        )
+        .cache_in(cache);
+        assert!(view.refresh().await.is_err(), "the authorities are down");
+        assert_eq!(view.current().expect("the cached document").epoch, d.epoch);
     }
 
     #[tokio::test]

@@ -63,6 +63,7 @@ mod mailbox;
 mod metrics;
 mod mix;
 mod private_files;
+mod publish;
 mod relay;
 mod replay;
 mod shutdown;

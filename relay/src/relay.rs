@@ -109,6 +109,14 @@ impl Relay {
         };
         parts.spawn_cover(&directory, &mix.egress);
         parts.start_descriptor_file(local_addr).await?;
+        crate::publish::spawn(
+            &parts.config,
+            &parts.keys,
+            local_addr,
+            &directory,
+            parts.clock.clone(),
+            &parts.shutdown,
+        );
 
         let Parts {
             config,
@@ -232,9 +240,12 @@ impl Parts {
             source: source.clone(),
             authorities: trust.authorities.clone(),
         };
+        let cache = (config.directory.cache_path.clone())
+            .unwrap_or_else(|| config.data_dir.join("directory.bin"));
         let directory = Arc::new(
             DirectoryView::new(source, trust, self.clock.clone())
-                .expect_epoch_length(config.mix.epoch_length_secs),
+                .expect_epoch_length(config.mix.epoch_length_secs)
+                .cache_in(cache),
         );
         let first = directory.refresh().await;
         if let Err(e) = &first {
@@ -335,12 +346,13 @@ impl Parts {
         Some(service)
     }
 
-    /// Directory refresh, replay-cache expiry and epoch-key rotation, every `directory.refresh_secs`.
+    /// Directory refresh (its own loop: about every `directory.refresh_secs`, jittered, sooner
+    /// near expiry), replay-cache expiry and epoch-key rotation, every `directory.refresh_secs`.
     fn spawn_maintenance(
         &self,
         directory: &Arc<DirectoryView>,
         replay: &Arc<ReplayCache>,
-        mut refusals: RefusalLog,
+        refusals: RefusalLog,
     ) {
         let directory = directory.clone();
         let replay = replay.clone();
@@ -352,6 +364,14 @@ impl Parts {
         let schedule = self.schedule;
         let every = Duration::from_secs(self.config.directory.refresh_secs.max(1));
         let relay_id = self.keys.relay_id();
+        self.shutdown.spawn(refresh_loop(
+            directory.clone(),
+            every,
+            metrics.clone(),
+            shutdown.clone(),
+            refusals,
+            relay_id,
+        ));
         self.shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -360,11 +380,6 @@ impl Parts {
                     _ = shutdown.signalled() => break,
                     _ = tick.tick() => {}
                 }
-                let refreshed = directory.refresh().await;
-                if let Err(e) = &refreshed {
-                    count_refused_directory(&metrics, e);
-                }
-                refusals.observe(&refreshed).await;
                 record_directory(&metrics, &directory, &relay_id);
                 let now = clock.now_unix();
                 let oldest = schedule.oldest_kept_epoch(now);
@@ -715,7 +730,7 @@ impl Drop for RunningRelay {
 
 /// Counts a refused directory under `directory_<reason>` (forged, expired, malformed). A source
 /// that could not be read is not a refusal and is not counted.
-fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
+pub(crate) fn count_refused_directory(metrics: &Metrics, e: &RelayError) {
     if let RelayError::Protocol(p) = e {
         metrics.dropped(match p {
             ProtocolError::PeerMisbehaved(PeerMisbehaved::NotEnoughSignatures { .. }) => {
@@ -773,6 +788,32 @@ fn describe(
 }
 
 /// Tells the metrics which directory is in force and whether it lists this relay.
+/// The directory's own refresh loop: about every `every`, jittered, sooner near expiry. Each
+/// outcome is counted, logged once per change ([`RefusalLog`]) and exported as metrics.
+async fn refresh_loop(
+    directory: Arc<DirectoryView>,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    mut refusals: RefusalLog,
+    relay_id: RelayId,
+) {
+    loop {
+        let until = directory.current().map(|v| v.valid_until);
+        let wait = spore_directory_fetch::next_refresh(every, until, directory.now_unix());
+        tokio::select! {
+            _ = shutdown.signalled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let refreshed = directory.refresh().await;
+        if let Err(e) = &refreshed {
+            count_refused_directory(&metrics, e);
+        }
+        refusals.observe(&refreshed).await;
+        record_directory(&metrics, &directory, &relay_id);
+    }
+}
+
 fn record_directory(metrics: &Metrics, directory: &DirectoryView, id: &RelayId) {
     let view = directory.current();
     metrics.set_directory(

@@ -1,6 +1,7 @@
 //! Whole-network tests: real relays on loopback, real clients, real links. One binary.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod authorities;
 mod bench;
 mod crash;
 mod delivery;

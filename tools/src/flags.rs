@@ -24,6 +24,10 @@ pub enum Command {
     /// Directory authority: build, co-sign, verify, show and serve the signed directory.
     #[command(subcommand)]
     Directory(DirectoryCmd),
+    /// Directory authority service: take relays' descriptor uploads, agree with the other
+    /// authorities each epoch, publish the threshold-signed directory.
+    #[command(subcommand)]
+    Authority(AuthorityCmd),
     /// Decode a packet, link frame, directory, descriptor or Spore address and say what an
     /// outside observer can and cannot learn from it.
     Inspect(InspectArgs),
@@ -57,7 +61,8 @@ pub enum TestnetCmd {
 
 #[derive(Args)]
 pub struct LoadArgs {
-    /// The signed directory of the network to load (e.g. DIR/directory.bin of a testnet).
+    /// The signed directory of the network to load: a file (e.g. DIR/directory.bin of a
+    /// testnet) or an authority's URL (`http://host:port/directory`).
     #[arg(long)]
     pub directory: PathBuf,
     /// Packets per second offered to the entry relay.
@@ -106,6 +111,16 @@ pub enum KeygenCmd {
         /// Relay id (hex) of a mailbox relay holding this mailbox; give one or two.
         #[arg(long = "relay", required = true, num_args = 1)]
         relays: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuthorityCmd {
+    /// Run the authority service until Ctrl-C or SIGTERM (see docs/operating.md).
+    Run {
+        /// authority.toml: listen, key_file, peers, threshold, [params].
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 

@@ -42,6 +42,28 @@ pub struct LoadReport {
     pub elapsed_s: f64,
 }
 
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The directory to load: a file, or an authority's (or mirror's) `http://` URL.
+pub async fn read_directory(from: &str) -> Result<Directory> {
+    let source = if from.starts_with("http://") {
+        spore_relay::DirectorySource::Http(from.to_owned())
+    } else {
+        spore_relay::DirectorySource::File(from.into())
+    };
+    let bytes = source
+        .fetch()
+        .await
+        .with_context(|| format!("cannot fetch the directory from {from}"))?
+        .with_context(|| format!("no directory at {from} (yet)"))?;
+    Directory::from_bytes(&bytes).with_context(|| format!("{from} is not a directory"))
+}
+
 async fn pull_all(link: &mut Link) -> Result<u64> {
     let mut total = 0u64;
     loop {
@@ -73,7 +95,9 @@ pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> 
     if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
         bail!("--rate must be a positive number of packets per second");
     }
-    let routes = RouteSelector::new(directory, directory.epoch);
+    // Keys are chosen for the epoch at each packet's build time, not the directory's build
+    // epoch: a directory is published ahead of its epoch and lives into the next one.
+    let routes = RouteSelector::new(directory, directory.epoch_at(now_unix()));
     let entry = match cfg.entry {
         Some(e) => e,
         None => routes.random_entry(&mut rand::rng())?,
@@ -104,6 +128,7 @@ pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> 
         }
         let (route, delays) = {
             let mut rng = rand::rng();
+            let routes = RouteSelector::new(directory, directory.epoch_at(now_unix()));
             let route = routes.forward_route(&mut rng, &entry, &entry)?;
             let delays = sample_delays(&mut rng, directory.params.mu, FORWARD_HOPS, max_delay)?;
             (route, delays)
@@ -190,6 +215,42 @@ mod tests {
         .unwrap();
         assert_eq!(report.sent, 100);
         assert_eq!(report.received, 100, "{report:?}");
+        net.shutdown().await.unwrap();
+    }
+
+    /// A directory published in the previous epoch (its `epoch` field one behind) still
+    /// carries the current epoch's keys: load must use those, not lose everything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_builds_for_the_current_epoch_not_the_directorys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = TestnetConfig::in_dir(tmp.path());
+        cfg.mixes_per_layer = 1;
+        cfg.params.mu = 200.0;
+        let net = Testnet::start(cfg).await.unwrap();
+        let mut published_earlier = net.directory().clone();
+        let now = now_unix();
+        assert!(
+            published_earlier
+                .relays
+                .iter()
+                .all(|r| r.sphinx_key(published_earlier.epoch_at(now)).is_some())
+        );
+        published_earlier.epoch = published_earlier.epoch_at(now) - 1;
+        let path = tmp.path().join("earlier.bin");
+        std::fs::write(&path, published_earlier.to_bytes()).unwrap();
+        let read = read_directory(path.to_str().unwrap()).await.unwrap();
+        let report = run(
+            &read,
+            &LoadConfig {
+                rate: 50.0,
+                duration: Duration::from_secs(1),
+                drain: Duration::from_secs(10),
+                entry: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.received, report.sent, "{report:?}");
         net.shutdown().await.unwrap();
     }
 }

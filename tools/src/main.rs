@@ -13,7 +13,7 @@ mod analyze_command;
 mod bench_command;
 mod flags;
 
-use flags::{Cli, Command, DirectoryCmd, KeygenCmd, TestnetCmd};
+use flags::{AuthorityCmd, Cli, Command, DirectoryCmd, KeygenCmd, TestnetCmd};
 
 fn main() -> ExitCode {
     // Quiet by default so the demo's own output reads cleanly; RUST_LOG=info shows the
@@ -63,6 +63,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Keygen(cmd) => keygen(cmd),
         Command::Directory(cmd) => directory(cmd),
+        Command::Authority(AuthorityCmd::Run { config }) => {
+            let config = spore_authority::AuthorityConfig::load(&config)?;
+            let key = SigningKey::from_bytes(&keyfile::read_secret(&config.key_file)?);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let authority = spore_authority::start(config, key).await?;
+                eprintln!(
+                    "authority {} serving http://{}/directory (Ctrl-C to stop)",
+                    hex::encode(authority.public_key()),
+                    authority.local_addr()
+                );
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                authority.shutdown().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect(args) => {
             let raw = match (&args.file, &args.hex) {
                 (Some(f), _) => {
@@ -81,15 +102,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Testnet(cmd) => testnet(cmd),
         Command::Load(args) => {
-            let dir = authority::read(&args.directory)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let from = args.directory.to_string_lossy().into_owned();
+            let dir = rt.block_on(spore_tools::load::read_directory(&from))?;
             let cfg = spore_tools::load::LoadConfig {
                 rate: args.rate,
                 duration: std::time::Duration::from_secs(args.duration),
                 drain: std::time::Duration::from_secs(args.drain),
                 entry: None,
             };
-            let report =
-                tokio::runtime::Runtime::new()?.block_on(spore_tools::load::run(&dir, &cfg))?;
+            let report = rt.block_on(spore_tools::load::run(&dir, &cfg))?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -12,14 +12,14 @@ use crate::ids::RelayId;
 #[derive(Debug, Clone)]
 pub struct NetworkView {
     pub epoch: u64,
+    /// Unix seconds: the document's validity window (readers warn as it nears its end).
+    pub valid_after: u64,
+    pub valid_until: u64,
     /// Loopix μ: rate of the per-hop exponential delay (1/mean seconds).
     pub mu: f64,
     /// The network's key epoch length; relays must use the same.
     pub epoch_length_secs: u64,
     pub max_delay_ms: u64,
-    /// Unix seconds: the document is valid in `[valid_after, valid_until]` (health, metrics).
-    pub valid_after: u64,
-    pub valid_until: u64,
     pub relays: HashMap<RelayId, RelayInfo>,
     source_bytes: Vec<u8>,
 }
@@ -58,6 +58,11 @@ impl NetworkView {
         Ok(Self::from_directory(&dir, bytes))
     }
 
+    /// The view of a directory already verified (its `source_bytes` are what was verified).
+    pub fn from_verified(dir: &Directory, source_bytes: Vec<u8>) -> Self {
+        Self::from_directory(dir, source_bytes)
+    }
+
     fn from_directory(dir: &Directory, source_bytes: Vec<u8>) -> Self {
         let relays = dir
             .relays
@@ -86,11 +91,11 @@ impl NetworkView {
             .collect();
         Self {
             epoch: dir.epoch,
+            valid_after: dir.valid_after,
+            valid_until: dir.valid_until,
             mu: dir.params.mu,
             epoch_length_secs: dir.params.epoch_length_secs,
             max_delay_ms: dir.params.max_delay_ms,
-            valid_after: dir.valid_after,
-            valid_until: dir.valid_until,
             relays,
             source_bytes,
         }
