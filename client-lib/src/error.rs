@@ -53,8 +53,8 @@ pub enum ClientError {
 #[error("storage: {database}")]
 pub struct StorageError {
     kind: StorageErrorKind,
-    // Not a `source()`: its text is already in the message above.
-    database: Box<dyn std::error::Error + Send + Sync>,
+    /// The database's own error, as text: its type stays out of the API.
+    database: String,
 }
 
 /// What kind of failure a [`StorageError`] is.
@@ -71,13 +71,10 @@ pub enum StorageErrorKind {
 }
 
 impl StorageError {
-    pub(crate) fn new(
-        kind: StorageErrorKind,
-        database: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
+    pub(crate) fn new(kind: StorageErrorKind, database: &dyn std::fmt::Display) -> Self {
         Self {
             kind,
-            database: database.into(),
+            database: database.to_string(),
         }
     }
 

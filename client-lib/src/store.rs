@@ -32,7 +32,7 @@ fn storage(database: sled::Error) -> ClientError {
         sled::Error::Corruption { .. } => StorageErrorKind::Corrupt,
         _ => StorageErrorKind::Other,
     };
-    ClientError::Storage(StorageError::new(kind, database))
+    ClientError::Storage(StorageError::new(kind, &database))
 }
 
 /// A transaction either aborted with our own error or failed in the database.

@@ -16,6 +16,8 @@
 //!   executable and built on demand, so `cargo test --workspace` passes on a fresh clone.
 //! * [`StubHomeserver`], [`Observer`]: a homeserver that records what it receives, and a
 //!   passive observer of a client's encrypted link.
+//! * [`SidecarNode`] and [`Testnet::write_sidecar_config`]: a `spore-sidecar` config for a
+//!   node of the network.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +39,7 @@ mod observer;
 mod packets;
 mod pull;
 pub mod relay_process;
+mod sidecar_config;
 mod test_relay;
 mod testnet;
 mod wait;
@@ -48,6 +51,7 @@ pub use packets::{
     write_packets,
 };
 pub use pull::{PullError, delete, drain, pull, try_delete, try_pull};
+pub use sidecar_config::{SidecarNode, SidecarRates};
 pub use test_relay::TestRelay;
 pub use testnet::{RelayRole, Testnet, TestnetConfig, TestnetError, signed_directory};
 pub use wait::{wait_until, within};
