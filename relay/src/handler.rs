@@ -19,9 +19,9 @@ use tokio::time::Instant;
 
 use crate::connection::{FrameReader, FrameWriter, accept_handshake};
 use crate::directory::DirectoryView;
+use crate::ingress::PacketIngress;
 use crate::mailbox::MailboxService;
 use crate::metrics::Metrics;
-use crate::mix::PacketIngress;
 use crate::shutdown::Shutdown;
 
 /// How long a closing link's writer may take to send what is queued (pull slots, a final

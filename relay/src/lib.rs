@@ -46,6 +46,7 @@ mod directory;
 mod error;
 mod forward;
 mod handler;
+mod ingress;
 mod keys;
 mod link_pool;
 mod listener;
