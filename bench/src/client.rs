@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::bail;
+use crate::error::{Context, Result};
 use serde::Serialize;
 use spore_client::{DirectorySource, RateOverrides, Transport, TransportConfig, Trust};
 use spore_protocol::bundle::{self, Bundle, BundleBody};

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::bail;
+use crate::error::{Context, Result};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use spore_protocol::MailboxId;
@@ -478,11 +479,10 @@ pub fn to_frames(packets: &[Vec<u8>]) -> Result<Vec<Frame>> {
     packets
         .iter()
         .map(|p| {
-            let b: Box<[u8; PACKET_SIZE]> = p
-                .clone()
-                .into_boxed_slice()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("packet has the wrong size"))?;
+            let b: Box<[u8; PACKET_SIZE]> =
+                p.clone().into_boxed_slice().try_into().map_err(|_| {
+                    crate::error::BenchError::Failed("packet has the wrong size".into())
+                })?;
             Ok(Frame::Packet(b))
         })
         .collect()
@@ -615,9 +615,9 @@ pub async fn run(cfg: &RelayBenchConfig) -> Result<RelayReport> {
         let ha = s.spawn(|| bare_rate(&keys, a));
         let hb = s.spawn(|| bare_rate(&keys, b));
         ha.join()
-            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            .map_err(|_| crate::error::BenchError::Failed("bench thread panicked".into()))??;
         hb.join()
-            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            .map_err(|_| crate::error::BenchError::Failed("bench thread panicked".into()))??;
         Ok(())
     })?;
     let bare2 = timed.len() as f64 / t0.elapsed().as_secs_f64();
