@@ -220,24 +220,49 @@ impl Sink {
     }
 
     fn descriptor(&self, epoch: u64, now: u64) -> Result<RelayDescriptor> {
-        let fields = DescriptorFields {
-            address: self.addr.to_string(),
-            roles: Roles {
-                entry: false,
-                mix: true,
-                mailbox: false,
-            },
-            layer: 2,
-            link_key: static_public_key(&self.link_secret),
-            sphinx_keys: vec![SphinxKey {
-                epoch,
-                public: rand::random(),
-            }],
-            published_at: now,
-            expires_at: now + 3600,
+        let roles = Roles {
+            entry: false,
+            mix: true,
+            mailbox: false,
         };
-        Ok(RelayDescriptor::sign(fields, &self.identity)?)
+        let address = self.addr.to_string();
+        stand_in_descriptor(
+            &self.identity,
+            &self.link_secret,
+            address,
+            roles,
+            2,
+            epoch,
+            now,
+        )
     }
+}
+
+/// A directory entry for a bench stand-in (the sink, the generator): signed and with its link
+/// key, so relays accept it, but with a Sphinx key nobody holds, since nothing is routed
+/// through it as a hop.
+fn stand_in_descriptor(
+    identity: &SigningKey,
+    link_secret: &[u8; 32],
+    address: String,
+    roles: Roles,
+    layer: u8,
+    epoch: u64,
+    now: u64,
+) -> Result<RelayDescriptor> {
+    let fields = DescriptorFields {
+        address,
+        roles,
+        layer,
+        link_key: static_public_key(link_secret),
+        sphinx_keys: vec![SphinxKey {
+            epoch,
+            public: rand::random(),
+        }],
+        published_at: now,
+        expires_at: now + 3600,
+    };
+    Ok(RelayDescriptor::sign(fields, identity)?)
 }
 
 /// The generator's identity: listed in the directory as an entry relay, because a mix accepts
@@ -256,24 +281,22 @@ impl Generator {
     }
 
     fn descriptor(&self, epoch: u64, now: u64) -> Result<RelayDescriptor> {
-        let fields = DescriptorFields {
-            // Never dialled: nothing is routed to the generator.
-            address: "127.0.0.1:9".into(),
-            roles: Roles {
-                entry: true,
-                mix: false,
-                mailbox: false,
-            },
-            layer: 0,
-            link_key: static_public_key(&self.link_secret),
-            sphinx_keys: vec![SphinxKey {
-                epoch,
-                public: rand::random(),
-            }],
-            published_at: now,
-            expires_at: now + 3600,
+        let roles = Roles {
+            entry: true,
+            mix: false,
+            mailbox: false,
         };
-        Ok(RelayDescriptor::sign(fields, &self.identity)?)
+        // Never dialled: nothing is routed to the generator.
+        let address = "127.0.0.1:9".to_owned();
+        stand_in_descriptor(
+            &self.identity,
+            &self.link_secret,
+            address,
+            roles,
+            0,
+            epoch,
+            now,
+        )
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! What Spore's tests share, written once. It sits on top of every crate in the data path
 //! (protocol <- relay, client <- testkit) and below the crates that test them (`spore-relay`'s
-//! and `spore-tools`' integration tests, the whole-network tests in `tests/`) and the `spore`
-//! CLI's `demo` and `testnet` commands, which run the same loopback network:
+//! and `spore-tools`' integration tests, the whole-network tests in `tests/`), `spore-bench`,
+//! and the `spore` CLI's `demo` and `testnet` commands, which run the same loopback network:
 //!
 //! * [`Testnet`]: a whole network (directory authority, mailbox relays, three mix layers) in
 //!   this process on loopback, with ready-made client configs.

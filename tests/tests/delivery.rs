@@ -82,17 +82,15 @@ async fn offline_delivery(n: usize) {
     let sent = alice.stats();
 
     // Bob comes online only now.
-    let bob = Transport::start(fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
+    let bob = crate::start_client(
+        &net,
+        "bob.example",
+        mailboxes[1],
+        data.path().join("bob"),
+        bob_key,
         50.0,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let counts = receive_distinct(&bob, n, Some("alice.example")).await;
     // Nothing more arrives: every duplicate was dropped before the inbox.
     assert!(

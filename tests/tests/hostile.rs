@@ -373,7 +373,6 @@ fn fragment_bombs_are_refused_within_fixed_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
-    use spore_client::Transport;
     use spore_protocol::packet::ForwardPayload;
     use spore_protocol::params::{FORWARD_HOPS, SEALED_FRAGMENT_SIZE, SURB_SIZE};
     use spore_protocol::route::RouteSelector;
@@ -441,32 +440,28 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     }
 
     // A real transaction behind them still arrives.
-    let alice = Transport::start(crate::fast(
-        net.client_config_with_key(
-            "alice.example",
-            mailboxes[0],
-            data.path().join("alice"),
-            alice_key,
-        ),
+    let alice = crate::start_client(
+        &net,
+        "alice.example",
+        mailboxes[0],
+        data.path().join("alice"),
+        alice_key,
         100.0,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     alice
         .send(&bob_address, crate::transaction("alice.example", 1))
         .await
         .unwrap();
-    let bob = Transport::start(crate::fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
+    let bob = crate::start_client(
+        &net,
+        "bob.example",
+        mailboxes[1],
+        data.path().join("bob"),
+        bob_key,
         100.0,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let inbound = crate::within(
         Duration::from_secs(60),
         "the real transaction",

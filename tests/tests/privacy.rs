@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spore_client::Transport;
 use spore_protocol::packet::{
     ForwardPayload, build_packet, build_surb, random_surb_id, sample_delays,
 };
@@ -23,7 +22,7 @@ use spore_protocol::route::RouteSelector;
 use spore_protocol::{MailboxId, MailboxKey, SporeAddress, seal};
 use spore_testkit::{Testnet, TestnetConfig};
 
-use crate::{fast, transaction, txn_of, within};
+use crate::{transaction, txn_of, within};
 
 const CHILD_ENV: &str = "SPORE_PRIVACY_CHILD";
 const TEST_NAME: &str =
@@ -58,28 +57,24 @@ async fn child_exchange() {
         mailbox_key: bob_key.public().to_bytes(),
     };
     println!("SECRET {}", bob_address.to_text());
-    let alice = Transport::start(fast(
-        net.client_config_with_key(
-            "alice.example",
-            mailboxes[0],
-            data.path().join("alice"),
-            alice_key,
-        ),
+    let alice = crate::start_client(
+        &net,
+        "alice.example",
+        mailboxes[0],
+        data.path().join("alice"),
+        alice_key,
         100.0,
-    ))
-    .await
-    .unwrap();
-    let bob = Transport::start(fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
+    )
+    .await;
+    let bob = crate::start_client(
+        &net,
+        "bob.example",
+        mailboxes[1],
+        data.path().join("bob"),
+        bob_key,
         100.0,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let n = 20;
     for i in 0..n {
         alice
