@@ -379,6 +379,8 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     use spore_protocol::{SporeAddress, seal};
     use spore_testkit::{Testnet, TestnetConfig};
 
+    use crate::start_client;
+
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
@@ -440,28 +442,12 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     }
 
     // A real transaction behind them still arrives.
-    let alice = crate::start_client(
-        &net,
-        "alice.example",
-        mailboxes[0],
-        data.path().join("alice"),
-        alice_key,
-        100.0,
-    )
-    .await;
+    let alice = start_client(&net, data.path(), "alice", mailboxes[0], alice_key, 100.0).await;
     alice
         .send(&bob_address, crate::transaction("alice.example", 1))
         .await
         .unwrap();
-    let bob = crate::start_client(
-        &net,
-        "bob.example",
-        mailboxes[1],
-        data.path().join("bob"),
-        bob_key,
-        100.0,
-    )
-    .await;
+    let bob = start_client(&net, data.path(), "bob", mailboxes[1], bob_key, 100.0).await;
     let inbound = crate::within(
         Duration::from_secs(60),
         "the real transaction",

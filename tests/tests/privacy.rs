@@ -22,7 +22,7 @@ use spore_protocol::route::RouteSelector;
 use spore_protocol::{MailboxId, MailboxKey, SporeAddress, seal};
 use spore_testkit::{Testnet, TestnetConfig};
 
-use crate::{transaction, txn_of, within};
+use crate::{start_client, transaction, txn_of, within};
 
 const CHILD_ENV: &str = "SPORE_PRIVACY_CHILD";
 const TEST_NAME: &str =
@@ -57,24 +57,8 @@ async fn child_exchange() {
         mailbox_key: bob_key.public().to_bytes(),
     };
     println!("SECRET {}", bob_address.to_text());
-    let alice = crate::start_client(
-        &net,
-        "alice.example",
-        mailboxes[0],
-        data.path().join("alice"),
-        alice_key,
-        100.0,
-    )
-    .await;
-    let bob = crate::start_client(
-        &net,
-        "bob.example",
-        mailboxes[1],
-        data.path().join("bob"),
-        bob_key,
-        100.0,
-    )
-    .await;
+    let alice = start_client(&net, data.path(), "alice", mailboxes[0], alice_key, 100.0).await;
+    let bob = start_client(&net, data.path(), "bob", mailboxes[1], bob_key, 100.0).await;
     let n = 20;
     for i in 0..n {
         alice

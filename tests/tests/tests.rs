@@ -68,17 +68,18 @@ pub fn fast(mut c: TransportConfig, lambda_p: f64) -> TransportConfig {
     c
 }
 
-/// Starts `server_name`'s transport on `net` with `key` and data in `data_dir`, at [`fast`]
-/// rates with `lambda_p` packets a second.
+/// Starts `<name>.example`'s transport on `net` with `key` and data in `data/<name>`, at
+/// [`fast`] rates with `lambda_p` packets a second.
 pub async fn start_client(
     net: &spore_testkit::Testnet,
-    server_name: &str,
+    data: &std::path::Path,
+    name: &str,
     mailbox_relay: spore_protocol::RelayId,
-    data_dir: std::path::PathBuf,
     key: spore_protocol::MailboxKey,
     lambda_p: f64,
 ) -> spore_client::Transport {
-    let config = net.client_config_with_key(server_name, mailbox_relay, data_dir, key);
+    let server_name = format!("{name}.example");
+    let config = net.client_config_with_key(&server_name, mailbox_relay, data.join(name), key);
     spore_client::Transport::start(fast(config, lambda_p))
         .await
         .unwrap()
