@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::bail;
+use crate::error::{Context, Result};
 use serde::Serialize;
 use spore_client::{DirectorySource, RateOverrides, Transport, TransportConfig, Trust};
 use spore_protocol::bundle::{self, Bundle, BundleBody};
@@ -49,6 +50,23 @@ pub enum Network {
         directory: PathBuf,
         authority: [u8; 32],
     },
+}
+
+impl Network {
+    /// The network's directory file and authority key, the child process running it (if
+    /// spawned; dropping it stops the network), and whether it runs in this process.
+    fn open(&self) -> Result<(Option<TestnetProcess>, PathBuf, [u8; 32], bool)> {
+        Ok(match self {
+            Network::Spawn { spore_bin } => {
+                let (net, d, a) = spawn_testnet(spore_bin)?;
+                (Some(net), d, a, false)
+            }
+            Network::Existing {
+                directory,
+                authority,
+            } => (None, directory.clone(), *authority, true),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -200,16 +218,7 @@ pub fn build_rate(directory: &Directory, n: usize) -> Result<f64> {
 }
 
 pub async fn run(cfg: &ClientBenchConfig) -> Result<ClientReport> {
-    let (_net, directory_path, authority_key, includes) = match &cfg.network {
-        Network::Spawn { spore_bin } => {
-            let (net, d, a) = spawn_testnet(spore_bin)?;
-            (Some(net), d, a, false)
-        }
-        Network::Existing {
-            directory,
-            authority,
-        } => (None, directory.clone(), *authority, true),
-    };
+    let (_net, directory_path, authority_key, includes) = cfg.network.open()?;
     let directory = read_directory(&directory_path)?;
     let relay = directory
         .relays
@@ -363,16 +372,7 @@ fn bulk_request(n: usize, body_bytes: usize) -> FederationRequest {
 }
 
 pub async fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport> {
-    let (net, directory_path, authority_key, includes) = match &cfg.network {
-        Network::Spawn { spore_bin } => {
-            let (net, d, a) = spawn_testnet(spore_bin)?;
-            (Some(net), d, a, false)
-        }
-        Network::Existing {
-            directory,
-            authority,
-        } => (None, directory.clone(), *authority, true),
-    };
+    let (net, directory_path, authority_key, includes) = cfg.network.open()?;
     let directory = read_directory(&directory_path)?;
     let edges: Vec<_> = directory
         .relays

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use crate::error::Result;
+use crate::error::bail;
 use serde::Serialize;
 use spore_protocol::directory::NetworkParams;
 use spore_protocol::link::Frame;

@@ -16,12 +16,14 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod error;
 pub mod latency;
 pub mod mailbox;
 mod procfs;
 pub mod relay;
 pub mod relay_metrics;
 
+pub use error::{BenchError, Result};
 pub use procfs::{
     disk_bytes, process_cpu_secs, rss_mb, stat_cpu_secs, thread_cpu_secs, thread_groups_cpu_secs,
     threads_cpu_secs,
@@ -30,7 +32,7 @@ pub use procfs::{
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use error::Context;
 use spore_protocol::directory::Directory;
 
 pub(crate) fn now_unix() -> u64 {

@@ -11,7 +11,8 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use crate::error::bail;
+use crate::error::{Context, Result};
 use serde::Serialize;
 use spore_protocol::MailboxId;
 use spore_protocol::params::{PAYLOAD_SIZE, PULL_SLOTS, SURB_ID_SIZE};
@@ -100,7 +101,9 @@ pub fn run(cfg: &MailboxBenchConfig) -> Result<MailboxReport> {
             payload[8..16].copy_from_slice(&rand::random::<[u8; 8]>());
             store
                 .insert(&mailbox(k % mailboxes), &[7; SURB_ID_SIZE], &payload, now)?
-                .map_err(|r| anyhow::anyhow!("insert refused: {}", r.reason()))?;
+                .map_err(|r| {
+                    crate::error::BenchError::Failed(format!("insert refused: {}", r.reason()))
+                })?;
         }
         db.commit()?;
         i = end;

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::bail;
+use crate::error::{Context, Result};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use spore_protocol::MailboxId;
@@ -219,24 +220,49 @@ impl Sink {
     }
 
     fn descriptor(&self, epoch: u64, now: u64) -> Result<RelayDescriptor> {
-        let fields = DescriptorFields {
-            address: self.addr.to_string(),
-            roles: Roles {
-                entry: false,
-                mix: true,
-                mailbox: false,
-            },
-            layer: 2,
-            link_key: static_public_key(&self.link_secret),
-            sphinx_keys: vec![SphinxKey {
-                epoch,
-                public: rand::random(),
-            }],
-            published_at: now,
-            expires_at: now + 3600,
+        let roles = Roles {
+            entry: false,
+            mix: true,
+            mailbox: false,
         };
-        Ok(RelayDescriptor::sign(fields, &self.identity)?)
+        let address = self.addr.to_string();
+        stand_in_descriptor(
+            &self.identity,
+            &self.link_secret,
+            address,
+            roles,
+            2,
+            epoch,
+            now,
+        )
     }
+}
+
+/// A directory entry for a bench stand-in (the sink, the generator): signed and with its link
+/// key, so relays accept it, but with a Sphinx key nobody holds, since nothing is routed
+/// through it as a hop.
+fn stand_in_descriptor(
+    identity: &SigningKey,
+    link_secret: &[u8; 32],
+    address: String,
+    roles: Roles,
+    layer: u8,
+    epoch: u64,
+    now: u64,
+) -> Result<RelayDescriptor> {
+    let fields = DescriptorFields {
+        address,
+        roles,
+        layer,
+        link_key: static_public_key(link_secret),
+        sphinx_keys: vec![SphinxKey {
+            epoch,
+            public: rand::random(),
+        }],
+        published_at: now,
+        expires_at: now + 3600,
+    };
+    Ok(RelayDescriptor::sign(fields, identity)?)
 }
 
 /// The generator's identity: listed in the directory as an entry relay, because a mix accepts
@@ -255,24 +281,22 @@ impl Generator {
     }
 
     fn descriptor(&self, epoch: u64, now: u64) -> Result<RelayDescriptor> {
-        let fields = DescriptorFields {
-            // Never dialled: nothing is routed to the generator.
-            address: "127.0.0.1:9".into(),
-            roles: Roles {
-                entry: true,
-                mix: false,
-                mailbox: false,
-            },
-            layer: 0,
-            link_key: static_public_key(&self.link_secret),
-            sphinx_keys: vec![SphinxKey {
-                epoch,
-                public: rand::random(),
-            }],
-            published_at: now,
-            expires_at: now + 3600,
+        let roles = Roles {
+            entry: true,
+            mix: false,
+            mailbox: false,
         };
-        Ok(RelayDescriptor::sign(fields, &self.identity)?)
+        // Never dialled: nothing is routed to the generator.
+        let address = "127.0.0.1:9".to_owned();
+        stand_in_descriptor(
+            &self.identity,
+            &self.link_secret,
+            address,
+            roles,
+            0,
+            epoch,
+            now,
+        )
     }
 }
 
@@ -478,11 +502,10 @@ pub fn to_frames(packets: &[Vec<u8>]) -> Result<Vec<Frame>> {
     packets
         .iter()
         .map(|p| {
-            let b: Box<[u8; PACKET_SIZE]> = p
-                .clone()
-                .into_boxed_slice()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("packet has the wrong size"))?;
+            let b: Box<[u8; PACKET_SIZE]> =
+                p.clone().into_boxed_slice().try_into().map_err(|_| {
+                    crate::error::BenchError::Failed("packet has the wrong size".into())
+                })?;
             Ok(Frame::Packet(b))
         })
         .collect()
@@ -615,9 +638,9 @@ pub async fn run(cfg: &RelayBenchConfig) -> Result<RelayReport> {
         let ha = s.spawn(|| bare_rate(&keys, a));
         let hb = s.spawn(|| bare_rate(&keys, b));
         ha.join()
-            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            .map_err(|_| crate::error::BenchError::Failed("bench thread panicked".into()))??;
         hb.join()
-            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            .map_err(|_| crate::error::BenchError::Failed("bench thread panicked".into()))??;
         Ok(())
     })?;
     let bare2 = timed.len() as f64 / t0.elapsed().as_secs_f64();

@@ -10,7 +10,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::bail;
+use crate::error::{Context, Result};
 use serde::Serialize;
 
 /// One histogram: upper bounds (the last is +Inf) and cumulative counts.

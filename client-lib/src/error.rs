@@ -46,14 +46,15 @@ pub enum ClientError {
 
 /// The durable store (outbox, inbox, dedup tables in the data dir) failed.
 ///
-/// The database behind it is an implementation detail: callers decide on [`Self::kind`], and
-/// the message names the database's own error for operators.
+/// The database behind it is an implementation detail (`store.rs` maps its errors here and
+/// nowhere else): callers decide on [`Self::kind`], and the message names the database's own
+/// error for operators.
 #[derive(Debug, Error)]
 #[error("storage: {database}")]
 pub struct StorageError {
     kind: StorageErrorKind,
-    // Not a `source()`: its text is already in the message above.
-    database: sled::Error,
+    /// The database's own error, as text: its type stays out of the API.
+    database: String,
 }
 
 /// What kind of failure a [`StorageError`] is.
@@ -70,62 +71,16 @@ pub enum StorageErrorKind {
 }
 
 impl StorageError {
+    pub(crate) fn new(kind: StorageErrorKind, database: &dyn std::fmt::Display) -> Self {
+        Self {
+            kind,
+            database: database.to_string(),
+        }
+    }
+
     pub fn kind(&self) -> StorageErrorKind {
         self.kind
     }
 }
 
-// `?` on the store's database calls. Hidden: the database's types are not part of the API.
-#[doc(hidden)]
-impl From<sled::Error> for StorageError {
-    fn from(database: sled::Error) -> Self {
-        let kind = match database {
-            sled::Error::Io(_) => StorageErrorKind::Io,
-            sled::Error::Corruption { .. } => StorageErrorKind::Corrupt,
-            _ => StorageErrorKind::Other,
-        };
-        Self { kind, database }
-    }
-}
-
-#[doc(hidden)]
-impl From<sled::Error> for ClientError {
-    fn from(e: sled::Error) -> Self {
-        ClientError::Storage(e.into())
-    }
-}
-
-#[doc(hidden)]
-impl From<sled::transaction::TransactionError<ClientError>> for ClientError {
-    fn from(e: sled::transaction::TransactionError<ClientError>) -> Self {
-        match e {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => e.into(),
-        }
-    }
-}
-
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn storage_errors_keep_the_database_message_and_say_their_kind() {
-        let e = ClientError::from(sled::Error::Io(std::io::Error::other("lock held")));
-        let ClientError::Storage(storage) = &e else {
-            panic!("not a storage error: {e:?}");
-        };
-        assert_eq!(storage.kind(), StorageErrorKind::Io);
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "storage: {}",
-                sled::Error::Io(std::io::Error::other("lock held"))
-            )
-        );
-        let e = StorageError::from(sled::Error::Unsupported("x".into()));
-        assert_eq!(e.kind(), StorageErrorKind::Other);
-    }
-}

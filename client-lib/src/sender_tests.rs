@@ -131,7 +131,10 @@ impl Relay {
             }
             Frame::Delete { .. } => {
                 let session = self.session.take().unwrap_or_default();
-                let (session, handles) = session.handle_delete(&frame).unwrap();
+                let (session, deletion) = session.handle_delete(&frame).unwrap();
+                // The sender only ever ends its own pulls: never a Delete outside one.
+                assert_eq!(deletion.irregular, None, "irregular delete");
+                let handles = deletion.handles;
                 self.session = Some(session);
                 self.mailbox.retain(|i| !handles.contains(&i.handle));
                 let count = handles.len() as u32;

@@ -17,12 +17,31 @@
 use std::path::Path;
 
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use spore_protocol::codec::{Reader, Writer};
 use spore_protocol::fragment::{Admission, Capacity, Held, HoldUnit, admit};
 use spore_protocol::{Fragment, MessageId, SporeAddress};
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, StorageError, StorageErrorKind};
+
+/// The database's errors become the crate's own [`StorageError`] here and nowhere else, so no
+/// sled type is part of the public API.
+fn storage(database: sled::Error) -> ClientError {
+    let kind = match database {
+        sled::Error::Io(_) => StorageErrorKind::Io,
+        sled::Error::Corruption { .. } => StorageErrorKind::Corrupt,
+        _ => StorageErrorKind::Other,
+    };
+    ClientError::Storage(StorageError::new(kind, &database))
+}
+
+/// A transaction either aborted with our own error or failed in the database.
+fn transaction(e: TransactionError<ClientError>) -> ClientError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => storage(e),
+    }
+}
 
 /// Bounds on what inbound reassembly may hold on disk; every one is reachable by a hostile
 /// sender who knows our address.
@@ -173,15 +192,16 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(16 << 20)
-            .open()?;
+            .open()
+            .map_err(storage)?;
         Ok(Self {
-            out_msgs: db.open_tree("out_msgs")?,
-            out_frags: db.open_tree("out_frags")?,
-            in_frags: db.open_tree("in_frags")?,
-            in_partial: db.open_tree("in_partial")?,
-            in_done: db.open_tree("in_done")?,
-            seen: db.open_tree("seen")?,
-            inbox: db.open_tree("inbox")?,
+            out_msgs: db.open_tree("out_msgs").map_err(storage)?,
+            out_frags: db.open_tree("out_frags").map_err(storage)?,
+            in_frags: db.open_tree("in_frags").map_err(storage)?,
+            in_partial: db.open_tree("in_partial").map_err(storage)?,
+            in_done: db.open_tree("in_done").map_err(storage)?,
+            seen: db.open_tree("seen").map_err(storage)?,
+            inbox: db.open_tree("inbox").map_err(storage)?,
             db,
             limits,
         })
@@ -189,12 +209,12 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        self.db.flush_async().await.map_err(storage)?;
         Ok(())
     }
 
     pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
+        self.db.flush().map_err(storage)?;
         Ok(())
     }
 
@@ -211,19 +231,19 @@ impl Store {
                 }
                 Ok::<(), ConflictableTransactionError<ClientError>>(())
             })
-            .map_err(ClientError::from)
+            .map_err(transaction)
     }
 
     /// Every queued message with its unacknowledged fragments (index, encoded fragment).
     pub fn load_outbox(&self) -> Result<Vec<(OutgoingMessage, Vec<QueuedFragment>)>> {
         let mut out = Vec::new();
         for entry in self.out_msgs.iter() {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(storage)?;
             let id = message_id(&k)?;
             let message = OutgoingMessage::decode(id, &v)?;
             let mut frags = Vec::new();
             for f in self.out_frags.scan_prefix(id) {
-                let (fk, fv) = f?;
+                let (fk, fv) = f.map_err(storage)?;
                 let (_, index) = split_frag_key(&fk)?;
                 frags.push((index, fv.to_vec()));
             }
@@ -236,11 +256,16 @@ impl Store {
     /// Marks one fragment acknowledged. Returns `true` if that was the message's last one
     /// (the message is then removed).
     pub fn ack_fragment(&self, id: &MessageId, index: u16) -> Result<bool> {
-        if self.out_frags.remove(frag_key(id, index))?.is_none() {
+        if self
+            .out_frags
+            .remove(frag_key(id, index))
+            .map_err(storage)?
+            .is_none()
+        {
             return Ok(false);
         }
         if self.out_frags.scan_prefix(id).next().is_none() {
-            self.out_msgs.remove(id)?;
+            self.out_msgs.remove(id).map_err(storage)?;
             return Ok(true);
         }
         Ok(false)
@@ -249,9 +274,11 @@ impl Store {
     /// Drops a message and whatever fragments of it are still queued.
     pub fn remove_outgoing(&self, id: &MessageId) -> Result<()> {
         for f in self.out_frags.scan_prefix(id).keys() {
-            self.out_frags.remove(f?)?;
+            self.out_frags
+                .remove(f.map_err(storage)?)
+                .map_err(storage)?;
         }
-        self.out_msgs.remove(id)?;
+        self.out_msgs.remove(id).map_err(storage)?;
         Ok(())
     }
 
@@ -266,14 +293,14 @@ impl Store {
     /// [`spore_protocol::fragment::admit`], the rule the in-memory reassembler uses too.
     pub fn put_fragment(&self, f: &Fragment, now_ms: u64) -> Result<FragmentOutcome> {
         let data_len = u32::try_from(f.data.len()).unwrap_or(u32::MAX);
-        let completed = self.in_done.contains_key(f.message_id)?;
-        let partial = match self.in_partial.get(f.message_id)? {
+        let completed = self.in_done.contains_key(f.message_id).map_err(storage)?;
+        let partial = match self.in_partial.get(f.message_id).map_err(storage)? {
             Some(v) if !completed => Some(Partial::decode(&v)?),
             _ => None,
         };
         let key = frag_key(&f.message_id, f.index);
         let at_index = match partial {
-            Some(_) => self.in_frags.get(key)?,
+            Some(_) => self.in_frags.get(key).map_err(storage)?,
             None => None,
         };
         let held = Held {
@@ -315,7 +342,7 @@ impl Store {
                 partials.insert(&f.message_id[..], partial.encode())?;
                 Ok::<(), ConflictableTransactionError<ClientError>>(())
             })
-            .map_err(ClientError::from)?;
+            .map_err(transaction)?;
         if partial.received >= partial.count {
             return self.assemble(&f.message_id, partial);
         }
@@ -328,7 +355,7 @@ impl Store {
         );
         let mut n = 0u16;
         for entry in self.in_frags.scan_prefix(id) {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(storage)?;
             let (_, index) = split_frag_key(&k)?;
             if index != n {
                 return Ok(FragmentOutcome::Stored);
@@ -345,10 +372,12 @@ impl Store {
     /// Forgets a message's fragments and remembers it as done, so late duplicates are dropped.
     pub fn finish_message(&self, id: &MessageId, now_ms: u64) -> Result<()> {
         for k in self.in_frags.scan_prefix(id).keys() {
-            self.in_frags.remove(k?)?;
+            self.in_frags.remove(k.map_err(storage)?).map_err(storage)?;
         }
-        self.in_partial.remove(id)?;
-        self.in_done.insert(id, &time_value(now_ms))?;
+        self.in_partial.remove(id).map_err(storage)?;
+        self.in_done
+            .insert(id, &time_value(now_ms))
+            .map_err(storage)?;
         Ok(())
     }
 
@@ -357,7 +386,7 @@ impl Store {
     pub fn completed_but_unfinished(&self) -> Result<Vec<(MessageId, Vec<u8>)>> {
         let mut out = Vec::new();
         for entry in self.in_partial.iter() {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(storage)?;
             let id = message_id(&k)?;
             let p = Partial::decode(&v)?;
             if p.received >= p.count
@@ -374,7 +403,7 @@ impl Store {
     /// Puts a completed inbound request in the inbox unless `dedup_key` was seen before.
     /// Returns the new inbound id, or `None` for a duplicate. Atomic (not yet flushed).
     pub fn deliver(&self, dedup_key: &[u8], bundle: &[u8], now_ms: u64) -> Result<Option<u64>> {
-        let id = self.db.generate_id()?;
+        let id = self.db.generate_id().map_err(storage)?;
         let result = (&self.seen, &self.inbox)
             .transaction(|(seen, inbox)| {
                 if seen.get(dedup_key)?.is_some() {
@@ -384,7 +413,7 @@ impl Store {
                 inbox.insert(&id.to_be_bytes(), bundle)?;
                 Ok::<Option<u64>, ConflictableTransactionError<ClientError>>(Some(id))
             })
-            .map_err(ClientError::from)?;
+            .map_err(transaction)?;
         Ok(result)
     }
 
@@ -393,7 +422,7 @@ impl Store {
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         match self.inbox.range(start.to_be_bytes()..).next() {
             Some(entry) => {
-                let (k, v) = entry?;
+                let (k, v) = entry.map_err(storage)?;
                 let id: [u8; 8] = k
                     .as_ref()
                     .try_into()
@@ -405,12 +434,20 @@ impl Store {
     }
 
     pub fn inbox_get(&self, id: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.inbox.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+        Ok(self
+            .inbox
+            .get(id.to_be_bytes())
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
     }
 
     /// Removes an inbox entry; returns whether it was there.
     pub fn inbox_remove(&self, id: u64) -> Result<bool> {
-        Ok(self.inbox.remove(id.to_be_bytes())?.is_some())
+        Ok(self
+            .inbox
+            .remove(id.to_be_bytes())
+            .map_err(storage)?
+            .is_some())
     }
 
     pub fn inbox_len(&self) -> usize {
@@ -423,27 +460,29 @@ impl Store {
         let mut dropped = 0;
         let cutoff = now_ms.saturating_sub(reassembly_ttl_ms);
         for entry in self.in_partial.iter() {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(storage)?;
             let p = Partial::decode(&v)?;
             if p.first_seen_ms < cutoff {
                 for fk in self.in_frags.scan_prefix(&k).keys() {
-                    self.in_frags.remove(fk?)?;
+                    self.in_frags
+                        .remove(fk.map_err(storage)?)
+                        .map_err(storage)?;
                 }
-                self.in_partial.remove(&k)?;
+                self.in_partial.remove(&k).map_err(storage)?;
                 dropped += 1;
             }
         }
         for entry in self.in_done.iter() {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(storage)?;
             if read_time(&v) < cutoff {
-                self.in_done.remove(k)?;
+                self.in_done.remove(k).map_err(storage)?;
             }
         }
         let dedup_cutoff = now_ms.saturating_sub(dedup_ttl_ms);
         for entry in self.seen.iter() {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(storage)?;
             if read_time(&v) < dedup_cutoff {
-                self.seen.remove(k)?;
+                self.seen.remove(k).map_err(storage)?;
             }
         }
         Ok(dropped)
@@ -588,6 +627,26 @@ mod tests {
         assert_eq!(store.inbox_len(), 0);
         // Still a duplicate after the consumer acked it.
         assert_eq!(store.deliver(b"a.example/txn1", b"again", 3).unwrap(), None);
+    }
+
+    #[test]
+    fn storage_errors_keep_the_database_message_and_say_their_kind() {
+        let e = storage(sled::Error::Io(std::io::Error::other("lock held")));
+        let ClientError::Storage(stored) = &e else {
+            panic!("not a storage error: {e:?}");
+        };
+        assert_eq!(stored.kind(), StorageErrorKind::Io);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "storage: {}",
+                sled::Error::Io(std::io::Error::other("lock held"))
+            )
+        );
+        let ClientError::Storage(e) = storage(sled::Error::Unsupported("x".into())) else {
+            panic!("not a storage error");
+        };
+        assert_eq!(e.kind(), StorageErrorKind::Other);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! [`Bundle`] (the opaque signed request) → compressed and padded to a size class →
 //! [`fragment`]s → each [`seal`]ed to the recipient's mailbox key → placed with a SURB-ack in a
 //! Sphinx packet ([`packet`]) routed entry → 3 mix layers → mailbox relay → carried hop to hop
-//! in fixed-size [`link`] frames over Noise → stored, pulled, opened and reassembled.
+//! in fixed-size [`link`] frames over Noise → stored, pulled (the [`pull`] session, both
+//! halves), opened and reassembled.
 //! Relays and routes are found in the signed [`directory`], which also holds the one rule for
 //! trusting fetched directory bytes ([`directory::Trust`]) and what an authority builds; the
 //! bytes themselves are fetched by `spore-directory-fetch`. Randomness comes from the caller:

@@ -14,6 +14,9 @@
 //! `Delete` without waiting for the `DeleteDone`: the relay handles a link's frames in order,
 //! so that `DeleteDone` arrives before the next pull's slots.
 //!
+//! That is what an honest client sends; the relay accepts more (see [`RelayPull`]), because
+//! reading deletes nothing and a `Delete` can only ever touch the link owner's own mailbox.
+//!
 //! Sans-I/O, no clock: [`ClientPull`] (the client's half) and [`RelayPull`] (the relay's) take
 //! frames and hand frames out; the caller owns the link and the timers. Every frame that does
 //! not fit the conversation is an error, never a panic.
@@ -74,8 +77,8 @@ pub enum ClientPhase {
 /// }
 /// assert!(items.unwrap().is_empty()); // every slot was a dummy
 /// let delete = client.delete(Vec::new()).unwrap(); // still exactly one Delete
-/// let (_relay, handles) = relay.handle_delete(&delete).unwrap();
-/// assert!(handles.is_empty());
+/// let (_relay, deletion) = relay.handle_delete(&delete).unwrap();
+/// assert!(deletion.handles.is_empty() && deletion.irregular.is_none());
 /// client.handle_frame(Frame::DeleteDone { count: 0 }).unwrap();
 /// ```
 #[derive(Debug, Clone)]
@@ -206,15 +209,52 @@ impl ClientPull {
     }
 }
 
-/// The relay's half of the pull session for one link, consumed by value: a pull is answered
-/// with exactly [`PULL_SLOTS`] slots and must be followed by exactly one `Delete` naming only
-/// items it handed out before the next pull is accepted.
+/// The relay's half of the pull session for one link, consumed by value: every pull is
+/// answered with exactly [`PULL_SLOTS`] slots, every `Delete` with the handles to delete.
+///
+/// The relay is stricter about what it sends than about what it accepts. Pulling deletes
+/// nothing, so a pull while the previous one's `Delete` is still owed is answered again (the
+/// same items come back). A `Delete` outside the plain conversation (a second one for a pull,
+/// one on a fresh link from a client that pulled over an earlier link before a crash, or one
+/// naming handles this link was not handed) is still carried out: the mailbox deletes only the
+/// link owner's items, so such a `Delete` can do no harm, and refusing it would lose the
+/// deletions of a client reconnecting after a crash. It is reported in
+/// [`Deletion::irregular`] so the relay can count it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayPull {
-    /// Waiting for a `PullRequest`.
+    /// No pull is waiting for its `Delete`.
     Idle,
-    /// A pull was answered with these handles; waiting for its `Delete`.
+    /// A pull was answered with these handles; its `Delete` is owed.
     AwaitingDelete { handed: Vec<u64> },
+}
+
+/// What the relay does with one `Delete`: delete these handles in the link owner's mailbox
+/// and answer with one `DeleteDone`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub handles: Vec<u64>,
+    /// Set when this `Delete` is not the one that ends the link's last pull.
+    pub irregular: Option<IrregularDelete>,
+}
+
+/// A `Delete` the relay carries out although it is outside the plain conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IrregularDelete {
+    /// No pull on this link was waiting for its `Delete`.
+    WithoutPull,
+    /// It names a handle this link's last pull did not hand out.
+    UnhandedHandle,
+}
+
+impl IrregularDelete {
+    /// A short stable label, suitable for a metric.
+    pub fn reason(self) -> &'static str {
+        match self {
+            IrregularDelete::WithoutPull => "delete_without_pull",
+            IrregularDelete::UnhandedHandle => "delete_unhanded_handle",
+        }
+    }
 }
 
 impl Default for RelayPull {
@@ -230,7 +270,7 @@ impl RelayPull {
 
     /// Answers `request` (which must be a `PullRequest`) with `items` (at most
     /// [`PULL_SLOTS`], as read from the mailbox), padded with dummy slots to exactly
-    /// [`PULL_SLOTS`] frames.
+    /// [`PULL_SLOTS`] frames. A pull while the previous one's `Delete` is owed replaces it.
     pub fn answer(
         self,
         request: &Frame,
@@ -238,9 +278,6 @@ impl RelayPull {
     ) -> Result<(RelayPull, Vec<Frame>), PullError> {
         if !matches!(request, Frame::PullRequest) {
             return Err(PullError::PeerMisbehaved("not a pull request"));
-        }
-        if !matches!(self, RelayPull::Idle) {
-            return Err(PullError::PeerMisbehaved("pull before the previous delete"));
         }
         if items.len() > PULL_SLOTS {
             return Err(PullError::ApiMisuse("more items than pull slots"));
@@ -258,22 +295,24 @@ impl RelayPull {
         Ok((RelayPull::AwaitingDelete { handed }, frames))
     }
 
-    /// Accepts the one `Delete` that ends a pull: the handles the relay should now delete.
-    /// Errors for any other frame, a `Delete` without a pull, or a handle the pull did not
-    /// hand out.
-    pub fn handle_delete(self, frame: &Frame) -> Result<(RelayPull, Vec<u64>), PullError> {
+    /// Takes a `Delete`: the handles the relay should now delete, and whether the `Delete`
+    /// was the one ending the last pull. Errors only for a frame that is not a `Delete`.
+    pub fn handle_delete(self, frame: &Frame) -> Result<(RelayPull, Deletion), PullError> {
         let Frame::Delete { handles } = frame else {
             return Err(PullError::PeerMisbehaved("not a delete"));
         };
-        let RelayPull::AwaitingDelete { handed } = self else {
-            return Err(PullError::PeerMisbehaved("delete without a pull"));
+        let irregular = match &self {
+            RelayPull::Idle => Some(IrregularDelete::WithoutPull),
+            RelayPull::AwaitingDelete { handed } if handles.iter().any(|h| !handed.contains(h)) => {
+                Some(IrregularDelete::UnhandedHandle)
+            }
+            RelayPull::AwaitingDelete { .. } => None,
         };
-        if handles.iter().any(|h| !handed.contains(h)) {
-            return Err(PullError::PeerMisbehaved(
-                "delete names an item the pull did not return",
-            ));
-        }
-        Ok((RelayPull::Idle, handles.clone()))
+        let deletion = Deletion {
+            handles: handles.clone(),
+            irregular,
+        };
+        Ok((RelayPull::Idle, deletion))
     }
 }
 
@@ -311,8 +350,9 @@ mod tests {
         let got = got.unwrap();
         let handles = got.iter().filter(|i| !keep(i)).map(|i| i.handle).collect();
         let delete = client.delete(handles).unwrap();
-        let (relay, deleted) = relay.handle_delete(&delete).unwrap();
-        (got, relay, deleted)
+        let (relay, deletion) = relay.handle_delete(&delete).unwrap();
+        assert_eq!(deletion.irregular, None, "an honest pull ends regularly");
+        (got, relay, deletion.handles)
     }
 
     #[test]
@@ -393,34 +433,61 @@ mod tests {
     }
 
     #[test]
-    fn relay_refuses_a_second_pull_a_stray_delete_and_foreign_handles() {
+    fn relay_answers_a_pull_again_before_its_delete() {
+        // Pulling deletes nothing: a second pull (a test harness draining, a client that
+        // gave up waiting) gets the same items, and its Delete ends it regularly.
         let (relay, _) = RelayPull::new()
             .answer(&Frame::PullRequest, vec![item(1)])
             .unwrap();
-        assert!(
-            relay
-                .clone()
-                .answer(&Frame::PullRequest, Vec::new())
-                .is_err()
-        );
-        assert!(
-            relay
-                .clone()
-                .handle_delete(&Frame::Delete { handles: vec![9] })
-                .is_err()
-        );
-        let (relay, deleted) = relay
+        let (relay, slots) = relay.answer(&Frame::PullRequest, vec![item(1)]).unwrap();
+        assert_eq!(slots.len(), PULL_SLOTS);
+        let (relay, deletion) = relay
             .handle_delete(&Frame::Delete { handles: vec![1] })
             .unwrap();
-        assert_eq!(deleted, [1]);
-        assert!(
-            relay
-                .clone()
-                .handle_delete(&Frame::Delete { handles: vec![] })
-                .is_err(),
-            "exactly one delete per pull"
+        assert_eq!(deletion.handles, [1]);
+        assert_eq!(deletion.irregular, None);
+        assert_eq!(relay, RelayPull::Idle);
+    }
+
+    #[test]
+    fn relay_carries_out_deletes_outside_the_conversation_and_says_so() {
+        // A client reconnecting after a crash deletes what it pulled over its earlier link:
+        // a Delete on a fresh link, naming handles this link never handed out.
+        let (relay, deletion) = RelayPull::new()
+            .handle_delete(&Frame::Delete {
+                handles: vec![7, 8],
+            })
+            .unwrap();
+        assert_eq!(
+            deletion.handles,
+            [7, 8],
+            "still deleted: the mailbox checks the owner"
         );
+        assert_eq!(deletion.irregular, Some(IrregularDelete::WithoutPull));
+        let (relay, _) = relay.answer(&Frame::PullRequest, vec![item(1)]).unwrap();
+        let (relay, deletion) = relay
+            .handle_delete(&Frame::Delete {
+                handles: vec![1, 9],
+            })
+            .unwrap();
+        assert_eq!(deletion.handles, [1, 9]);
+        assert_eq!(deletion.irregular, Some(IrregularDelete::UnhandedHandle));
+        // Exactly one Delete ends a pull; a second one is outside it.
+        let (_, deletion) = relay
+            .handle_delete(&Frame::Delete { handles: vec![] })
+            .unwrap();
+        assert_eq!(deletion.irregular, Some(IrregularDelete::WithoutPull));
+        assert_eq!(
+            deletion.irregular.map(IrregularDelete::reason),
+            Some("delete_without_pull")
+        );
+    }
+
+    #[test]
+    fn relay_refuses_frames_that_are_not_its_to_answer() {
+        let relay = RelayPull::new();
         assert!(relay.clone().answer(&Frame::Padding, Vec::new()).is_err());
+        assert!(relay.clone().handle_delete(&Frame::PullRequest).is_err());
         let too_many = (0..=PULL_SLOTS as u64).map(item).collect();
         assert!(relay.answer(&Frame::PullRequest, too_many).is_err());
     }

@@ -30,8 +30,8 @@ use spore_protocol::params::PACKET_SIZE;
 use crate::clock::Clock;
 use crate::delay_queue::{DelayQueue, precise_timers};
 use crate::held_packets::{self, HeldPacket};
+use crate::ingress::PacketIngress;
 use crate::metrics::{Metrics, Queue, Stage};
-use crate::mix::PacketIngress;
 
 /// A packet on its way to a next hop.
 pub(crate) type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use spore_protocol::MailboxId;
 use spore_protocol::link::{Frame, LinkErrorCode};
 use spore_protocol::params::{PACKET_SIZE, PULL_SLOTS};
+use spore_protocol::pull::RelayPull;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -19,9 +20,9 @@ use tokio::time::Instant;
 use crate::admission::{Admission, Admitted};
 use crate::connection::{FrameReader, FrameWriter, accept_handshake};
 use crate::directory::DirectoryView;
+use crate::ingress::PacketIngress;
 use crate::mailbox::MailboxService;
 use crate::metrics::Metrics;
-use crate::mix::PacketIngress;
 use crate::shutdown::Shutdown;
 
 /// How long a closing link's writer may take to send what is queued (pull slots, a final
@@ -178,6 +179,8 @@ pub(crate) struct Handler {
     /// Decided at the first packet, from the directory in force then.
     may_send_packets: Option<bool>,
     bucket: TokenBucket,
+    /// The relay's half of the link's pull/delete conversation.
+    pull: RelayPull,
     reply: mpsc::Sender<Frame>,
     /// The link's slot; closed when it is given to another link.
     slot: Admitted,
@@ -207,6 +210,7 @@ impl Handler {
             owner: MailboxId::for_key_bytes(&remote_static),
             may_send_packets: None,
             bucket,
+            pull: RelayPull::new(),
             reply,
             slot,
             link_id: NEXT_LINK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -287,7 +291,7 @@ impl Handler {
         Next::Continue
     }
 
-    /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox.
+    /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox, as [`RelayPull`] pads them.
     async fn pull_request(&mut self) -> Next {
         // A pull reads PULL_SLOTS items: it costs as many tokens as that many packets.
         for _ in 0..PULL_SLOTS {
@@ -308,34 +312,54 @@ impl Handler {
             return Next::Continue;
         };
         let owner = self.owner;
-        match tokio::task::spawn_blocking(move || service.pull(&owner)).await {
-            Ok(Ok(frames)) => {
-                for f in frames {
-                    if self.reply.send(f).await.is_err() {
-                        return Next::Close;
-                    }
-                }
-                Next::Continue
-            }
+        let items = match tokio::task::spawn_blocking(move || service.pull(&owner)).await {
+            Ok(Ok(items)) => items,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "mailbox read failed");
                 self.send(Frame::Error {
                     code: LinkErrorCode::Internal,
                 })
                 .await;
-                Next::Close
+                return Next::Close;
             }
-            Err(_) => Next::Close,
+            Err(_) => return Next::Close,
+        };
+        let slots = match std::mem::take(&mut self.pull).answer(&Frame::PullRequest, items) {
+            Ok((pull, slots)) => {
+                self.pull = pull;
+                slots
+            }
+            Err(e) => return self.pull_session_broken(e),
+        };
+        for f in slots {
+            if self.reply.send(f).await.is_err() {
+                return Next::Close;
+            }
         }
+        Next::Continue
     }
 
     /// The owner acknowledges items: delete those of its own mailbox, say how many.
     async fn delete(&mut self, handles: Vec<u64>) -> Next {
+        let frame = Frame::Delete { handles };
+        let deletion = match std::mem::take(&mut self.pull).handle_delete(&frame) {
+            Ok((pull, deletion)) => {
+                self.pull = pull;
+                deletion
+            }
+            Err(e) => return self.pull_session_broken(e),
+        };
+        if let Some(irregular) = deletion.irregular {
+            // Carried out all the same (see RelayPull): only the owner's items can go.
+            tracing::debug!(reason = irregular.reason(), "delete outside a pull");
+            self.shared.metrics.dropped(irregular.reason());
+        }
         let Some(service) = self.shared.mailbox.clone() else {
             self.send(Frame::DeleteDone { count: 0 }).await;
             return Next::Continue;
         };
         let owner = self.owner;
+        let handles = deletion.handles;
         match tokio::task::spawn_blocking(move || service.delete(&owner, &handles)).await {
             Ok(Ok(count)) => {
                 if self.reply.send(Frame::DeleteDone { count }).await.is_err() {
@@ -353,6 +377,16 @@ impl Handler {
             }
             Err(_) => Next::Close,
         }
+    }
+
+    /// [`RelayPull`] refused a step: answered like any other protocol error.
+    fn pull_session_broken(&mut self, e: spore_protocol::pull::PullError) -> Next {
+        tracing::debug!(error = %e, "pull session broken, closing link");
+        self.shared.metrics.dropped("pull_session");
+        let _ = self.reply.try_send(Frame::Error {
+            code: LinkErrorCode::Protocol,
+        });
+        Next::Close
     }
 
     /// The peer is closing the link.

@@ -2,8 +2,8 @@
 //!
 //! The daemon volunteers run, and a library to run it in-process. It sits in the middle of the
 //! Spore data path: clients' Sphinx packets arrive on Noise links (`listener`, `handler`,
-//! `connection`), a pool of worker threads unwraps one layer each and drops replays (`mix`,
-//! `replay`), the packet is held for the delay its header asks for and forwarded on a pooled
+//! `connection`), enter the unwrap queue (`ingress`), a pool of worker threads unwraps one
+//! layer each and drops replays (`mix`, `replay`), the packet is held for the delay its header asks for and forwarded on a pooled
 //! link to the next hop named in the header and found in the signed directory (`forward`,
 //! `delay_queue`, `link_pool`). At the last hop the mailbox role stores the still-sealed payload
 //! durably in segment files (`store`), releases the sender's SURB-ack, and later hands the
@@ -34,7 +34,8 @@
 //! * `PullRequest` → exactly `PULL_SLOTS` `PullSlot` frames (index 0..16, items oldest first,
 //!   then `item: None`); on a relay without the mailbox role → `Error { NotAuthorized }`.
 //!   `Delete { handles }` → `DeleteDone { count }` once the deletion is on disk; handles of
-//!   other mailboxes count nothing. Pulling deletes nothing.
+//!   other mailboxes count nothing. Pulling deletes nothing. The relay's half of this
+//!   conversation is `spore_protocol::pull::RelayPull`.
 //! * A link that sends nothing for `limits.idle_timeout_secs` (default 300 s), or no first
 //!   frame within 10 s, is closed; send `Padding` to keep it. Any record that fails to decrypt or parse closes the link.
 //! * Sphinx keys are fresh random per epoch and erased after it (forward secrecy,
@@ -56,6 +57,7 @@ mod error;
 mod forward;
 mod handler;
 mod held_packets;
+mod ingress;
 mod keys;
 mod link_pool;
 mod listener;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spore_protocol::MailboxId;
-use spore_protocol::link::{Frame, MailboxItem, PullSlot};
+use spore_protocol::link::MailboxItem;
 use spore_protocol::params::PULL_SLOTS;
 
 use crate::clock::Clock;
@@ -44,21 +44,17 @@ impl MailboxService {
             .set_mailbox_damaged_records(self.store.damaged_records());
     }
 
-    /// The [`PULL_SLOTS`] frames answering a pull by `owner`. Blocking (file reads).
-    pub fn pull(&self, owner: &MailboxId) -> Result<Vec<Frame>> {
+    /// The oldest (at most [`PULL_SLOTS`]) items of `owner`'s mailbox, for a pull; the link's
+    /// [`spore_protocol::pull::RelayPull`] pads them into slots. Blocking (file reads).
+    pub fn pull(&self, owner: &MailboxId) -> Result<Vec<MailboxItem>> {
         self.metrics.pull();
         let items = self.store.pull(owner, PULL_SLOTS)?;
-        let mut items = items.into_iter();
-        Ok((0..PULL_SLOTS)
-            .map(|i| {
-                Frame::PullSlot(PullSlot {
-                    index: i as u8,
-                    item: items.next().map(|it| MailboxItem {
-                        handle: it.handle,
-                        surb_id: it.surb_id,
-                        payload: it.payload,
-                    }),
-                })
+        Ok(items
+            .into_iter()
+            .map(|it| MailboxItem {
+                handle: it.handle,
+                surb_id: it.surb_id,
+                payload: it.payload,
             })
             .collect())
     }

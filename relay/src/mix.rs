@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use x25519_dalek::StaticSecret;
 
 use crate::clock::Clock;
 use crate::forward::{Forwarder, HopTiming, OutboundPacket};
+use crate::ingress::Inbound;
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::metrics::{Metrics, Queue, Stage};
 use crate::replay::{ReplayCache, ShortTag};
@@ -37,51 +38,6 @@ use crate::store::{Database, MailboxStore};
 
 /// Most packets one group commit takes: bounds the time the first of them waits for the last.
 const MAX_GROUP: usize = 4096;
-
-/// A packet read from a link, with the moment it was read.
-pub(crate) struct Inbound {
-    packet: Box<[u8; PACKET_SIZE]>,
-    received: Instant,
-    /// The client link it came on, whose share of the delay queue it counts against; `None`
-    /// for a relay's link and for packets of this relay itself.
-    link: Option<u64>,
-}
-
-/// The entry to the worker pool; cheap to clone, one per connection.
-#[derive(Clone)]
-pub struct PacketIngress {
-    tx: SyncSender<Inbound>,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-}
-
-impl std::fmt::Debug for PacketIngress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketIngress").finish_non_exhaustive()
-    }
-}
-
-impl PacketIngress {
-    /// Queues a packet for unwrapping; drops (and counts) it if the queue is full. Never blocks.
-    pub fn submit(&self, packet: Box<[u8; PACKET_SIZE]>) {
-        self.submit_from(None, packet);
-    }
-
-    /// [`PacketIngress::submit`] for a packet from client link `link` (see `forward`'s
-    /// per-link share of the delay queue).
-    pub fn submit_from(&self, link: Option<u64>, packet: Box<[u8; PACKET_SIZE]>) {
-        let inbound = Inbound {
-            packet,
-            received: self.clock.monotonic_now(),
-            link,
-        };
-        match self.tx.try_send(inbound) {
-            Ok(()) => self.metrics.queue_add(Queue::Unwrap, 1),
-            Err(TrySendError::Full(_)) => self.metrics.dropped("unwrap_queue_full"),
-            Err(TrySendError::Disconnected(_)) => self.metrics.dropped("shutting_down"),
-        }
-    }
-}
 
 /// What a worker hands to the committer.
 #[derive(Debug)]
@@ -267,16 +223,6 @@ impl MixContext {
             }
         }
     }
-}
-
-/// Creates the unwrap queue.
-pub(crate) fn unwrap_queue(
-    capacity: usize,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-) -> (PacketIngress, Receiver<Inbound>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-    (PacketIngress { tx, clock, metrics }, rx)
 }
 
 /// Starts `n` worker threads. They exit once `stop` is set and the queue is empty (or when

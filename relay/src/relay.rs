@@ -21,12 +21,13 @@ use crate::directory::{DirectorySource, DirectoryView, Trust};
 use crate::error::{RelayError, Result};
 use crate::forward::{Egress, Forwarder, ReleaseGate};
 use crate::handler::{LinkSettings, Shared};
+use crate::ingress::{self, PacketIngress};
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::link_pool::{LinkPool, PoolSettings};
 use crate::listener::Listener;
 use crate::mailbox::{self, MailboxService};
 use crate::metrics::{Metrics, MetricsSnapshot, RelayDescription};
-use crate::mix::{self, MixContext, PacketIngress};
+use crate::mix::{self, MixContext};
 use crate::replay::ReplayCache;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, MailboxLimits, MailboxStore};
@@ -265,7 +266,7 @@ impl Parts {
         stop: &Arc<AtomicBool>,
     ) -> Result<Mix> {
         let config = &self.config;
-        let (ingress, unwrap_rx) = mix::unwrap_queue(
+        let (ingress, unwrap_rx) = ingress::unwrap_queue(
             config.limits.unwrap_queue,
             self.clock.clone(),
             self.metrics.clone(),

@@ -2,9 +2,10 @@
 //!
 //! Inbound: a request that came through Spore is replayed to the homeserver byte for byte
 //! (same method, path, `Authorization: X-Matrix ...` and body), so it verifies exactly as if
-//! it had come directly. A transaction is retried until the homeserver answers 2xx; a
-//! request/response call is delivered once and its answer (whatever the status) goes back on
-//! the reply SURBs.
+//! it had come directly ([`deliver_inbound`], the one delivery path). A transaction is retried
+//! until the homeserver answers 2xx; a request/response call until it answers at all, and its
+//! answer (whatever the status) goes back on the reply SURBs. When to give up instead is the
+//! caller's [`RetryPolicy`].
 //!
 //! Outbound: [`OwnKeys`] keeps the homeserver's own self-signed key response, which travels
 //! with every bundle (see [`crate::server_keys`]).
@@ -27,10 +28,55 @@ use crate::server_keys::{ServerKeyCache, ServerKeys, unix_ms, verify_key_respons
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest pause between delivery attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-/// A transaction the homeserver keeps refusing with a 4xx (other than 401/408/429: keys not
-/// there yet, overload) is dropped after this many attempts: it will never be accepted and
-/// would hold up the inbox forever.
+/// Under [`GiveUp::Early`], a transaction the homeserver keeps refusing with a 4xx (other than
+/// 401/408/429: keys not there yet, overload) is dropped after this many attempts: it will
+/// never be accepted and would hold up the inbox forever.
 const MAX_REFUSALS: u32 = 20;
+
+/// How inbound delivery retries: the first pause (doubling up to 30 s) and when it gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub first_delay: Duration,
+    pub give_up: GiveUp,
+}
+
+/// When inbound delivery stops trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GiveUp {
+    /// Never: every failed attempt is retried, whatever the failure.
+    Never,
+    /// At once for a request that cannot be sent, at the first failed attempt of a
+    /// request/response call, and after `MAX_REFUSALS` refusals of a transaction.
+    Early,
+}
+
+impl RetryPolicy {
+    /// The `spore-sidecar` binary's: its durable inbox keeps a request until the homeserver
+    /// takes it, however long that is.
+    pub const NEVER_GIVE_UP: RetryPolicy = RetryPolicy {
+        first_delay: Duration::from_millis(100),
+        give_up: GiveUp::Never,
+    };
+    /// For a relay of requests with no inbox behind it (the loopback gateway): the sender is
+    /// told of a failure instead of waiting forever.
+    pub const GIVE_UP_EARLY: RetryPolicy = RetryPolicy {
+        first_delay: Duration::from_millis(250),
+        give_up: GiveUp::Early,
+    };
+}
+
+/// What became of one inbound request. Exhaustive on purpose: each caller must answer every
+/// outcome (respond, ack, tell the sender).
+#[derive(Debug)]
+pub enum Delivered {
+    /// A request/response call's answer (whatever its status), to send back.
+    Answered(FederationResponse),
+    /// The homeserver accepted the transaction (answered 2xx).
+    Accepted,
+    /// A request/response call whose caller had stopped waiting: not delivered.
+    Expired,
+}
 /// Refresh our own key response when it has less than this left.
 const OWN_KEYS_MARGIN_MS: u64 = 3600 * 1000;
 
@@ -151,22 +197,25 @@ impl LocalHomeserver {
         })
     }
 
-    /// Delivers a transaction, retrying (with backoff) until the homeserver answers 2xx.
-    /// Returns the accepting response.
-    pub async fn deliver_until_accepted(
+    /// Delivers a request, retrying with backoff until the homeserver answers 2xx (or, for a
+    /// request/response call, answers at all) or `policy` gives up. Returns that answer.
+    pub async fn deliver(
         &self,
         request: &FederationRequest,
+        wants_response: bool,
+        policy: RetryPolicy,
     ) -> Result<FederationResponse, DeliveryError> {
-        let mut delay = Duration::from_millis(250);
+        let early = policy.give_up == GiveUp::Early;
+        let mut delay = policy.first_delay;
         let mut refusals = 0;
         loop {
             match self.deliver_once(request).await {
-                Ok(r) if (200..300).contains(&r.status) => return Ok(r),
+                Ok(r) if wants_response || (200..300).contains(&r.status) => return Ok(r),
                 Ok(r) => {
                     let transient = r.status >= 500 || matches!(r.status, 401 | 408 | 429);
                     if !transient {
                         refusals += 1;
-                        if refusals >= MAX_REFUSALS {
+                        if early && refusals >= MAX_REFUSALS {
                             return Err(DeliveryError::Refused {
                                 status: r.status,
                                 attempts: refusals,
@@ -175,7 +224,11 @@ impl LocalHomeserver {
                     }
                     tracing::info!(status = r.status, "homeserver did not accept yet; retrying");
                 }
-                Err(DeliveryError::BadRequest(e)) => return Err(DeliveryError::BadRequest(e)),
+                Err(e)
+                    if early && (wants_response || matches!(e, DeliveryError::BadRequest(_))) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => tracing::info!(error = %e, "homeserver not reachable yet; retrying"),
             }
             tokio::time::sleep(delay).await;
@@ -240,8 +293,8 @@ impl OwnKeys {
 }
 
 /// Hands one inbound request to the homeserver: caches the origin's keys it carries (after
-/// checking them) first, so the homeserver can verify the request, then delivers it.
-/// Returns the response to send back when the sender wants one.
+/// checking them) first, so the homeserver can verify the request, skips a request/response
+/// call whose caller has stopped waiting, then delivers it under `policy`.
 pub async fn deliver_inbound(
     homeserver: &LocalHomeserver,
     keys: &ServerKeyCache,
@@ -249,18 +302,22 @@ pub async fn deliver_inbound(
     server_keys: Option<&[u8]>,
     request: &FederationRequest,
     wants_response: bool,
-) -> Result<Option<FederationResponse>, DeliveryError> {
+    policy: RetryPolicy,
+) -> Result<Delivered, DeliveryError> {
     if let Some(json) = server_keys
         && let Err(e) = keys.insert(origin, json, unix_ms())
     {
-        tracing::warn!(error = %e, "bundle carried server keys that do not verify; ignored");
+        tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
     }
-    if wants_response {
-        Ok(Some(homeserver.deliver_once(request).await?))
+    if wants_response && request_expired(request, unix_ms()) {
+        return Ok(Delivered::Expired);
+    }
+    let response = homeserver.deliver(request, wants_response, policy).await?;
+    Ok(if wants_response {
+        Delivered::Answered(response)
     } else {
-        homeserver.deliver_until_accepted(request).await?;
-        Ok(None)
-    }
+        Delivered::Accepted
+    })
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ pub use carrier::TransportCarrier;
 pub use config::{DirectorySection, RatesSection, SidecarConfig};
 pub use error::{Result, SidecarError};
 pub use homeserver::{
-    DEADLINE_HEADER, DeliveryError, LocalHomeserver, OwnKeys, deliver_inbound, request_expired,
+    DEADLINE_HEADER, Delivered, DeliveryError, GiveUp, LocalHomeserver, OwnKeys, RetryPolicy,
+    deliver_inbound, request_expired,
 };
 pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{

@@ -30,7 +30,9 @@ use tower::Service;
 use crate::carrier::TransportCarrier;
 use crate::config::SidecarConfig;
 use crate::error::{Result, SidecarError};
-use crate::homeserver::{LocalHomeserver, OwnKeys, request_expired, too_large_response};
+use crate::homeserver::{
+    Delivered, LocalHomeserver, OwnKeys, RetryPolicy, deliver_inbound, too_large_response,
+};
 use crate::proxy::{OutboundProxy, ProxySettings, json_response};
 use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::tls::{CA_CERT_FILE, LocalCa};
@@ -235,9 +237,9 @@ async fn outbound(
     }
 }
 
-/// Delivers each inbound request to the homeserver until it answers 2xx (a request/response
-/// call: until it answers at all), then acks it. Unlike [`crate::deliver_inbound`] it never
-/// gives up on a transaction: the inbox keeps it until the homeserver takes it.
+/// Delivers each inbound request to the homeserver with [`deliver_inbound`] until it answers
+/// 2xx (a request/response call: until it answers at all), then acks it. It never gives up
+/// ([`RetryPolicy::NEVER_GIVE_UP`]): the inbox keeps a request until the homeserver takes it.
 async fn deliver_inbox(
     transport: Transport,
     homeserver: LocalHomeserver,
@@ -257,55 +259,43 @@ async fn deliver_inbox(
                 }
             },
         };
-        if let Some(json) = &inbound.server_keys
-            && let Err(e) = keys.insert(&inbound.origin, json, unix_ms())
-        {
-            tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
-        }
-        if inbound.wants_response && request_expired(&inbound.request, unix_ms()) {
-            tracing::debug!("dropping a request whose caller has stopped waiting");
-            if let Err(e) = transport.ack(inbound.id).await {
-                tracing::warn!(error = %e, "cannot ack an inbound request");
-            }
-            continue;
-        }
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let result = tokio::select! {
-                () = stopped(&mut stop) => return,
-                r = homeserver.deliver_once(&inbound.request) => r.ok(),
-            };
-            match result {
-                Some(response) if inbound.wants_response => {
-                    if let Err(e) = transport.respond(inbound.id, response).await {
-                        tracing::warn!(error = %e, "cannot send a response back");
-                        // Too large for the reply SURBs: a short error (4xx, so the caller's
-                        // homeserver does not back off from us) instead of a silent timeout.
-                        if let ClientError::CannotRespond(_) = e {
-                            let _ = transport.respond(inbound.id, too_large_response()).await;
-                        }
-                    }
-                    break;
-                }
-                Some(response) if (200..300).contains(&response.status) => break,
-                Some(response) => {
-                    tracing::info!(
-                        status = response.status,
-                        "homeserver refused an inbound request; retrying"
-                    );
-                }
-                None => tracing::info!("homeserver unreachable; retrying"),
-            }
-            tokio::select! {
-                () = stopped(&mut stop) => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(30));
-        }
-        tracing::debug!(
-            wants_response = inbound.wants_response,
-            "inbound request delivered to the homeserver"
+        let delivery = deliver_inbound(
+            &homeserver,
+            &keys,
+            &inbound.origin,
+            inbound.server_keys.as_deref(),
+            &inbound.request,
+            inbound.wants_response,
+            RetryPolicy::NEVER_GIVE_UP,
         );
+        let delivered = tokio::select! {
+            () = stopped(&mut stop) => return,
+            r = delivery => r,
+        };
+        match delivered {
+            Ok(Delivered::Expired) => {
+                tracing::debug!("dropping a request whose caller has stopped waiting");
+            }
+            Ok(Delivered::Answered(response)) => {
+                if let Err(e) = transport.respond(inbound.id, response).await {
+                    tracing::warn!(error = %e, "cannot send a response back");
+                    // Too large for the reply SURBs: a short error (4xx, so the caller's
+                    // homeserver does not back off from us) instead of a silent timeout.
+                    if let ClientError::CannotRespond(_) = e {
+                        let _ = transport.respond(inbound.id, too_large_response()).await;
+                    }
+                }
+                tracing::debug!("inbound request delivered to the homeserver");
+            }
+            Ok(Delivered::Accepted) => {
+                tracing::debug!("inbound transaction delivered to the homeserver");
+            }
+            Err(e) => {
+                // Not under NEVER_GIVE_UP; should a policy give up, the request is acked
+                // like a delivered one, or it would hold up the inbox forever.
+                tracing::warn!(error = %e, "inbound request given up");
+            }
+        }
         if let Err(e) = transport.ack(inbound.id).await {
             tracing::warn!(error = %e, "cannot ack an inbound request");
         }

@@ -2,8 +2,8 @@
 //!
 //! What Spore's tests share, written once. It sits on top of every crate in the data path
 //! (protocol <- relay, client <- testkit) and below the crates that test them (`spore-relay`'s
-//! and `spore-tools`' integration tests, the whole-network tests in `tests/`) and the `spore`
-//! CLI's `demo` and `testnet` commands, which run the same loopback network:
+//! and `spore-tools`' integration tests, the whole-network tests in `tests/`), `spore-bench`,
+//! and the `spore` CLI's `demo` and `testnet` commands, which run the same loopback network:
 //!
 //! * [`Testnet`]: a whole network (directory authority, mailbox relays, three mix layers) in
 //!   this process on loopback, with ready-made client configs.
@@ -16,6 +16,8 @@
 //!   executable and built on demand, so `cargo test --workspace` passes on a fresh clone.
 //! * [`StubHomeserver`], [`Observer`]: a homeserver that records what it receives, and a
 //!   passive observer of a client's encrypted link.
+//! * [`SidecarNode`] and [`Testnet::write_sidecar_config`]: a `spore-sidecar` config for a
+//!   node of the network.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +39,7 @@ mod observer;
 mod packets;
 mod pull;
 pub mod relay_process;
+mod sidecar_config;
 mod test_relay;
 mod testnet;
 mod wait;
@@ -48,6 +51,7 @@ pub use packets::{
     write_packets,
 };
 pub use pull::{PullError, delete, drain, pull, try_delete, try_pull};
+pub use sidecar_config::{SidecarNode, SidecarRates};
 pub use test_relay::TestRelay;
 pub use testnet::{RelayRole, Testnet, TestnetConfig, TestnetError, signed_directory};
 pub use wait::{wait_until, within};

@@ -13,7 +13,7 @@
 //! or stale.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -209,65 +209,6 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
 
 // ---------------------------------------------------------------- sidecar outbox
 
-/// One sidecar's identity and where it listens and delivers.
-pub(crate) struct Side<'a> {
-    pub name: &'a str,
-    pub relay: spore_protocol::RelayId,
-    pub key: &'a MailboxKey,
-    pub homeserver: &'a str,
-    pub listen: &'a str,
-}
-
-/// Writes a sidecar's key and TOML config under `dir` (fast test rates) and returns its path.
-pub(crate) fn sidecar_config(
-    dir: &Path,
-    net: &spore_testkit::Testnet,
-    side: &Side<'_>,
-    peers: &[(&str, &SporeAddress)],
-) -> PathBuf {
-    let Side {
-        name,
-        relay,
-        key,
-        homeserver,
-        listen,
-    } = side;
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("mailbox.key"), hex::encode(key.secret_bytes())).unwrap();
-    let mut text = format!(
-        r#"server_name = "{name}"
-data_dir = "data"
-mailbox_key_file = "mailbox.key"
-mailbox_relay = "{relay}"
-homeserver_url = "{homeserver}"
-listen = "{listen}"
-request_timeout_secs = 30
-
-[directory]
-path = "{dir_path}"
-authorities = ["{authority}"]
-threshold = 1
-
-[rates]
-lambda_p = 100.0
-lambda_l = 5.0
-lambda_d = 5.0
-mu = 1000.0
-pull_interval_ms = 50
-
-[peers]
-"#,
-        dir_path = net.directory_path().display(),
-        authority = hex::encode(net.authority()),
-    );
-    for (peer, address) in peers {
-        text.push_str(&format!("\"{peer}\" = \"{}\"\n", address.to_text()));
-    }
-    let path = dir.join("sidecar.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn sidecar_run(bin: &Path, config: &Path) -> KilledOnDrop {
     KilledOnDrop(
         Command::new(bin)
@@ -309,7 +250,7 @@ async fn put_txn(addr: &str, txn: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once() {
     use spore_sidecar::{Sidecar, SidecarConfig};
-    use spore_testkit::{StubHomeserver, Testnet, TestnetConfig};
+    use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
     init_tracing();
     let bin = binaries::require(binaries::SIDECAR);
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
@@ -330,30 +271,26 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
     let alice_hs = StubHomeserver::start().await.unwrap();
     let bob_hs = StubHomeserver::start().await.unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    let alice_config = sidecar_config(
-        &data.path().join("alice"),
-        &net,
-        &Side {
-            name: "alice.example",
-            relay: mailboxes[0],
-            key: &alice_key,
-            homeserver: &alice_hs.url(),
-            listen: &listen,
-        },
-        &[("bob.example", &bob_address)],
-    );
-    let bob_config = sidecar_config(
-        &data.path().join("bob"),
-        &net,
-        &Side {
-            name: "bob.example",
-            relay: mailboxes[1],
-            key: &bob_key,
-            homeserver: &bob_hs.url(),
-            listen: "127.0.0.1:0",
-        },
-        &[("alice.example", &alice_address)],
-    );
+    let (alice_url, bob_url) = (alice_hs.url(), bob_hs.url());
+    let alice_config = net
+        .write_sidecar_config(
+            &data.path().join("alice"),
+            &SidecarNode {
+                listen: &listen,
+                peers: &[("bob.example", &bob_address)],
+                ..SidecarNode::new("alice.example", mailboxes[0], &alice_key, &alice_url)
+            },
+        )
+        .unwrap();
+    let bob_config = net
+        .write_sidecar_config(
+            &data.path().join("bob"),
+            &SidecarNode {
+                peers: &[("alice.example", &alice_address)],
+                ..SidecarNode::new("bob.example", mailboxes[1], &bob_key, &bob_url)
+            },
+        )
+        .unwrap();
     let bob = Sidecar::start(SidecarConfig::load(&bob_config).unwrap())
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use spore_client::Transport;
 use spore_protocol::{MailboxKey, SporeAddress};
 use spore_testkit::{Testnet, TestnetConfig};
 
-use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
+use crate::{fast, init_tracing, receive_distinct, start_client, transaction, wait_until, within};
 
 async fn offline_delivery(n: usize) {
     init_tracing();
@@ -82,17 +82,7 @@ async fn offline_delivery(n: usize) {
     let sent = alice.stats();
 
     // Bob comes online only now.
-    let bob = Transport::start(fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
-        50.0,
-    ))
-    .await
-    .unwrap();
+    let bob = start_client(&net, data.path(), "bob", mailboxes[1], bob_key, 50.0).await;
     let counts = receive_distinct(&bob, n, Some("alice.example")).await;
     // Nothing more arrives: every duplicate was dropped before the inbox.
     assert!(

@@ -19,7 +19,7 @@ use spore_testkit::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::{fast, init_tracing, receive_distinct, transaction, wait_until, within};
+use crate::{init_tracing, receive_distinct, start_client, transaction, wait_until, within};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -349,17 +349,7 @@ async fn relay_offline_then_back(
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };
-    let alice = Transport::start(fast(
-        net.client_config_with_key(
-            "alice.example",
-            mailboxes[0],
-            data.path().join("alice"),
-            alice_key,
-        ),
-        100.0,
-    ))
-    .await
-    .unwrap();
+    let alice = start_client(&net, data.path(), "alice", mailboxes[0], alice_key, 100.0).await;
     let n = 20;
     for i in 0..n / 2 {
         alice
@@ -385,17 +375,7 @@ async fn relay_offline_then_back(
     );
     let stats = alice.stats();
 
-    let bob = Transport::start(fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
-        50.0,
-    ))
-    .await
-    .unwrap();
+    let bob = start_client(&net, data.path(), "bob", mailboxes[1], bob_key, 50.0).await;
     let counts = receive_distinct(&bob, n, None).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(bob.inbox_len(), 0, "a duplicate reached the inbox");

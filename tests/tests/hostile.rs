@@ -376,12 +376,13 @@ fn fragment_bombs_are_refused_within_fixed_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
-    use spore_client::Transport;
     use spore_protocol::packet::ForwardPayload;
     use spore_protocol::params::{FORWARD_HOPS, SEALED_FRAGMENT_SIZE, SURB_SIZE};
     use spore_protocol::route::RouteSelector;
     use spore_protocol::{SporeAddress, seal};
     use spore_testkit::{Testnet, TestnetConfig};
+
+    use crate::start_client;
 
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
@@ -452,32 +453,12 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
     }
 
     // A real transaction behind them still arrives.
-    let alice = Transport::start(crate::fast(
-        net.client_config_with_key(
-            "alice.example",
-            mailboxes[0],
-            data.path().join("alice"),
-            alice_key,
-        ),
-        100.0,
-    ))
-    .await
-    .unwrap();
+    let alice = start_client(&net, data.path(), "alice", mailboxes[0], alice_key, 100.0).await;
     alice
         .send(&bob_address, crate::transaction("alice.example", 1))
         .await
         .unwrap();
-    let bob = Transport::start(crate::fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
-        100.0,
-    ))
-    .await
-    .unwrap();
+    let bob = start_client(&net, data.path(), "bob", mailboxes[1], bob_key, 100.0).await;
     let inbound = crate::within(
         Duration::from_secs(60),
         "the real transaction",

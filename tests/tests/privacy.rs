@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spore_client::Transport;
 use spore_protocol::packet::{
     ForwardPayload, build_packet, build_surb, random_surb_id, sample_delays,
 };
@@ -23,7 +22,7 @@ use spore_protocol::route::RouteSelector;
 use spore_protocol::{MailboxId, MailboxKey, SporeAddress, seal};
 use spore_testkit::{Testnet, TestnetConfig};
 
-use crate::{fast, transaction, txn_of, within};
+use crate::{start_client, transaction, txn_of, within};
 
 const CHILD_ENV: &str = "SPORE_PRIVACY_CHILD";
 const TEST_NAME: &str =
@@ -61,28 +60,8 @@ async fn child_exchange() {
         mailbox_key: bob_key.public().to_bytes(),
     };
     println!("SECRET {}", bob_address.to_text());
-    let alice = Transport::start(fast(
-        net.client_config_with_key(
-            "alice.example",
-            mailboxes[0],
-            data.path().join("alice"),
-            alice_key,
-        ),
-        100.0,
-    ))
-    .await
-    .unwrap();
-    let bob = Transport::start(fast(
-        net.client_config_with_key(
-            "bob.example",
-            mailboxes[1],
-            data.path().join("bob"),
-            bob_key,
-        ),
-        100.0,
-    ))
-    .await
-    .unwrap();
+    let alice = start_client(&net, data.path(), "alice", mailboxes[0], alice_key, 100.0).await;
+    let bob = start_client(&net, data.path(), "bob", mailboxes[1], bob_key, 100.0).await;
     let n = 20;
     for i in 0..n {
         alice

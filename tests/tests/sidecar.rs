@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
 use spore_sidecar::{Sidecar, SidecarConfig};
-use spore_testkit::{StubHomeserver, Testnet, TestnetConfig};
+use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
 
 use crate::{init_tracing, wait_until};
 
@@ -22,14 +22,11 @@ fn write_config(
     homeserver: &str,
     peers: &[(&str, &SporeAddress)],
 ) -> SidecarConfig {
-    let side = crate::crash::Side {
-        name,
-        relay,
-        key,
-        homeserver,
-        listen: "127.0.0.1:0",
+    let node = SidecarNode {
+        peers,
+        ..SidecarNode::new(name, relay, key, homeserver)
     };
-    let path = crate::crash::sidecar_config(dir, net, &side, peers);
+    let path = net.write_sidecar_config(dir, &node).unwrap();
     SidecarConfig::load(&path).unwrap()
 }
 

@@ -1,4 +1,8 @@
 //! Whole-network tests: real relays on loopback, real clients, real links. One binary.
+//!
+//! They sit on top of the whole data path: a network from `spore-testkit` (relays in-process or
+//! as `spore-relay` processes), `spore-client` transports and `spore-sidecar`s carrying
+//! requests through it end to end, and raw links for what a hostile peer would send.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod authorities;
@@ -63,6 +67,23 @@ pub fn fast(mut c: TransportConfig, lambda_p: f64) -> TransportConfig {
         pull_interval: Some(Duration::from_millis(50)),
     };
     c
+}
+
+/// Starts `<name>.example`'s transport on `net` with `key` and data in `data/<name>`, at
+/// [`fast`] rates with `lambda_p` packets a second.
+pub async fn start_client(
+    net: &spore_testkit::Testnet,
+    data: &std::path::Path,
+    name: &str,
+    mailbox_relay: spore_protocol::RelayId,
+    key: spore_protocol::MailboxKey,
+    lambda_p: f64,
+) -> spore_client::Transport {
+    let server_name = format!("{name}.example");
+    let config = net.client_config_with_key(&server_name, mailbox_relay, data.join(name), key);
+    spore_client::Transport::start(fast(config, lambda_p))
+        .await
+        .unwrap()
 }
 
 /// Takes inbound requests from `receiver`, acking each, until `n` distinct transaction ids

@@ -23,8 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use spore_protocol::bundle::{Bundle, BundleBody};
 use spore_protocol::{FederationRequest, FederationResponse};
 use spore_sidecar::{
-    Carrier, CarryError, CarryFuture, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
-    ProxySettings, ServerKeyCache, deliver_inbound,
+    Carrier, CarryError, CarryFuture, Delivered, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
+    ProxySettings, RetryPolicy, ServerKeyCache, deliver_inbound,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
@@ -149,9 +149,7 @@ async fn inbound(
     };
     // The loopback stand-in marks "wants a response" with one all-zero reply SURB.
     let wants_response = !reply_surbs.is_empty();
-    if wants_response && spore_sidecar::request_expired(&request, spore_sidecar::unix_ms()) {
-        return (504, Vec::new());
-    }
+    // No inbox behind this stand-in: the peer gateway is told of a failure instead.
     match deliver_inbound(
         homeserver,
         keys,
@@ -159,10 +157,12 @@ async fn inbound(
         bundle.server_keys.as_deref(),
         &request,
         wants_response,
+        RetryPolicy::GIVE_UP_EARLY,
     )
     .await
     {
-        Ok(Some(response)) => {
+        Ok(Delivered::Expired) => (504, Vec::new()),
+        Ok(Delivered::Answered(response)) => {
             tracing::info!(
                 status = response.status,
                 "request delivered, response returned"
@@ -178,7 +178,7 @@ async fn inbound(
             };
             (200, reply.encode())
         }
-        Ok(None) => {
+        Ok(Delivered::Accepted) => {
             tracing::info!("transaction delivered to the homeserver");
             (200, Vec::new())
         }

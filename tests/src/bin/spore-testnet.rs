@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_testkit::{Testnet, TestnetConfig};
+use spore_testkit::{SidecarNode, SidecarRates, Testnet, TestnetConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -70,45 +70,25 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
     for (name, fed, proxy, key, address) in &nodes {
-        let dir = args.dir.join(name);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("mailbox.key"), hex::encode(key.secret_bytes()))?;
-        let mut text = format!(
-            r#"server_name = "{name}"
-data_dir = "data"
-mailbox_key_file = "mailbox.key"
-mailbox_relay = "{relay}"
-homeserver_url = "{fed}"
-listen = "127.0.0.1:0"
-https_proxy_listen = "{proxy}"
-request_timeout_secs = 10
-# Big enough for a send_join answer in a room with ~100 small state events.
-reply_surbs = 32
-
-[directory]
-path = "{dir_path}"
-authorities = ["{authority}"]
-threshold = 1
-
-[rates]
-lambda_p = 40.0
-lambda_l = 2.0
-lambda_d = 2.0
-mu = 1000.0
-pull_interval_ms = 50
-
-[peers]
-"#,
-            relay = address.mailbox_relays[0],
-            dir_path = net.directory_path().display(),
-            authority = hex::encode(net.authority()),
-        );
-        for (peer, _, _, _, peer_address) in &nodes {
-            if peer != name {
-                text.push_str(&format!("\"{peer}\" = \"{}\"\n", peer_address.to_text()));
-            }
-        }
-        std::fs::write(dir.join("sidecar.toml"), text)?;
+        let peers: Vec<(&str, &SporeAddress)> = nodes
+            .iter()
+            .filter(|(peer, ..)| peer != name)
+            .map(|(peer, _, _, _, peer_address)| (peer.as_str(), peer_address))
+            .collect();
+        let node = SidecarNode {
+            https_proxy_listen: Some(proxy),
+            request_timeout_secs: 10,
+            // Big enough for a send_join answer in a room with ~100 small state events.
+            reply_surbs: Some(32),
+            rates: SidecarRates {
+                lambda_p: 40.0,
+                lambda_l: 2.0,
+                lambda_d: 2.0,
+            },
+            peers: &peers,
+            ..SidecarNode::new(name, address.mailbox_relays[0], key, fed)
+        };
+        net.write_sidecar_config(&args.dir.join(name), &node)?;
     }
     std::fs::write(args.dir.join("ready"), b"ready\n")?;
     eprintln!(
