@@ -321,7 +321,7 @@ pub async fn run(cfg: &LatencyConfig) -> Result<LatencyReport> {
     if cfg.capacity_packets < 100 || cfg.seconds.is_nan() || cfg.seconds <= 0.0 {
         bail!("need at least 100 capacity packets and a positive duration");
     }
-    let keys = RelayKeys::generate();
+    let (keys, _key_dir) = crate::relay::bench_keys()?;
     let sink = Sink::start(SinkMode::Open).await?;
     let generator = Generator::new();
     let warm = to_frames(&build_packets(&keys, sink.id(), WARMUP)?)?;

@@ -334,8 +334,11 @@ impl RelayProcess {
         let params = NetworkParams::default();
         let now = now_unix();
         let epoch = now / params.epoch_length_secs;
-        let key_file = dir.path().join("relay.key");
-        keys.save(&key_file)?;
+        // The relay process must use the very epoch keys the packets were built for, so it
+        // opens the caller's key file (and its epoch-key folder), not a copy.
+        let Some(key_file) = keys.key_file().map(Path::to_owned) else {
+            bail!("the bench's relay keys must come from a key file (see bench_keys)");
+        };
         let free_port = || -> Result<SocketAddr> {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             Ok(l.local_addr()?)
@@ -414,6 +417,15 @@ impl RelayProcess {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
+}
+
+/// Fresh relay keys in a key file of their own (kept while the returned folder lives), so a
+/// relay process started on them shares their per-epoch Sphinx keys.
+pub fn bench_keys() -> Result<(RelayKeys, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("relay.key");
+    RelayKeys::generate().save(&path)?;
+    Ok((RelayKeys::load(&path)?, dir))
 }
 
 /// Forward packets for `keys`'s relay (epoch of now) whose next hop is `next`, delay 0.
@@ -626,7 +638,7 @@ pub async fn run(cfg: &RelayBenchConfig) -> Result<RelayReport> {
     if cfg.packets < 100 {
         bail!("--packets must be at least 100");
     }
-    let keys = RelayKeys::generate();
+    let (keys, _key_dir) = bench_keys()?;
     let sink = Sink::start(SinkMode::Count).await?;
     let generator = Generator::new();
     let all = build_packets(&keys, sink.id(), cfg.packets + WARMUP)?;

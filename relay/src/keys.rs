@@ -198,6 +198,12 @@ impl RelayKeys {
         PublicKey::from(&StaticSecret::from(self.link_secret)).to_bytes()
     }
 
+    /// The key file these keys were loaded from, if any: a process that is to use the same
+    /// epoch keys (a relay a benchmark starts) must open this file, not a copy of it.
+    pub fn key_file(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
     /// The relay's per-epoch Sphinx keys.
     pub fn epochs(&self) -> &EpochKeys {
         &self.epochs
