@@ -511,11 +511,17 @@ impl<S: PacketSource> Sender<S> {
 
     /// Timers: the send streams, the pull cadence and maintenance (ack deadlines, backoffs,
     /// lifetimes, lost loops). Call at (or after) [`Sender::poll_timeout`].
+    ///
+    /// At most one send is due per call, even when the schedule is further behind: a packet
+    /// built here (no pre-built one at hand) costs real time, and a sender that caught up on
+    /// every overdue send in one call would build hundreds of cover packets while nothing
+    /// else runs: no pull, no pre-built fragment taken in, the link's input unread, and the
+    /// next call further behind still. [`Sender::poll_timeout`] is then already past, so the
+    /// driver calls again at once, after it has served whatever else is ready.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((due, stream)) = self.schedule.next_due() {
-            if due > now {
-                break;
-            }
+        if let Some((due, stream)) = self.schedule.next_due()
+            && due <= now
+        {
             self.schedule.fire(stream, now, &mut self.rng);
             self.on_send_tick(stream, now);
         }

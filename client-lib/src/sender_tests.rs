@@ -5,6 +5,7 @@
 //! sender's next timeout.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -26,11 +27,26 @@ const ACK_TAG: u8 = 0xAC;
 /// Builds fake packets whose SURB-acks the relay below can forge.
 struct FakeSource {
     next_surb: u64,
+    /// What building one packet costs (on the fake clock): every build adds it to `spent`,
+    /// which the harness adds to its clock after the call that built.
+    cost: Duration,
+    spent: Arc<AtomicU64>,
 }
 
 impl FakeSource {
+    fn new(next_surb: u64) -> Self {
+        Self {
+            next_surb,
+            cost: Duration::ZERO,
+            spent: Arc::default(),
+        }
+    }
+
     fn packet(&mut self, kind: u8, header: &[u8]) -> BuiltPacket<[u8; 16]> {
         self.next_surb += 1;
+        let cost = u64::try_from(self.cost.as_nanos()).unwrap();
+        self.spent
+            .fetch_add(cost, std::sync::atomic::Ordering::Relaxed);
         let mut surb = [0u8; 16];
         surb[..8].copy_from_slice(&self.next_surb.to_be_bytes());
         let mut bytes = vec![0u8; PACKET_SIZE];
@@ -162,6 +178,10 @@ struct Pair {
     peak_in_flight: usize,
     /// Plays the build threads when the sender has them: builds every job at once.
     builder: Option<FakeSource>,
+    /// ... or, if set, each job takes the builder's cost on the first free of these threads
+    /// (when each is free next), and is handed back when done.
+    build_threads: Vec<Instant>,
+    being_built: VecDeque<(Instant, Built<[u8; 16]>)>,
 }
 
 fn address() -> SporeAddress {
@@ -221,7 +241,7 @@ impl Pair {
         let counters = Arc::new(Counters::default());
         let mut sender = Sender::new(
             config(lambda_p),
-            FakeSource { next_surb: 0 },
+            FakeSource::new(0),
             StdRng::seed_from_u64(20),
             counters.clone(),
             start,
@@ -241,6 +261,8 @@ impl Pair {
             closed: Vec::new(),
             peak_in_flight: 0,
             builder: None,
+            build_threads: Vec::new(),
+            being_built: VecDeque::new(),
         }
     }
 
@@ -251,22 +273,51 @@ impl Pair {
         config.build_capacity = Some(BUILD_CAPACITY);
         pair.sender = Sender::new(
             config,
-            FakeSource { next_surb: 0 },
+            FakeSource::new(0),
             StdRng::seed_from_u64(20),
             pair.counters.clone(),
             pair.start,
         );
         pair.sender.handle_link_up(pair.start);
-        pair.builder = Some(FakeSource { next_surb: 1 << 40 });
+        pair.builder = Some(FakeSource::new(1 << 40));
         pair
     }
 
     fn build(&mut self) {
+        while self
+            .being_built
+            .front()
+            .is_some_and(|(at, _)| *at <= self.now)
+        {
+            if let Some((_, built)) = self.being_built.pop_front() {
+                self.sender.handle_built(built);
+            }
+        }
         let Some(builder) = self.builder.as_mut() else {
             return;
         };
         let mut rng = StdRng::seed_from_u64(0);
         while let Some(job) = self.sender.poll_build() {
+            if let Some(free) = self.build_threads.iter_mut().min() {
+                let done = (*free).max(self.now) + builder.cost;
+                *free = done;
+                let built = match job {
+                    Job::Fragment(f) => Built::Fragment {
+                        key: f.key,
+                        packet: builder.fragment(&mut rng, &f.destination, &f.bytes),
+                        at: done,
+                    },
+                    Job::DropCover => Built::DropCover {
+                        packet: builder.drop_cover(&mut rng),
+                        at: done,
+                    },
+                };
+                self.being_built.push_back((done, built));
+                self.being_built
+                    .make_contiguous()
+                    .sort_by_key(|(at, _)| *at);
+                continue;
+            }
             let built = match job {
                 Job::Fragment(f) => Built::Fragment {
                     key: f.key,
@@ -294,9 +345,21 @@ impl Pair {
     /// Moves to the sender's next timeout and lets both sides talk until they are quiet.
     fn step(&mut self) {
         self.build();
-        self.now = self.now.max(self.sender.poll_timeout());
+        let mut next = self.sender.poll_timeout();
+        if let Some((done, _)) = self.being_built.front() {
+            next = next.min(*done);
+        }
+        self.now = self.now.max(next);
+        self.build();
         self.sender.handle_timeout(self.now);
         self.exchange();
+        // The time the sender spent building packets itself passes before its next call.
+        let spent = self
+            .sender
+            .source
+            .spent
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.now += Duration::from_nanos(spent);
     }
 
     fn exchange(&mut self) {
@@ -613,4 +676,45 @@ fn with_build_threads_fragments_are_built_ahead_within_the_window() {
         pair.relay.drops > 0,
         "idle payload ticks send cover from the stock"
     );
+}
+
+/// Bulk rates on a slow machine: packets take 5 ms to build, the payload stream asks for one
+/// every 1.7 ms, two build threads make 400 a second. The sender falls behind; it must still
+/// take in pre-built fragments and pull at its cadence between the cover it builds itself,
+/// rather than spend seconds catching up on overdue cover (the regression of the bench's
+/// `client_throughput`: 0 fragments sent, 0 pulls).
+#[test]
+fn a_sender_behind_its_schedule_still_sends_fragments_and_pulls() {
+    let mut pair = Pair::with_build_threads(600.0);
+    let mut config = config(600.0);
+    config.build_capacity = Some(BUILD_CAPACITY);
+    config.rates.pull_interval = Duration::from_millis(20);
+    let mut source = FakeSource::new(0);
+    source.cost = Duration::from_millis(5);
+    pair.sender = Sender::new(
+        config,
+        source,
+        StdRng::seed_from_u64(20),
+        pair.counters.clone(),
+        pair.start,
+    );
+    pair.sender.handle_link_up(pair.start);
+    let mut builder = FakeSource::new(1 << 40);
+    builder.cost = Duration::from_millis(5);
+    pair.builder = Some(builder);
+    pair.build_threads = vec![pair.start; 2];
+    for id in 1..=150 {
+        let (m, fragments) = message(id, 8);
+        pair.enqueue(m, encoded(&fragments));
+    }
+    pair.run_until(pair.at(5_000));
+    let (real, acks, pulls) = (
+        pair.stat(&pair.counters.real_sent),
+        pair.stat(&pair.counters.acks),
+        pair.stat(&pair.counters.pulls),
+    );
+    // 5 s of 20 ms pulls is 250 (without the fix: about 50). The 1,200 fragments need 3 s of
+    // both build threads, and all of them are acked (without the fix: about 500).
+    assert!(pulls >= 200, "{pulls} pulls in 5 s");
+    assert!(acks >= 1_000, "{acks} acks, {real} fragments sent");
 }
