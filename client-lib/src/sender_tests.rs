@@ -182,6 +182,12 @@ struct Pair {
     /// (when each is free next), and is handed back when done.
     build_threads: Vec<Instant>,
     being_built: VecDeque<(Instant, Built<[u8; 16]>)>,
+    /// How long the driver takes to persist a pull's items (handed back after this).
+    processing_time: Duration,
+    processing: VecDeque<(Instant, u64, Vec<u64>)>,
+    /// Every frame the sender handed out: when, and what (the first byte of a packet, or
+    /// `b'P'` / `b'D'` for a pull / a Delete).
+    transmitted: Vec<(Instant, u8)>,
 }
 
 fn address() -> SporeAddress {
@@ -263,6 +269,9 @@ impl Pair {
             builder: None,
             build_threads: Vec::new(),
             being_built: VecDeque::new(),
+            processing_time: Duration::ZERO,
+            processing: VecDeque::new(),
+            transmitted: Vec::new(),
         }
     }
 
@@ -349,8 +358,20 @@ impl Pair {
         if let Some((done, _)) = self.being_built.front() {
             next = next.min(*done);
         }
+        if let Some((done, _, _)) = self.processing.front() {
+            next = next.min(*done);
+        }
         self.now = self.now.max(next);
         self.build();
+        while self
+            .processing
+            .front()
+            .is_some_and(|(at, _, _)| *at <= self.now)
+        {
+            if let Some((_, pull, handles)) = self.processing.pop_front() {
+                self.sender.handle_processed(pull, handles, self.now);
+            }
+        }
         self.sender.handle_timeout(self.now);
         self.exchange();
         // The time the sender spent building packets itself passes before its next call.
@@ -381,13 +402,25 @@ impl Pair {
                         // may go.
                         self.handed_to_driver += items.len();
                         let handles = items.iter().map(|i| i.handle).collect();
-                        self.sender.handle_processed(pull, handles, self.now);
+                        if self.processing_time.is_zero() {
+                            self.sender.handle_processed(pull, handles, self.now);
+                        } else {
+                            let done = self.now + self.processing_time;
+                            self.processing.push_back((done, pull, handles));
+                        }
                     }
                     SenderEvent::CloseLink(why) => self.closed.push(why),
                 }
             }
             while let Some(frame) = self.sender.poll_transmit() {
                 busy = true;
+                let kind = match &frame {
+                    Frame::Packet(p) => p[0],
+                    Frame::PullRequest => b'P',
+                    Frame::Delete { .. } => b'D',
+                    _ => 0,
+                };
+                self.transmitted.push((self.now, kind));
                 self.sender.handle_sent(true);
                 self.relay.on_frame(frame);
             }
@@ -410,7 +443,12 @@ impl Pair {
 
     /// Runs every timeout up to and including `until`.
     fn run_until(&mut self, until: Instant) {
-        while self.sender.poll_timeout() <= until {
+        while self.sender.poll_timeout() <= until
+            || self
+                .processing
+                .front()
+                .is_some_and(|(at, _, _)| *at <= until)
+        {
             self.step();
         }
         self.now = until;
@@ -535,6 +573,11 @@ fn a_pull_of_dummies_only_ends_with_exactly_one_empty_delete() {
     let mut pair = Pair::new(50.0);
     pair.run_until(pair.at(0));
     assert_eq!(pair.relay.pulls, 1, "the first pull goes out at once");
+    assert!(
+        pair.relay.deletes.is_empty(),
+        "the Delete waits for its slot"
+    );
+    pair.run_until(pair.at(25));
     assert_eq!(pair.relay.deletes, [Vec::<u64>::new()]);
     // Pulls at 0, 100, ..., 900 ms: ten, each followed by exactly one (empty) Delete.
     pair.run_until(pair.at(950));
@@ -717,4 +760,96 @@ fn a_sender_behind_its_schedule_still_sends_fragments_and_pulls() {
     // both build threads, and all of them are acked (without the fix: about 500).
     assert!(pulls >= 200, "{pulls} pulls in 5 s");
     assert!(acks >= 1_000, "{acks} acks, {real} fragments sent");
+}
+
+impl Relay {
+    /// A forward message (not one of our acks) lands in our mailbox.
+    fn deliver_forward(&mut self, tag: u8) {
+        self.next_handle += 1;
+        self.mailbox.push(MailboxItem {
+            handle: self.next_handle,
+            surb_id: [tag; 16],
+            payload: Box::new([tag; PAYLOAD_SIZE]),
+        });
+    }
+}
+
+/// One client over 3 s, receiving `items` forward messages every 150 ms (persisting each
+/// pull's takes 30 ms, longer than the Delete's slot 25 ms after the pull) and sending
+/// `messages` 4-fragment messages: when each frame left.
+fn link_schedule(items: usize, messages: u8) -> (Vec<Duration>, Pair) {
+    let mut pair = Pair::new(50.0);
+    pair.processing_time = Duration::from_millis(30);
+    for id in 1..=messages {
+        let (m, fragments) = message(id, 4);
+        pair.enqueue(m, encoded(&fragments));
+    }
+    for tick in 0..20u8 {
+        for _ in 0..items {
+            pair.relay.deliver_forward(tick);
+        }
+        let t = pair.now + Duration::from_millis(150);
+        pair.run_until(t);
+    }
+    let times = pair
+        .transmitted
+        .iter()
+        .map(|(t, _)| t.duration_since(pair.start))
+        .collect();
+    (times, pair)
+}
+
+/// Issue 15: the link's schedule is a function of the sender's timers and random draws, not
+/// of what it receives, stores or acks. Same seed, same clock: a client that receives and
+/// sends real messages writes its frames at exactly the times an idle one does.
+#[test]
+fn the_link_schedule_does_not_depend_on_what_is_received_or_sent() {
+    let (idle, idle_pair) = link_schedule(0, 0);
+    let (receiving, mut rx) = link_schedule(5, 0);
+    let (sending, tx) = link_schedule(0, 6);
+    assert!(idle.len() > 150, "{} frames", idle.len());
+    assert_eq!(receiving, idle, "receiving moved the link's frames");
+    assert_eq!(sending, idle, "sending moved the link's frames");
+    assert_eq!(idle_pair.relay.pulls, rx.relay.pulls);
+    assert_eq!(rx.relay.deletes.len(), idle_pair.relay.deletes.len());
+    // What differs is only inside the frames: deletes named items, fragments were sent.
+    assert!(rx.relay.deletes.iter().any(|d| !d.is_empty()));
+    assert_eq!(tx.delivered.len(), 6);
+    // Every item was handed to the driver once, though some were pulled again because their
+    // Delete had left before they were persisted; all of them are gone from the mailbox.
+    rx.run_until(rx.now + Duration::from_secs(1));
+    assert_eq!(rx.handed_to_driver, 100);
+    assert!(
+        rx.relay.mailbox.is_empty(),
+        "{} left",
+        rx.relay.mailbox.len()
+    );
+    assert!(rx.closed.is_empty());
+}
+
+/// On the wire, an empty Delete and a full one are the same size: every link frame is encoded
+/// into one fixed-length record (then sealed to `WIRE_FRAME_LEN`), as are a pull request and a
+/// packet.
+#[test]
+fn empty_and_full_deletes_are_the_same_size_on_the_wire() {
+    use spore_protocol::link::FRAME_LEN;
+    let mut empty = [0u8; FRAME_LEN];
+    Frame::Delete {
+        handles: Vec::new(),
+    }
+    .encode_into(&mut empty)
+    .unwrap();
+    let mut full = [0u8; FRAME_LEN];
+    Frame::Delete {
+        handles: (0..PULL_SLOTS as u64).map(|h| h << 40).collect(),
+    }
+    .encode_into(&mut full)
+    .unwrap();
+    assert_ne!(empty, full);
+    assert_eq!(
+        Frame::decode(&full).unwrap(),
+        Frame::Delete {
+            handles: (0..PULL_SLOTS as u64).map(|h| h << 40).collect()
+        }
+    );
 }
