@@ -334,3 +334,265 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     assert_eq!(normalised(&reports[0].text), normalised(&reports[2].text));
     let _ = net.shutdown().await;
 }
+
+// ------------------------------------------------------ link observer, statistical (issue 15 a)
+
+/// What a window of the observed link was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    Idle,
+    Receiving,
+    Sending,
+}
+
+/// One window of the link as the observer saw it, and what the client was doing.
+struct LinkWindow {
+    activity: Activity,
+    /// Which phase it belongs to: even phases train, odd ones test (then the other way).
+    phase: usize,
+    /// Statistics the client's own timing decides, by name.
+    client: Vec<(&'static str, f64)>,
+    /// Statistics of the relay's answers (reported, not asserted here: the relay's side).
+    relay: Vec<(&'static str, f64)>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// The statistics of `[from, to)`: for every pull answer (the relay's 16 slots, then its
+/// delete confirmation: records 17k..17k+15, 17k+16), the gap from its last slot to the
+/// client's next frame, and the client's frame count and gaps.
+fn window_stats(
+    up: &[std::time::Instant],
+    down: &[std::time::Instant],
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> (Vec<(&'static str, f64)>, Vec<(&'static str, f64)>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut after_answer = Vec::new();
+    let mut answer_to_done = Vec::new();
+    let mut answer_span = Vec::new();
+    for chunk in down.chunks(17) {
+        let (Some(first), Some(last)) = (chunk.first(), chunk.get(15)) else {
+            continue;
+        };
+        if *last < from || *last >= to {
+            continue;
+        }
+        answer_span.push(ms(last.duration_since(*first)));
+        if let Some(done) = chunk.get(16) {
+            answer_to_done.push(ms(done.duration_since(*last)));
+        }
+        if let Some(next) = up.iter().find(|t| **t >= *last) {
+            after_answer.push(ms(next.duration_since(*last)));
+        }
+    }
+    let ups: Vec<f64> = up
+        .iter()
+        .filter(|t| **t >= from && **t < to)
+        .map(|t| t.duration_since(from).as_secs_f64())
+        .collect();
+    let gaps: Vec<f64> = ups.windows(2).map(|w| (w[1] - w[0]) * 1e3).collect();
+    let client = vec![
+        (
+            "median gap after the pull answer",
+            median(&mut after_answer.clone()),
+        ),
+        ("mean gap after the pull answer", mean(&after_answer)),
+        (
+            "largest gap after the pull answer",
+            after_answer.iter().copied().fold(f64::NAN, f64::max),
+        ),
+        ("client frames", ups.len() as f64),
+        ("median client gap", median(&mut gaps.clone())),
+    ];
+    let relay = vec![
+        ("median answer span", median(&mut answer_span)),
+        ("median answer to delete done", median(&mut answer_to_done)),
+    ];
+    (client, relay)
+}
+
+/// Best accuracy of a threshold on `stat` learned on one half of `a`/`b` and tested on the
+/// other, averaged over both ways round.
+fn threshold_accuracy(
+    windows: &[&LinkWindow],
+    positive: Activity,
+    stat: usize,
+    relay: bool,
+) -> f64 {
+    let value = |w: &LinkWindow| {
+        if relay {
+            w.relay[stat].1
+        } else {
+            w.client[stat].1
+        }
+    };
+    let mut accuracies = Vec::new();
+    for fold in 0..2 {
+        let (train, test): (Vec<&&LinkWindow>, Vec<&&LinkWindow>) = windows
+            .iter()
+            .filter(|w| !value(w).is_nan())
+            .partition(|w| w.phase % 2 == fold);
+        // Every midpoint and both directions; the best on the training half.
+        let mut values: Vec<f64> = train.iter().map(|w| value(w)).collect();
+        values.sort_by(f64::total_cmp);
+        let mut best = (0.0, f64::NEG_INFINITY, true);
+        let score = |set: &[&&LinkWindow], t: f64, above: bool| {
+            let right = set
+                .iter()
+                .filter(|w| ((value(w) > t) == above) == (w.activity == positive))
+                .count();
+            right as f64 / set.len().max(1) as f64
+        };
+        for pair in values.windows(2) {
+            let t = (pair[0] + pair[1]) / 2.0;
+            for above in [true, false] {
+                let s = score(&train, t, above);
+                if s > best.0 {
+                    best = (s, t, above);
+                }
+            }
+        }
+        accuracies.push(score(&test, best.1, best.2));
+    }
+    mean(&accuracies)
+}
+
+/// Issue 15 (a): an observer of a client's link (both directions, timing only) cannot tell
+/// windows where the client receives or sends real messages from idle ones. A threshold on any
+/// of several per-window timing statistics, trained on half the windows, classifies the other
+/// half at no better than 0.6 (it was 0.97 for receiving windows when the Delete waited for
+/// the pulled messages to be stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_observer_cannot_tell_receiving_or_sending_windows_from_idle_ones() {
+    use std::time::Instant;
+    crate::init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let relay = net.index_of(&mailboxes[0]).unwrap();
+    let observer = spore_testkit::Observer::start(net.relay_address(relay).unwrap())
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rates = |lambda_p: f64| spore_client::RateOverrides {
+        lambda_p: Some(lambda_p),
+        lambda_l: Some(5.0),
+        lambda_d: Some(5.0),
+        mu: Some(1000.0),
+        pull_interval: Some(Duration::from_millis(50)),
+    };
+    let mut config = net.client_config("alice.example", mailboxes[0], data.path().join("a"));
+    config.relay_address_override = Some(observer.local_addr().to_string());
+    config.rates = rates(20.0);
+    let alice = Transport::start(config).await.unwrap();
+    let mut config = net.client_config("bob.example", mailboxes[1], data.path().join("b"));
+    config.rates = rates(40.0);
+    let bob = Transport::start(config).await.unwrap();
+    let (alice_address, bob_address) = (alice.address(), bob.address());
+
+    // Phases of 2 s, idle / receiving / sending in turn; 200 ms windows (4 pulls each), the
+    // first two of a phase left out (the previous phase's traffic may still be draining). 11
+    // rounds make 88 windows of each kind, so that a classifier no better than chance stays
+    // under 0.6 (2.8 standard deviations) on each statistic.
+    const PHASE: Duration = Duration::from_secs(2);
+    const WINDOW: Duration = Duration::from_millis(200);
+    const ROUNDS: usize = 11;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut phases = Vec::new();
+    let mut txn = 0;
+    for _ in 0..ROUNDS {
+        for activity in [Activity::Idle, Activity::Receiving, Activity::Sending] {
+            let start = Instant::now();
+            match activity {
+                Activity::Idle => {}
+                // Bob's 60 messages leave over 1.5 s at his 40/s.
+                Activity::Receiving => {
+                    for _ in 0..60 {
+                        txn += 1;
+                        bob.send(&alice_address, transaction("bob.example", txn))
+                            .await
+                            .unwrap();
+                    }
+                }
+                // Alice's 30 leave over 1.5 s at her 20/s; their acks come back to her.
+                Activity::Sending => {
+                    for _ in 0..30 {
+                        txn += 1;
+                        alice
+                            .send(&bob_address, transaction("alice.example", txn))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            phases.push((activity, start));
+            tokio::time::sleep_until((start + PHASE).into()).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let up: Vec<Instant> = observer.records().iter().map(|r| r.at).collect();
+    let down: Vec<Instant> = observer.relay_records().iter().map(|r| r.at).collect();
+    let stats = alice.stats();
+    let mut windows = Vec::new();
+    for (i, (activity, start)) in phases.iter().enumerate() {
+        for w in 2..(PHASE.as_millis() / WINDOW.as_millis()) as u32 {
+            let from = *start + WINDOW * w;
+            let (client, relay) = window_stats(&up, &down, from, from + WINDOW);
+            windows.push(LinkWindow {
+                activity: *activity,
+                phase: i / 3,
+                client,
+                relay,
+            });
+        }
+    }
+    eprintln!(
+        "alice: {} real sent, {} items pulled, {} pulls; {} client and {} relay records",
+        stats.real_sent,
+        stats.items_pulled,
+        stats.pulls,
+        up.len(),
+        down.len()
+    );
+    assert!(stats.real_sent >= 150, "alice sent too little: {stats:?}");
+    assert!(
+        stats.items_pulled >= 300,
+        "alice received too little: {stats:?}"
+    );
+    let mut worst = 0.0f64;
+    for busy in [Activity::Receiving, Activity::Sending] {
+        let pair: Vec<&LinkWindow> = windows
+            .iter()
+            .filter(|w| w.activity == Activity::Idle || w.activity == busy)
+            .collect();
+        for (i, (name, _)) in windows[0].client.iter().enumerate() {
+            let a = threshold_accuracy(&pair, busy, i, false);
+            eprintln!("idle vs {busy:?}: {name}: accuracy {a:.2}");
+            worst = worst.max(a);
+        }
+        for (i, (name, _)) in windows[0].relay.iter().enumerate() {
+            let a = threshold_accuracy(&pair, busy, i, true);
+            eprintln!("idle vs {busy:?}: (relay's side) {name}: accuracy {a:.2}");
+        }
+    }
+    assert!(
+        worst <= 0.6,
+        "a link observer tells busy windows from idle ones with accuracy {worst:.2}"
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    let _ = net.shutdown().await;
+}
