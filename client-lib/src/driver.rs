@@ -209,10 +209,15 @@ impl Driver {
 
     fn on_event(&mut self, event: SenderEvent) {
         match event {
+            // Store writes run off the link's task: the link's schedule must not wait for
+            // the disk (a link observer would see when acks come in).
             SenderEvent::Acked((id, index)) => {
-                if let Err(e) = self.shared.store.ack_fragment(&id, index) {
-                    tracing::warn!(error = %e, "cannot record an ack; the fragment may be re-sent");
-                }
+                let store = self.shared.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.ack_fragment(&id, index) {
+                        tracing::warn!(error = %e, "cannot record an ack; the fragment may be re-sent");
+                    }
+                });
             }
             SenderEvent::Delivered(id) => {
                 let _ = self.shared.events.send(TransportEvent::Delivered(id));

@@ -14,12 +14,22 @@
 //! [`PoissonSchedule`] draws (on the payload stream the next real packet if one is ready,
 //! else drop cover; loop and drop cover on their own streams), a `PullRequest` every pull
 //! interval, and exactly one `Delete` after every pull, empty or not.
+//!
+//! The link's schedule is a function of the sender's timers and random draws only, never of
+//! what it receives, stores or acks (issue 15: a link observer told a receiving client from an
+//! idle one by the gap between the pull's answer and the Delete, which waited for the items to
+//! be stored). The send streams draw from an RNG of their own, so building a real packet
+//! instead of cover does not shift them; the Delete leaves a fixed [`delete_delay`] after the
+//! pull's last slot and names what is deletable by then: acks, and items the driver has
+//! persisted. An item still being processed is left in the mailbox; the next pull returns it
+//! again (same handle) and it is deleted then, without being handed out twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use spore_protocol::bundle::{self, Bundle, BundleBody};
 use spore_protocol::fragment;
@@ -248,11 +258,26 @@ enum Sent {
     Delete,
 }
 
-/// A pull whose items are with the driver.
-struct HeldPull {
-    id: u64,
-    /// Handles of the items the sender consumed itself (acks): deleted with the rest.
-    ack_handles: Vec<u64>,
+/// Bounds [`Sender`]'s memory of persisted items whose Delete is still owed: past it, the
+/// set is forgotten and such items, when pulled again, are handed out again (the receiver's
+/// store is exactly-once).
+const MAX_DELETABLE: usize = 4096;
+
+/// How long after a pull's last slot its Delete leaves: long enough for the driver to
+/// persist a pull's items on a normal day, and a fixed time so that the gap does not tell
+/// whether there were any. A quarter of the pull interval, at least 2 ms.
+pub(crate) fn delete_delay(pull_interval: Duration) -> Duration {
+    (pull_interval / 4).max(Duration::from_millis(2))
+}
+
+/// The current pull, answered and waiting for its Delete slot.
+struct OpenPull {
+    /// When its Delete leaves.
+    delete_at: Instant,
+    /// Every handle it returned.
+    returned: Vec<u64>,
+    /// What its Delete names so far (acks, items persisted in time).
+    deletable: Vec<u64>,
 }
 
 /// The sending half of a client: see the module documentation.
@@ -260,6 +285,8 @@ pub(crate) struct Sender<S: PacketSource> {
     config: SenderConfig,
     source: S,
     rng: StdRng,
+    /// The send streams' own draws: what is sent never shifts when it is sent.
+    schedule_rng: StdRng,
     counters: Arc<Counters>,
     schedule: PoissonSchedule,
     next_pull: Instant,
@@ -293,7 +320,12 @@ pub(crate) struct Sender<S: PacketSource> {
     pull: ClientPull,
     /// When the pull conversation last moved (for the stall check).
     pull_since: Instant,
-    held_pull: Option<HeldPull>,
+    /// The pull whose Delete is owed.
+    open_pull: Option<OpenPull>,
+    /// Items handed to the driver per pull id, until it says they are processed.
+    handed: HashMap<u64, Vec<u64>>,
+    /// Items persisted after their pull's Delete left: deleted when pulled again.
+    deletable: std::collections::HashSet<u64>,
     pulls_started: u64,
     transmits: VecDeque<(Frame, Sent)>,
     /// The last frame handed out, until the driver says whether it was written.
@@ -309,11 +341,13 @@ impl<S: PacketSource> Sender<S> {
         counters: Arc<Counters>,
         now: Instant,
     ) -> Self {
-        let schedule = PoissonSchedule::new(&config.rates, now, &mut rng);
+        let mut schedule_rng = StdRng::from_rng(&mut rng);
+        let schedule = PoissonSchedule::new(&config.rates, now, &mut schedule_rng);
         Self {
             config,
             source,
             rng,
+            schedule_rng,
             counters,
             schedule,
             next_pull: now,
@@ -336,7 +370,9 @@ impl<S: PacketSource> Sender<S> {
             link_up: false,
             pull: ClientPull::new(),
             pull_since: now,
-            held_pull: None,
+            open_pull: None,
+            handed: HashMap::new(),
+            deletable: std::collections::HashSet::new(),
             pulls_started: 0,
             transmits: VecDeque::new(),
             unconfirmed: None,
@@ -395,7 +431,7 @@ impl<S: PacketSource> Sender<S> {
     pub fn handle_link_up(&mut self, now: Instant) {
         self.link_up = true;
         self.pull.reset();
-        self.held_pull = None;
+        self.open_pull = None;
         self.pull_since = now;
     }
 
@@ -404,7 +440,9 @@ impl<S: PacketSource> Sender<S> {
     pub fn handle_link_down(&mut self) {
         self.link_up = false;
         self.pull.reset();
-        self.held_pull = None;
+        // Items being processed stay in `handed`: once persisted they are deleted when the
+        // next link's pulls return them.
+        self.open_pull = None;
         if let Some(sent) = self.unconfirmed.take() {
             self.finish(sent, false);
         }
@@ -453,14 +491,26 @@ impl<S: PacketSource> Sender<S> {
     }
 
     /// The driver handled a pull's non-ack items (see [`SenderEvent::Pulled`]); `handles`
-    /// may be deleted at the relay. Sends the pull's one `Delete`.
-    pub fn handle_processed(&mut self, pull: u64, handles: Vec<u64>, now: Instant) {
-        let Some(held) = self.held_pull.take_if(|h| h.id == pull) else {
-            return; // a pull of a link that has since been lost
+    /// may be deleted at the relay: by this pull's Delete if it has not left yet, else when a
+    /// later pull returns them. Sends nothing itself: the Delete leaves at its slot.
+    pub fn handle_processed(&mut self, pull: u64, handles: Vec<u64>, _now: Instant) {
+        let Some(handed) = self.handed.remove(&pull) else {
+            return;
         };
-        let mut handles = handles;
-        handles.extend(held.ack_handles);
-        self.send_delete(handles, now);
+        for handle in handles {
+            if !handed.contains(&handle) {
+                continue;
+            }
+            match self.open_pull.as_mut() {
+                Some(open) if open.returned.contains(&handle) => open.deletable.push(handle),
+                _ => {
+                    if self.deletable.len() >= MAX_DELETABLE {
+                        self.deletable.clear();
+                    }
+                    self.deletable.insert(handle);
+                }
+            }
+        }
     }
 
     /// A loop message came back.
@@ -511,13 +561,22 @@ impl<S: PacketSource> Sender<S> {
 
     /// Timers: the send streams, the pull cadence and maintenance (ack deadlines, backoffs,
     /// lifetimes, lost loops). Call at (or after) [`Sender::poll_timeout`].
+    ///
+    /// At most one send is due per call, even when the schedule is further behind: a packet
+    /// built here (no pre-built one at hand) costs real time, and a sender that caught up on
+    /// every overdue send in one call would build hundreds of cover packets while nothing
+    /// else runs: no pull, no pre-built fragment taken in, the link's input unread, and the
+    /// next call further behind still. [`Sender::poll_timeout`] is then already past, so the
+    /// driver calls again at once, after it has served whatever else is ready.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((due, stream)) = self.schedule.next_due() {
-            if due > now {
-                break;
-            }
-            self.schedule.fire(stream, now, &mut self.rng);
+        if let Some((due, stream)) = self.schedule.next_due()
+            && due <= now
+        {
+            self.schedule.fire(stream, now, &mut self.schedule_rng);
             self.on_send_tick(stream, now);
+        }
+        if let Some(open) = self.open_pull.take_if(|o| o.delete_at <= now) {
+            self.send_delete(open.deletable, now);
         }
         if now >= self.next_pull {
             self.next_pull = next_tick(self.next_pull, now, self.config.rates.pull_interval);
@@ -549,6 +608,9 @@ impl<S: PacketSource> Sender<S> {
     /// When [`Sender::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Instant {
         let mut at = self.next_pull.min(self.next_maintenance);
+        if let Some(open) = &self.open_pull {
+            at = at.min(open.delete_at);
+        }
         if let Some((due, _)) = self.schedule.next_due() {
             at = at.min(due);
         }
@@ -871,9 +933,17 @@ impl<S: PacketSource> Sender<S> {
         self.counters
             .items_pulled
             .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut ack_handles = Vec::with_capacity(items.len());
+        let returned: Vec<u64> = items.iter().map(|i| i.handle).collect();
+        let mut deletable = Vec::with_capacity(items.len());
         let mut rest = Vec::new();
         for item in items {
+            if self.deletable.remove(&item.handle) {
+                deletable.push(item.handle); // persisted after an earlier pull's Delete left
+                continue;
+            }
+            if self.handed.values().any(|h| h.contains(&item.handle)) {
+                continue; // still being processed: deleted by a later pull
+            }
             let Some(ack) = self.acks.remove(&item.surb_id) else {
                 rest.push(item);
                 continue;
@@ -896,16 +966,21 @@ impl<S: PacketSource> Sender<S> {
                 });
                 self.on_ack(key);
             }
-            ack_handles.push(item.handle);
+            deletable.push(item.handle);
         }
+        self.pull_since = now;
+        self.open_pull = Some(OpenPull {
+            delete_at: now + delete_delay(self.config.rates.pull_interval),
+            returned,
+            deletable,
+        });
         if rest.is_empty() {
-            self.send_delete(ack_handles, now);
             return;
         }
         self.pulls_started += 1;
         let id = self.pulls_started;
-        self.held_pull = Some(HeldPull { id, ack_handles });
-        self.pull_since = now;
+        self.handed
+            .insert(id, rest.iter().map(|i| i.handle).collect());
         self.events.push_back(SenderEvent::Pulled {
             pull: id,
             items: rest,

@@ -5,6 +5,7 @@
 //! sender's next timeout.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -26,11 +27,26 @@ const ACK_TAG: u8 = 0xAC;
 /// Builds fake packets whose SURB-acks the relay below can forge.
 struct FakeSource {
     next_surb: u64,
+    /// What building one packet costs (on the fake clock): every build adds it to `spent`,
+    /// which the harness adds to its clock after the call that built.
+    cost: Duration,
+    spent: Arc<AtomicU64>,
 }
 
 impl FakeSource {
+    fn new(next_surb: u64) -> Self {
+        Self {
+            next_surb,
+            cost: Duration::ZERO,
+            spent: Arc::default(),
+        }
+    }
+
     fn packet(&mut self, kind: u8, header: &[u8]) -> BuiltPacket<[u8; 16]> {
         self.next_surb += 1;
+        let cost = u64::try_from(self.cost.as_nanos()).unwrap();
+        self.spent
+            .fetch_add(cost, std::sync::atomic::Ordering::Relaxed);
         let mut surb = [0u8; 16];
         surb[..8].copy_from_slice(&self.next_surb.to_be_bytes());
         let mut bytes = vec![0u8; PACKET_SIZE];
@@ -165,6 +181,16 @@ struct Pair {
     peak_in_flight: usize,
     /// Plays the build threads when the sender has them: builds every job at once.
     builder: Option<FakeSource>,
+    /// ... or, if set, each job takes the builder's cost on the first free of these threads
+    /// (when each is free next), and is handed back when done.
+    build_threads: Vec<Instant>,
+    being_built: VecDeque<(Instant, Built<[u8; 16]>)>,
+    /// How long the driver takes to persist a pull's items (handed back after this).
+    processing_time: Duration,
+    processing: VecDeque<(Instant, u64, Vec<u64>)>,
+    /// Every frame the sender handed out: when, and what (the first byte of a packet, or
+    /// `b'P'` / `b'D'` for a pull / a Delete).
+    transmitted: Vec<(Instant, u8)>,
 }
 
 fn address() -> SporeAddress {
@@ -224,7 +250,7 @@ impl Pair {
         let counters = Arc::new(Counters::default());
         let mut sender = Sender::new(
             config(lambda_p),
-            FakeSource { next_surb: 0 },
+            FakeSource::new(0),
             StdRng::seed_from_u64(20),
             counters.clone(),
             start,
@@ -244,6 +270,11 @@ impl Pair {
             closed: Vec::new(),
             peak_in_flight: 0,
             builder: None,
+            build_threads: Vec::new(),
+            being_built: VecDeque::new(),
+            processing_time: Duration::ZERO,
+            processing: VecDeque::new(),
+            transmitted: Vec::new(),
         }
     }
 
@@ -254,22 +285,51 @@ impl Pair {
         config.build_capacity = Some(BUILD_CAPACITY);
         pair.sender = Sender::new(
             config,
-            FakeSource { next_surb: 0 },
+            FakeSource::new(0),
             StdRng::seed_from_u64(20),
             pair.counters.clone(),
             pair.start,
         );
         pair.sender.handle_link_up(pair.start);
-        pair.builder = Some(FakeSource { next_surb: 1 << 40 });
+        pair.builder = Some(FakeSource::new(1 << 40));
         pair
     }
 
     fn build(&mut self) {
+        while self
+            .being_built
+            .front()
+            .is_some_and(|(at, _)| *at <= self.now)
+        {
+            if let Some((_, built)) = self.being_built.pop_front() {
+                self.sender.handle_built(built);
+            }
+        }
         let Some(builder) = self.builder.as_mut() else {
             return;
         };
         let mut rng = StdRng::seed_from_u64(0);
         while let Some(job) = self.sender.poll_build() {
+            if let Some(free) = self.build_threads.iter_mut().min() {
+                let done = (*free).max(self.now) + builder.cost;
+                *free = done;
+                let built = match job {
+                    Job::Fragment(f) => Built::Fragment {
+                        key: f.key,
+                        packet: builder.fragment(&mut rng, &f.destination, &f.bytes),
+                        at: done,
+                    },
+                    Job::DropCover => Built::DropCover {
+                        packet: builder.drop_cover(&mut rng),
+                        at: done,
+                    },
+                };
+                self.being_built.push_back((done, built));
+                self.being_built
+                    .make_contiguous()
+                    .sort_by_key(|(at, _)| *at);
+                continue;
+            }
             let built = match job {
                 Job::Fragment(f) => Built::Fragment {
                     key: f.key,
@@ -297,9 +357,33 @@ impl Pair {
     /// Moves to the sender's next timeout and lets both sides talk until they are quiet.
     fn step(&mut self) {
         self.build();
-        self.now = self.now.max(self.sender.poll_timeout());
+        let mut next = self.sender.poll_timeout();
+        if let Some((done, _)) = self.being_built.front() {
+            next = next.min(*done);
+        }
+        if let Some((done, _, _)) = self.processing.front() {
+            next = next.min(*done);
+        }
+        self.now = self.now.max(next);
+        self.build();
+        while self
+            .processing
+            .front()
+            .is_some_and(|(at, _, _)| *at <= self.now)
+        {
+            if let Some((_, pull, handles)) = self.processing.pop_front() {
+                self.sender.handle_processed(pull, handles, self.now);
+            }
+        }
         self.sender.handle_timeout(self.now);
         self.exchange();
+        // The time the sender spent building packets itself passes before its next call.
+        let spent = self
+            .sender
+            .source
+            .spent
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.now += Duration::from_nanos(spent);
     }
 
     fn exchange(&mut self) {
@@ -321,13 +405,25 @@ impl Pair {
                         // may go.
                         self.handed_to_driver += items.len();
                         let handles = items.iter().map(|i| i.handle).collect();
-                        self.sender.handle_processed(pull, handles, self.now);
+                        if self.processing_time.is_zero() {
+                            self.sender.handle_processed(pull, handles, self.now);
+                        } else {
+                            let done = self.now + self.processing_time;
+                            self.processing.push_back((done, pull, handles));
+                        }
                     }
                     SenderEvent::CloseLink(why) => self.closed.push(why),
                 }
             }
             while let Some(frame) = self.sender.poll_transmit() {
                 busy = true;
+                let kind = match &frame {
+                    Frame::Packet(p) => p[0],
+                    Frame::PullRequest => b'P',
+                    Frame::Delete { .. } => b'D',
+                    _ => 0,
+                };
+                self.transmitted.push((self.now, kind));
                 self.sender.handle_sent(true);
                 self.relay.on_frame(frame);
             }
@@ -350,7 +446,12 @@ impl Pair {
 
     /// Runs every timeout up to and including `until`.
     fn run_until(&mut self, until: Instant) {
-        while self.sender.poll_timeout() <= until {
+        while self.sender.poll_timeout() <= until
+            || self
+                .processing
+                .front()
+                .is_some_and(|(at, _, _)| *at <= until)
+        {
             self.step();
         }
         self.now = until;
@@ -475,6 +576,11 @@ fn a_pull_of_dummies_only_ends_with_exactly_one_empty_delete() {
     let mut pair = Pair::new(50.0);
     pair.run_until(pair.at(0));
     assert_eq!(pair.relay.pulls, 1, "the first pull goes out at once");
+    assert!(
+        pair.relay.deletes.is_empty(),
+        "the Delete waits for its slot"
+    );
+    pair.run_until(pair.at(25));
     assert_eq!(pair.relay.deletes, [Vec::<u64>::new()]);
     // Pulls at 0, 100, ..., 900 ms: ten, each followed by exactly one (empty) Delete.
     pair.run_until(pair.at(950));
@@ -615,5 +721,138 @@ fn with_build_threads_fragments_are_built_ahead_within_the_window() {
     assert!(
         pair.relay.drops > 0,
         "idle payload ticks send cover from the stock"
+    );
+}
+
+/// Bulk rates on a slow machine: packets take 5 ms to build, the payload stream asks for one
+/// every 1.7 ms, two build threads make 400 a second. The sender falls behind; it must still
+/// take in pre-built fragments and pull at its cadence between the cover it builds itself,
+/// rather than spend seconds catching up on overdue cover (the regression of the bench's
+/// `client_throughput`: 0 fragments sent, 0 pulls).
+#[test]
+fn a_sender_behind_its_schedule_still_sends_fragments_and_pulls() {
+    let mut pair = Pair::with_build_threads(600.0);
+    let mut config = config(600.0);
+    config.build_capacity = Some(BUILD_CAPACITY);
+    config.rates.pull_interval = Duration::from_millis(20);
+    let mut source = FakeSource::new(0);
+    source.cost = Duration::from_millis(5);
+    pair.sender = Sender::new(
+        config,
+        source,
+        StdRng::seed_from_u64(20),
+        pair.counters.clone(),
+        pair.start,
+    );
+    pair.sender.handle_link_up(pair.start);
+    let mut builder = FakeSource::new(1 << 40);
+    builder.cost = Duration::from_millis(5);
+    pair.builder = Some(builder);
+    pair.build_threads = vec![pair.start; 2];
+    for id in 1..=150 {
+        let (m, fragments) = message(id, 8);
+        pair.enqueue(m, encoded(&fragments));
+    }
+    pair.run_until(pair.at(5_000));
+    let (real, acks, pulls) = (
+        pair.stat(&pair.counters.real_sent),
+        pair.stat(&pair.counters.acks),
+        pair.stat(&pair.counters.pulls),
+    );
+    // 5 s of 20 ms pulls is 250 (without the fix: about 50). The 1,200 fragments need 3 s of
+    // both build threads, and all of them are acked (without the fix: about 500).
+    assert!(pulls >= 200, "{pulls} pulls in 5 s");
+    assert!(acks >= 1_000, "{acks} acks, {real} fragments sent");
+}
+
+impl Relay {
+    /// A forward message (not one of our acks) lands in our mailbox.
+    fn deliver_forward(&mut self, tag: u8) {
+        self.next_handle += 1;
+        self.mailbox.push(MailboxItem {
+            handle: self.next_handle,
+            surb_id: [tag; 16],
+            payload: Box::new([tag; PAYLOAD_SIZE]),
+        });
+    }
+}
+
+/// One client over 3 s, receiving `items` forward messages every 150 ms (persisting each
+/// pull's takes 30 ms, longer than the Delete's slot 25 ms after the pull) and sending
+/// `messages` 4-fragment messages: when each frame left.
+fn link_schedule(items: usize, messages: u8) -> (Vec<Duration>, Pair) {
+    let mut pair = Pair::new(50.0);
+    pair.processing_time = Duration::from_millis(30);
+    for id in 1..=messages {
+        let (m, fragments) = message(id, 4);
+        pair.enqueue(m, encoded(&fragments));
+    }
+    for tick in 0..20u8 {
+        for _ in 0..items {
+            pair.relay.deliver_forward(tick);
+        }
+        let t = pair.now + Duration::from_millis(150);
+        pair.run_until(t);
+    }
+    let times = pair
+        .transmitted
+        .iter()
+        .map(|(t, _)| t.duration_since(pair.start))
+        .collect();
+    (times, pair)
+}
+
+/// Issue 15: the link's schedule is a function of the sender's timers and random draws, not
+/// of what it receives, stores or acks. Same seed, same clock: a client that receives and
+/// sends real messages writes its frames at exactly the times an idle one does.
+#[test]
+fn the_link_schedule_does_not_depend_on_what_is_received_or_sent() {
+    let (idle, idle_pair) = link_schedule(0, 0);
+    let (receiving, mut rx) = link_schedule(5, 0);
+    let (sending, tx) = link_schedule(0, 6);
+    assert!(idle.len() > 150, "{} frames", idle.len());
+    assert_eq!(receiving, idle, "receiving moved the link's frames");
+    assert_eq!(sending, idle, "sending moved the link's frames");
+    assert_eq!(idle_pair.relay.pulls, rx.relay.pulls);
+    assert_eq!(rx.relay.deletes.len(), idle_pair.relay.deletes.len());
+    // What differs is only inside the frames: deletes named items, fragments were sent.
+    assert!(rx.relay.deletes.iter().any(|d| !d.is_empty()));
+    assert_eq!(tx.delivered.len(), 6);
+    // Every item was handed to the driver once, though some were pulled again because their
+    // Delete had left before they were persisted; all of them are gone from the mailbox.
+    rx.run_until(rx.now + Duration::from_secs(1));
+    assert_eq!(rx.handed_to_driver, 100);
+    assert!(
+        rx.relay.mailbox.is_empty(),
+        "{} left",
+        rx.relay.mailbox.len()
+    );
+    assert!(rx.closed.is_empty());
+}
+
+/// On the wire, an empty Delete and a full one are the same size: every link frame is encoded
+/// into one fixed-length record (then sealed to `WIRE_FRAME_LEN`), as are a pull request and a
+/// packet.
+#[test]
+fn empty_and_full_deletes_are_the_same_size_on_the_wire() {
+    use spore_protocol::link::FRAME_LEN;
+    let mut empty = [0u8; FRAME_LEN];
+    Frame::Delete {
+        handles: Vec::new(),
+    }
+    .encode_into(&mut empty)
+    .unwrap();
+    let mut full = [0u8; FRAME_LEN];
+    Frame::Delete {
+        handles: (0..PULL_SLOTS as u64).map(|h| h << 40).collect(),
+    }
+    .encode_into(&mut full)
+    .unwrap();
+    assert_ne!(empty, full);
+    assert_eq!(
+        Frame::decode(&full).unwrap(),
+        Frame::Delete {
+            handles: (0..PULL_SLOTS as u64).map(|h| h << 40).collect()
+        }
     );
 }

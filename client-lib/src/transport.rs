@@ -119,11 +119,14 @@ impl Transport {
             ));
         }
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ClientError::File {
+        let file_error = |source| ClientError::File {
             path: data_dir.clone(),
             source,
-        })?;
-        let store = open_store(data_dir).await?;
+        };
+        std::fs::create_dir_all(&data_dir).map_err(file_error)?;
+        restrict_to_owner(&data_dir).map_err(file_error)?;
+        let store = open_store(data_dir.clone()).await?;
+        restrict_to_owner(&data_dir).map_err(file_error)?;
 
         let key = config.mailbox_key.clone();
         let address = SporeAddress {
@@ -476,6 +479,33 @@ impl Drop for Transport {
             self.shared.shutdown.send_replace(true);
         }
     }
+}
+
+/// Makes `path` and everything under it readable by its owner only (directories 0700, files
+/// 0600): the store holds queued and received messages and the dedup history. The store
+/// creates files later too (snapshots); they are inside the 0700 directory.
+#[cfg(unix)]
+fn restrict_to_owner(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            restrict_to_owner(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Opens the store, waiting a little if a previous instance in this process still holds the

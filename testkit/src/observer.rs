@@ -1,5 +1,5 @@
 //! A passive observer on a client's link: a TCP proxy between the client and its relay that
-//! sees only what a network adversary sees — encrypted bytes and their timing.
+//! sees only what a network adversary sees — encrypted bytes and their timing, both ways.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Bytes the client sends before its first frame: Noise messages 1 (`-> e`, 32 bytes) and
 /// 3 (`-> s, se`, 64 bytes), each with a 2-byte length prefix.
 const CLIENT_HANDSHAKE_BYTES: usize = 2 + 32 + 2 + 64;
+/// Bytes the relay sends before its first frame: Noise message 2 (`<- e, ee, s, es`, 96
+/// bytes) with its length prefix.
+const RELAY_HANDSHAKE_BYTES: usize = 2 + 96;
 
 /// One record the client sent, as the observer saw it.
 #[derive(Debug, Clone, Copy)]
@@ -29,11 +32,33 @@ struct Seen {
     partial: usize,
 }
 
+impl Seen {
+    /// `n` more bytes arrived at `now`, `total` in all on this connection, of which the first
+    /// `handshake` were the handshake.
+    fn count(&mut self, now: Instant, before: usize, total: usize, handshake: usize) {
+        let start = before.max(handshake);
+        if total > start {
+            let mut pending = self.partial + (total - start);
+            while pending >= WIRE_FRAME_LEN {
+                self.records.push(LinkRecord {
+                    at: now,
+                    len: WIRE_FRAME_LEN,
+                });
+                pending -= WIRE_FRAME_LEN;
+            }
+            self.partial = pending;
+        }
+    }
+}
+
 /// A TCP proxy that timestamps the client→relay byte stream.
 #[derive(Debug, Clone)]
 pub struct Observer {
     local_addr: SocketAddr,
+    /// Client to relay.
     seen: Arc<Mutex<Seen>>,
+    /// Relay to client.
+    answers: Arc<Mutex<Seen>>,
 }
 
 impl Observer {
@@ -42,7 +67,9 @@ impl Observer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let local_addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let answers = Arc::new(Mutex::new(Seen::default()));
         let s = seen.clone();
+        let a = answers.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(relay) = TcpStream::connect(upstream).await else {
@@ -52,8 +79,32 @@ impl Observer {
                 let _ = relay.set_nodelay(true);
                 let (mut cr, mut cw) = client.into_split();
                 let (mut rr, mut rw) = relay.into_split();
+                let a = a.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut rr, &mut cw).await;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut total = 0usize;
+                    loop {
+                        let n = match rr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let now = Instant::now();
+                        let before = total;
+                        total += n;
+                        a.lock().unwrap_or_else(|e| e.into_inner()).count(
+                            now,
+                            before,
+                            total,
+                            RELAY_HANDSHAKE_BYTES,
+                        );
+                        if cw
+                            .write_all(buf.get(..n).unwrap_or_default())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
                 });
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -67,21 +118,12 @@ impl Observer {
                         let now = Instant::now();
                         let before = total;
                         total += n;
-                        {
-                            let mut seen = s.lock().unwrap_or_else(|e| e.into_inner());
-                            let start = before.max(CLIENT_HANDSHAKE_BYTES);
-                            if total > start {
-                                let mut pending = seen.partial + (total - start);
-                                while pending >= WIRE_FRAME_LEN {
-                                    seen.records.push(LinkRecord {
-                                        at: now,
-                                        len: WIRE_FRAME_LEN,
-                                    });
-                                    pending -= WIRE_FRAME_LEN;
-                                }
-                                seen.partial = pending;
-                            }
-                        }
+                        s.lock().unwrap_or_else(|e| e.into_inner()).count(
+                            now,
+                            before,
+                            total,
+                            CLIENT_HANDSHAKE_BYTES,
+                        );
                         if rw
                             .write_all(buf.get(..n).unwrap_or_default())
                             .await
@@ -93,7 +135,11 @@ impl Observer {
                 });
             }
         });
-        Ok(Observer { local_addr, seen })
+        Ok(Observer {
+            local_addr,
+            seen,
+            answers,
+        })
     }
 
     /// Where the client should connect.
@@ -104,6 +150,16 @@ impl Observer {
     /// Records seen so far.
     pub fn records(&self) -> Vec<LinkRecord> {
         self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .records
+            .clone()
+    }
+
+    /// Records the relay sent so far (pull slots and delete confirmations), as seen on the
+    /// way to the client.
+    pub fn relay_records(&self) -> Vec<LinkRecord> {
+        self.answers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .records
