@@ -49,7 +49,62 @@ pub fn descriptor_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-pub use spore_protocol::directory::{build, describe};
+pub use spore_protocol::directory::build;
+
+/// A human summary of a directory document, for `spore directory show` and `spore inspect`.
+/// Relay ids and authority keys are printed in full (64 hex digits): configs and
+/// `spore keygen mailbox --relay` need all 32 bytes, so a shortened id would be useless there.
+pub fn describe(dir: &Directory) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let p = &dir.params;
+    let _ = writeln!(
+        s,
+        "epoch {}  valid {}..{}  {} relays  {} signature(s)",
+        dir.epoch,
+        dir.valid_after,
+        dir.valid_until,
+        dir.relays.len(),
+        dir.signatures.len()
+    );
+    let _ = writeln!(
+        s,
+        "params: mu={} /s (mean {:.1} ms/hop)  lambda_p={} lambda_l={} lambda_d={} lambda_m={}  packet={} B  epoch={} s  max_delay={} ms  pull={} ms",
+        p.mu,
+        1000.0 / p.mu,
+        p.lambda_p,
+        p.lambda_l,
+        p.lambda_d,
+        p.lambda_m,
+        p.packet_size,
+        p.epoch_length_secs,
+        p.max_delay_ms,
+        p.pull_interval_ms
+    );
+    for r in &dir.relays {
+        let roles: Vec<&str> = [
+            (r.roles.entry, "entry"),
+            (r.roles.mix, "mix"),
+            (r.roles.mailbox, "mailbox"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let _ = writeln!(
+            s,
+            "  relay {}  {:<21}  {:<18} layer {}  keys for epochs {:?}",
+            hex::encode(r.id.as_bytes()),
+            r.address,
+            roles.join("+"),
+            r.layer,
+            r.sphinx_keys.iter().map(|k| k.epoch).collect::<Vec<_>>()
+        );
+    }
+    for sig in &dir.signatures {
+        let _ = writeln!(s, "  signed by authority {}", hex::encode(sig.authority));
+    }
+    s
+}
 
 /// Adds `key`'s signature to an existing document (a second authority co-signing).
 pub fn add_signature(dir: &mut Directory, key: &SigningKey) -> Result<()> {
@@ -183,7 +238,21 @@ mod tests {
         let path = tmp.path().join("directory.bin");
         write(&dir, &path).unwrap();
         assert_eq!(read(&path).unwrap(), dir);
-        assert!(describe(&dir).contains("entry+mailbox"));
+        let shown = describe(&dir);
+        assert!(shown.contains("entry+mailbox"));
+        // Full ids and keys, as configs need them, not 12-hex prefixes.
+        assert!(
+            shown.contains(&hex::encode(dir.relays[0].id.as_bytes())),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&hex::encode(a.verifying_key().to_bytes())),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&hex::encode(b.verifying_key().to_bytes())),
+            "{shown}"
+        );
     }
 
     #[test]

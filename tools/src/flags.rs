@@ -112,6 +112,13 @@ pub enum KeygenCmd {
         #[arg(long = "relay", required = true, num_args = 1)]
         relays: Vec<String>,
     },
+    /// Print the full public key (64 hex digits) of an existing authority key file: what
+    /// relays, clients and other authorities put in their `authorities = [...]` lists.
+    Show {
+        /// The authority key file written by `spore keygen authority`.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

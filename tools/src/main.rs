@@ -159,6 +159,13 @@ fn keygen(cmd: KeygenCmd) -> Result<ExitCode> {
             };
             println!("{}", address.to_text());
         }
+        KeygenCmd::Show { key } => {
+            let secret = keyfile::read_secret(&key)?;
+            println!(
+                "{}",
+                hex::encode(SigningKey::from_bytes(&secret).verifying_key().to_bytes())
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -63,3 +63,42 @@ fn bad_input_is_one_clear_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.starts_with("error: cannot read /nonexistent/dir.bin"));
 }
+
+/// `spore keygen authority` prints the public key once; `keygen show` prints it again, in
+/// full, from the key file (what a relay's `authorities = [...]` needs).
+#[test]
+fn keygen_show_prints_the_full_authority_public_key_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("authority.key");
+    let out = spore()
+        .args(["keygen", "authority", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let first = String::from_utf8_lossy(&out.stdout).into_owned();
+    let shown = spore()
+        .args(["keygen", "show", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let public = String::from_utf8_lossy(&shown.stdout).trim().to_owned();
+    assert_eq!(public.len(), 64, "{public}");
+    assert!(public.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(
+        first.contains(&public),
+        "keygen printed {first}, show printed {public}"
+    );
+
+    let missing = spore()
+        .args(["keygen", "show", "--key", "/nonexistent/authority.key"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/authority.key"));
+}
