@@ -5,6 +5,13 @@
 //! sends them at `rate` packets/s on one Noise link into the entry relay, and pulls that
 //! mailbox until everything has arrived or the drain timeout passes. Throughput is what
 //! reached the mailbox per second; loss is what never did.
+//!
+//! Each payload is a well-formed forward payload, as a client builds it: a real SURB-ack
+//! followed by a sealed-fragment-sized body. The mailbox relay sends every ack back through
+//! the mixes, so the load includes the ack traffic a real client causes. The acks are
+//! addressed to the drop mailbox: they end as cover at a mailbox relay instead of piling up
+//! in a mailbox nobody pulls. (An all-zero payload would carry an all-zero "SURB", which the
+//! relay rightly counts as `packets_dropped_total{reason="bad_ack_surb"}` for every packet.)
 
 use std::time::{Duration, Instant};
 
@@ -12,10 +19,14 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use spore_protocol::directory::Directory;
 use spore_protocol::link::{Frame, PullSlot};
-use spore_protocol::packet::{build_packet, random_surb_id, sample_delays};
-use spore_protocol::params::{FORWARD_HOPS, PACKET_SIZE, PAYLOAD_CAPACITY, PULL_SLOTS};
+use spore_protocol::packet::{
+    ForwardPayload, build_packet, build_surb, random_surb_id, sample_delays,
+};
+use spore_protocol::params::{
+    FORWARD_HOPS, PACKET_SIZE, PULL_SLOTS, SEALED_FRAGMENT_SIZE, SURB_HOPS,
+};
 use spore_protocol::route::RouteSelector;
-use spore_protocol::{MailboxKey, RelayId};
+use spore_protocol::{MailboxId, MailboxKey, RelayId};
 use spore_relay::Link;
 
 #[derive(Debug, Clone)]
@@ -90,6 +101,31 @@ async fn pull_all(link: &mut Link) -> Result<u64> {
     }
 }
 
+/// A forward payload as a client builds one: a SURB-ack (mixes → `ack_relay`, to the drop
+/// mailbox) and a body the size of a sealed fragment. The body is zeros: only the
+/// recipient opens it, and load's recipient only counts packets.
+fn forward_payload(
+    rng: &mut impl rand::CryptoRng,
+    routes: &RouteSelector<'_>,
+    ack_relay: &RelayId,
+    mu: f64,
+    max_delay: Duration,
+) -> Result<Vec<u8>> {
+    let ack_route = routes.surb_route(rng, ack_relay)?;
+    let ack_delays = sample_delays(rng, mu, SURB_HOPS, max_delay)?;
+    let (ack_surb, _recovery) = build_surb(
+        &ack_route,
+        MailboxId::DROP,
+        random_surb_id(rng),
+        &ack_delays,
+    )?;
+    Ok(ForwardPayload {
+        ack_surb,
+        sealed_fragment: vec![0; SEALED_FRAGMENT_SIZE],
+    }
+    .encode()?)
+}
+
 /// Runs the load against the network described by `directory`.
 pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> {
     if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
@@ -120,25 +156,28 @@ pub async fn run(directory: &Directory, cfg: &LoadConfig) -> Result<LoadReport> 
     let started = Instant::now();
     let mut received = 0u64;
     let mut next_pull = Instant::now();
-    let msg = vec![0u8; PAYLOAD_CAPACITY];
     for i in 0..total {
         let due = started + interval.mul_f64(i as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
-        let (route, delays) = {
+        let (route, delays, payload) = {
             let mut rng = rand::rng();
             let routes = RouteSelector::new(directory, directory.epoch_at(now_unix()));
             let route = routes.forward_route(&mut rng, &entry, &entry)?;
             let delays = sample_delays(&mut rng, directory.params.mu, FORWARD_HOPS, max_delay)?;
-            (route, delays)
+            (
+                route,
+                delays,
+                forward_payload(&mut rng, &routes, &entry, directory.params.mu, max_delay)?,
+            )
         };
         let packet = build_packet(
             &route,
             me.mailbox_id(),
             random_surb_id(&mut rand::rng()),
             &delays,
-            &msg,
+            &payload,
         )?;
         let packet: Box<[u8; PACKET_SIZE]> = packet
             .into_boxed_slice()
@@ -215,6 +254,25 @@ mod tests {
         .unwrap();
         assert_eq!(report.sent, 100);
         assert_eq!(report.received, 100, "{report:?}");
+        // Every delivered packet carried a usable SURB-ack: no relay calls one malformed,
+        // and the acks came back through the mixes to end as cover at a mailbox relay.
+        let metrics = net.metrics();
+        for (role, m) in &metrics {
+            assert_eq!(m.dropped("bad_ack_surb"), 0, "{role:?}: {m:?}");
+        }
+        let mut acks = 0;
+        for _ in 0..100 {
+            acks = net
+                .metrics()
+                .iter()
+                .map(|(_, m)| m.cover_received)
+                .sum::<u64>();
+            if acks >= 100 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(acks >= 100, "only {acks} acks came back as cover");
         net.shutdown().await.unwrap();
     }
 
