@@ -22,7 +22,7 @@ use spore_protocol::bundle::{MAX_BODY, MAX_SERVER_KEYS_LEN};
 use spore_protocol::{FederationRequest, FederationResponse};
 use tokio::sync::Mutex;
 
-use crate::server_keys::{ServerKeyCache, ServerKeys, unix_ms, verify_key_response};
+use crate::server_keys::{KeyError, ServerKeyCache, ServerKeys, unix_ms, verify_key_response};
 
 /// One delivery attempt may take this long (the homeserver may be fetching keys, or busy).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -334,10 +334,10 @@ pub async fn deliver_inbound(
     wants_response: bool,
     policy: RetryPolicy,
 ) -> Result<Delivered, DeliveryError> {
-    if let Some(json) = server_keys
-        && let Err(e) = keys.insert(origin, json, unix_ms())
-    {
-        tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
+    match server_keys.map(|json| keys.insert(origin, json, unix_ms())) {
+        // Logged once per server name by the cache: an impersonator must not flood the log.
+        None | Some(Ok(())) | Some(Err(KeyError::NotPinnedKey(_))) => {}
+        Some(Err(e)) => tracing::warn!(error = %e, "inbound server keys do not verify; ignored"),
     }
     if wants_response && request_expired(request, unix_ms()) {
         return Ok(Delivered::Expired);
