@@ -236,6 +236,21 @@ async fn a_refused_origin_is_dead_lettered_without_delaying_other_origins() {
         (letter.origin.as_str(), letter.status, letter.path.as_str()),
         ("carol.example", 401, carol_path)
     );
+    // The operator's view: `spore-sidecar dead-letters list` shows it.
+    let bob_config_path = data.path().join("bob").join("sidecar.toml");
+    let bin = spore_testkit::binaries::require(spore_testkit::binaries::SIDECAR);
+    let listed = std::process::Command::new(&bin)
+        .args(["dead-letters", "--config"])
+        .arg(&bob_config_path)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&letter.id) && listed.contains("carol.example 401"),
+        "{listed}"
+    );
     let before = received_path(&bob_hs, carol_path);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
