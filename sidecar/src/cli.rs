@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spore_protocol::MailboxKey;
-use spore_sidecar::{Sidecar, SidecarConfig};
+use spore_sidecar::{DeadLetters, LocalHomeserver, Sidecar, SidecarConfig};
 
 /// Carries a homeserver's federation traffic through the Spore mixnet.
 #[derive(Parser)]
@@ -35,6 +35,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Inbound transactions the homeserver refused for good (kept in `data_dir/dead-letters`).
+    DeadLetters {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// One line per dead letter: id, when, origin, last status, attempts, method and path.
+    List,
+    /// Delivers one to the homeserver again; removes it if the homeserver accepts it.
+    Retry { id: String },
+    /// Forgets one.
+    Drop { id: String },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -53,6 +70,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Address { config } => {
             let address = SidecarConfig::load(&config)?.address()?;
             println!("{}", address.to_text());
+        }
+        Command::DeadLetters { config, action } => {
+            let config = SidecarConfig::load(&config)?;
+            let store = DeadLetters::in_data_dir(&config.data_dir);
+            match action {
+                DeadLetterAction::List => {
+                    for l in store.list()? {
+                        println!(
+                            "{} {} {} {} {} {} {}",
+                            l.id, l.at_ms, l.origin, l.status, l.attempts, l.method, l.path
+                        );
+                    }
+                }
+                DeadLetterAction::Drop { id } => store.remove(&id)?,
+                DeadLetterAction::Retry { id } => {
+                    let homeserver = LocalHomeserver::new(
+                        config.homeserver_url.as_str(),
+                        config.server_name.as_str(),
+                    );
+                    let rt = tokio::runtime::Runtime::new()?;
+                    let status = rt.block_on(store.retry(&id, &homeserver))?;
+                    println!("delivered ({status})");
+                }
+            }
         }
         Command::Run { config } => {
             let config = SidecarConfig::load(&config)?;

@@ -21,6 +21,10 @@ fn sixty() -> u64 {
     60
 }
 
+fn eight() -> u32 {
+    8
+}
+
 /// `[rates]`: overrides of the directory's rates (tests and benchmarks only).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +64,12 @@ pub struct SidecarConfig {
     /// How long a request/response call waits.
     #[serde(default = "sixty")]
     pub request_timeout_secs: u64,
+    /// A transaction the homeserver refuses with a permanent 4xx (not 408/429) this many
+    /// times, with doubling pauses from 100 ms (8: about 25 s), goes to the dead-letter store
+    /// (`data_dir/dead-letters`, see `spore-sidecar dead-letters`) instead of holding up its
+    /// origin's queue.
+    #[serde(default = "eight")]
+    pub dead_letter_after: u32,
     pub directory: DirectorySection,
     /// Server name → Spore address text (`spore:…`).
     #[serde(default)]

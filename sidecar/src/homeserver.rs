@@ -22,7 +22,7 @@ use spore_protocol::bundle::{MAX_BODY, MAX_SERVER_KEYS_LEN};
 use spore_protocol::{FederationRequest, FederationResponse};
 use tokio::sync::Mutex;
 
-use crate::server_keys::{ServerKeyCache, ServerKeys, unix_ms, verify_key_response};
+use crate::server_keys::{KeyError, ServerKeyCache, ServerKeys, unix_ms, verify_key_response};
 
 /// One delivery attempt may take this long (the homeserver may be fetching keys, or busy).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,6 +49,10 @@ pub enum GiveUp {
     /// At once for a request that cannot be sent, at the first failed attempt of a
     /// request/response call, and after `MAX_REFUSALS` refusals of a transaction.
     Early,
+    /// Transient failures (5xx, 408, 429, the homeserver unreachable) are retried forever;
+    /// a transaction refused with any other 4xx this many times, or a request that cannot be
+    /// sent at all, is given up (for the caller to dead-letter).
+    AfterRefusals(u32),
 }
 
 impl RetryPolicy {
@@ -64,6 +68,20 @@ impl RetryPolicy {
         first_delay: Duration::from_millis(250),
         give_up: GiveUp::Early,
     };
+    /// The `spore-sidecar` binary's: transient failures forever, permanent refusals of a
+    /// transaction `refusals` times, then into the dead-letter store.
+    pub const fn dead_letter_after(refusals: u32) -> RetryPolicy {
+        RetryPolicy {
+            first_delay: Duration::from_millis(100),
+            give_up: GiveUp::AfterRefusals(if refusals == 0 { 1 } else { refusals }),
+        }
+    }
+}
+
+/// Whether a non-2xx answer may go away by itself (server error, timeout, rate limit), as
+/// opposed to a refusal that retrying will not change.
+pub fn transient_status(status: u16) -> bool {
+    status >= 500 || matches!(status, 408 | 429)
 }
 
 /// What became of one inbound request. Exhaustive on purpose: each caller must answer every
@@ -206,16 +224,23 @@ impl LocalHomeserver {
         policy: RetryPolicy,
     ) -> Result<FederationResponse, DeliveryError> {
         let early = policy.give_up == GiveUp::Early;
+        let max_refusals = match policy.give_up {
+            GiveUp::Early => Some(MAX_REFUSALS),
+            GiveUp::AfterRefusals(n) => Some(n),
+            GiveUp::Never => None,
+        };
         let mut delay = policy.first_delay;
         let mut refusals = 0;
         loop {
             match self.deliver_once(request).await {
                 Ok(r) if wants_response || (200..300).contains(&r.status) => return Ok(r),
                 Ok(r) => {
-                    let transient = r.status >= 500 || matches!(r.status, 401 | 408 | 429);
+                    // Under `Early`, 401 stays transient (the homeserver may not have fetched
+                    // the origin's keys yet), as it always was for that policy.
+                    let transient = transient_status(r.status) || (early && r.status == 401);
                     if !transient {
                         refusals += 1;
-                        if early && refusals >= MAX_REFUSALS {
+                        if max_refusals.is_some_and(|max| refusals >= max) {
                             return Err(DeliveryError::Refused {
                                 status: r.status,
                                 attempts: refusals,
@@ -223,6 +248,11 @@ impl LocalHomeserver {
                         }
                     }
                     tracing::info!(status = r.status, "homeserver did not accept yet; retrying");
+                }
+                Err(e @ DeliveryError::BadRequest(_))
+                    if matches!(policy.give_up, GiveUp::AfterRefusals(_)) =>
+                {
+                    return Err(e);
                 }
                 Err(e)
                     if early && (wants_response || matches!(e, DeliveryError::BadRequest(_))) =>
@@ -304,10 +334,10 @@ pub async fn deliver_inbound(
     wants_response: bool,
     policy: RetryPolicy,
 ) -> Result<Delivered, DeliveryError> {
-    if let Some(json) = server_keys
-        && let Err(e) = keys.insert(origin, json, unix_ms())
-    {
-        tracing::warn!(error = %e, "inbound server keys do not verify; ignored");
+    match server_keys.map(|json| keys.insert(origin, json, unix_ms())) {
+        // Logged once per server name by the cache: an impersonator must not flood the log.
+        None | Some(Ok(())) | Some(Err(KeyError::NotPinnedKey(_))) => {}
+        Some(Err(e)) => tracing::warn!(error = %e, "inbound server keys do not verify; ignored"),
     }
     if wants_response && request_expired(request, unix_ms()) {
         return Ok(Delivered::Expired);

@@ -12,8 +12,9 @@
 //! A plain HTTP endpoint ([`SidecarConfig::listen`]) does the same for homeservers that can
 //! name a federation endpoint. Inbound: each request that comes out of our mailbox is checked
 //! for the origin's keys, replayed byte for byte to the homeserver's federation listener
-//! ([`LocalHomeserver`]) until it answers, and only then acked, so it is delivered exactly once
-//! across crashes; request/response calls get the homeserver's answer back on their reply
+//! ([`LocalHomeserver`]) in one queue per origin until it answers, or moved to the
+//! [`DeadLetters`] store when the homeserver refuses it for good, and only then acked, so it is
+//! delivered exactly once across crashes and one origin never holds up another; request/response calls get the homeserver's answer back on their reply
 //! SURBs. [`Sidecar`] runs all of it from a TOML [`SidecarConfig`]; the `spore-sidecar` binary
 //! is its command line.
 //!
@@ -23,8 +24,10 @@
 
 mod carrier;
 mod config;
+mod dead_letter;
 mod error;
 mod homeserver;
+mod inbox;
 mod proxy;
 mod server_keys;
 mod sidecar;
@@ -32,11 +35,13 @@ mod tls;
 
 pub use carrier::TransportCarrier;
 pub use config::{DirectorySection, RatesSection, SidecarConfig};
+pub use dead_letter::{DEAD_LETTER_DIR, DeadLetter, DeadLetterError, DeadLetters};
 pub use error::{Result, SidecarError};
 pub use homeserver::{
     DEADLINE_HEADER, Delivered, DeliveryError, GiveUp, LocalHomeserver, OwnKeys, RetryPolicy,
-    deliver_inbound, request_expired,
+    deliver_inbound, request_expired, transient_status,
 };
+pub use inbox::InboundCounters;
 pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{
     KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,

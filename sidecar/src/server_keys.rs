@@ -7,9 +7,15 @@
 //! receiving sidecar checks the self-signature, caches it, and answers its homeserver's key
 //! request for that origin from the cache. The sidecar never signs anything itself: a forged
 //! key response fails the origin's own signature check, here and again in the homeserver.
+//!
+//! A self-signature alone proves nothing about who runs a name: anyone can sign a response for
+//! `X` with a key of their own. So the first accepted response pins `X`'s signing keys (kept on
+//! disk beside the cache, next to it with `.pins.json`), and a later response for `X` is taken
+//! only if one of the pinned keys signed it; a rotation is then a response signed by both the
+//! old and the new key. Anything else is refused, counted and logged once per name.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use base64::Engine;
@@ -21,6 +27,8 @@ use serde_json::Value;
 pub const MAX_KEY_RESPONSE: usize = spore_protocol::bundle::MAX_SERVER_KEYS_LEN;
 /// Cached origins at most.
 const MAX_CACHED_SERVERS: usize = 10_000;
+/// Pinned server names at most (pins outlive their responses).
+const MAX_PINNED_SERVERS: usize = 100_000;
 
 /// Why a key response was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +44,8 @@ pub enum KeyError {
     Expired,
     #[error("key response has no valid self-signature")]
     BadSignature,
+    #[error("key response for {0:?} is not signed by its pinned key")]
+    NotPinnedKey(String),
 }
 
 /// A verified `/_matrix/key/v2/server` response.
@@ -45,6 +55,8 @@ pub struct ServerKeys {
     pub valid_until_ts: u64,
     /// The response exactly as the origin served it (what the homeserver is given).
     pub json: Vec<u8>,
+    /// The ed25519 keys (among those it lists) whose self-signature on it verifies.
+    pub signed_by: Vec<[u8; 32]>,
 }
 
 /// Checks that `json` is `server_name`'s key response, unexpired at `now_ms`, and signed by
@@ -90,33 +102,30 @@ pub fn verify_key_response(
     unsigned.remove("unsigned");
     let mut message = String::new();
     canonical_json(&Value::Object(unsigned), &mut message);
-    let ok = signatures.iter().any(|(key_id, sig)| {
-        let Some(key) = verify_keys
-            .get(key_id)
-            .and_then(|k| k.get("key"))
-            .and_then(Value::as_str)
-        else {
-            return false;
-        };
-        let (Some(key), Some(sig)) = (
-            decode_b64::<32>(key),
-            sig.as_str().and_then(decode_b64::<64>),
-        ) else {
-            return false;
-        };
-        let Ok(key) = VerifyingKey::from_bytes(&key) else {
-            return false;
-        };
-        key.verify_strict(message.as_bytes(), &Signature::from_bytes(&sig))
-            .is_ok()
-    });
-    if !ok {
+    let signed_by: Vec<[u8; 32]> = signatures
+        .iter()
+        .filter_map(|(key_id, sig)| {
+            let key = verify_keys
+                .get(key_id)
+                .and_then(|k| k.get("key"))
+                .and_then(Value::as_str)
+                .and_then(decode_b64::<32>)?;
+            let sig = sig.as_str().and_then(decode_b64::<64>)?;
+            let verifying = VerifyingKey::from_bytes(&key).ok()?;
+            verifying
+                .verify_strict(message.as_bytes(), &Signature::from_bytes(&sig))
+                .is_ok()
+                .then_some(key)
+        })
+        .collect();
+    if signed_by.is_empty() {
         return Err(KeyError::BadSignature);
     }
     Ok(ServerKeys {
         server_name: found.to_ascii_lowercase(),
         valid_until_ts,
         json: json.to_vec(),
+        signed_by,
     })
 }
 
@@ -159,18 +168,46 @@ pub fn canonical_json(value: &Value, out: &mut String) {
 }
 
 /// Verified key responses by server name, kept on disk so that requests still in the inbox
-/// after a restart can be verified.
+/// after a restart can be verified; and the signing keys each name is pinned to.
 #[derive(Debug)]
 pub struct ServerKeyCache {
     path: Option<PathBuf>,
-    entries: Mutex<HashMap<String, ServerKeys>>,
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    entries: HashMap<String, ServerKeys>,
+    /// Server name -> the keys whose signature a response for it needs (first contact).
+    pins: HashMap<String, Vec<[u8; 32]>>,
+    /// Names already logged for a refused response (logged once each).
+    logged: HashSet<String>,
+    /// Responses refused for not being signed by the pinned key.
+    refused: u64,
 }
 
 impl ServerKeyCache {
-    /// A cache persisted in `path` (loaded now; unreadable or expired entries are dropped).
+    /// A cache persisted in `path` (loaded now; unreadable or expired entries are dropped),
+    /// its pins in `path` with the extension `pins.json` (kept however old).
     pub fn open(path: impl Into<PathBuf>, now_ms: u64) -> ServerKeyCache {
         let path = path.into();
-        let mut entries = HashMap::new();
+        let mut state = CacheState::default();
+        if let Ok(bytes) = std::fs::read(pins_path(&path))
+            && let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes)
+        {
+            for (name, keys) in map {
+                let keys: Vec<[u8; 32]> = keys
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter_map(|k| hex::decode(k).ok()?.try_into().ok())
+                    .collect();
+                if !keys.is_empty() {
+                    state.pins.insert(name, keys);
+                }
+            }
+        }
         if let Ok(bytes) = std::fs::read(&path)
             && let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes)
         {
@@ -178,13 +215,20 @@ impl ServerKeyCache {
                 if let Some(json) = json.as_str()
                     && let Ok(keys) = verify_key_response(&name, json.as_bytes(), now_ms)
                 {
-                    entries.insert(keys.server_name.clone(), keys);
+                    // A cache from before pinning pins what it holds.
+                    let pinned = state
+                        .pins
+                        .entry(keys.server_name.clone())
+                        .or_insert_with(|| keys.signed_by.clone());
+                    if keys.signed_by.iter().any(|k| pinned.contains(k)) {
+                        state.entries.insert(keys.server_name.clone(), keys);
+                    }
                 }
             }
         }
         ServerKeyCache {
             path: Some(path),
-            entries: Mutex::new(entries),
+            state: Mutex::new(state),
         }
     }
 
@@ -192,43 +236,67 @@ impl ServerKeyCache {
     pub fn in_memory() -> ServerKeyCache {
         ServerKeyCache {
             path: None,
-            entries: Mutex::new(HashMap::new()),
+            state: Mutex::new(CacheState::default()),
         }
     }
 
     /// Verifies `json` as `server_name`'s keys and caches it unless a response valid for
-    /// longer is cached already.
+    /// longer is cached already. A name seen before takes only a response signed by one of
+    /// its pinned keys ([`KeyError::NotPinnedKey`]); the first one pins it.
     pub fn insert(&self, server_name: &str, json: &[u8], now_ms: u64) -> Result<(), KeyError> {
         let keys = verify_key_response(server_name, json, now_ms)?;
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = entries.get(&keys.server_name)
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let name = keys.server_name.clone();
+        if let Some(pinned) = state.pins.get(&name)
+            && !keys.signed_by.iter().any(|k| pinned.contains(k))
+        {
+            state.refused += 1;
+            if state.logged.len() < MAX_CACHED_SERVERS && state.logged.insert(name.clone()) {
+                tracing::warn!(server = %name, "refused a key response not signed by the server's pinned key (logged once per server)");
+            }
+            return Err(KeyError::NotPinnedKey(name));
+        }
+        if let Some(old) = state.entries.get(&name)
             && old.valid_until_ts >= keys.valid_until_ts
         {
             return Ok(());
         }
-        if entries.len() >= MAX_CACHED_SERVERS {
-            entries.retain(|_, k| k.valid_until_ts > now_ms);
-            if entries.len() >= MAX_CACHED_SERVERS {
+        if state.entries.len() >= MAX_CACHED_SERVERS {
+            state.entries.retain(|_, k| k.valid_until_ts > now_ms);
+            if state.entries.len() >= MAX_CACHED_SERVERS {
                 return Ok(());
             }
         }
-        entries.insert(keys.server_name.clone(), keys);
-        self.persist(&entries);
+        if !state.pins.contains_key(&name) && state.pins.len() >= MAX_PINNED_SERVERS {
+            return Ok(());
+        }
+        // Signed by a pinned key (or first contact): its signers are the pin from now on, so
+        // a response signed by the old and a new key rotates to the new one.
+        state.pins.insert(name.clone(), keys.signed_by.clone());
+        state.entries.insert(name, keys);
+        self.persist(&state);
         Ok(())
     }
 
     /// The cached response for `server_name`, if still valid.
     pub fn get(&self, server_name: &str, now_ms: u64) -> Option<ServerKeys> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .entries
             .get(&server_name.to_ascii_lowercase())
             .filter(|k| k.valid_until_ts > now_ms)
             .cloned()
     }
 
-    fn persist(&self, entries: &HashMap<String, ServerKeys>) {
+    /// Key responses refused since start for not being signed by their name's pinned key.
+    pub fn refused_unpinned(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).refused
+    }
+
+    fn persist(&self, state: &CacheState) {
         let Some(path) = &self.path else { return };
-        let map: serde_json::Map<String, Value> = entries
+        let map: serde_json::Map<String, Value> = state
+            .entries
             .iter()
             .map(|(name, k)| {
                 (
@@ -237,14 +305,33 @@ impl ServerKeyCache {
                 )
             })
             .collect();
-        let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(&Value::Object(map))
-            .ok()
-            .map(|bytes| std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)));
-        if let Some(Err(e)) = written {
-            tracing::warn!(error = %e, "could not persist the server key cache");
+        let pins: serde_json::Map<String, Value> = state
+            .pins
+            .iter()
+            .map(|(name, keys)| {
+                (
+                    name.clone(),
+                    Value::Array(keys.iter().map(|k| Value::String(hex::encode(k))).collect()),
+                )
+            })
+            .collect();
+        // Pins first: a crash between the two leaves a pin without its response, never the
+        // other way round.
+        for (path, value) in [(pins_path(path), pins), (path.clone(), map)] {
+            let tmp = path.with_extension("tmp");
+            let written = serde_json::to_vec(&Value::Object(value)).ok().map(|bytes| {
+                std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path))
+            });
+            if let Some(Err(e)) = written {
+                tracing::warn!(error = %e, "could not persist the server key cache");
+            }
         }
     }
+}
+
+/// Where the pins of the cache in `path` live.
+fn pins_path(path: &Path) -> PathBuf {
+    path.with_extension("pins.json")
 }
 
 /// Milliseconds since the Unix epoch.
@@ -332,5 +419,70 @@ mod tests {
             5_000
         );
         assert!(reopened.get("hs-a.spore.test", 6_000).is_none());
+    }
+
+    /// Issue 16: anyone can self-sign a response for a name; once a name is pinned, only its
+    /// pinned key (or a response it co-signs) replaces the cached one, across restarts.
+    #[test]
+    fn a_pinned_name_refuses_a_response_from_another_key_and_rotates_when_cosigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let name = "hs-a.spore.test";
+        let cache = ServerKeyCache::open(&path, 1_000);
+        cache.insert(name, &signed(name, 5_000, 1), 1_000).unwrap();
+        // An impersonator's response, even one valid for longer, is refused and counted.
+        assert_eq!(
+            cache.insert(name, &signed(name, 9_000, 2), 1_000),
+            Err(KeyError::NotPinnedKey(name.into()))
+        );
+        assert_eq!(cache.refused_unpinned(), 1);
+        assert_eq!(cache.get(name, 1_000).unwrap().valid_until_ts, 5_000);
+        // The pin survives a restart, and outlives the cached response.
+        let reopened = ServerKeyCache::open(&path, 6_000);
+        assert!(reopened.get(name, 6_000).is_none());
+        assert!(matches!(
+            reopened.insert(name, &signed(name, 9_000, 2), 6_000),
+            Err(KeyError::NotPinnedKey(_))
+        ));
+        // The real server rotates: a response signed by the old and the new key, then the
+        // new key alone.
+        reopened
+            .insert(name, &cosigned(name, 7_000, 1, 3), 6_000)
+            .unwrap();
+        reopened
+            .insert(name, &signed(name, 8_000, 3), 6_000)
+            .unwrap();
+        assert_eq!(reopened.get(name, 6_000).unwrap().valid_until_ts, 8_000);
+        // Other names are unaffected.
+        reopened
+            .insert(
+                "hs-b.spore.test",
+                &signed("hs-b.spore.test", 9_000, 2),
+                6_000,
+            )
+            .unwrap();
+    }
+
+    /// A response listing keys `a` and `b`, signed by both.
+    fn cosigned(server: &str, valid_until: u64, a: u8, b: u8) -> Vec<u8> {
+        let (ka, kb) = (
+            SigningKey::from_bytes(&[a; 32]),
+            SigningKey::from_bytes(&[b; 32]),
+        );
+        let mut v = serde_json::json!({
+            "server_name": server,
+            "valid_until_ts": valid_until,
+            "old_verify_keys": {},
+            "verify_keys": {
+                "ed25519:a": {"key": STANDARD_NO_PAD.encode(ka.verifying_key().as_bytes())},
+                "ed25519:b": {"key": STANDARD_NO_PAD.encode(kb.verifying_key().as_bytes())},
+            },
+        });
+        let mut msg = String::new();
+        canonical_json(&v, &mut msg);
+        let sa = STANDARD_NO_PAD.encode(ka.sign(msg.as_bytes()).to_bytes());
+        let sb = STANDARD_NO_PAD.encode(kb.sign(msg.as_bytes()).to_bytes());
+        v["signatures"] = serde_json::json!({ server: {"ed25519:a": sa, "ed25519:b": sb} });
+        serde_json::to_vec(&v).unwrap()
     }
 }

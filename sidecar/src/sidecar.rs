@@ -6,10 +6,11 @@
 //!   proxy for Synapse's `https_proxy` ([`OutboundProxy`], on
 //!   [`SidecarConfig::https_proxy_listen`]).
 //! * Inbound: every request the transport receives is delivered to the homeserver's
-//!   federation listener ([`LocalHomeserver`] at [`SidecarConfig::homeserver_url`]), retried
-//!   until it answers 2xx, and only then acked, so each is delivered exactly once across
-//!   crashes. Requests that wait for an answer get the homeserver's response sent back on
-//!   their reply SURBs.
+//!   federation listener ([`LocalHomeserver`] at [`SidecarConfig::homeserver_url`]) by
+//!   [`crate::inbox`], one queue per origin: retried while the failure is transient, moved
+//!   to the dead-letter store after [`SidecarConfig::dead_letter_after`] permanent refusals,
+//!   and only then acked, so each is delivered exactly once across crashes. Requests that
+//!   wait for an answer get the homeserver's response sent back on their reply SURBs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,10 +30,10 @@ use tower::Service;
 
 use crate::carrier::TransportCarrier;
 use crate::config::SidecarConfig;
+use crate::dead_letter::DeadLetters;
 use crate::error::{Result, SidecarError};
-use crate::homeserver::{
-    Delivered, LocalHomeserver, OwnKeys, RetryPolicy, deliver_inbound, too_large_response,
-};
+use crate::homeserver::{LocalHomeserver, OwnKeys, RetryPolicy};
+use crate::inbox::{InboundCounters, deliver_inbox};
 use crate::proxy::{OutboundProxy, ProxySettings, json_response};
 use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::tls::{CA_CERT_FILE, LocalCa};
@@ -44,6 +45,7 @@ pub struct Sidecar {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    counters: Arc<InboundCounters>,
 }
 
 impl Sidecar {
@@ -60,12 +62,16 @@ impl Sidecar {
             config.data_dir.join("server_keys.json"),
             unix_ms(),
         ));
+        let counters = Arc::new(InboundCounters::default());
         let mut tasks = vec![
             tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
             tokio::spawn(deliver_inbox(
                 transport.clone(),
                 homeserver.clone(),
                 keys.clone(),
+                DeadLetters::in_data_dir(&config.data_dir),
+                RetryPolicy::dead_letter_after(config.dead_letter_after),
+                counters.clone(),
                 stop.subscribe(),
             )),
         ];
@@ -88,6 +94,7 @@ impl Sidecar {
             local_addr,
             stop,
             tasks,
+            counters,
         })
     }
 
@@ -98,6 +105,11 @@ impl Sidecar {
 
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Counters of inbound delivery (transactions dead-lettered so far).
+    pub fn inbound_counters(&self) -> &InboundCounters {
+        &self.counters
     }
 
     pub async fn shutdown(self) {
@@ -233,71 +245,6 @@ async fn outbound(
         Err(e) => {
             tracing::warn!(error = %e, "cannot send a federation request");
             error(502, "M_UNKNOWN", "spore transport error")
-        }
-    }
-}
-
-/// Delivers each inbound request to the homeserver with [`deliver_inbound`] until it answers
-/// 2xx (a request/response call: until it answers at all), then acks it. It never gives up
-/// ([`RetryPolicy::NEVER_GIVE_UP`]): the inbox keeps a request until the homeserver takes it.
-async fn deliver_inbox(
-    transport: Transport,
-    homeserver: LocalHomeserver,
-    keys: Arc<ServerKeyCache>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let inbound = tokio::select! {
-            () = stopped(&mut stop) => return,
-            r = transport.incoming() => match r {
-                Ok(i) => i,
-                Err(ClientError::Stopped) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the inbox");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
-        let delivery = deliver_inbound(
-            &homeserver,
-            &keys,
-            &inbound.origin,
-            inbound.server_keys.as_deref(),
-            &inbound.request,
-            inbound.wants_response,
-            RetryPolicy::NEVER_GIVE_UP,
-        );
-        let delivered = tokio::select! {
-            () = stopped(&mut stop) => return,
-            r = delivery => r,
-        };
-        match delivered {
-            Ok(Delivered::Expired) => {
-                tracing::debug!("dropping a request whose caller has stopped waiting");
-            }
-            Ok(Delivered::Answered(response)) => {
-                if let Err(e) = transport.respond(inbound.id, response).await {
-                    tracing::warn!(error = %e, "cannot send a response back");
-                    // Too large for the reply SURBs: a short error (4xx, so the caller's
-                    // homeserver does not back off from us) instead of a silent timeout.
-                    if let ClientError::CannotRespond(_) = e {
-                        let _ = transport.respond(inbound.id, too_large_response()).await;
-                    }
-                }
-                tracing::debug!("inbound request delivered to the homeserver");
-            }
-            Ok(Delivered::Accepted) => {
-                tracing::debug!("inbound transaction delivered to the homeserver");
-            }
-            Err(e) => {
-                // Not under NEVER_GIVE_UP; should a policy give up, the request is acked
-                // like a delivered one, or it would hold up the inbox forever.
-                tracing::warn!(error = %e, "inbound request given up");
-            }
-        }
-        if let Err(e) = transport.ack(inbound.id).await {
-            tracing::warn!(error = %e, "cannot ack an inbound request");
         }
     }
 }

@@ -17,6 +17,8 @@ struct State {
     received: Mutex<Vec<FederationRequest>>,
     /// Answer this many requests with 500 first (to exercise retries).
     fail_next: AtomicUsize,
+    /// Transactions from these origins (per their X-Matrix `origin=`) get this status.
+    refused: Mutex<Vec<(String, u16)>>,
 }
 
 /// Records every request; answers `200 {}` to transactions and `200 {"echo": path}` to others.
@@ -68,6 +70,34 @@ impl StubHomeserver {
     pub fn fail_next(&self, n: usize) {
         self.state.fail_next.store(n, Ordering::SeqCst);
     }
+
+    /// Answers every transaction whose X-Matrix header names `origin` with `status` (e.g. 401),
+    /// until [`StubHomeserver::accept_all`].
+    pub fn refuse_origin(&self, origin: &str, status: u16) {
+        let mut refused = self.state.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.retain(|(o, _)| o != origin);
+        refused.push((origin.to_owned(), status));
+    }
+
+    /// Stops refusing any origin.
+    pub fn accept_all(&self) {
+        self.state
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// The `origin="..."` of an `Authorization: X-Matrix ...` header.
+fn x_matrix_origin(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let rest = value.strip_prefix("X-Matrix")?;
+    rest.split(',').find_map(|part| {
+        let part = part.trim();
+        let v = part.strip_prefix("origin=")?;
+        Some(v.trim_matches('"').to_owned())
+    })
 }
 
 async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
@@ -104,8 +134,21 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<F
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
+    let refused = x_matrix_origin(&parts.headers).and_then(|origin| {
+        state
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(o, _)| *o == origin)
+            .map(|(_, status)| *status)
+    });
     let (status, body) = if failing {
         (500, r#"{"errcode":"M_UNKNOWN"}"#.to_owned())
+    } else if let Some(status) =
+        refused.filter(|_| path.starts_with("/_matrix/federation/v1/send/"))
+    {
+        (status, r#"{"errcode":"M_UNAUTHORIZED"}"#.to_owned())
     } else if path.starts_with("/_matrix/federation/v1/send/") {
         (200, "{}".to_owned())
     } else {

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
-use spore_sidecar::{Sidecar, SidecarConfig};
+use spore_sidecar::{DeadLetters, LocalHomeserver, Sidecar, SidecarConfig};
 use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
 
 use crate::{init_tracing, wait_until};
@@ -129,5 +129,153 @@ async fn sidecar_delivers_a_transaction_once_after_homeserver_errors_and_proxies
     assert!(alice_hs.received().is_empty());
 
     alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// Sends a transaction `txn` from `origin` through `sidecar`'s outbound endpoint to
+/// bob.example.
+async fn send_transaction(sidecar: &Sidecar, origin: &str, txn: &str) {
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let send = http::Request::put(format!(
+        "http://{}/_matrix/federation/v1/send/{txn}",
+        sidecar.local_addr()
+    ))
+    .header("Host", "bob.example")
+    .header("Authorization", format!("X-Matrix origin=\"{origin}\""))
+    .body(Full::new(Bytes::from_static(br#"{"pdus":[],"edus":[]}"#)))
+    .unwrap();
+    assert_eq!(http.request(send).await.unwrap().status(), 200);
+}
+
+fn received_path(hs: &StubHomeserver, path: &str) -> usize {
+    hs.received().iter().filter(|r| r.path == path).count()
+}
+
+/// Issue 16: one origin's refused transaction neither wedges the inbox nor delays another
+/// origin; it ends in the dead-letter store (acked from the inbox, counted) and `retry`
+/// delivers it once the homeserver accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_origin_is_dead_lettered_without_delaying_other_origins() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let keys: Vec<MailboxKey> = (0..3)
+        .map(|_| MailboxKey::generate(&mut rand::rng()))
+        .collect();
+    let bob_address = SporeAddress {
+        mailbox_relays: vec![mailboxes[1]],
+        mailbox_key: keys[1].public().to_bytes(),
+    };
+    let bob_hs = StubHomeserver::start().await.unwrap();
+    let other_hs = StubHomeserver::start().await.unwrap();
+    // Carol's transactions: first refused as if overloaded (transient, retried), then for good.
+    bob_hs.refuse_origin("carol.example", 503);
+    let mut bob_config = write_config(
+        &data.path().join("bob"),
+        &net,
+        "bob.example",
+        mailboxes[1],
+        &keys[1],
+        &bob_hs.url(),
+        &[],
+    );
+    bob_config.dead_letter_after = 2;
+    let bob_data = bob_config.data_dir.clone();
+    let bob = Sidecar::start(bob_config).await.unwrap();
+    let mut senders = Vec::new();
+    for (i, name) in [(0, "alice.example"), (2, "carol.example")] {
+        senders.push(
+            Sidecar::start(write_config(
+                &data.path().join(name),
+                &net,
+                name,
+                mailboxes[0],
+                &keys[i],
+                &other_hs.url(),
+                &[("bob.example", &bob_address)],
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let (alice, carol) = (&senders[0], &senders[1]);
+
+    let carol_path = "/_matrix/federation/v1/send/carol-1";
+    let alice_path = "/_matrix/federation/v1/send/alice-1";
+    send_transaction(carol, "carol.example", "carol-1").await;
+    assert!(
+        wait_until(Duration::from_secs(60), || received_path(
+            &bob_hs, carol_path
+        ) >= 2)
+        .await,
+        "carol's transaction reached bob's homeserver and was retried"
+    );
+    // Carol's is still being retried; Alice's goes straight through.
+    send_transaction(alice, "alice.example", "alice-1").await;
+    assert!(
+        wait_until(Duration::from_secs(60), || received_path(
+            &bob_hs, alice_path
+        ) == 1)
+        .await,
+        "alice's transaction is delivered while carol's is refused"
+    );
+
+    // Now refused for good: dead-lettered after 2 refusals, acked, counted.
+    bob_hs.refuse_origin("carol.example", 401);
+    let store = DeadLetters::in_data_dir(&bob_data);
+    assert!(
+        wait_until(Duration::from_secs(90), || store.list().unwrap().len() == 1
+            && bob.transport().inbox_len() == 0)
+        .await,
+        "carol's transaction ends in the dead-letter store and leaves the inbox"
+    );
+    assert_eq!(bob.inbound_counters().dead_lettered(), 1);
+    let letter = store.list().unwrap().remove(0);
+    assert_eq!(
+        (letter.origin.as_str(), letter.status, letter.path.as_str()),
+        ("carol.example", 401, carol_path)
+    );
+    // The operator's view: `spore-sidecar dead-letters list` shows it.
+    let bob_config_path = data.path().join("bob").join("sidecar.toml");
+    let bin = spore_testkit::binaries::require(spore_testkit::binaries::SIDECAR);
+    let listed = std::process::Command::new(&bin)
+        .args(["dead-letters", "--config"])
+        .arg(&bob_config_path)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&letter.id) && listed.contains("carol.example 401"),
+        "{listed}"
+    );
+    let before = received_path(&bob_hs, carol_path);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        received_path(&bob_hs, carol_path),
+        before,
+        "no more retries"
+    );
+
+    // Retry while still refused: kept. Once the homeserver accepts: delivered and removed.
+    let homeserver = LocalHomeserver::new(bob_hs.url(), "bob.example");
+    assert!(store.retry(&letter.id, &homeserver).await.is_err());
+    assert_eq!(store.list().unwrap().len(), 1);
+    bob_hs.accept_all();
+    assert_eq!(store.retry(&letter.id, &homeserver).await.unwrap(), 200);
+    assert!(store.list().unwrap().is_empty());
+    let last = bob_hs.received().pop().unwrap();
+    assert_eq!(last.path, carol_path);
+    assert!(
+        last.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("authorization") && v.contains("carol.example"))
+    );
+
+    for s in senders {
+        s.shutdown().await;
+    }
     bob.shutdown().await;
 }
