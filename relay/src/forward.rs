@@ -396,8 +396,8 @@ fn keep_for_next_start(
         })
         .collect();
     match held_packets::save(&path, &held) {
-        Ok(()) => tracing::info!(packets = n, "kept the delayed packets for the next start"),
-        Err(e) => tracing::error!(error = %e, packets = n, "could not keep the delayed packets"),
+        Ok(()) => tracing::info!(packets = n, "kept the held packets for the next start"),
+        Err(e) => tracing::error!(error = %e, packets = n, "could not keep the held packets"),
     }
 }
 

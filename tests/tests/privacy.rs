@@ -38,6 +38,8 @@ async fn child_exchange() {
         .with_writer(std::io::stderr)
         .try_init();
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    // libtest's "test NAME ... " has no newline under --nocapture: start on a line of our own.
+    println!();
     for i in 0.. {
         let Some(addr) = net.relay_address(i) else {
             break;

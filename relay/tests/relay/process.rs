@@ -267,7 +267,7 @@ async fn sigterm_under_load_loses_no_delayed_packet_and_the_restart_releases_the
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&mut child).await;
     let stopped = tokio::time::Instant::now();
-    let kept = logged_count(&log1, "kept the delayed packets", "packets").unwrap_or(0);
+    let kept = logged_count(&log1, "kept the held packets", "packets").unwrap_or(0);
 
     let _child = run_logged(dir.path(), &log2);
     let mut recipient_link = connect(&addr, &keys, &recipient.secret_bytes()).await;
