@@ -243,7 +243,12 @@ impl MixContext {
                 };
                 let payload: &[u8; PAYLOAD_SIZE] =
                     payload.as_slice().try_into().map_err(|_| "malformed")?;
-                match store.insert(&mailbox, &surb_id, payload, self.clock.now_unix()) {
+                match store.insert(
+                    &mailbox,
+                    &surb_id,
+                    payload,
+                    crate::store::coarse_stored_at(self.clock.now_unix()),
+                ) {
                     Ok(Ok(_handle)) => {}
                     Ok(Err(refusal)) => return Err(refusal.reason()),
                     Err(e) => {
