@@ -5,9 +5,17 @@
 //! itself, addressed to the drop mailbox. Loops make the relay's outgoing traffic look busy when
 //! it is not, and a loop that never returns tells the operator that part of the network is
 //! dropping packets (`loops_sent` vs `cover_received`). Off by default.
+//!
+//! A loop carries a keyed hash of its SURB id (key random per process), so the relay knows
+//! its own loops when they return and answers them with nothing, while every other final-hop
+//! packet is answered with one emission (`final_hop_output`). The same builder makes the
+//! decoys of `final_hop_output`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use hkdf::Hkdf;
+use sha2::Sha256;
 
 use rand::RngExt;
 use spore_protocol::packet::{self, RouteHop};
@@ -61,8 +69,30 @@ pub(crate) fn loop_route(
     Some(route)
 }
 
+/// The key that marks this process's loops: random per process (a loop sent before a restart
+/// returns as ordinary drop cover, which costs one decoy).
+fn loop_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(rand::random)
+}
+
+/// The message a loop with this SURB id carries: a keyed hash of the id, so that the relay
+/// knows its own loops when they come back without keeping any state per loop.
+fn loop_message(surb_id: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // 32 bytes is far below HKDF's output limit: expand cannot fail.
+    let _ = Hkdf::<Sha256>::new(Some(loop_key()), surb_id).expand(b"spore/relay/loop/v1", &mut out);
+    out
+}
+
+/// Whether a final-hop packet for the drop mailbox is one of this relay's own loops (which
+/// ends here: answering it with a decoy would keep it circulating for ever).
+pub(crate) fn is_own_loop(surb_id: &[u8], payload: &[u8]) -> bool {
+    packet::open_final_payload(payload).is_ok_and(|m| m == loop_message(surb_id))
+}
+
 /// Builds one loop packet (Sphinx work: call off the async threads).
-fn build_loop(
+pub(crate) fn build_loop(
     view: &NetworkView,
     keys: &RelayKeys,
     epoch: u64,
@@ -71,14 +101,13 @@ fn build_loop(
     let mut rng = rand::rng();
     let route = loop_route(view, keys, epoch, &mut rng)?;
     let delays = packet::sample_delays(&mut rng, view.mu, route.len(), max_delay).ok()?;
-    let mut message = vec![0u8; 32];
-    rng.fill(&mut message[..]);
+    let surb_id = packet::random_surb_id(&mut rng);
     let bytes = packet::build_packet(
         &route,
         MailboxId::DROP,
-        packet::random_surb_id(&mut rng),
+        surb_id,
         &delays,
-        &message,
+        &loop_message(&surb_id),
     )
     .ok()?;
     let first = route.first()?.id;

@@ -53,6 +53,7 @@ mod descriptor;
 mod directory;
 mod epoch_keys;
 mod error;
+mod final_hop_output;
 mod forward;
 mod handler;
 mod held_packets;

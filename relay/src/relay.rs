@@ -266,6 +266,7 @@ impl Parts {
             mailbox: storage.store.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
+            directory: directory.clone(),
         });
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
         let committer = mix::spawn_committer(

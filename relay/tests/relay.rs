@@ -15,5 +15,7 @@ mod mix;
 mod network;
 #[path = "relay/ops.rs"]
 mod ops;
+#[path = "relay/output.rs"]
+mod output;
 #[path = "relay/process.rs"]
 mod process;
