@@ -1,10 +1,11 @@
 //! Loop cover traffic from the relay itself (Loopix λ_M).
 //!
-//! At exponentially distributed intervals (a Poisson process of rate `mix.loop_rate` per
-//! second) the relay builds a packet that travels one mix of every layer and comes back to
+//! At exponentially distributed intervals (a Poisson process of rate λ_M per second: the
+//! directory's `lambda_m`, or `mix.loop_rate` where that is higher — configuration can only
+//! raise it) the relay builds a packet that travels one mix of every layer and comes back to
 //! itself, addressed to the drop mailbox. Loops make the relay's outgoing traffic look busy when
-//! it is not, and a loop that never returns tells the operator that part of the network is
-//! dropping packets (`loops_sent` vs `cover_received`). Off by default.
+//! it is not, and loops that do not return raise the loop-loss alarm (`loop_monitor`). On by
+//! default, from the first directory on.
 //!
 //! A loop carries a keyed hash of its SURB id (key random per process), so the relay knows
 //! its own loops when they return and answers them with nothing, while every other final-hop
@@ -19,19 +20,20 @@ use sha2::Sha256;
 
 use rand::RngExt;
 use spore_protocol::packet::{self, RouteHop};
-use spore_protocol::params::{MIX_LAYERS, PACKET_SIZE};
+use spore_protocol::params::{MIX_LAYERS, PACKET_SIZE, SURB_ID_SIZE};
 use spore_protocol::{MailboxId, RelayId};
 
 use crate::clock::Clock;
 use crate::directory::{DirectoryView, NetworkView};
 use crate::forward::Egress;
 use crate::keys::{KeySchedule, RelayKeys};
+use crate::loop_monitor::{self, LoopMonitor};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CoverSettings {
-    /// Loops per second.
+    /// Loops per second at least (the directory's λ_M is used where it is higher).
     pub rate: f64,
     pub schedule: KeySchedule,
     pub max_delay: Duration,
@@ -97,7 +99,7 @@ pub(crate) fn build_loop(
     keys: &RelayKeys,
     epoch: u64,
     max_delay: Duration,
-) -> Option<(RelayId, Box<[u8; PACKET_SIZE]>)> {
+) -> Option<(RelayId, Box<[u8; PACKET_SIZE]>, [u8; SURB_ID_SIZE])> {
     let mut rng = rand::rng();
     let route = loop_route(view, keys, epoch, &mut rng)?;
     let delays = packet::sample_delays(&mut rng, view.mu, route.len(), max_delay).ok()?;
@@ -111,7 +113,17 @@ pub(crate) fn build_loop(
     )
     .ok()?;
     let first = route.first()?.id;
-    Some((first, bytes.into_boxed_slice().try_into().ok()?))
+    Some((first, bytes.into_boxed_slice().try_into().ok()?, surb_id))
+}
+
+/// The loop rate: the directory's λ_M, or the configured rate where that is higher.
+fn loop_rate(view: &NetworkView, configured: f64) -> f64 {
+    let published = spore_protocol::Directory::from_bytes(view.source_bytes())
+        .map(|d| d.params.lambda_m)
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .unwrap_or(0.0);
+    published.max(configured)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -123,11 +135,54 @@ pub(crate) fn spawn(
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    loops: Arc<LoopMonitor>,
 ) {
     let task_shutdown = shutdown.clone();
+    let check_shutdown = shutdown.clone();
+    let check_loops = loops.clone();
+    let check_metrics = metrics.clone();
+    let check_clock = clock.clone();
     shutdown.spawn(async move {
-        let rate = settings.rate.max(1e-6);
+        let mut tick = tokio::time::interval(loop_monitor::CHECK_EVERY);
+        tick.tick().await;
         loop {
+            tokio::select! {
+                _ = check_shutdown.signalled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(v) = check_loops.check(check_clock.monotonic_now()) else {
+                continue;
+            };
+            if v.alarm {
+                check_metrics.loop_loss_alarm();
+                tracing::warn!(
+                    sent = v.sent,
+                    returned = v.returned,
+                    p_value = v.p_value,
+                    false_alarm_rate = loop_monitor::FALSE_ALARM,
+                    "loop loss: fewer of this relay's loops came back than an honest network \
+                     loses; a relay on the loop routes may be dropping packets"
+                );
+            }
+        }
+    });
+    shutdown.spawn(async move {
+        loop {
+            let Some(view) = directory.current() else {
+                tokio::select! {
+                    _ = task_shutdown.signalled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            let rate = loop_rate(&view, settings.rate);
+            if rate <= 0.0 {
+                tokio::select! {
+                    _ = task_shutdown.signalled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
             let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
             let wait = Duration::from_secs_f64((-u.ln() / rate).min(3600.0));
             tokio::select! {
@@ -144,8 +199,9 @@ pub(crate) fn spawn(
                 tokio::task::spawn_blocking(move || build_loop(&view, &keys, epoch, max_delay))
                     .await;
             match built {
-                Ok(Some((hop, packet))) => {
+                Ok(Some((hop, packet, surb_id))) => {
                     metrics.loop_sent();
+                    loops.sent(surb_id, clock.monotonic_now());
                     egress.send(hop, packet, None);
                 }
                 _ => metrics.dropped("loop_no_route"),

@@ -62,9 +62,10 @@ pub(crate) fn delayed(ctx: &MixContext, packet: OutboundPacket) -> Emission {
 pub(crate) fn decoy(ctx: &MixContext) -> Option<Emission> {
     let view = ctx.directory.current()?;
     let epoch = ctx.schedule.epoch_at(ctx.clock.now_unix());
-    let packet = cover::build_loop(&view, &ctx.keys, epoch, ctx.limits.max_delay)?;
+    let (hop, packet, surb_id) = cover::build_loop(&view, &ctx.keys, epoch, ctx.limits.max_delay)?;
+    ctx.loops.sent(surb_id, ctx.clock.monotonic_now());
     Some(Emission {
-        packet,
+        packet: (hop, packet),
         delay: hop_delay(ctx),
     })
 }

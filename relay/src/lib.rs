@@ -60,6 +60,7 @@ mod held_packets;
 mod keys;
 mod link_pool;
 mod listener;
+mod loop_monitor;
 mod mailbox;
 mod metrics;
 mod mix;

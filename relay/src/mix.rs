@@ -33,6 +33,7 @@ use crate::directory::DirectoryView;
 use crate::final_hop_output::{self, Emission};
 use crate::forward::{Forwarder, HopTiming};
 use crate::keys::{KeySchedule, RelayKeys};
+use crate::loop_monitor::LoopMonitor;
 use crate::metrics::{Metrics, Queue, Stage};
 use crate::replay::{ReplayCache, ShortTag};
 use crate::store::{Database, MailboxStore};
@@ -125,6 +126,8 @@ pub(crate) struct MixContext {
     pub metrics: Arc<Metrics>,
     /// Where decoys for final-hop packets without an ack are routed, and the hop delay rate.
     pub directory: Arc<DirectoryView>,
+    /// This relay's loops in flight, for the loop-loss alarm.
+    pub loops: Arc<LoopMonitor>,
 }
 
 /// Per-worker copy of the accepted epochs' Sphinx secrets, refreshed once a second. Only keys
@@ -245,6 +248,7 @@ impl MixContext {
                 if mailbox == MailboxId::DROP {
                     self.metrics.cover_received();
                     if crate::cover::is_own_loop(&surb_id, &payload) {
+                        self.loops.returned(surb_id);
                         return Ok(None);
                     }
                     return Ok(Some(Outcome::Cover {

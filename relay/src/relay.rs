@@ -97,7 +97,7 @@ impl Relay {
             ),
             None => None,
         };
-        parts.spawn_cover(&directory, &mix.egress);
+        parts.spawn_cover(&directory, &mix.egress, &mix.loops);
         parts.start_descriptor_file(local_addr).await?;
 
         let Parts {
@@ -163,6 +163,8 @@ struct Mix {
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: std::thread::JoinHandle<()>,
     delay_thread: std::thread::JoinHandle<()>,
+    /// This relay's loops in flight (loop cover and decoys), for the loop-loss alarm.
+    loops: Arc<crate::loop_monitor::LoopMonitor>,
 }
 
 impl Parts {
@@ -255,6 +257,7 @@ impl Parts {
             self.clock.clone(),
             self.metrics.clone(),
         )?;
+        let loops = Arc::new(crate::loop_monitor::LoopMonitor::default());
         let ctx = Arc::new(MixContext {
             keys: self.keys.clone(),
             schedule: self.schedule,
@@ -267,6 +270,7 @@ impl Parts {
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
             directory: directory.clone(),
+            loops: loops.clone(),
         });
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
         let committer = mix::spawn_committer(
@@ -291,6 +295,7 @@ impl Parts {
             workers,
             committer,
             delay_thread,
+            loops,
         })
     }
 
@@ -392,11 +397,13 @@ impl Parts {
         );
     }
 
-    /// Loop cover, if `mix.loop_rate` asks for it.
-    fn spawn_cover(&self, directory: &Arc<DirectoryView>, egress: &Arc<Egress>) {
-        if self.config.mix.loop_rate <= 0.0 {
-            return;
-        }
+    /// Loop cover at the directory's λ_M (`mix.loop_rate` can only raise it), and its alarm.
+    fn spawn_cover(
+        &self,
+        directory: &Arc<DirectoryView>,
+        egress: &Arc<Egress>,
+        loops: &Arc<crate::loop_monitor::LoopMonitor>,
+    ) {
         crate::cover::spawn(
             crate::cover::CoverSettings {
                 rate: self.config.mix.loop_rate,
@@ -409,6 +416,7 @@ impl Parts {
             self.clock.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
+            loops.clone(),
         );
     }
 

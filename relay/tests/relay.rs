@@ -7,6 +7,8 @@
 mod hostile;
 #[path = "relay/keys.rs"]
 mod keys;
+#[path = "relay/loops.rs"]
+mod loops;
 #[path = "relay/mailbox.rs"]
 mod mailbox;
 #[path = "relay/mix.rs"]
