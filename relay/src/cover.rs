@@ -9,8 +9,7 @@
 //!
 //! A loop carries a keyed hash of its SURB id (key random per process), so the relay knows
 //! its own loops when they return and answers them with nothing, while every other final-hop
-//! packet is answered with one emission (`final_hop_output`). The same builder makes the
-//! decoys of `final_hop_output`.
+//! packet is answered with one emission (`final_hop_output`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -87,8 +86,8 @@ fn loop_message(surb_id: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Whether a final-hop packet for the drop mailbox is one of this relay's own loops (which
-/// ends here: answering it with a decoy would keep it circulating for ever).
+/// Whether a final-hop packet for the drop mailbox is one of this relay's own loops: it ends
+/// here (it is this relay's own cover, not an arrival to answer) and counts as returned.
 pub(crate) fn is_own_loop(surb_id: &[u8], payload: &[u8]) -> bool {
     packet::open_final_payload(payload).is_ok_and(|m| m == loop_message(surb_id))
 }

@@ -1,5 +1,5 @@
 //! Loop loss as a signal (Loopix's active-attack detection): the relay counts which of its own
-//! loops (loop cover and decoys) come back, and raises an alarm when a window's returns are
+//! loops come back, and raises an alarm when a window's returns are
 //! too few for an honest network.
 //!
 //! Every `CHECK_EVERY`, the loops sent more than `SETTLE` ago (long enough for any honest

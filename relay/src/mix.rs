@@ -251,6 +251,9 @@ impl MixContext {
                         self.loops.returned(surb_id);
                         return Ok(None);
                     }
+                    if final_hop_output::is_decoy(&payload) {
+                        return Ok(None);
+                    }
                     return Ok(Some(Outcome::Cover {
                         emit: final_hop_output::decoy(self),
                     }));
