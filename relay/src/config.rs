@@ -87,7 +87,8 @@ pub struct MixConfig {
     pub epoch_length_secs: u64,
     /// After an epoch ends, packets for its key are still accepted this long.
     pub grace_secs: u64,
-    /// Loop cover packets per second sent by the relay itself (Loopix lambda_M); 0 = off.
+    /// Loop cover packets per second sent by the relay itself (Loopix lambda_M), at least: the
+    /// directory's `lambda_m` is used where it is higher, so 0 means the directory's rate.
     pub loop_rate: f64,
 }
 
@@ -489,7 +490,8 @@ max_delay_ms = {max_delay_ms}
 epoch_length_secs = {epoch}
 # Packets for the previous epoch's key are accepted this long after it ends.
 grace_secs = {grace}
-# Loop cover packets per second from the relay itself (Loopix lambda_M). 0 = off.
+# Loop cover packets per second from the relay itself (Loopix lambda_M), at least: the
+# directory's lambda_m is used where higher (0 = the directory's rate).
 loop_rate = 0.0
 
 [mailbox]

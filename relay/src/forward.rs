@@ -3,7 +3,8 @@
 //! ```text
 //! commit thread ─▶ Forwarder ─┬─(deadline passed)──────────────────▶ Egress ─┬─▶ own workers (next hop is us)
 //!                             └─▶ delay thread (DelayQueue) ─(due)─▶ Egress  └─▶ LinkSender (the link pool)
-//! SURB-acks, loop cover ─────────────────────────────────────────────▶ Egress
+//! SURB-acks, decoys ─▶ Forwarder ─▶ delay thread (a hop delay) ─────▶ Egress
+//! loop cover ────────────────────────────────────────────────────────▶ Egress
 //! ```
 //!
 //! [`HopTiming`] travels with a forwarded packet all the way to its link, so the link can
@@ -36,8 +37,8 @@ use crate::metrics::{Metrics, Queue, Stage};
 /// A packet on its way to a next hop.
 pub(crate) type OutboundPacket = (RelayId, Box<[u8; PACKET_SIZE]>);
 
-/// A packet waiting in the delay queue: a forwarded packet with its timing, or (during a
-/// stop) a SURB-ack, which has none.
+/// A packet waiting in the delay queue: a forwarded packet with its timing, or a packet of this
+/// relay's own (a SURB-ack or a decoy, `final_hop_output`), which has none.
 type Delayed = (OutboundPacket, Option<HopTiming>);
 
 /// Whether packets may leave: open while the relay runs, closed for good when it stops.
@@ -213,7 +214,6 @@ pub(crate) struct Forwarder {
     egress: Arc<Egress>,
     delay_tx: SyncSender<Scheduled<Delayed>>,
     gate: Arc<ReleaseGate>,
-    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
 
@@ -267,7 +267,6 @@ impl Forwarder {
                 egress,
                 delay_tx,
                 gate: gate.clone(),
-                clock,
                 metrics,
             },
             thread,
@@ -295,18 +294,11 @@ impl Forwarder {
         self.schedule(at, ((next_hop, packet), Some(timing)));
     }
 
-    /// A packet with no delay to keep (a SURB-ack): leaves at once, or (the relay is
-    /// stopping) is kept for the next start.
-    pub fn send_now(&self, (next_hop, packet): OutboundPacket) {
-        {
-            let open = self.gate.read();
-            if *open {
-                self.egress.send(next_hop, packet, None);
-                return;
-            }
-        }
-        let now = self.clock.monotonic_now();
-        self.schedule(now, ((next_hop, packet), None));
+    /// A packet of this relay's own (a SURB-ack or a decoy) that leaves `delay` after `now`,
+    /// like a forwarded packet after its hop delay: never right after the store, so its timing
+    /// does not mark the arrival it answers.
+    pub fn send_after(&self, (next_hop, packet): OutboundPacket, delay: Duration, now: Instant) {
+        self.schedule(now + delay, ((next_hop, packet), None));
     }
 
     fn schedule(&self, at: Instant, item: Delayed) {

@@ -116,6 +116,7 @@ pub struct Metrics {
     acks_sent: Counter,
     cover_received: Counter,
     loops_sent: Counter,
+    loop_loss_alarms: Counter,
     dropped: Family<ReasonLabel, Counter>,
     reasons_seen: Mutex<BTreeSet<&'static str>>,
     queue_depth: Family<QueueLabel, Gauge>,
@@ -251,6 +252,7 @@ pub struct MetricsSnapshot {
     pub acks_sent: u64,
     pub cover_received: u64,
     pub loops_sent: u64,
+    pub loop_loss_alarms: u64,
     /// Dropped packets (and refused frames) by reason.
     pub dropped: BTreeMap<&'static str, u64>,
     pub unwrap_queue: i64,
@@ -293,6 +295,7 @@ impl Metrics {
             acks_sent: Counter::default(),
             cover_received: Counter::default(),
             loops_sent: Counter::default(),
+            loop_loss_alarms: Counter::default(),
             dropped: Family::default(),
             reasons_seen: Mutex::new(BTreeSet::new()),
             queue_depth: Family::default(),
@@ -367,6 +370,11 @@ impl Metrics {
             "loops_sent",
             "Loop cover packets sent by this relay",
             m.loops_sent.clone(),
+        );
+        r.register(
+            "loop_loss_alarms",
+            "Windows in which fewer of this relay's loops returned than an honest network loses",
+            m.loop_loss_alarms.clone(),
         );
         r.register(
             "packets_dropped",
@@ -532,6 +540,9 @@ impl Metrics {
         self.cover_received.inc();
         self.loops_at_last_cover
             .store(self.loops_sent.get(), AtomicOrdering::Relaxed);
+    }
+    pub fn loop_loss_alarm(&self) {
+        self.loop_loss_alarms.inc();
     }
     pub fn loop_sent(&self) {
         self.loops_sent.inc();
@@ -804,6 +815,7 @@ impl Metrics {
             acks_sent: self.acks_sent.get(),
             cover_received: self.cover_received.get(),
             loops_sent: self.loops_sent.get(),
+            loop_loss_alarms: self.loop_loss_alarms.get(),
             dropped: reasons
                 .into_iter()
                 .map(|reason| {

@@ -29,9 +29,12 @@ use spore_protocol::{MailboxId, PeerMisbehaved, RelayId};
 use x25519_dalek::StaticSecret;
 
 use crate::clock::Clock;
-use crate::forward::{Forwarder, HopTiming, OutboundPacket};
+use crate::directory::DirectoryView;
+use crate::final_hop_output::{self, Emission};
+use crate::forward::{Forwarder, HopTiming};
 use crate::ingress::Inbound;
 use crate::keys::{KeySchedule, RelayKeys};
+use crate::loop_monitor::LoopMonitor;
 use crate::metrics::{Metrics, Queue, Stage};
 use crate::replay::{ReplayCache, ShortTag};
 use crate::store::{Database, MailboxStore};
@@ -48,8 +51,12 @@ pub(crate) enum Outcome {
         packet: Box<[u8; PACKET_SIZE]>,
         timing: HopTiming,
     },
-    /// Stored in a mailbox; the SURB-ack (if the payload carried one) goes out after the commit.
-    Stored { ack: Option<OutboundPacket> },
+    /// Stored in a mailbox. `emit` (the SURB-ack, or a decoy when the payload carried none)
+    /// leaves a hop delay after the commit.
+    Stored { ack: bool, emit: Option<Emission> },
+    /// Drop cover ended here: `emit` (a decoy) leaves a hop delay after the commit, as an ack
+    /// would, so that output does not tell cover from real deliveries (`final_hop_output`).
+    Cover { emit: Option<Emission> },
 }
 
 /// What a worker hands to the commit thread for one packet: the replay tag to persist, and
@@ -73,6 +80,10 @@ pub(crate) struct MixContext {
     pub mailbox: Option<Arc<MailboxStore>>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Where decoys for final-hop packets without an ack are routed, and the hop delay rate.
+    pub directory: Arc<DirectoryView>,
+    /// This relay's loops in flight, for the loop-loss alarm.
+    pub loops: Arc<LoopMonitor>,
 }
 
 /// Per-worker copy of the accepted epochs' Sphinx secrets, refreshed once a second. Only keys
@@ -192,14 +203,28 @@ impl MixContext {
             } => {
                 if mailbox == MailboxId::DROP {
                     self.metrics.cover_received();
-                    return Ok(None);
+                    if crate::cover::is_own_loop(&surb_id, &payload) {
+                        self.loops.returned(surb_id);
+                        return Ok(None);
+                    }
+                    if final_hop_output::is_decoy(&payload) {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Outcome::Cover {
+                        emit: final_hop_output::decoy(self),
+                    }));
                 }
                 let Some(store) = &self.mailbox else {
                     return Err("not_a_mailbox");
                 };
                 let payload: &[u8; PAYLOAD_SIZE] =
                     payload.as_slice().try_into().map_err(|_| "malformed")?;
-                match store.insert(&mailbox, &surb_id, payload, self.clock.now_unix()) {
+                match store.insert(
+                    &mailbox,
+                    &surb_id,
+                    payload,
+                    crate::store::coarse_stored_at(self.clock.now_unix()),
+                ) {
                     Ok(Ok(_handle)) => {}
                     Ok(Err(refusal)) => return Err(refusal.reason()),
                     Err(e) => {
@@ -219,7 +244,11 @@ impl MixContext {
                         }
                     }
                 });
-                Ok(Some(Outcome::Stored { ack }))
+                let (ack, emit) = match ack {
+                    Some(ack) => (true, Some(final_hop_output::delayed(self, ack))),
+                    None => (false, final_hop_output::decoy(self)),
+                };
+                Ok(Some(Outcome::Stored { ack, emit }))
             }
         }
     }
@@ -481,11 +510,18 @@ pub(crate) fn spawn_committer(
                                 .observe_stage(Stage::Commit, now.saturating_duration_since(ready));
                             forwarder.forward(next_hop, packet, timing, now);
                         }
-                        Outcome::Stored { ack } => {
+                        Outcome::Stored { ack, emit } => {
                             metrics.stored();
-                            if let Some(ack) = ack {
+                            if ack {
                                 metrics.ack_sent();
-                                forwarder.send_now(ack);
+                            }
+                            if let Some(Emission { packet, delay }) = emit {
+                                forwarder.send_after(packet, delay, now);
+                            }
+                        }
+                        Outcome::Cover { emit } => {
+                            if let Some(Emission { packet, delay }) = emit {
+                                forwarder.send_after(packet, delay, now);
                             }
                         }
                     }

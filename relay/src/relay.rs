@@ -108,7 +108,7 @@ impl Relay {
             ),
             None => None,
         };
-        parts.spawn_cover(&directory, &mix.egress);
+        parts.spawn_cover(&directory, &mix.egress, &mix.loops);
         parts.start_descriptor_file(local_addr).await?;
         crate::publish::spawn(
             &parts.config,
@@ -187,6 +187,8 @@ struct Mix {
     workers: Vec<std::thread::JoinHandle<()>>,
     committer: std::thread::JoinHandle<()>,
     delay_thread: std::thread::JoinHandle<()>,
+    /// This relay's loops in flight (loop cover and decoys), for the loop-loss alarm.
+    loops: Arc<crate::loop_monitor::LoopMonitor>,
 }
 
 impl Parts {
@@ -295,6 +297,7 @@ impl Parts {
             self.clock.clone(),
             self.metrics.clone(),
         )?;
+        let loops = Arc::new(crate::loop_monitor::LoopMonitor::default());
         let ctx = Arc::new(MixContext {
             keys: self.keys.clone(),
             schedule: self.schedule,
@@ -306,6 +309,8 @@ impl Parts {
             mailbox: storage.store.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
+            directory: directory.clone(),
+            loops: loops.clone(),
         });
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
         let committer = mix::spawn_committer(
@@ -330,6 +335,7 @@ impl Parts {
             workers,
             committer,
             delay_thread,
+            loops,
         })
     }
 
@@ -445,11 +451,13 @@ impl Parts {
         );
     }
 
-    /// Loop cover, if `mix.loop_rate` asks for it.
-    fn spawn_cover(&self, directory: &Arc<DirectoryView>, egress: &Arc<Egress>) {
-        if self.config.mix.loop_rate <= 0.0 {
-            return;
-        }
+    /// Loop cover at the directory's λ_M (`mix.loop_rate` can only raise it), and its alarm.
+    fn spawn_cover(
+        &self,
+        directory: &Arc<DirectoryView>,
+        egress: &Arc<Egress>,
+        loops: &Arc<crate::loop_monitor::LoopMonitor>,
+    ) {
         crate::cover::spawn(
             crate::cover::CoverSettings {
                 rate: self.config.mix.loop_rate,
@@ -462,6 +470,7 @@ impl Parts {
             self.clock.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
+            loops.clone(),
         );
     }
 

@@ -7,6 +7,8 @@
 mod hostile;
 #[path = "relay/keys.rs"]
 mod keys;
+#[path = "relay/loops.rs"]
+mod loops;
 #[path = "relay/mailbox.rs"]
 mod mailbox;
 #[path = "relay/mix.rs"]
@@ -17,5 +19,7 @@ mod network;
 mod operator;
 #[path = "relay/ops.rs"]
 mod ops;
+#[path = "relay/output.rs"]
+mod output;
 #[path = "relay/process.rs"]
 mod process;

@@ -10,16 +10,20 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..4 | magic `SPMB` |
-//! | 4 | version (1) |
+//! | 4 | version (2; 1 is still read) |
 //! | 5..8 | zero |
-//! | 8..40 | mailbox id |
+//! | 8..40 | mailbox id: version 2 the relay's keyed hash of it, version 1 the id itself |
 //! | 40..48 | handle (segment id ‖ slot: the record's own location) |
-//! | 48..56 | stored at (unix s) |
+//! | 48..56 | stored at (unix s; the relay writes it rounded to the hour) |
 //! | 56..72 | SURB id |
 //! | 72..1096 | payload |
 //! | 1096..1100 | CRC32 of bytes 0..1096 |
 //!
 //! Tombstone (12 bytes): handle ‖ CRC32(`SPDL` ‖ handle).
+//!
+//! Scrubbed record (`RECORD_LEN` bytes): magic `SPSC` and zeros. A deleted or expired record
+//! is overwritten with this in place, so its payload is gone from the file; it reads as a dead
+//! slot, not as damage.
 
 use spore_protocol::MailboxId;
 use spore_protocol::params::{PAYLOAD_SIZE, SURB_ID_SIZE};
@@ -27,7 +31,11 @@ use spore_protocol::params::{PAYLOAD_SIZE, SURB_ID_SIZE};
 use super::StoredItem;
 
 const RECORD_MAGIC: [u8; 4] = *b"SPMB";
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
+/// Records written before issue 15 (mailbox id in the clear, times to the second): still read,
+/// their ids mapped through the keyed hash at open; they age out with retention.
+const LEGACY_RECORD_VERSION: u8 = 1;
+const SCRUBBED_MAGIC: [u8; 4] = *b"SPSC";
 const MAILBOX_AT: usize = 8;
 const HANDLE_AT: usize = MAILBOX_AT + 32;
 const STORED_AT_AT: usize = HANDLE_AT + 8;
@@ -58,6 +66,8 @@ pub(crate) struct RecordHeader {
     pub mailbox: MailboxId,
     pub handle: u64,
     pub stored_at: u64,
+    /// Written by an earlier version: `mailbox` is the id itself, not its keyed hash.
+    pub legacy: bool,
 }
 
 pub(crate) fn encode_record(
@@ -84,12 +94,14 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 /// The header of a whole, intact record; `None` for anything else.
 pub(crate) fn decode_header(rec: &[u8]) -> Option<RecordHeader> {
-    if rec.len() != RECORD_LEN
-        || rec.get(..4)? != RECORD_MAGIC
-        || rec.get(4..8)? != [RECORD_VERSION, 0, 0, 0]
-    {
+    if rec.len() != RECORD_LEN || rec.get(..4)? != RECORD_MAGIC {
         return None;
     }
+    let legacy = match rec.get(4..8)? {
+        [RECORD_VERSION, 0, 0, 0] => false,
+        [LEGACY_RECORD_VERSION, 0, 0, 0] => true,
+        _ => return None,
+    };
     let crc = u32::from_be_bytes(rec.get(CRC_AT..)?.try_into().ok()?);
     if crc32fast::hash(rec.get(..CRC_AT)?) != crc {
         return None;
@@ -98,7 +110,22 @@ pub(crate) fn decode_header(rec: &[u8]) -> Option<RecordHeader> {
         mailbox: MailboxId(rec.get(MAILBOX_AT..HANDLE_AT)?.try_into().ok()?),
         handle: u64_at(rec, HANDLE_AT)?,
         stored_at: u64_at(rec, STORED_AT_AT)?,
+        legacy,
     })
+}
+
+/// The bytes a deleted record is overwritten with.
+pub(crate) fn scrubbed_record() -> [u8; RECORD_LEN] {
+    let mut out = [0u8; RECORD_LEN];
+    out[..4].copy_from_slice(&SCRUBBED_MAGIC);
+    out
+}
+
+/// Whether `rec` is a record this store scrubbed (a dead slot, not damage).
+pub(crate) fn is_scrubbed(rec: &[u8]) -> bool {
+    rec.len() == RECORD_LEN
+        && rec.get(..4) == Some(&SCRUBBED_MAGIC[..])
+        && rec.get(4..).is_some_and(|r| r.iter().all(|b| *b == 0))
 }
 
 /// A whole, intact record as a pull returns it.
@@ -149,6 +176,7 @@ mod tests {
             mailbox: MailboxId([3; 32]),
             handle: handle_of(7, 9),
             stored_at: 1234,
+            legacy: false,
         };
         encode_record(&mut out, &header, &[4; SURB_ID_SIZE], &[5; PAYLOAD_SIZE]);
         out
@@ -168,6 +196,21 @@ mod tests {
         }
         assert_eq!(decode_header(&rec[..RECORD_LEN - 1]), None);
         assert_eq!(decode_header(&vec![0; RECORD_LEN]), None);
+    }
+
+    #[test]
+    fn legacy_records_are_read_and_scrubbed_ones_are_not_records() {
+        let mut rec = record();
+        rec[4] = LEGACY_RECORD_VERSION;
+        let crc = crc32fast::hash(&rec[..CRC_AT]);
+        rec[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        assert!(decode_header(&rec).expect("a version 1 record").legacy);
+        assert!(!decode_header(&record()).expect("intact").legacy);
+        let scrubbed = scrubbed_record();
+        assert!(is_scrubbed(&scrubbed));
+        assert_eq!(decode_header(&scrubbed), None);
+        assert!(!is_scrubbed(&[0; RECORD_LEN]));
+        assert!(!is_scrubbed(&record()));
     }
 
     #[test]

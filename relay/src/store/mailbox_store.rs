@@ -9,6 +9,20 @@
 //!   and a record's handle (segment id ‖ slot) is never reused: the newest segment is never
 //!   deleted, so segment ids only grow.
 //! * `deleted.log`: one tombstone per deleted item, so a delete survives a restart.
+//! * `id.key`: 32 random bytes, the key of the keyed hash under which mailbox ids are written
+//!   (HKDF-SHA256 with this key as salt). A seized disk therefore does not say which records
+//!   belong to an address an outsider knows; without this file the store cannot find anyone's
+//!   items, so it refuses to open segments written under a key that is gone.
+//!
+//! Data at rest: a deleted or expired record is overwritten in place with a scrubbed record
+//! (`format`) by the commit that makes its delete durable, and that overwrite is synced before
+//! any segment file is unlinked, so neither the live files nor the blocks an unlink frees keep
+//! the payload. (Chosen over per-segment encryption keys: a segment's key could die only with
+//! the last of its up to 16,384 items, so a deleted item would stay readable for up to a whole
+//! retention period; a key per item would need a key file overwritten in place, which is the
+//! same operation on the payload itself, without a cipher.) What this cannot promise: a
+//! copy-on-write filesystem (btrfs, ZFS) or a flash translation layer may keep the old blocks;
+//! there, full-disk encryption is the defence (docs/privacy.md).
 //!
 //! The index (per mailbox, the set of its handles; per segment, who owns each slot and when it
 //! was stored) lives in memory and is rebuilt at open by reading every segment and the delete
@@ -33,12 +47,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hkdf::Hkdf;
+use sha2::Sha256;
 use spore_protocol::MailboxId;
 use spore_protocol::params::{PAYLOAD_SIZE, SURB_ID_SIZE};
+use zeroize::Zeroizing;
 
 use super::format::{
     RECORD_LEN, RecordHeader, TOMBSTONE_LEN, decode_header, decode_item, decode_tombstone,
-    encode_record, encode_tombstone, handle_of, location_of,
+    encode_record, encode_tombstone, handle_of, is_scrubbed, location_of, scrubbed_record,
 };
 use super::{Database, ITEM_BYTES, MailboxLimits, Refusal, StoredItem};
 use crate::error::{RelayError, Result};
@@ -56,6 +73,8 @@ const SCAN_CHUNK_RECORDS: usize = 256;
 /// The delete log is rewritten when it holds this many more tombstones than can still matter.
 const TOMBSTONE_SLACK: u64 = 1 << 16;
 const DELETE_LOG: &str = "deleted.log";
+const ID_KEY: &str = "id.key";
+const ID_HASH_INFO: &[u8] = b"spore/relay/mailbox-id-on-disk/v1";
 const SEGMENT_SUFFIX: &str = ".seg";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
@@ -73,6 +92,62 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// The key of the keyed hash under which mailbox ids are written to disk.
+struct IdKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdKey(..)")
+    }
+}
+
+impl IdKey {
+    /// Reads `dir/id.key`, or makes one. Returns whether it was made now.
+    fn load_or_create(dir: &Path) -> Result<(Self, bool)> {
+        let path = dir.join(ID_KEY);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                let key: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| RelayError::Corrupt("mailbox/id.key is not 32 bytes"))?;
+                if let Ok(f) = File::open(&path) {
+                    crate::private_files::restrict(&f).map_err(io_err(&path))?;
+                }
+                Ok((Self(Zeroizing::new(key)), false))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let key = Zeroizing::new(rand::random::<[u8; 32]>());
+                let tmp = dir.join("id.key.new");
+                crate::private_files::write_synced(&tmp, &key[..]).map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                sync_dir(dir)?;
+                Ok((Self(key), true))
+            }
+            Err(source) => Err(RelayError::File { path, source }),
+        }
+    }
+
+    /// The id written to disk for `mailbox`.
+    fn disk_id(&self, mailbox: &MailboxId) -> MailboxId {
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF's limit of 255 blocks: expand cannot fail.
+        let _ = Hkdf::<Sha256>::new(Some(&self.0[..]), mailbox.as_bytes())
+            .expand(ID_HASH_INFO, &mut out);
+        MailboxId(out)
+    }
+
+    /// The on-disk id of a record's owner, whichever version wrote it.
+    fn of_record(&self, h: &RecordHeader) -> MailboxId {
+        if h.legacy {
+            self.disk_id(&h.mailbox)
+        } else {
+            h.mailbox
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +213,8 @@ struct State {
     /// Dead slots in segments other than the active one: disk held until reclaimed.
     sealed_dead: u64,
     deletes: DeleteLog,
+    /// Handles killed since the last commit whose records are still on disk, to be scrubbed.
+    scrub: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -145,6 +222,7 @@ pub(super) struct Shared {
     dir: PathBuf,
     limits: MailboxLimits,
     records_per_segment: u32,
+    id_key: IdKey,
     state: Mutex<State>,
     /// Serialises commits: a commit returns only after everything written before it started is
     /// synced, even when another commit is syncing at the same time.
@@ -230,12 +308,39 @@ impl State {
         Ok(())
     }
 
-    /// Marks `handle` dead in memory and, with `log`, appends its tombstone.
+    /// Overwrites the records of every handle killed since the last call with a scrubbed
+    /// record. Returns the files written, to be synced before any segment is unlinked.
+    fn scrub_pending(&mut self, dir: &Path) -> Result<Vec<Arc<File>>> {
+        if self.scrub.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_buffer(dir)?;
+        let blank = scrubbed_record();
+        let mut files: Vec<(u32, Arc<File>)> = Vec::new();
+        for handle in std::mem::take(&mut self.scrub) {
+            let (id, slot) = location_of(handle);
+            let Some(seg) = self.segments.get(&id) else {
+                continue;
+            };
+            let at = u64::from(slot) * RECORD_LEN as u64;
+            seg.file
+                .write_all_at(&blank, at)
+                .map_err(io_err(&segment_path(dir, id)))?;
+            if !files.iter().any(|(f, _)| *f == id) {
+                files.push((id, seg.file.clone()));
+            }
+        }
+        Ok(files.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// Marks `handle` dead in memory and, with `log`, appends its tombstone. Its record is
+    /// scrubbed by the next commit.
     fn kill(&mut self, handle: u64, log: bool) -> Option<Slot> {
         let (id, slot) = location_of(handle);
         let active = self.active;
         let seg = self.segments.get_mut(&id)?;
         let s = seg.slots.get_mut(slot as usize)?.take()?;
+        self.scrub.push(handle);
         seg.live -= 1;
         if id != active {
             self.sealed_dead += 1;
@@ -319,8 +424,23 @@ impl State {
     }
 }
 
-/// Reads one segment file into slots. Damaged or torn records become dead slots.
-fn scan_segment(path: &Path, id: u32, file: File, damaged: &AtomicU64) -> Result<Segment> {
+/// What reading one segment file found.
+struct Scanned {
+    segment: Segment,
+    /// Slots holding damaged records, to be scrubbed (they may hold most of a payload).
+    damaged_slots: Vec<u32>,
+    /// Intact records written under the current id key (version 2).
+    keyed: u64,
+}
+
+/// Reads one segment file into slots. Damaged, torn and scrubbed records become dead slots.
+fn scan_segment(
+    path: &Path,
+    id: u32,
+    file: File,
+    damaged: &AtomicU64,
+    id_key: &IdKey,
+) -> Result<Scanned> {
     let len = file.metadata().map_err(io_err(path))?.len();
     let whole = (len / RECORD_LEN as u64).min(u64::from(MAX_RECORDS_PER_SEGMENT)) as usize;
     if whole as u64 * (RECORD_LEN as u64) < len {
@@ -332,22 +452,25 @@ fn scan_segment(path: &Path, id: u32, file: File, damaged: &AtomicU64) -> Result
     seg.slots.reserve_exact(whole);
     let mut buf = vec![0u8; SCAN_CHUNK_RECORDS * RECORD_LEN];
     let mut slot = 0usize;
+    let mut keyed = 0u64;
+    let mut damaged_slots = Vec::new();
     while slot < whole {
         let n = (whole - slot).min(SCAN_CHUNK_RECORDS);
         let chunk = &mut buf[..n * RECORD_LEN];
         file.read_exact_at(chunk, (slot * RECORD_LEN) as u64)
             .map_err(io_err(path))?;
         for rec in chunk.chunks_exact(RECORD_LEN) {
-            let s = decode_header(rec)
-                .filter(|h| h.handle == handle_of(id, slot as u32))
-                .map(|h| Slot {
-                    mailbox: h.mailbox,
-                    stored_at: h.stored_at,
-                });
-            if s.is_none() {
-                damaged.fetch_add(1, Ordering::Relaxed);
-            } else {
+            let header = decode_header(rec).filter(|h| h.handle == handle_of(id, slot as u32));
+            keyed += u64::from(header.is_some_and(|h| !h.legacy));
+            let s = header.map(|h| Slot {
+                mailbox: id_key.of_record(&h),
+                stored_at: h.stored_at,
+            });
+            if s.is_some() {
                 seg.live += 1;
+            } else if !is_scrubbed(rec) {
+                damaged.fetch_add(1, Ordering::Relaxed);
+                damaged_slots.push(slot as u32);
             }
             seg.slots.push(s);
             slot += 1;
@@ -360,7 +483,11 @@ fn scan_segment(path: &Path, id: u32, file: File, damaged: &AtomicU64) -> Result
         .map(|s| s.stored_at)
         .min()
         .unwrap_or(u64::MAX);
-    Ok(seg)
+    Ok(Scanned {
+        segment: seg,
+        damaged_slots,
+        keyed,
+    })
 }
 
 impl MailboxStore {
@@ -383,8 +510,11 @@ impl MailboxStore {
         let dir = db.dir().join("mailbox");
         crate::private_files::create_dir_all(&dir).map_err(io_err(&dir))?;
         let damaged = AtomicU64::new(0);
+        let (id_key, key_is_new) = IdKey::load_or_create(&dir)?;
 
         let mut segments = BTreeMap::new();
+        let mut scrub = Vec::new();
+        let mut keyed = 0u64;
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name();
@@ -400,9 +530,22 @@ impl MailboxStore {
             let path = entry.path();
             let file = crate::private_files::options()
                 .read(true)
+                .write(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            segments.insert(id, scan_segment(&path, id, file, &damaged)?);
+            crate::private_files::restrict(&file).map_err(io_err(&path))?;
+            let scanned = scan_segment(&path, id, file, &damaged, &id_key)?;
+            keyed += scanned.keyed;
+            scrub.extend(scanned.damaged_slots.iter().map(|s| handle_of(id, *s)));
+            segments.insert(id, scanned.segment);
+        }
+        if key_is_new && keyed > 0 {
+            // Not kept: a later open must refuse too, not read the records under a wrong key.
+            let _ = std::fs::remove_file(dir.join(ID_KEY));
+            return Err(RelayError::Corrupt(
+                "mailbox/id.key is missing but the segments hold records keyed by it: \
+                 restore the file from the backup of this data folder",
+            ));
         }
 
         // Tombstones: a torn tail (never acknowledged) is cut off so appends stay aligned.
@@ -414,6 +557,7 @@ impl MailboxStore {
             .truncate(false)
             .open(&log_path)
             .map_err(io_err(&log_path))?;
+        crate::private_files::restrict(&log).map_err(io_err(&log_path))?;
         let log_len = log.metadata().map_err(io_err(&log_path))?.len();
         let whole = log_len - log_len % TOMBSTONE_LEN as u64;
         if whole != log_len {
@@ -448,6 +592,7 @@ impl MailboxStore {
                 appended: 0,
                 durable: 0,
             },
+            scrub,
         };
         for (id, seg) in &state.segments {
             state.sealed_dead += seg.dead();
@@ -495,6 +640,11 @@ impl MailboxStore {
             .map_err(io_err(&path))?;
         state.segments.insert(active, Segment::new(file));
         sync_dir(&dir)?;
+        // Deleted records a crash left unscrubbed (and records of an earlier version, which
+        // kept deleted payloads), before any of their segments is unlinked.
+        for f in state.scrub_pending(&dir)? {
+            f.sync_data().map_err(io_err(&dir))?;
+        }
         if state.reclaim(&dir)? {
             sync_dir(&dir)?;
         }
@@ -511,6 +661,7 @@ impl MailboxStore {
             dir,
             limits,
             records_per_segment: records_per_segment.clamp(1, MAX_RECORDS_PER_SEGMENT),
+            id_key,
             state: Mutex::new(state),
             commit_lock: Mutex::new(()),
             damaged,
@@ -534,6 +685,7 @@ impl MailboxStore {
     ) -> Result<Result<u64, Refusal>> {
         let limits = self.shared.limits;
         let dir = &self.shared.dir;
+        let mailbox = &self.shared.id_key.disk_id(mailbox);
         let mut st = self.state();
         let n = st.mailboxes.get(mailbox).map_or(0, |s| s.len() as u64);
         if n + 1 > limits.quota_items {
@@ -567,6 +719,7 @@ impl MailboxStore {
             mailbox: *mailbox,
             handle,
             stored_at: now_unix,
+            legacy: false,
         };
         encode_record(&mut st.buffer, &header, surb_id, payload);
         seg.slots.push(Some(Slot {
@@ -586,6 +739,8 @@ impl MailboxStore {
             File(Arc<File>, u64),
             Buffered(Vec<u8>),
         }
+        let id_key = &self.shared.id_key;
+        let mailbox = &id_key.disk_id(mailbox);
         let sources: Vec<(u64, Source)> = {
             let st = self.state();
             let Some(handles) = st.mailboxes.get(mailbox) else {
@@ -622,7 +777,11 @@ impl MailboxStore {
             // A record damaged since it was indexed must not make the rest of the mailbox
             // unreadable: skip it (it stays on disk; its owner's delete or retention removes it).
             match decode_item(&rec) {
-                Some((h, item)) if h.handle == handle && h.mailbox == *mailbox => out.push(item),
+                Some((h, item)) if h.handle == handle && id_key.of_record(&h) == *mailbox => {
+                    out.push(item)
+                }
+                // Deleted by a concurrent delete and scrubbed since this pull looked it up.
+                None if is_scrubbed(&rec) => {}
                 _ => {
                     self.shared.damaged.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("skipping a damaged mailbox record");
@@ -635,6 +794,7 @@ impl MailboxStore {
     /// Deletes the listed items of `mailbox` (and only of that mailbox). Unknown handles are
     /// ignored. Returns how many were deleted. Durable after the next commit.
     pub fn delete(&self, mailbox: &MailboxId, handles: &[u64]) -> Result<u32> {
+        let mailbox = &self.shared.id_key.disk_id(mailbox);
         let mut st = self.state();
         let mut count = 0u32;
         for &handle in handles {
@@ -691,6 +851,7 @@ impl MailboxStore {
 
     /// (items, payload bytes) of one mailbox.
     pub fn mailbox_usage(&self, mailbox: &MailboxId) -> (u64, u64) {
+        let mailbox = &self.shared.id_key.disk_id(mailbox);
         let n = self
             .state()
             .mailboxes
@@ -735,6 +896,11 @@ impl Shared {
             {
                 files.push(seg.file.clone());
                 st.active_dirty = false;
+            }
+            for f in st.scrub_pending(dir)? {
+                if !files.iter().any(|g| Arc::ptr_eq(g, &f)) {
+                    files.push(f);
+                }
             }
             if st.write_deletes(dir)? {
                 files.push(st.deletes.file.clone());

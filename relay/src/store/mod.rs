@@ -102,6 +102,18 @@ pub struct StoredItem {
     pub stored_at: u64,
 }
 
+/// Stored times are written no finer than this: retention needs the hour, not the second, and a
+/// seized disk should not give each mailbox's arrival history.
+pub const STORED_AT_GRANULARITY_SECS: u64 = 3600;
+
+/// `now_unix` rounded up to [`STORED_AT_GRANULARITY_SECS`]: the time the relay stores with an
+/// item. Up, so that no item expires before its retention (it may stay up to an hour longer).
+pub fn coarse_stored_at(now_unix: u64) -> u64 {
+    now_unix
+        .div_ceil(STORED_AT_GRANULARITY_SECS)
+        .saturating_mul(STORED_AT_GRANULARITY_SECS)
+}
+
 /// Bytes one item counts against quotas (SURB id + payload).
 pub const ITEM_BYTES: u64 = (SURB_ID_SIZE + PAYLOAD_SIZE) as u64;
 

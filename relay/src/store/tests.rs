@@ -418,3 +418,91 @@ fn a_clean_close_keeps_what_was_not_yet_committed() {
     let s = MailboxStore::open(&db, unlimited()).expect("store");
     assert_eq!(s.pull(&mb(1), 16).expect("pull")[0].handle, h);
 }
+
+#[test]
+fn a_deleted_record_is_scrubbed_in_its_file_and_ids_are_written_keyed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    let h = put(&s, &mb(1), 0xa5, 10);
+    put(&s, &mb(2), 0x5a, 10);
+    db.commit().expect("commit");
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let bytes = std::fs::read(&seg).expect("read");
+    assert!(!bytes.windows(32).any(|w| w == [1; 32] || w == [2; 32]));
+    assert!(bytes.windows(64).any(|w| w == [0xa5; 64]));
+    assert_eq!(s.delete(&mb(1), &[h]).expect("delete"), 1);
+    db.commit().expect("commit");
+    let bytes = std::fs::read(&seg).expect("read");
+    assert!(!bytes.windows(64).any(|w| w == [0xa5; 64]));
+    assert!(bytes.windows(64).any(|w| w == [0x5a; 64]));
+    drop(s);
+    // A scrubbed slot is a dead slot, not damage.
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.damaged_records(), 0);
+    assert_eq!(s.total_usage().0, 1);
+}
+
+#[test]
+fn records_of_the_earlier_format_open_and_their_deletes_are_scrubbed() {
+    use super::format::{RecordHeader, encode_record, handle_of};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mailbox_dir = dir.path().join("mailbox");
+    std::fs::create_dir_all(&mailbox_dir).expect("mkdir");
+    // Version 1: the mailbox id in the clear; one record of it already deleted by a tombstone
+    // (which version 1 left on disk).
+    let mut seg = Vec::new();
+    for slot in 0..2u32 {
+        let header = RecordHeader {
+            mailbox: mb(7),
+            handle: handle_of(1, slot),
+            stored_at: 100 + u64::from(slot),
+            legacy: false,
+        };
+        let start = seg.len();
+        encode_record(
+            &mut seg,
+            &header,
+            &[slot as u8; 16],
+            &[0xc0 + slot as u8; PAYLOAD_SIZE],
+        );
+        seg[start + 4] = 1;
+        let crc = crc32fast::hash(&seg[start..start + RECORD_LEN - 4]);
+        seg[start + RECORD_LEN - 4..start + RECORD_LEN].copy_from_slice(&crc.to_be_bytes());
+    }
+    std::fs::write(mailbox_dir.join("0000000001.seg"), &seg).expect("write");
+    let mut log = Vec::new();
+    super::format::encode_tombstone(&mut log, handle_of(1, 0));
+    std::fs::write(mailbox_dir.join("deleted.log"), &log).expect("write");
+
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, unlimited()).expect("store");
+    assert_eq!(s.damaged_records(), 0);
+    let items = s.pull(&mb(7), 16).expect("pull");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].payload[..], [0xc1; PAYLOAD_SIZE][..]);
+    let bytes = std::fs::read(mailbox_dir.join("0000000001.seg")).expect("read");
+    assert!(
+        !bytes.windows(64).any(|w| w == [0xc0; 64]),
+        "scrubbed at open"
+    );
+    assert_eq!(s.delete(&mb(7), &[items[0].handle]).expect("delete"), 1);
+    db.commit().expect("commit");
+    assert_eq!(s.total_usage().0, 0);
+}
+
+#[test]
+fn segments_without_their_id_key_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = Database::open(dir.path()).expect("db");
+        let s = MailboxStore::open(&db, unlimited()).expect("store");
+        put(&s, &mb(1), 1, 10);
+        db.commit().expect("commit");
+    }
+    std::fs::remove_file(dir.path().join("mailbox").join("id.key")).expect("rm");
+    let db = Database::open(dir.path()).expect("db");
+    let err = MailboxStore::open(&db, unlimited()).expect_err("refused");
+    assert!(err.to_string().contains("id.key"), "{err}");
+    assert!(MailboxStore::open(&db, unlimited()).is_err(), "and again");
+}

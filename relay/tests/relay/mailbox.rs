@@ -319,3 +319,123 @@ async fn a_damaged_record_is_skipped_counted_and_shown_in_the_metrics() {
     assert!(kept == b"first" || kept == b"other");
     relay.shutdown().await;
 }
+
+/// Every file under `dir` (recursively), with its bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_deleted_payload_leaves_no_trace_on_disk_and_mailbox_ids_are_keyed() {
+    let mut relay = TestRelay::start().await;
+    let owner = MailboxKey::generate(&mut rand::rng());
+    let keep = MailboxKey::generate(&mut rand::rng());
+    // A sealed payload looks random: so does this one.
+    let sealed_message: Vec<u8> = (0..512).map(|_| rand::random::<u8>()).collect();
+    let gone = plain_packet(
+        &[relay.hop()],
+        owner.mailbox_id(),
+        &[Duration::ZERO],
+        &sealed_message,
+    );
+    let other = plain_packet(&[relay.hop()], keep.mailbox_id(), &[Duration::ZERO], b"k");
+    relay.send(&[gone, other]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 2).await);
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    assert_eq!(items.len(), 1);
+    let sealed = items[0].payload.clone();
+    assert_eq!(delete(&mut link, vec![items[0].handle]).await, 1);
+    drop(link);
+    // A graceful stop: every file is closed and synced, as a seized disk would be read.
+    relay
+        .relay
+        .take()
+        .expect("running")
+        .shutdown()
+        .await
+        .expect("graceful shutdown");
+
+    // Every 32-byte window of the stored payload that is its own: the Sphinx payload encoding's
+    // zero prefix and its padding (0x01, then zeros) are the same in every payload, and
+    // preallocated files are zeros, so windows of fewer than 8 distinct bytes say nothing.
+    let windows: std::collections::HashSet<&[u8]> = sealed
+        .windows(32)
+        .filter(|w| w.iter().collect::<std::collections::HashSet<_>>().len() >= 8)
+        .collect();
+    assert!(windows.len() > 400);
+    let ids = [owner.mailbox_id(), keep.mailbox_id()];
+    let files = files_under(&relay.config.data_dir);
+    assert!(!files.is_empty());
+    for (path, bytes) in &files {
+        if let Some(at) = bytes.windows(32).position(|w| windows.contains(w)) {
+            panic!("{} holds payload bytes at offset {at}", path.display());
+        }
+        for id in &ids {
+            assert!(
+                !bytes.windows(32).any(|w| w == id.as_bytes()),
+                "{} holds a mailbox id in the clear",
+                path.display()
+            );
+        }
+    }
+    // The item that was not deleted is still there after a restart.
+    relay.restart().await;
+    let mut link = relay.link(&keep.secret_bytes()).await;
+    assert_eq!(pull(&mut link).await.len(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_file_the_relay_writes_is_0600_and_every_folder_0700() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut relay = TestRelay::start().await;
+    let owner = MailboxKey::generate(&mut rand::rng());
+    let p = plain_packet(&[relay.hop()], owner.mailbox_id(), &[Duration::ZERO], b"x");
+    relay.send(&[p]).await;
+    assert!(wait_until(WAIT, || relay.r().metrics().packets_stored == 1).await);
+    relay.restart().await;
+    let mut link = relay.link(&owner.secret_bytes()).await;
+    let items = pull(&mut link).await;
+    assert_eq!(delete(&mut link, vec![items[0].handle]).await, 1);
+    drop(link);
+    relay
+        .relay
+        .take()
+        .expect("running")
+        .shutdown()
+        .await
+        .expect("graceful shutdown");
+    let mut todo = vec![relay.config.data_dir.clone()];
+    let mut files = 0;
+    while let Some(d) = todo.pop() {
+        let mode = std::fs::metadata(&d).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files += 1;
+                let mode = std::fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", p.display());
+            }
+        }
+    }
+    assert!(
+        files > 2,
+        "the mailbox store, its id key and more were written"
+    );
+}

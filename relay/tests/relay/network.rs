@@ -188,8 +188,9 @@ async fn three_layer_network_delivers_end_to_end_and_acks() {
         net.mailbox.r().metrics()
     );
     for m in &net.mixes {
-        // Each mix forwarded the packet and its ack.
-        assert_eq!(m.r().metrics().packets_forwarded, 2 * n as u64);
+        // Each mix forwarded the packet and its ack (and, since issue 15, the decoys the
+        // mailbox relay sends for the acks it stores, which carry no ack of their own).
+        assert!(m.r().metrics().packets_forwarded >= 2 * n as u64);
     }
 
     let mut inbox = net.mailbox.link(&recipient.secret_bytes()).await;
