@@ -8,8 +8,8 @@
 //! Where it sits in the data path: [`Transport::send`] packs a request into a bundle, cuts it
 //! into fragments sealed to the recipient's mailbox key, and queues them durably in the outbox
 //! (SQLite, which erases what it deletes). A sans-I/O state machine (`sender.rs`, unit-tested
-//! on a fake clock) decides what to send and when; a thin tokio driver (`driver.rs`) does the I/O: it keeps one Noise link to our
-//! own mailbox relay (also our entry relay), on which the sender emits a Poisson stream of
+//! on a fake clock) decides what to send and when; a thin tokio driver (`driver.rs`) does the
+//! I/O: it keeps one Noise link to our own mailbox relay (also our entry relay), on which the sender emits a Poisson stream of
 //! identical packets — the next real fragment if one is queued, else cover — plus loop and drop
 //! cover ([`PoissonSchedule`]). Every real fragment carries a
 //! SURB-ack that the recipient's mailbox relay releases once it has stored the fragment; a
