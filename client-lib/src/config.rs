@@ -122,7 +122,7 @@ impl Default for Timeouts {
 /// Everything [`crate::Transport::start`] needs.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// Where the outbox, inbox and dedup tables live (sled).
+    /// Where the outbox, inbox and dedup tables live (one SQLite file, `store.sqlite3`).
     pub data_dir: PathBuf,
     /// This node's mailbox key: authenticates pulls and opens inbound fragments.
     pub mailbox_key: MailboxKey,

@@ -5,18 +5,18 @@
 //! delayed, cover-traffic-hidden Sphinx packets, and come back out of the recipient's mailbox
 //! exactly once.
 //!
-//! Where it sits in the data path: [`Transport::send`] packs a request into a bundle, cuts it
-//! into fragments sealed to the recipient's mailbox key, and queues them durably in the outbox
-//! (sled). A sans-I/O state machine (`sender.rs`, unit-tested on a fake clock) decides what to
-//! send and when; a thin tokio driver (`driver.rs`) does the I/O: it keeps one Noise link to our
-//! own mailbox relay (also our entry relay), on which the sender emits a Poisson stream of
-//! identical packets — the next real fragment if one is queued, else cover — plus loop and drop
-//! cover ([`PoissonSchedule`]). Every real fragment carries a
-//! SURB-ack that the recipient's mailbox relay releases once it has stored the fragment; a
-//! missing ack means retransmission on a fresh route, and after the message lifetime a
-//! [`TransportEvent::Failed`]. The same link pulls our mailbox at a constant rate; pulled items
-//! are persisted before they are deleted at the relay, reassembled, deduplicated by
-//! `(origin, txnId)` and kept in a durable inbox until the consumer [`Transport::ack`]s them.
+//! Where it sits in the data path: [`Transport::send`] packs a request into a bundle, cuts it into
+//! fragments sealed to the recipient's mailbox key, and queues them durably in the outbox (SQLite,
+//! which erases what it deletes). A sans-I/O state machine (`sender.rs`, unit-tested on a fake
+//! clock) decides what to send and when; a thin tokio driver (`driver.rs`) does the I/O: it keeps
+//! one Noise link to our own mailbox relay (also our entry relay), on which the sender emits a
+//! Poisson stream of identical packets — the next real fragment if one is queued, else cover — plus
+//! loop and drop cover ([`PoissonSchedule`]). Every real fragment carries a SURB-ack that the
+//! recipient's mailbox relay releases once it has stored the fragment; a missing ack means
+//! retransmission on a fresh route, and after the message lifetime a [`TransportEvent::Failed`].
+//! The same link pulls our mailbox at a constant rate; pulled items are persisted before they are
+//! deleted at the relay, reassembled, deduplicated by `(origin, txnId)` and kept in a durable inbox
+//! until the consumer [`Transport::ack`]s them.
 //!
 //! [`SporeFederationClient`] is the `tower::Service` adapter a Rust homeserver swaps in for its
 //! federation client; the `spore-sidecar` binary (crate `spore-sidecar`) does the same for any

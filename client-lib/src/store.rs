@@ -1,47 +1,137 @@
-//! The client's durable state in sled, behind a small typed API.
+//! The client's durable state in SQLite, behind a small typed API.
 //!
-//! | tree | key | value | why |
+//! | table | key | columns | why |
 //! |---|---|---|---|
 //! | `out_msgs` | message id | created (unix ms), destination address | a queued message survives a crash |
 //! | `out_frags` | message id, index | encoded fragment | removed when its SURB-ack returns |
 //! | `in_frags` | message id, index | fragment data | pulled fragments, before reassembly |
-//! | `in_partial` | message id | count, received, first seen | reassembly progress |
+//! | `in_partial` | message id | count, received, data length, first seen | reassembly progress |
 //! | `in_done` | message id | completed at | swallows late duplicate fragments |
 //! | `seen` | dedup key | delivered at | `(origin, txnId)` is delivered once |
-//! | `inbox` | inbound id (u64 BE) | the request bundle | handed to the consumer until acked |
+//! | `inbox` | inbound id | the request bundle | handed to the consumer until acked |
 //!
-//! Every method is blocking (sled); callers on the async runtime keep them short or use
-//! `spawn_blocking`. Nothing here flushes except [`Store::flush`]: callers decide what must be
-//! durable before they acknowledge anything.
+//! Why SQLite and these settings (issue 15, "data at rest"): once a message is delivered and
+//! acked, only ids stay (`in_done`, `seen`), and its content must be gone from the disk, not
+//! merely unreachable. A log-structured store (sled, used before) keeps old values in its log
+//! until its own compaction. Here:
+//! - `secure_delete=ON` overwrites deleted rows and freed pages with zeros in place;
+//! - `journal_mode=WAL` with `synchronous=NORMAL`: a commit reaches the OS (it survives a
+//!   process crash) but is made durable by [`Store::flush`], a `wal_checkpoint(TRUNCATE)` that
+//!   syncs the log, copies it into the database (overwriting old pages), syncs that, and
+//!   truncates the log to zero, so no journal keeps old pages after a flush. Callers flush
+//!   before they acknowledge anything, as with sled; a power loss loses at most what was not
+//!   flushed and never corrupts the file;
+//! - `locking_mode=EXCLUSIVE`: the connection takes the database's lock at open and holds it
+//!   until the store is dropped, so one data dir cannot be opened twice (this process or
+//!   another); a second open fails with [`StorageErrorKind::Io`]. It also keeps the WAL index
+//!   in memory, so there is no `-shm` file;
+//! - the database file is created 0600, and SQLite gives its log the same mode.
+//!
+//! What this does not reach: blocks the filesystem freed when the log was truncated keep their
+//! bytes until reused (only encryption at rest would cover the raw device).
+//!
+//! Every method is blocking; callers on the async runtime keep them short or use
+//! `spawn_blocking`. Nothing here makes writes durable except [`Store::flush`]: callers decide
+//! what must be durable before they acknowledge anything.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use spore_protocol::codec::{Reader, Writer};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use spore_protocol::fragment::{Admission, Capacity, Held, HoldUnit, admit};
 use spore_protocol::{Fragment, MessageId, SporeAddress};
 
 use crate::error::{ClientError, Result, StorageError, StorageErrorKind};
 
+/// The database file inside the data dir.
+const DATABASE_FILE: &str = "store.sqlite3";
+
 /// The database's errors become the crate's own [`StorageError`] here and nowhere else, so no
-/// sled type is part of the public API.
-fn storage(database: sled::Error) -> ClientError {
-    let kind = match database {
-        sled::Error::Io(_) => StorageErrorKind::Io,
-        sled::Error::Corruption { .. } => StorageErrorKind::Corrupt,
+/// rusqlite type is part of the public API. A lock held by another store is `Io`, the kind
+/// the transport waits out when it reopens a data dir.
+fn storage(database: rusqlite::Error) -> ClientError {
+    let kind = match database.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::DiskFull
+            | ErrorCode::PermissionDenied
+            | ErrorCode::ReadOnly
+            | ErrorCode::FileLockingProtocolFailed,
+        ) => StorageErrorKind::Io,
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StorageErrorKind::Corrupt,
         _ => StorageErrorKind::Other,
     };
     ClientError::Storage(StorageError::new(kind, &database))
 }
 
-/// A transaction either aborted with our own error or failed in the database.
-fn transaction(e: TransactionError<ClientError>) -> ClientError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => storage(e),
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::File {
+        path: path.to_path_buf(),
+        source,
     }
 }
+
+/// Times and counts are `u64` in the API and `INTEGER` (i64) in SQLite; times past year
+/// 292 million saturate.
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn api_u64(v: i64, what: &'static str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| ClientError::Corrupt(what))
+}
+
+fn api_u16(v: i64, what: &'static str) -> Result<u16> {
+    u16::try_from(v).map_err(|_| ClientError::Corrupt(what))
+}
+
+fn message_id(v: &[u8]) -> Result<MessageId> {
+    v.try_into().map_err(|_| ClientError::Corrupt("message id"))
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS out_msgs (
+        id BLOB PRIMARY KEY NOT NULL,
+        created_ms INTEGER NOT NULL,
+        destination BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS out_frags (
+        id BLOB NOT NULL,
+        idx INTEGER NOT NULL,
+        fragment BLOB NOT NULL,
+        PRIMARY KEY (id, idx)
+    );
+    CREATE TABLE IF NOT EXISTS in_frags (
+        id BLOB NOT NULL,
+        idx INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (id, idx)
+    );
+    CREATE TABLE IF NOT EXISTS in_partial (
+        id BLOB PRIMARY KEY NOT NULL,
+        count INTEGER NOT NULL,
+        received INTEGER NOT NULL,
+        data_len INTEGER NOT NULL,
+        first_seen_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS in_done (
+        id BLOB PRIMARY KEY NOT NULL,
+        done_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS seen (
+        key BLOB PRIMARY KEY NOT NULL,
+        delivered_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- AUTOINCREMENT: an inbound id is never reused after its entry is removed, so a consumer's
+    -- cursor (`inbox_after`) cannot skip a new entry that took an old id.
+    CREATE TABLE IF NOT EXISTS inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        bundle BLOB NOT NULL
+    );
+";
 
 /// Bounds on what inbound reassembly may hold on disk; every one is reachable by a hostile
 /// sender who knows our address.
@@ -73,30 +163,6 @@ pub struct OutgoingMessage {
     pub destination: SporeAddress,
 }
 
-impl OutgoingMessage {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u64(self.created_ms)
-            .bytes_u16(&self.destination.to_bytes());
-        w.into_vec()
-    }
-
-    fn decode(id: MessageId, bytes: &[u8]) -> Result<Self> {
-        let bad = |_| ClientError::Corrupt("outbox message");
-        let mut r = Reader::new(bytes);
-        let created_ms = r.u64().map_err(bad)?;
-        let dest = r.bytes_u16(1024).map_err(bad)?;
-        r.finish().map_err(bad)?;
-        let destination =
-            SporeAddress::from_bytes(dest).map_err(|_| ClientError::Corrupt("outbox address"))?;
-        Ok(Self {
-            id,
-            created_ms,
-            destination,
-        })
-    }
-}
-
 /// What storing one inbound fragment led to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FragmentOutcome {
@@ -120,101 +186,93 @@ struct Partial {
 }
 
 impl Partial {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u16(self.count)
-            .u16(self.received)
-            .u32(self.data_len)
-            .u64(self.first_seen_ms);
-        w.into_vec()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self> {
-        let bad = |_| ClientError::Corrupt("partial message");
-        let mut r = Reader::new(bytes);
-        let p = Self {
-            count: r.u16().map_err(bad)?,
-            received: r.u16().map_err(bad)?,
-            data_len: r.u32().map_err(bad)?,
-            first_seen_ms: r.u64().map_err(bad)?,
-        };
-        r.finish().map_err(bad)?;
-        Ok(p)
+    fn from_row(count: i64, received: i64, data_len: i64, first_seen_ms: i64) -> Result<Self> {
+        const WHAT: &str = "partial message";
+        Ok(Self {
+            count: api_u16(count, WHAT)?,
+            received: api_u16(received, WHAT)?,
+            data_len: u32::try_from(data_len).map_err(|_| ClientError::Corrupt(WHAT))?,
+            first_seen_ms: api_u64(first_seen_ms, WHAT)?,
+        })
     }
 }
 
-fn frag_key(id: &MessageId, index: u16) -> [u8; 18] {
-    let mut k = [0u8; 18];
-    let (a, b) = k.split_at_mut(16);
-    a.copy_from_slice(id);
-    b.copy_from_slice(&index.to_be_bytes());
-    k
-}
-
-fn split_frag_key(k: &[u8]) -> Result<(MessageId, u16)> {
-    let (id, idx) = k
-        .split_first_chunk::<16>()
-        .ok_or(ClientError::Corrupt("fragment key"))?;
-    let idx: [u8; 2] = idx
-        .try_into()
-        .map_err(|_| ClientError::Corrupt("fragment key"))?;
-    Ok((*id, u16::from_be_bytes(idx)))
-}
-
-fn message_id(k: &[u8]) -> Result<MessageId> {
-    k.try_into().map_err(|_| ClientError::Corrupt("message id"))
-}
-
-fn time_value(ms: u64) -> [u8; 8] {
-    ms.to_be_bytes()
-}
-
-fn read_time(v: &[u8]) -> u64 {
-    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
-}
-
-/// The client's sled database.
-#[derive(Debug, Clone)]
+/// The client's SQLite database. Clones share one connection (and its lock); the last clone
+/// dropped closes it, which checkpoints and removes the log.
+#[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    out_msgs: sled::Tree,
-    out_frags: sled::Tree,
-    in_frags: sled::Tree,
-    in_partial: sled::Tree,
-    in_done: sled::Tree,
-    seen: sled::Tree,
-    inbox: sled::Tree,
+    db: Arc<Mutex<Connection>>,
     limits: InboundLimits,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
     pub fn open(dir: &Path, limits: InboundLimits) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 << 20)
-            .open()
+        let path = dir.join(DATABASE_FILE);
+        create_private(&path)?;
+        let db = Connection::open(&path).map_err(storage)?;
+        // Fail at once if another store holds the lock: the transport waits and retries.
+        db.busy_timeout(std::time::Duration::ZERO)
             .map_err(storage)?;
+        // Before the journal mode: in exclusive mode WAL keeps its index in memory (no -shm).
+        db.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(storage)?;
+        let mode: String = db
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(storage)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(storage_other(format!("journal_mode is {mode}, not wal")));
+        }
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(storage)?;
+        let secure: i64 = db
+            .pragma_update_and_check(None, "secure_delete", "ON", |row| row.get(0))
+            .map_err(storage)?;
+        if secure != 1 {
+            return Err(storage_other("secure_delete cannot be turned on".into()));
+        }
+        // The first write takes the exclusive lock, held until the connection closes.
+        db.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+            .map_err(storage)?;
+        warn_about_sled_data(dir);
         Ok(Self {
-            out_msgs: db.open_tree("out_msgs").map_err(storage)?,
-            out_frags: db.open_tree("out_frags").map_err(storage)?,
-            in_frags: db.open_tree("in_frags").map_err(storage)?,
-            in_partial: db.open_tree("in_partial").map_err(storage)?,
-            in_done: db.open_tree("in_done").map_err(storage)?,
-            seen: db.open_tree("seen").map_err(storage)?,
-            inbox: db.open_tree("inbox").map_err(storage)?,
-            db,
+            db: Arc::new(Mutex::new(db)),
             limits,
         })
     }
 
-    /// Makes everything written so far durable.
+    /// The connection. A panic while it was held rolled its transaction back (rusqlite's
+    /// `Transaction` drops to a rollback), so a poisoned lock still guards a consistent
+    /// database.
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes everything written so far durable, and leaves no log with old pages behind.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.map_err(storage)?;
-        Ok(())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
+            .await
+            .map_err(|_| ClientError::Stopped)?
     }
 
     pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush().map_err(storage)?;
+        let db = self.db();
+        // (busy, log frames, checkpointed frames); busy = 1 means the checkpoint did not run
+        // to completion, which a single exclusive connection never sees.
+        let busy: i64 = db
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .map_err(storage)?;
+        if busy != 0 {
+            return Err(storage_other("wal checkpoint did not complete".into()));
+        }
         Ok(())
     }
 
@@ -222,68 +280,133 @@ impl Store {
 
     /// Queues a message and its encoded fragments atomically (not yet flushed).
     pub fn put_outgoing(&self, message: &OutgoingMessage, fragments: &[Fragment]) -> Result<()> {
-        let value = message.encode();
-        (&self.out_msgs, &self.out_frags)
-            .transaction(|(msgs, frags)| {
-                msgs.insert(&message.id[..], value.as_slice())?;
-                for f in fragments {
-                    frags.insert(&frag_key(&message.id, f.index)[..], f.encode())?;
-                }
-                Ok::<(), ConflictableTransactionError<ClientError>>(())
-            })
-            .map_err(transaction)
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO out_msgs (id, created_ms, destination) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                &message.id[..],
+                sql_u64(message.created_ms),
+                message.destination.to_bytes()
+            ])
+        })
+        .map_err(storage)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO out_frags (id, idx, fragment) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(storage)?;
+            for f in fragments {
+                insert
+                    .execute(params![&message.id[..], f.index, f.encode()])
+                    .map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)
     }
 
     /// Every queued message with its unacknowledged fragments (index, encoded fragment).
     pub fn load_outbox(&self) -> Result<Vec<(OutgoingMessage, Vec<QueuedFragment>)>> {
+        let db = self.db();
+        let mut messages = db
+            .prepare_cached(
+                "SELECT id, created_ms, destination FROM out_msgs ORDER BY created_ms, id",
+            )
+            .map_err(storage)?;
+        let rows = messages
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(storage)?;
+        let mut fragments = db
+            .prepare_cached("SELECT idx, fragment FROM out_frags WHERE id = ?1 ORDER BY idx")
+            .map_err(storage)?;
         let mut out = Vec::new();
-        for entry in self.out_msgs.iter() {
-            let (k, v) = entry.map_err(storage)?;
-            let id = message_id(&k)?;
-            let message = OutgoingMessage::decode(id, &v)?;
+        for row in rows {
+            let (id, created_ms, destination) = row.map_err(storage)?;
+            let id = message_id(&id)?;
+            let message = OutgoingMessage {
+                id,
+                created_ms: api_u64(created_ms, "outbox message")?,
+                destination: SporeAddress::from_bytes(&destination)
+                    .map_err(|_| ClientError::Corrupt("outbox address"))?,
+            };
             let mut frags = Vec::new();
-            for f in self.out_frags.scan_prefix(id) {
-                let (fk, fv) = f.map_err(storage)?;
-                let (_, index) = split_frag_key(&fk)?;
-                frags.push((index, fv.to_vec()));
+            let rows = fragments
+                .query_map([&id[..]], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(storage)?;
+            for row in rows {
+                let (index, fragment) = row.map_err(storage)?;
+                frags.push((api_u16(index, "fragment key")?, fragment));
             }
             out.push((message, frags));
         }
-        out.sort_by_key(|(m, _)| m.created_ms);
         Ok(out)
     }
 
     /// Marks one fragment acknowledged. Returns `true` if that was the message's last one
     /// (the message is then removed).
     pub fn ack_fragment(&self, id: &MessageId, index: u16) -> Result<bool> {
-        if self
-            .out_frags
-            .remove(frag_key(id, index))
-            .map_err(storage)?
-            .is_none()
-        {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        let removed = tx
+            .prepare_cached("DELETE FROM out_frags WHERE id = ?1 AND idx = ?2")
+            .and_then(|mut s| s.execute(params![&id[..], index]))
+            .map_err(storage)?;
+        if removed == 0 {
             return Ok(false);
         }
-        if self.out_frags.scan_prefix(id).next().is_none() {
-            self.out_msgs.remove(id).map_err(storage)?;
-            return Ok(true);
+        let more = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM out_frags WHERE id = ?1)")
+            .and_then(|mut s| s.query_row([&id[..]], |row| row.get::<_, bool>(0)))
+            .map_err(storage)?;
+        if !more {
+            tx.prepare_cached("DELETE FROM out_msgs WHERE id = ?1")
+                .and_then(|mut s| s.execute([&id[..]]))
+                .map_err(storage)?;
         }
-        Ok(false)
+        tx.commit().map_err(storage)?;
+        Ok(!more)
     }
 
     /// Drops a message and whatever fragments of it are still queued.
     pub fn remove_outgoing(&self, id: &MessageId) -> Result<()> {
-        for f in self.out_frags.scan_prefix(id).keys() {
-            self.out_frags
-                .remove(f.map_err(storage)?)
-                .map_err(storage)?;
-        }
-        self.out_msgs.remove(id).map_err(storage)?;
-        Ok(())
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        tx.execute("DELETE FROM out_frags WHERE id = ?1", [&id[..]])
+            .map_err(storage)?;
+        tx.execute("DELETE FROM out_msgs WHERE id = ?1", [&id[..]])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)
     }
 
     pub fn outbox_len(&self) -> usize {
-        self.out_msgs.len()
+        self.count("SELECT COUNT(*) FROM out_msgs")
+    }
+
+    /// A row count for the infallible `*_len` methods: a failing database counts as empty
+    /// (and says so in the log); the next write reports the failure as an error.
+    fn count(&self, sql: &str) -> usize {
+        let counted = self
+            .db()
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row([], |row| row.get::<_, i64>(0)));
+        match counted {
+            Ok(n) => usize::try_from(n).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count rows in the store");
+                0
+            }
+        }
     }
 
     // ----- inbound reassembly -----
@@ -292,15 +415,37 @@ impl Store {
     /// message stays on disk until [`Store::finish_message`]. What is admitted is decided by
     /// [`spore_protocol::fragment::admit`], the rule the in-memory reassembler uses too.
     pub fn put_fragment(&self, f: &Fragment, now_ms: u64) -> Result<FragmentOutcome> {
+        let mut db = self.db();
         let data_len = u32::try_from(f.data.len()).unwrap_or(u32::MAX);
-        let completed = self.in_done.contains_key(f.message_id).map_err(storage)?;
-        let partial = match self.in_partial.get(f.message_id).map_err(storage)? {
-            Some(v) if !completed => Some(Partial::decode(&v)?),
-            _ => None,
+        let id = &f.message_id[..];
+        let completed = db
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM in_done WHERE id = ?1)")
+            .and_then(|mut s| s.query_row([id], |row| row.get::<_, bool>(0)))
+            .map_err(storage)?;
+        let partial = if completed {
+            None
+        } else {
+            db.prepare_cached(
+                "SELECT count, received, data_len, first_seen_ms FROM in_partial WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
+                .optional()
+            })
+            .map_err(storage)?
+            .map(|(c, r, d, t)| Partial::from_row(c, r, d, t))
+            .transpose()?
         };
-        let key = frag_key(&f.message_id, f.index);
-        let at_index = match partial {
-            Some(_) => self.in_frags.get(key).map_err(storage)?,
+        let at_index: Option<Vec<u8>> = match partial {
+            Some(_) => db
+                .prepare_cached("SELECT data FROM in_frags WHERE id = ?1 AND idx = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![id, f.index], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(storage)?,
             None => None,
         };
         let held = Held {
@@ -314,15 +459,21 @@ impl Store {
             Ok(Admission::Hold { new_message }) => new_message,
             Err(refusal) => return Ok(FragmentOutcome::Refused(refusal.reason())),
         };
+        let count = |sql: &str| -> Result<usize> {
+            db.prepare_cached(sql)
+                .and_then(|mut s| s.query_row([], |row| row.get::<_, i64>(0)))
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .map_err(storage)
+        };
         let capacity = Capacity {
-            // `len()` walks a tree: count partial messages only when starting a new one.
+            // Counting walks a table: count partial messages only when starting a new one.
             messages: if new_message {
-                self.in_partial.len()
+                count("SELECT COUNT(*) FROM in_partial")?
             } else {
                 0
             },
             max_messages: self.limits.max_partial_messages,
-            held: self.in_frags.len(),
+            held: count("SELECT COUNT(*) FROM in_frags")?,
             max_held: self.limits.max_partial_fragments,
             unit: HoldUnit::Fragments,
         };
@@ -336,61 +487,74 @@ impl Store {
             first_seen_ms: now_ms,
         });
         partial.received = partial.received.saturating_add(1);
-        (&self.in_frags, &self.in_partial)
-            .transaction(|(frags, partials)| {
-                frags.insert(&key[..], f.data.as_slice())?;
-                partials.insert(&f.message_id[..], partial.encode())?;
-                Ok::<(), ConflictableTransactionError<ClientError>>(())
-            })
-            .map_err(transaction)?;
+        let tx = db.transaction().map_err(storage)?;
+        tx.prepare_cached("INSERT OR REPLACE INTO in_frags (id, idx, data) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![id, f.index, f.data]))
+            .map_err(storage)?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO in_partial (id, count, received, data_len, first_seen_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                partial.count,
+                partial.received,
+                partial.data_len,
+                sql_u64(partial.first_seen_ms)
+            ])
+        })
+        .map_err(storage)?;
+        tx.commit().map_err(storage)?;
         if partial.received >= partial.count {
-            return self.assemble(&f.message_id, partial);
+            return assemble(&db, &f.message_id, partial);
         }
         Ok(FragmentOutcome::Stored)
     }
 
-    fn assemble(&self, id: &MessageId, partial: Partial) -> Result<FragmentOutcome> {
-        let mut padded = Vec::with_capacity(
-            usize::from(partial.count).saturating_mul(partial.data_len as usize),
-        );
-        let mut n = 0u16;
-        for entry in self.in_frags.scan_prefix(id) {
-            let (k, v) = entry.map_err(storage)?;
-            let (_, index) = split_frag_key(&k)?;
-            if index != n {
-                return Ok(FragmentOutcome::Stored);
-            }
-            padded.extend_from_slice(&v);
-            n = n.saturating_add(1);
-        }
-        if n != partial.count {
-            return Ok(FragmentOutcome::Stored);
-        }
-        Ok(FragmentOutcome::Complete(padded))
-    }
-
     /// Forgets a message's fragments and remembers it as done, so late duplicates are dropped.
     pub fn finish_message(&self, id: &MessageId, now_ms: u64) -> Result<()> {
-        for k in self.in_frags.scan_prefix(id).keys() {
-            self.in_frags.remove(k.map_err(storage)?).map_err(storage)?;
-        }
-        self.in_partial.remove(id).map_err(storage)?;
-        self.in_done
-            .insert(id, &time_value(now_ms))
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        tx.prepare_cached("DELETE FROM in_frags WHERE id = ?1")
+            .and_then(|mut s| s.execute([&id[..]]))
             .map_err(storage)?;
-        Ok(())
+        tx.prepare_cached("DELETE FROM in_partial WHERE id = ?1")
+            .and_then(|mut s| s.execute([&id[..]]))
+            .map_err(storage)?;
+        tx.prepare_cached("INSERT OR REPLACE INTO in_done (id, done_ms) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![&id[..], sql_u64(now_ms)]))
+            .map_err(storage)?;
+        tx.commit().map_err(storage)
     }
 
     /// Messages whose fragments are all on disk but which were not finished (a crash between
     /// storing the last fragment and delivering the message). Called once at start.
     pub fn completed_but_unfinished(&self) -> Result<Vec<(MessageId, Vec<u8>)>> {
+        let db = self.db();
+        let mut statement = db
+            .prepare(
+                "SELECT id, count, received, data_len, first_seen_ms FROM in_partial \
+                 WHERE received >= count ORDER BY id",
+            )
+            .map_err(storage)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            })
+            .map_err(storage)?;
         let mut out = Vec::new();
-        for entry in self.in_partial.iter() {
-            let (k, v) = entry.map_err(storage)?;
-            let id = message_id(&k)?;
-            let p = Partial::decode(&v)?;
-            if p.received >= p.count
-                && let FragmentOutcome::Complete(padded) = self.assemble(&id, p)?
+        for row in rows {
+            let (id, c, r, d, t) = row.map_err(storage)?;
+            let id = message_id(&id)?;
+            if let FragmentOutcome::Complete(padded) =
+                assemble(&db, &id, Partial::from_row(c, r, d, t)?)?
             {
                 out.push((id, padded));
             }
@@ -403,89 +567,156 @@ impl Store {
     /// Puts a completed inbound request in the inbox unless `dedup_key` was seen before.
     /// Returns the new inbound id, or `None` for a duplicate. Atomic (not yet flushed).
     pub fn deliver(&self, dedup_key: &[u8], bundle: &[u8], now_ms: u64) -> Result<Option<u64>> {
-        let id = self.db.generate_id().map_err(storage)?;
-        let result = (&self.seen, &self.inbox)
-            .transaction(|(seen, inbox)| {
-                if seen.get(dedup_key)?.is_some() {
-                    return Ok(None);
-                }
-                seen.insert(dedup_key, &time_value(now_ms))?;
-                inbox.insert(&id.to_be_bytes(), bundle)?;
-                Ok::<Option<u64>, ConflictableTransactionError<ClientError>>(Some(id))
-            })
-            .map_err(transaction)?;
-        Ok(result)
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        let fresh = tx
+            .prepare_cached("INSERT OR IGNORE INTO seen (key, delivered_ms) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![dedup_key, sql_u64(now_ms)]))
+            .map_err(storage)?;
+        if fresh == 0 {
+            return Ok(None);
+        }
+        tx.prepare_cached("INSERT INTO inbox (bundle) VALUES (?1)")
+            .and_then(|mut s| s.execute([bundle]))
+            .map_err(storage)?;
+        let id = api_u64(tx.last_insert_rowid(), "inbox key")?;
+        tx.commit().map_err(storage)?;
+        Ok(Some(id))
     }
 
     /// The first inbox entry with an id above `after`.
     pub fn inbox_after(&self, after: Option<u64>) -> Result<Option<(u64, Vec<u8>)>> {
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
-        match self.inbox.range(start.to_be_bytes()..).next() {
-            Some(entry) => {
-                let (k, v) = entry.map_err(storage)?;
-                let id: [u8; 8] = k
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| ClientError::Corrupt("inbox key"))?;
-                Ok(Some((u64::from_be_bytes(id), v.to_vec())))
-            }
-            None => Ok(None),
-        }
+        let Ok(start) = i64::try_from(start) else {
+            return Ok(None);
+        };
+        let row = self
+            .db()
+            .prepare_cached("SELECT id, bundle FROM inbox WHERE id >= ?1 ORDER BY id LIMIT 1")
+            .and_then(|mut s| {
+                s.query_row([start], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })
+                .optional()
+            })
+            .map_err(storage)?;
+        row.map(|(id, bundle)| Ok((api_u64(id, "inbox key")?, bundle)))
+            .transpose()
     }
 
     pub fn inbox_get(&self, id: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .inbox
-            .get(id.to_be_bytes())
-            .map_err(storage)?
-            .map(|v| v.to_vec()))
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        self.db()
+            .prepare_cached("SELECT bundle FROM inbox WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
+            .map_err(storage)
     }
 
-    /// Removes an inbox entry; returns whether it was there.
+    /// Removes an inbox entry; returns whether it was there. Its bytes are overwritten in the
+    /// database (secure_delete); the next [`Store::flush`] clears them from the log.
     pub fn inbox_remove(&self, id: u64) -> Result<bool> {
-        Ok(self
-            .inbox
-            .remove(id.to_be_bytes())
-            .map_err(storage)?
-            .is_some())
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        let removed = self
+            .db()
+            .prepare_cached("DELETE FROM inbox WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(storage)?;
+        Ok(removed > 0)
     }
 
     pub fn inbox_len(&self) -> usize {
-        self.inbox.len()
+        self.count("SELECT COUNT(*) FROM inbox")
     }
 
     /// Drops partial messages older than `reassembly_ttl_ms`, done markers as old, and dedup
     /// keys older than `dedup_ttl_ms`. Returns the number of partial messages dropped.
     pub fn sweep(&self, now_ms: u64, reassembly_ttl_ms: u64, dedup_ttl_ms: u64) -> Result<usize> {
-        let mut dropped = 0;
-        let cutoff = now_ms.saturating_sub(reassembly_ttl_ms);
-        for entry in self.in_partial.iter() {
-            let (k, v) = entry.map_err(storage)?;
-            let p = Partial::decode(&v)?;
-            if p.first_seen_ms < cutoff {
-                for fk in self.in_frags.scan_prefix(&k).keys() {
-                    self.in_frags
-                        .remove(fk.map_err(storage)?)
-                        .map_err(storage)?;
-                }
-                self.in_partial.remove(&k).map_err(storage)?;
-                dropped += 1;
-            }
-        }
-        for entry in self.in_done.iter() {
-            let (k, v) = entry.map_err(storage)?;
-            if read_time(&v) < cutoff {
-                self.in_done.remove(k).map_err(storage)?;
-            }
-        }
-        let dedup_cutoff = now_ms.saturating_sub(dedup_ttl_ms);
-        for entry in self.seen.iter() {
-            let (k, v) = entry.map_err(storage)?;
-            if read_time(&v) < dedup_cutoff {
-                self.seen.remove(k).map_err(storage)?;
-            }
-        }
+        let cutoff = sql_u64(now_ms.saturating_sub(reassembly_ttl_ms));
+        let dedup_cutoff = sql_u64(now_ms.saturating_sub(dedup_ttl_ms));
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        tx.execute(
+            "DELETE FROM in_frags WHERE id IN \
+             (SELECT id FROM in_partial WHERE first_seen_ms < ?1)",
+            [cutoff],
+        )
+        .map_err(storage)?;
+        let dropped = tx
+            .execute("DELETE FROM in_partial WHERE first_seen_ms < ?1", [cutoff])
+            .map_err(storage)?;
+        tx.execute("DELETE FROM in_done WHERE done_ms < ?1", [cutoff])
+            .map_err(storage)?;
+        tx.execute("DELETE FROM seen WHERE delivered_ms < ?1", [dedup_cutoff])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
         Ok(dropped)
+    }
+}
+
+/// The padded message from a partial message's fragments, if all of them are held in order.
+fn assemble(db: &Connection, id: &MessageId, partial: Partial) -> Result<FragmentOutcome> {
+    let mut padded =
+        Vec::with_capacity(usize::from(partial.count).saturating_mul(partial.data_len as usize));
+    let mut statement = db
+        .prepare_cached("SELECT idx, data FROM in_frags WHERE id = ?1 ORDER BY idx")
+        .map_err(storage)?;
+    let rows = statement
+        .query_map([&id[..]], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(storage)?;
+    let mut n = 0u16;
+    for row in rows {
+        let (index, data) = row.map_err(storage)?;
+        if api_u16(index, "fragment key")? != n {
+            return Ok(FragmentOutcome::Stored);
+        }
+        padded.extend_from_slice(&data);
+        n = n.saturating_add(1);
+    }
+    if n != partial.count {
+        return Ok(FragmentOutcome::Stored);
+    }
+    Ok(FragmentOutcome::Complete(padded))
+}
+
+fn storage_other(message: String) -> ClientError {
+    ClientError::Storage(StorageError::new(StorageErrorKind::Other, &message))
+}
+
+/// Creates the database file readable by its owner only (SQLite would create it 0644, and gives
+/// its log the database's mode). An existing file is only chmod-ed, never opened here: closing
+/// any descriptor of a file drops this process's POSIX locks on it, among them the lock of a
+/// store that has it open.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(file_error(path))
+        }
+        Err(e) => Err(file_error(path)(e)),
+    }
+}
+
+/// A data dir written by a version whose store was sled: its queue is not carried over.
+fn warn_about_sled_data(dir: &Path) {
+    if dir.join("conf").is_file() && dir.join("db").is_file() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "this data dir holds a store of an earlier version (sled: conf, db, snap.*); its \
+             outbox, inbox and dedup tables are not carried over and can be deleted"
+        );
     }
 }
 
@@ -629,9 +860,16 @@ mod tests {
         assert_eq!(store.deliver(b"a.example/txn1", b"again", 3).unwrap(), None);
     }
 
+    fn sqlite_error(code: std::ffi::c_int, message: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(message.into()))
+    }
+
     #[test]
     fn storage_errors_keep_the_database_message_and_say_their_kind() {
-        let e = storage(sled::Error::Io(std::io::Error::other("lock held")));
+        let e = storage(sqlite_error(
+            rusqlite::ffi::SQLITE_BUSY,
+            "database is locked",
+        ));
         let ClientError::Storage(stored) = &e else {
             panic!("not a storage error: {e:?}");
         };
@@ -640,13 +878,107 @@ mod tests {
             e.to_string(),
             format!(
                 "storage: {}",
-                sled::Error::Io(std::io::Error::other("lock held"))
+                sqlite_error(rusqlite::ffi::SQLITE_BUSY, "database is locked")
             )
         );
-        let ClientError::Storage(e) = storage(sled::Error::Unsupported("x".into())) else {
+        let ClientError::Storage(e) = storage(sqlite_error(rusqlite::ffi::SQLITE_NOTADB, "x"))
+        else {
+            panic!("not a storage error");
+        };
+        assert_eq!(e.kind(), StorageErrorKind::Corrupt);
+        let ClientError::Storage(e) = storage(rusqlite::Error::InvalidQuery) else {
             panic!("not a storage error");
         };
         assert_eq!(e.kind(), StorageErrorKind::Other);
+    }
+
+    #[test]
+    fn a_data_dir_opens_once_at_a_time_and_its_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        store.deliver(b"k", b"bundle", 0).unwrap();
+        let Err(ClientError::Storage(e)) = Store::open(dir.path(), InboundLimits::default()) else {
+            panic!("a second store opened the same data dir");
+        };
+        assert_eq!(
+            e.kind(),
+            StorageErrorKind::Io,
+            "the transport retries on Io: {e}"
+        );
+        // The refused open did not release the first store's lock.
+        assert!(Store::open(dir.path(), InboundLimits::default()).is_err());
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{:?}", entry.path());
+        }
+        drop(store);
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        assert_eq!(store.inbox_len(), 1, "reopens once the first is closed");
+    }
+
+    /// Every file under `dir` that holds `needle`.
+    fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                std::fs::read(p)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn removed_content_is_erased_from_every_file_at_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        let secret = b"a payload that must not outlive its ack";
+        let mut fragment = frag(7, 0, 1);
+        fragment.data = secret.repeat(20);
+        let msg = OutgoingMessage {
+            id: [7; 16],
+            created_ms: 1,
+            destination: address(),
+        };
+        store.put_outgoing(&msg, &[fragment.clone()]).unwrap();
+        let mut partial = frag(8, 0, 2);
+        partial.data = secret.repeat(20);
+        store.put_fragment(&partial, 0).unwrap();
+        let id = store.deliver(b"k", &secret.repeat(20), 0).unwrap().unwrap();
+        store.flush_blocking().unwrap();
+        assert!(!files_holding(dir.path(), secret).is_empty());
+
+        assert!(store.ack_fragment(&msg.id, 0).unwrap());
+        store.finish_message(&partial.message_id, 0).unwrap();
+        assert!(store.inbox_remove(id).unwrap());
+        store.flush_blocking().unwrap();
+        assert_eq!(
+            files_holding(dir.path(), secret),
+            Vec::<std::path::PathBuf>::new()
+        );
+        drop(store);
+        assert_eq!(
+            files_holding(dir.path(), secret),
+            Vec::<std::path::PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn inbound_ids_are_not_reused_after_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        let first = store.deliver(b"a", b"1", 0).unwrap().unwrap();
+        assert!(store.inbox_remove(first).unwrap());
+        let second = store.deliver(b"b", b"2", 0).unwrap().unwrap();
+        assert!(second > first);
+        assert_eq!(
+            store.inbox_after(Some(first)).unwrap(),
+            Some((second, b"2".to_vec()))
+        );
     }
 
     #[test]

@@ -681,8 +681,6 @@ async fn the_client_data_dirs_are_readable_by_their_owner_only() {
 /// trace of its bytes is left anywhere under either client's data dir (the receiver keeps its
 /// id for exactly-once, not its content; the sender drops it from the outbox).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails while the client's store is sled, which keeps old values in its log: \
-            the store must move to one that erases (issue 15)"]
 async fn a_delivered_and_acked_payload_leaves_no_trace_under_the_data_dirs() {
     use rand::Rng;
     let net = Testnet::start(TestnetConfig::default()).await.unwrap();
