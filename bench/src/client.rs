@@ -4,7 +4,7 @@
 //! (payload stream lambda_P = 10/s carrying drop cover when idle, plus loop and drop cover,
 //! mailbox pulls), and its CPU time is read from `/proc/self/stat` over a window. The network
 //! runs in a child process (`spore testnet up`), so this process's CPU time is the client's
-//! alone: its engine, packet building, Noise link, sled store, and the tokio runtime.
+//! alone: its engine, packet building, Noise link, SQLite store, and the tokio runtime.
 //! The packet build rate is forward packets (3 mixes + mailbox relay, sampled delays) built on
 //! one thread against that network's directory.
 //!
@@ -102,7 +102,7 @@ pub struct ClientReport {
     /// 1-minute load average at the end of the window (`/proc/loadavg`): how busy the machine was.
     pub load_avg_1m: f64,
     pub build_threads: usize,
-    /// CPU share of one core in the window by thread name (tokio workers, build threads, sled).
+    /// CPU share of one core in the window by thread name (tokio workers, build threads).
     pub cpu_share_by_thread: BTreeMap<String, f64>,
 }
 

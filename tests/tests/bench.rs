@@ -15,7 +15,7 @@ use crate::{init_tracing, transaction, wait_until};
 fn client_cpu_at_ten_packets_per_second_with_cover() {
     init_tracing();
     // Relays on their own runtime; the client alone on a current-thread runtime, so this
-    // thread's CPU time is the client's (sled's flusher thread aside; it is idle here).
+    // thread's CPU time is the client's (the store runs on the calling threads; no background flusher).
     let relays = tokio::runtime::Runtime::new().unwrap();
     let net = relays
         .block_on(Testnet::start(TestnetConfig::default()))
