@@ -177,7 +177,7 @@ pub struct RelayConfig {
     pub roles: RolesConfig,
     /// Directory for the databases. Relative paths are relative to the config file.
     pub data_dir: PathBuf,
-    /// The relay's secret keys (identity, link, Sphinx master). Mode 0600.
+    /// The relay's secret keys (identity and link; the per-epoch Sphinx keys are in `<key_file>.epochs/`). Mode 0600.
     pub key_file: PathBuf,
     /// Loopback address for the Prometheus endpoint; absent = no endpoint.
     #[serde(default)]
@@ -453,7 +453,8 @@ listen = "{listen}"
 layer = {layer}
 # Databases (replay tags, mailboxes).
 data_dir = "{data_dir}"
-# Secret keys: identity (ed25519), link (Noise X25519), Sphinx master secret. Keep it 0600.
+# Secret keys: identity (ed25519) and link (Noise X25519), 0600; the per-epoch Sphinx keys
+# live in the folder beside it named like it plus ".epochs" and are erased after each epoch.
 key_file = "{key_file}"
 # Prometheus endpoint (/metrics) and health check (/health, read by `spore-relay status`),
 # loopback only; each relay on a host needs its own port. Comment out to disable.
@@ -505,6 +506,12 @@ sweep_interval_secs = {sweep}
 # The signed directory, as published by the authorities: a file, or an authority's URL.
 # path = "directory.bin"
 # url = "http://authority.example:8080/directory"
+# Or several authorities or mirrors, tried in turn; the last verified document is kept in
+# cache_path (default: directory.bin in data_dir) and used across restarts.
+# urls = ["http://authority1.example:8080/directory", "http://authority2.example:8080/directory"]
+# The authorities' upload endpoints (`spore authority run`): the relay publishes its signed
+# descriptor to each of them every epoch.
+# upload_urls = ["http://authority1.example:8080/descriptor"]
 # Hex ed25519 keys of the directory authorities, and how many must have signed.
 # (threshold = 0 accepts unsigned directories: for private test networks only.)
 authorities = []
