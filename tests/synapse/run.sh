@@ -92,7 +92,7 @@ start_sidecar() { # NAME DIR PROXY BUNDLE FED PEER_NAME PEER_BUNDLE
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$2/sidecar/ca.pem"
     else
-        RUST_LOG="${RUST_LOG:-info},spore_sidecar::proxy=debug,spore_sidecar::sidecar=debug" NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
+        RUST_LOG="${RUST_LOG:-info},spore_sidecar::proxy=debug,spore_sidecar::sidecar=debug,spore_sidecar::inbox=debug" NO_COLOR=1 "$SIDECAR" run -c "$RUN/net/$1/sidecar.toml" \
             >>"$RUN/$1.sidecar.log" 2>&1 &
         CA="$RUN/net/$1/data/ca/ca.pem"
     fi
