@@ -20,7 +20,7 @@ mod params;
 mod trust;
 mod view;
 
-pub use authority::{BuildError, build, describe};
+pub use authority::{BuildError, build};
 pub use descriptor::{DescriptorFields, RelayDescriptor, Roles, SphinxKey};
 pub use document::{AuthoritySignature, Directory};
 pub use params::NetworkParams;
