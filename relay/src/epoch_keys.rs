@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 use crate::error::{RelayError, Result};
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::private_files;
+use crate::private_files::{file_error, sync_dir};
 use crate::replay::ReplayCache;
 
 const KEY_EXTENSION: &str = "key";
@@ -54,19 +55,6 @@ impl std::fmt::Debug for EpochKeys {
             .field("epochs", &self.held())
             .finish_non_exhaustive()
     }
-}
-
-fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
-    move |source| RelayError::File {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(file_error(dir))
 }
 
 /// The epoch a file of the folder belongs to: `<epoch>.key` or `.<epoch>.<random>.tmp`.

@@ -25,6 +25,7 @@ use spore_protocol::RelayId;
 use spore_protocol::params::PACKET_SIZE;
 
 use crate::error::{RelayError, Result};
+use crate::private_files::file_error;
 
 /// The file's name in the data folder.
 pub(crate) const FILE_NAME: &str = "delayed.packets";
@@ -41,13 +42,6 @@ pub(crate) struct HeldPacket {
     pub delay: Option<Duration>,
     pub next_hop: RelayId,
     pub packet: Box<[u8; PACKET_SIZE]>,
-}
-
-fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
-    move |source| RelayError::File {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 fn micros(d: Duration) -> u64 {

@@ -9,6 +9,8 @@ use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use crate::error::{RelayError, Result};
+
 /// Mode of every file the relay creates.
 pub(crate) const FILE_MODE: u32 = 0o600;
 /// Mode of every folder the relay creates.
@@ -55,4 +57,19 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     restrict(&f)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// The relay's error for an I/O failure on `path`, naming the file.
+pub(crate) fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
+    move |source| RelayError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Makes the folder's entries (a created, renamed or removed file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(file_error(dir))
 }

@@ -37,6 +37,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{RelayError, Result};
+use crate::private_files::{file_error, sync_dir};
 
 /// Stored form of a replay tag.
 pub type ShortTag = [u8; 16];
@@ -86,20 +87,6 @@ impl Hasher for TagHasher {
 }
 
 type TagSet = HashSet<u64, BuildHasherDefault<TagHasher>>;
-
-fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
-    move |source| RelayError::File {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Makes the folder's entries (a created, renamed or removed file) durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(file_error(dir))
-}
 
 fn log_path(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("{epoch}.{LOG_EXTENSION}"))
