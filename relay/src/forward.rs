@@ -294,11 +294,11 @@ impl Forwarder {
         self.schedule(at, ((next_hop, packet), Some(timing)));
     }
 
-    /// A packet of this relay's own (a SURB-ack or a decoy) that leaves `delay` after `now`,
-    /// like a forwarded packet after its hop delay: never right after the store, so its timing
-    /// does not mark the arrival it answers.
-    pub fn send_after(&self, (next_hop, packet): OutboundPacket, delay: Duration, now: Instant) {
-        self.schedule(now + delay, ((next_hop, packet), None));
+    /// A packet of this relay's own (a SURB-ack or a decoy) that leaves at `at` (a hop delay
+    /// after the arrival it answers, `final_hop_output`), like a forwarded packet, and never
+    /// before `committed`: an ack only once the message is durable.
+    pub fn send_at(&self, (next_hop, packet): OutboundPacket, at: Instant, committed: Instant) {
+        self.schedule(at.max(committed), ((next_hop, packet), None));
     }
 
     fn schedule(&self, at: Instant, item: Delayed) {

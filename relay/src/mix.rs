@@ -52,9 +52,9 @@ pub(crate) enum Outcome {
         timing: HopTiming,
     },
     /// Stored in a mailbox. `emit` (the SURB-ack, or a decoy when the payload carried none)
-    /// leaves a hop delay after the commit.
+    /// leaves a hop delay after the arrival, and not before the commit.
     Stored { ack: bool, emit: Option<Emission> },
-    /// Drop cover ended here: `emit` (a decoy) leaves a hop delay after the commit, as an ack
+    /// Drop cover ended here: `emit` (a decoy) leaves a hop delay after the arrival, as an ack
     /// would, so that output does not tell cover from real deliveries (`final_hop_output`).
     Cover { emit: Option<Emission> },
 }
@@ -211,7 +211,7 @@ impl MixContext {
                         return Ok(None);
                     }
                     return Ok(Some(Outcome::Cover {
-                        emit: final_hop_output::decoy(self),
+                        emit: final_hop_output::decoy(self, received),
                     }));
                 }
                 let Some(store) = &self.mailbox else {
@@ -245,8 +245,8 @@ impl MixContext {
                     }
                 });
                 let (ack, emit) = match ack {
-                    Some(ack) => (true, Some(final_hop_output::delayed(self, ack))),
-                    None => (false, final_hop_output::decoy(self)),
+                    Some(ack) => (true, Some(final_hop_output::delayed(self, ack, received))),
+                    None => (false, final_hop_output::decoy(self, received)),
                 };
                 Ok(Some(Outcome::Stored { ack, emit }))
             }
@@ -515,13 +515,13 @@ pub(crate) fn spawn_committer(
                             if ack {
                                 metrics.ack_sent();
                             }
-                            if let Some(Emission { packet, delay }) = emit {
-                                forwarder.send_after(packet, delay, now);
+                            if let Some(Emission { packet, at }) = emit {
+                                forwarder.send_at(packet, at, now);
                             }
                         }
                         Outcome::Cover { emit } => {
-                            if let Some(Emission { packet, delay }) = emit {
-                                forwarder.send_after(packet, delay, now);
+                            if let Some(Emission { packet, at }) = emit {
+                                forwarder.send_at(packet, at, now);
                             }
                         }
                     }

@@ -490,12 +490,14 @@ async fn a_link_observer_cannot_tell_receiving_or_sending_windows_from_idle_ones
     let (alice_address, bob_address) = (alice.address(), bob.address());
 
     // Phases of 2 s, idle / receiving / sending in turn; 200 ms windows (4 pulls each), the
-    // first two of a phase left out (the previous phase's traffic may still be draining). 11
-    // rounds make 88 windows of each kind, so that a classifier no better than chance stays
-    // under 0.6 (2.8 standard deviations) on each statistic.
+    // first two of a phase left out (the previous phase's traffic may still be draining). 16
+    // rounds make 128 windows of each kind: a classifier no better than chance stays within
+    // 0.5 ± 0.031 (one standard deviation, every window tested once), so 0.6 is 3.2 of them
+    // for each of the ten statistic/activity pairs (11 rounds put it at 2.6, a few per cent
+    // chance of a false alarm over ten).
     const PHASE: Duration = Duration::from_secs(2);
     const WINDOW: Duration = Duration::from_millis(200);
-    const ROUNDS: usize = 11;
+    const ROUNDS: usize = 16;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut phases = Vec::new();
     let mut txn = 0;

@@ -4,7 +4,7 @@
 //! decoys go, and sees only when frames leave. Windows of real deliveries (each with a
 //! SURB-ack) and of drop cover, at the same input rate and in random order, are then told
 //! apart by the best threshold on a per-window statistic learned on half of the windows; on
-//! the other half it must do no better than 0.6. (Before, acks left right after the store and
+//! the other half (and the same the other way round) it must do no better than 0.6. (Before, acks left right after the store and
 //! cover made nothing: output count alone told every window apart.)
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -115,6 +115,25 @@ fn threshold_accuracy(train: &[(f64, bool)], test: &[(f64, bool)]) -> f64 {
         / test.len() as f64
 }
 
+/// Two-fold cross-validated threshold accuracy: trained on the even windows and tested on the
+/// odd ones, then the other way round, averaged. Every window is tested once, so chance
+/// stays within 0.5 ± 0.032 (one standard deviation at 240 windows) and the 0.6 bar is three
+/// of them; a single split (120 tested) put it at 2.2 and failed by chance (0.62) in CI.
+fn cross_validated_accuracy(windows: &[(f64, bool)]) -> f64 {
+    let half = |parity: usize| -> Vec<(f64, bool)> {
+        windows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == parity)
+            .map(|(_, w)| *w)
+            .collect()
+    };
+    let (even, odd) = (half(0), half(1));
+    (threshold_accuracy(&even, &odd) * odd.len() as f64
+        + threshold_accuracy(&odd, &even) * even.len() as f64)
+        / windows.len() as f64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_relays_output_does_not_show_real_deliveries() {
     let net = Network::start(|_| {}).await;
@@ -212,14 +231,12 @@ async fn a_mailbox_relays_output_does_not_show_real_deliveries() {
         .zip(&classes)
         .map(|(s, real)| (window_stats(&sends, &outputs, *s), *real))
         .collect();
-    let (train, test): (Vec<_>, Vec<_>) = stats.iter().enumerate().partition(|(i, _)| i % 2 == 0);
     for (k, name) in ["outputs", "outputs within 4 ms of an arrival", "mean gap"]
         .iter()
         .enumerate()
     {
-        let tr: Vec<(f64, bool)> = train.iter().map(|(_, (s, r))| (s[k], *r)).collect();
-        let te: Vec<(f64, bool)> = test.iter().map(|(_, (s, r))| (s[k], *r)).collect();
-        let acc = threshold_accuracy(&tr, &te);
+        let windows: Vec<(f64, bool)> = stats.iter().map(|(s, r)| (s[k], *r)).collect();
+        let acc = cross_validated_accuracy(&windows);
         eprintln!("output statistic {name}: threshold accuracy {acc:.2}");
         assert!(
             acc <= 0.6,
