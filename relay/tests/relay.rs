@@ -7,6 +7,8 @@
 mod hostile;
 #[path = "relay/keys.rs"]
 mod keys;
+#[path = "relay/lockout.rs"]
+mod lockout;
 #[path = "relay/loops.rs"]
 mod loops;
 #[path = "relay/mailbox.rs"]
