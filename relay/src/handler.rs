@@ -33,6 +33,16 @@ const WRITER_DRAIN: Duration = Duration::from_secs(5);
 /// shorter): a link that never says anything only holds a slot.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A pull's slots and a Delete's `DeleteDone` leave no sooner than this after the request
+/// came in, so that when they leave does not say what the mailbox held: reading 16 stored
+/// items, or making a real deletion durable (an fsync), takes longer than answering an empty
+/// mailbox or an empty Delete, and without the floor a link observer told a client's
+/// receiving windows from idle ones by the time to `DeleteDone` (0.66 accuracy in
+/// `privacy::a_link_observer_cannot_tell_receiving_or_sending_windows_from_idle_ones`). It is
+/// above what both take on an idle disk (well under 5 ms) and far below the pull interval
+/// (500 ms by default); an answer whose work took longer leaves when the work is done.
+pub(crate) const ANSWER_FLOOR: Duration = Duration::from_millis(15);
+
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkSettings {
@@ -293,6 +303,7 @@ impl Handler {
 
     /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox, as [`RelayPull`] pads them.
     async fn pull_request(&mut self) -> Next {
+        let answer_at = Instant::now() + ANSWER_FLOOR;
         // A pull reads PULL_SLOTS items: it costs as many tokens as that many packets.
         for _ in 0..PULL_SLOTS {
             if !self.bucket.take() {
@@ -331,6 +342,7 @@ impl Handler {
             }
             Err(e) => return self.pull_session_broken(e),
         };
+        tokio::time::sleep_until(answer_at).await;
         for f in slots {
             if self.reply.send(f).await.is_err() {
                 return Next::Close;
@@ -341,6 +353,7 @@ impl Handler {
 
     /// The owner acknowledges items: delete those of its own mailbox, say how many.
     async fn delete(&mut self, handles: Vec<u64>) -> Next {
+        let answer_at = Instant::now() + ANSWER_FLOOR;
         let frame = Frame::Delete { handles };
         let deletion = match std::mem::take(&mut self.pull).handle_delete(&frame) {
             Ok((pull, deletion)) => {
@@ -362,6 +375,7 @@ impl Handler {
         let handles = deletion.handles;
         match tokio::task::spawn_blocking(move || service.delete(&owner, &handles)).await {
             Ok(Ok(count)) => {
+                tokio::time::sleep_until(answer_at).await;
                 if self.reply.send(Frame::DeleteDone { count }).await.is_err() {
                     return Next::Close;
                 }

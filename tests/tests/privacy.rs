@@ -369,6 +369,7 @@ fn window_stats(
     let mut after_answer = Vec::new();
     let mut answer_to_done = Vec::new();
     let mut answer_span = Vec::new();
+    let mut request_to_answer = Vec::new();
     for chunk in down.chunks(17) {
         let (Some(first), Some(last)) = (chunk.first(), chunk.get(15)) else {
             continue;
@@ -377,6 +378,9 @@ fn window_stats(
             continue;
         }
         answer_span.push(ms(last.duration_since(*first)));
+        if let Some(request) = up.iter().rev().find(|t| **t <= *first) {
+            request_to_answer.push(ms(first.duration_since(*request)));
+        }
         if let Some(done) = chunk.get(16) {
             answer_to_done.push(ms(done.duration_since(*last)));
         }
@@ -404,6 +408,10 @@ fn window_stats(
         ("median client gap", median(&mut gaps.clone())),
     ];
     let relay = vec![
+        (
+            "median gap from the client's last frame to the answer",
+            median(&mut request_to_answer),
+        ),
         ("median answer span", median(&mut answer_span)),
         ("median answer to delete done", median(&mut answer_to_done)),
     ];
