@@ -1019,6 +1019,7 @@ mod tests {
                 break;
             }
         }
+        eprintln!("port closed in epoch {closed_in}: left out of the document for epoch {epoch}");
         assert!(
             dropped,
             "an unreachable relay is left out of the next document"
