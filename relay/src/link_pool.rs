@@ -381,7 +381,7 @@ impl HopReachability {
             tracing::warn!(
                 hop = %self.hop.short(),
                 error = %e,
-                "next hop unreachable; packets to it are dropped while it is retried"
+                "next hop unreachable; retried every few seconds, packets for it held until they are too late"
             );
         }
     }
