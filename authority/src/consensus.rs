@@ -14,12 +14,16 @@ pub fn majority(authorities: usize) -> usize {
 }
 
 /// The unsigned document for `epoch` from `votes` (each one authority's descriptors, already
-/// checked): a relay is listed if at least `majority(authorities)` votes carry it; of its
-/// descriptors the most recently published wins, ties broken by encoding. Relays are sorted by
-/// id, so the result depends only on the set of votes.
+/// checked, and only those it found reachable): a relay is listed if a majority of the
+/// authorities that voted (`majority(votes.len())`) carry it; of its descriptors the most
+/// recently published wins, ties broken by encoding. Relays are sorted by id, so the result
+/// depends only on the set of votes.
+///
+/// Counting the authorities that voted, not all configured ones, keeps a relay listed when
+/// some authorities are down: with 2 of 5 down, the 3 left need 2 to agree, not all 3. An
+/// authority that votes and finds a relay unreachable counts against it.
 pub fn consensus(
     votes: &[Vec<RelayDescriptor>],
-    authorities: usize,
     epoch: u64,
     validity: (u64, u64),
     params: NetworkParams,
@@ -49,7 +53,7 @@ pub fn consensus(
                 .or_insert((1, d.clone()));
         }
     }
-    let needed = majority(authorities);
+    let needed = majority(votes.len());
     Directory {
         epoch,
         valid_after: validity.0,
@@ -106,7 +110,7 @@ mod tests {
             vec![a_later.clone(), c.clone()],
             vec![b.clone()],
         ];
-        let doc = consensus(&votes, 3, 7, (0, 100), NetworkParams::default());
+        let doc = consensus(&votes, 7, (0, 100), NetworkParams::default());
         let ids: Vec<_> = doc.relays.iter().map(|d| d.id).collect();
         assert_eq!(doc.relays.len(), 2, "c seen by one of three authorities");
         assert!(ids.contains(&a.id) && ids.contains(&b.id));
@@ -114,11 +118,15 @@ mod tests {
         let mut reversed = votes.clone();
         reversed.reverse();
         assert_eq!(
-            consensus(&reversed, 3, 7, (0, 100), NetworkParams::default()).to_bytes(),
+            consensus(&reversed, 7, (0, 100), NetworkParams::default()).to_bytes(),
             doc.to_bytes()
         );
         assert_eq!(majority(3), 2);
         assert_eq!(majority(4), 3);
         assert_eq!(majority(1), 1);
+        // Two authorities voted (a third was down): both must carry a relay.
+        let two = consensus(&votes[..2], 7, (0, 100), NetworkParams::default());
+        let ids: Vec<_> = two.relays.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![a.id], "b and c each in one of the two votes");
     }
 }

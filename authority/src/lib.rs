@@ -13,15 +13,16 @@
 //! * **Uploads, all the time.** A relay's descriptor is checked at once (structure, its own
 //!   signature, its validity window) and kept, the latest per relay. A bad upload gets a 4xx
 //!   with the reason and changes nothing; bodies and the number of relays held are bounded.
-//! * **Vote at `0.35 L`.** The authority freezes the descriptors it holds that are valid at
-//!   that instant, stay valid to the end of epoch `N + 1` and carry a key for it, into a vote: a [`Directory`] signed by
-//!   itself alone, served at `GET /vote/{N+1}`.
+//! * **Vote at `0.35 L`.** The authority takes the descriptors it holds that are valid at
+//!   that instant, stay valid to the end of epoch `N + 1` and carry a key for it, probes each
+//!   relay's link address (a TCP connect, 5 s or `L/20` at most), and freezes those that
+//!   answered into a vote: a [`Directory`] signed by itself alone, served at `GET /vote/{N+1}`.
 //! * **Consensus from `0.45 L`.** It fetches the other authorities' votes (until all answered
 //!   or `0.55 L`), checks each against that authority's key, and applies one rule: *a relay
-//!   is listed if more than half of all configured authorities voted a valid descriptor for
-//!   it*; when votes carry different descriptors of one relay, the most recently published
-//!   wins (ties by bytes). The result is a deterministic function of the votes, so authorities
-//!   that saw the same votes build byte-identical documents. Each signs it and serves its
+//!   is listed if a majority of the authorities that voted saw a valid descriptor for it and
+//!   found it reachable*; when votes carry different descriptors of one relay, the most
+//!   recently published wins (ties by bytes). The result is a deterministic function of the
+//!   votes, so authorities that saw the same votes build byte-identical documents. Each signs it and serves its
 //!   signature at `GET /signature/{N+1}`.
 //! * **Publish.** It collects the others' signatures over the same document, and once it holds
 //!   `threshold` of them serves the document at `GET /directory` (valid from `N L + L/4` to
@@ -38,8 +39,10 @@
 //!   published and readers keep the previous one until it expires (relays warn). There is no
 //!   second round.
 //! * **Sybil relays**: anyone can upload a descriptor; nothing limits relays per operator.
-//! * **Liveness lies**: listing means "a majority received a valid signed descriptor", not
-//!   "the relay forwards packets"; reachability is not probed.
+//! * **Liveness lies**: listing means "a majority of the voters received a valid signed
+//!   descriptor and could open a TCP connection to its address", not "the relay forwards
+//!   packets"; a relay that answers probes and drops packets stays listed, and a majority of
+//!   voters can drop any relay by claiming it did not answer (docs/operating.md, Liveness).
 //! * **Denial of service on the HTTP endpoints** beyond body, relay-count and connection-time
 //!   bounds (no rate limiting per client, no TLS: the documents are signed, the transport is
 //!   not trusted).

@@ -28,6 +28,9 @@ pub const MAX_DESCRIPTOR_BYTES: usize = 4096;
 const TICK: Duration = Duration::from_millis(250);
 /// A peer that has not answered within this is tried again next tick.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A relay's link address must accept a TCP connection within this to be voted for (well
+/// above a connect across the world, ~0.3 s; capped by [`probe_timeout`] in short epochs).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection must finish its request within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at accept (relays retry, readers use mirrors).
@@ -398,7 +401,7 @@ async fn drive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             state.rounds.retain(|e, _| *e >= epoch);
         }
         if phase >= VOTE_AT {
-            vote(&shared, next);
+            vote(&shared, next).await;
         }
         if phase >= CONSENSUS_AT {
             build_consensus(&shared, next, phase >= VOTES_UNTIL).await;
@@ -409,25 +412,42 @@ async fn drive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn vote(shared: &Shared, round: u64) {
-    let mut state = shared.state();
-    if state.rounds.get(&round).is_some_and(|r| r.vote.is_some()) {
-        return;
-    }
+/// Votes for `round`: the descriptors held that are valid for it and whose relay answered a
+/// probe of its link address just now.
+async fn vote(shared: &Shared, round: u64) {
     let (valid_after, valid_until) = shared.schedule.validity(round);
     let vote_time = shared.schedule.vote_time(round);
-    let mut relays: Vec<RelayDescriptor> = state
-        .descriptors
-        .values()
-        .filter(|d| {
-            d.verify(vote_time).is_ok()
-                && d.expires_at >= valid_until
-                && d.sphinx_key(round).is_some()
+    let mut candidates: Vec<RelayDescriptor> = {
+        let state = shared.state();
+        if state.rounds.get(&round).is_some_and(|r| r.vote.is_some()) {
+            return;
+        }
+        state
+            .descriptors
+            .values()
+            .filter(|d| {
+                d.verify(vote_time).is_ok()
+                    && d.expires_at >= valid_until
+                    && d.sphinx_key(round).is_some()
+            })
+            .cloned()
+            .collect()
+    };
+    candidates.sort_by_key(|d| d.id);
+    candidates.truncate(MAX_RELAYS);
+    let timeout = probe_timeout(shared.schedule.epoch_length_secs);
+    let reachable = probe_all(&candidates, timeout).await;
+    let probed = candidates.len();
+    let relays: Vec<RelayDescriptor> = candidates
+        .into_iter()
+        .zip(reachable)
+        .filter_map(|(d, ok)| {
+            if !ok {
+                tracing::debug!(relay = %d.id.short(), epoch = round, "relay unreachable: left out of the vote");
+            }
+            ok.then_some(d)
         })
-        .cloned()
         .collect();
-    relays.sort_by_key(|d| d.id);
-    relays.truncate(MAX_RELAYS);
     let mut doc = Directory {
         epoch: round,
         valid_after,
@@ -440,10 +460,51 @@ fn vote(shared: &Shared, round: u64) {
         tracing::error!(error = %e, "cannot sign a vote");
         return;
     }
-    tracing::info!(epoch = round, relays = relays.len(), "voted");
+    let mut state = shared.state();
     let r = state.rounds.entry(round).or_default();
+    if r.vote.is_some() {
+        return;
+    }
+    tracing::info!(
+        epoch = round,
+        relays = relays.len(),
+        unreachable = probed - relays.len(),
+        "voted"
+    );
     r.vote = Some(Bytes::from(doc.to_bytes()));
     r.votes.insert(shared.me, relays);
+}
+
+/// How long a relay's link address has to accept a TCP connection: [`PROBE_TIMEOUT`], but at
+/// most a twentieth of the epoch, so that the probes end between the vote (0.35) and the
+/// consensus (0.45) even in the short epochs of tests.
+fn probe_timeout(epoch_length_secs: u64) -> Duration {
+    PROBE_TIMEOUT.min(Duration::from_millis(epoch_length_secs.saturating_mul(50)))
+}
+
+/// Whether each relay's published link address accepts a TCP connection within `timeout`, all
+/// probed at once. A TCP connect only, not a link handshake: a mix refuses handshakes from
+/// keys not in the directory, and the authority has none there.
+async fn probe_all(relays: &[RelayDescriptor], timeout: Duration) -> Vec<bool> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, d) in relays.iter().enumerate() {
+        let address = d.address.clone();
+        probes.spawn(async move {
+            let connected =
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address.as_str()))
+                    .await;
+            (i, matches!(connected, Ok(Ok(_))))
+        });
+    }
+    let mut reachable = vec![false; relays.len()];
+    while let Some(done) = probes.join_next().await {
+        if let Ok((i, ok)) = done
+            && let Some(slot) = reachable.get_mut(i)
+        {
+            *slot = ok;
+        }
+    }
+    reachable
 }
 
 /// GETs `path` from every peer `wanted` says, concurrently; the 200 bodies by peer key.
@@ -514,7 +575,6 @@ async fn build_consensus(shared: &Shared, round: u64, stop_waiting: bool) {
     let votes: Vec<Vec<RelayDescriptor>> = r.votes.values().cloned().collect();
     let mut doc = consensus(
         &votes,
-        shared.authorities(),
         round,
         shared.schedule.validity(round),
         shared.params,
@@ -553,17 +613,20 @@ async fn collect_signatures(shared: &Shared, round: u64) {
     let signed: HashSet<[u8; 32]> = {
         let state = shared.state();
         match state.rounds.get(&round).and_then(|r| r.document.as_ref()) {
-            Some(d) if d.signatures.len() < shared.authorities() => {
-                d.signatures.iter().map(|s| s.authority).collect()
-            }
-            Some(_) => return,
+            Some(d) => d.signatures.iter().map(|s| s.authority).collect(),
             None => return,
         }
     };
-    let got = from_peers(shared, &format!("/signature/{round}"), |k| {
-        !signed.contains(k)
-    })
-    .await;
+    // Fully signed (always so for a lone authority): nothing to fetch, but it may still have
+    // to be published.
+    let got = if signed.len() < shared.authorities() {
+        from_peers(shared, &format!("/signature/{round}"), |k| {
+            !signed.contains(k)
+        })
+        .await
+    } else {
+        Vec::new()
+    };
     let Some(bytes) = add_signatures(shared, round, got) else {
         return;
     };
@@ -658,9 +721,25 @@ mod tests {
     }
 
     fn descriptor(seed: u8, first_epoch: u64, now: u64, expires_at: u64) -> RelayDescriptor {
+        descriptor_at(
+            &format!("127.0.0.1:{}", 5000 + u16::from(seed)),
+            seed,
+            first_epoch,
+            now,
+            expires_at,
+        )
+    }
+
+    fn descriptor_at(
+        address: &str,
+        seed: u8,
+        first_epoch: u64,
+        now: u64,
+        expires_at: u64,
+    ) -> RelayDescriptor {
         RelayDescriptor::sign(
             DescriptorFields {
-                address: format!("127.0.0.1:{}", 5000 + u16::from(seed)),
+                address: address.to_owned(),
                 roles: Roles {
                     entry: false,
                     mix: true,
@@ -777,8 +856,19 @@ mod tests {
         }
         let now = now_ms() / 1000;
         let first = now / EPOCH + 1;
+        // Each relay's link port answers the authorities' probes.
+        let ports: Vec<std::net::TcpListener> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let port_of = |i: usize| ports[i].local_addr().unwrap().to_string();
         for seed in 10..13 {
-            let d = descriptor(seed, first, now, now + 100);
+            let d = descriptor_at(
+                &port_of(usize::from(seed - 10)),
+                seed,
+                first,
+                now,
+                now + 100,
+            );
             for a in &running {
                 let url = format!("http://{}/descriptor", a.local_addr());
                 assert_eq!(
@@ -791,7 +881,7 @@ mod tests {
             }
         }
         // A relay only one authority saw is not listed.
-        let lonely = descriptor(20, first, now, now + 100);
+        let lonely = descriptor_at(&port_of(3), 20, first, now, now + 100);
         let url = format!("http://{}/descriptor", running[0].local_addr());
         spore_directory_fetch::post(&url, &lonely.to_bytes())
             .await
@@ -847,5 +937,114 @@ mod tests {
         for a in running {
             a.shutdown().await;
         }
+    }
+
+    /// The next document listing `id` or not, after `after` (an epoch): waits for it.
+    async fn next_listing(
+        a: &RunningAuthority,
+        after: u64,
+        id: &RelayId,
+        epoch: u64,
+    ) -> (u64, bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(4 * epoch);
+        loop {
+            if let Some(d) = a.published()
+                && d.epoch > after
+            {
+                return (d.epoch, d.relay(id).is_some());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no document after epoch {after}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A relay whose link port stops answering is left out of the next document, and listed
+    /// again once it answers; a relay that always answers stays listed throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_whose_port_does_not_answer_is_dropped_and_listed_again_once_it_answers() {
+        const EPOCH: u64 = 4;
+        let a = start(
+            config(free_port(), vec![], 1, EPOCH),
+            SigningKey::from_bytes(&[1; 32]),
+        )
+        .await
+        .unwrap();
+        let url = format!("http://{}/descriptor", a.local_addr());
+        let flaky_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let flaky_addr = flaky_port.local_addr().unwrap();
+        let steady_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let flaky = descriptor_at(&flaky_addr.to_string(), 30, 0, 0, 1).id;
+        let steady = descriptor_at(&steady_port.local_addr().unwrap().to_string(), 31, 0, 0, 1).id;
+        // Like a relay: a fresh descriptor with keys for the next two epochs, uploaded often.
+        let uploader = {
+            let addrs = [
+                (30, flaky_addr.to_string()),
+                (31, steady_port.local_addr().unwrap().to_string()),
+            ];
+            tokio::spawn(async move {
+                loop {
+                    let now = now_ms() / 1000;
+                    for (seed, address) in &addrs {
+                        let d = descriptor_at(address, *seed, now / EPOCH + 1, now, now + 100);
+                        let _ = spore_directory_fetch::post(&url, &d.to_bytes()).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        let epoch_now = || now_ms() / 1000 / EPOCH;
+
+        // Listed while its port answers (a round voted before the upload lists nobody).
+        let mut epoch = 0;
+        let mut listed = false;
+        for _ in 0..3 {
+            (epoch, listed) = next_listing(&a, epoch, &flaky, EPOCH).await;
+            if listed {
+                break;
+            }
+        }
+        assert!(listed, "listed while its port answers");
+
+        // Its port closes: the next document voted after that leaves it out.
+        drop(flaky_port);
+        let closed_in = epoch_now();
+        let mut dropped = false;
+        for _ in 0..3 {
+            (epoch, listed) = next_listing(&a, epoch.max(closed_in + 1), &flaky, EPOCH).await;
+            if !listed {
+                dropped = true;
+                break;
+            }
+        }
+        eprintln!("port closed in epoch {closed_in}: left out of the document for epoch {epoch}");
+        assert!(
+            dropped,
+            "an unreachable relay is left out of the next document"
+        );
+        assert!(
+            a.published().unwrap().relay(&steady).is_some(),
+            "the reachable one stays"
+        );
+
+        // Its port answers again: listed again.
+        let _back = std::net::TcpListener::bind(flaky_addr).unwrap();
+        let back_in = epoch_now();
+        let mut relisted = false;
+        for _ in 0..3 {
+            (epoch, listed) = next_listing(&a, epoch.max(back_in + 1), &flaky, EPOCH).await;
+            if listed {
+                relisted = true;
+                break;
+            }
+        }
+        eprintln!(
+            "port answers again in epoch {back_in}: listed in the document for epoch {epoch}"
+        );
+        assert!(relisted, "listed again once its port answers");
+        uploader.abort();
+        a.shutdown().await;
     }
 }

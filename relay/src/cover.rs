@@ -12,7 +12,7 @@
 //! packet is answered with one emission (`final_hop_output`).
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -28,6 +28,7 @@ use crate::forward::Egress;
 use crate::keys::{KeySchedule, RelayKeys};
 use crate::loop_monitor::{self, LoopMonitor};
 use crate::metrics::Metrics;
+use crate::quarantine::HopQuarantine;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Copy)]
@@ -39,11 +40,14 @@ pub(crate) struct CoverSettings {
 }
 
 /// A loop route for `epoch`: one random mix per layer, then this relay. `None` if some layer
-/// has no mix with a key for the epoch.
+/// has no mix with a key for the epoch. A mix `quarantine` avoids at `now` (its link just
+/// failed) is chosen only if its whole layer is.
 pub(crate) fn loop_route(
     view: &NetworkView,
     keys: &RelayKeys,
     epoch: u64,
+    quarantine: &HopQuarantine,
+    now: Instant,
     rng: &mut impl rand::Rng,
 ) -> Option<Vec<RouteHop>> {
     let mut route = Vec::with_capacity(MIX_LAYERS + 1);
@@ -57,6 +61,7 @@ pub(crate) fn loop_route(
                 })
             })
             .collect();
+        let candidates = quarantine.filter(candidates, |h| h.id, now);
         if candidates.is_empty() {
             return None;
         }
@@ -98,9 +103,11 @@ pub(crate) fn build_loop(
     keys: &RelayKeys,
     epoch: u64,
     max_delay: Duration,
+    quarantine: &HopQuarantine,
+    now: Instant,
 ) -> Option<(RelayId, Box<[u8; PACKET_SIZE]>, [u8; SURB_ID_SIZE])> {
     let mut rng = rand::rng();
-    let route = loop_route(view, keys, epoch, &mut rng)?;
+    let route = loop_route(view, keys, epoch, quarantine, now, &mut rng)?;
     let delays = packet::sample_delays(&mut rng, view.mu, route.len(), max_delay).ok()?;
     let surb_id = packet::random_surb_id(&mut rng);
     let bytes = packet::build_packet(
@@ -135,6 +142,7 @@ pub(crate) fn spawn(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     loops: Arc<LoopMonitor>,
+    quarantine: Arc<HopQuarantine>,
 ) {
     let task_shutdown = shutdown.clone();
     let check_shutdown = shutdown.clone();
@@ -194,9 +202,12 @@ pub(crate) fn spawn(
             let epoch = settings.schedule.epoch_at(clock.now_unix());
             let keys = keys.clone();
             let max_delay = settings.max_delay;
-            let built =
-                tokio::task::spawn_blocking(move || build_loop(&view, &keys, epoch, max_delay))
-                    .await;
+            let quarantine = quarantine.clone();
+            let now = clock.monotonic_now();
+            let built = tokio::task::spawn_blocking(move || {
+                build_loop(&view, &keys, epoch, max_delay, &quarantine, now)
+            })
+            .await;
             match built {
                 Ok(Some((hop, packet, surb_id))) => {
                     metrics.loop_sent();

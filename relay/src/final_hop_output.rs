@@ -19,6 +19,9 @@
 //! with the mailbox role send decoys (a mix that receives one just drops it, or decoys would
 //! answer decoys). The price: one extra packet per ack-less final-hop arrival, one one-hop
 //! Sphinx build (~2 X25519 operations) here and one unwrap at the layer-1 mix.
+//!
+//! A decoy avoids a layer-1 mix whose link from here just failed (`quarantine`), choosing
+//! another: a decoy is this relay's own route, so nothing is lost by choosing again.
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +100,10 @@ pub(crate) fn decoy(ctx: &MixContext, received: Instant) -> Option<Emission> {
             })
         })
         .collect();
+    // Not to a mix whose link just failed, unless every layer-1 mix's did.
+    let candidates = ctx
+        .quarantine
+        .filter(candidates, |h| h.id, ctx.clock.monotonic_now());
     if candidates.is_empty() {
         return None;
     }

@@ -68,6 +68,7 @@ mod metrics;
 mod mix;
 mod private_files;
 mod publish;
+mod quarantine;
 mod relay;
 mod replay;
 mod shutdown;

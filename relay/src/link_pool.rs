@@ -5,8 +5,18 @@
 //! Each link has a bounded queue; when it is full (the next hop is slow or down) packets are
 //! dropped and counted. The initiator pins the next hop's link key from the directory, so a
 //! packet is never handed to anyone but the relay the header named.
+//!
+//! While a next hop is down its link retries at most [`BACKOFF_MAX`] apart (plus jitter), so a
+//! returning relay is used again within a few seconds (it was up to 45 s, plus the connect).
+//! Packets held meanwhile are bounded (the channel's `link_queue` plus as many set aside while
+//! down: at most `2 × link_queue` packets per next hop), and a packet more than the relay's
+//! maximum hop delay past the moment it was due to leave is dropped (`expired_link_down`)
+//! instead of sent: its sender has long since retransmitted it, and hundreds of old packets
+//! leaving at once on the hop's return would be a burst that stands out to anyone watching
+//! the link. Failed connects also mark the hop in the [`HopQuarantine`], which this relay's
+//! own routes avoid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,10 +30,15 @@ use crate::connection::Link;
 use crate::directory::DirectoryView;
 use crate::forward::{HopTiming, LinkSender};
 use crate::metrics::{Metrics, Queue, Stage};
+use crate::quarantine::HopQuarantine;
 use crate::shutdown::Shutdown;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest wait between two connects to a next hop that is down: a returning relay is
+/// reconnected within this (times 1.5 for jitter) plus one connect. Bounded low because a
+/// failed connect costs one SYN (or a refused one, nothing): cheap next to losing seconds of
+/// traffic to a hop that is back.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// An outbound link with nothing to send for this long is closed (and reopened on demand).
 /// Shorter than the default inbound idle timeout, so that the dialling side closes first.
 const IDLE_CLOSE: Duration = Duration::from_secs(240);
@@ -34,7 +49,9 @@ const WRITE_BATCH: usize = 64;
 /// export how long it took here.
 struct Queued {
     packet: Box<[u8; PACKET_SIZE]>,
-    timing: Option<(HopTiming, Instant)>,
+    /// When it was handed to the link: the moment it was due to leave.
+    due: Instant,
+    timing: Option<HopTiming>,
 }
 
 type PacketTx = mpsc::Sender<Queued>;
@@ -44,6 +61,9 @@ type PacketTx = mpsc::Sender<Queued>;
 pub(crate) struct PoolSettings {
     pub queue: usize,
     pub connect_timeout: Duration,
+    /// A packet this late (past when it was due to leave) is dropped, not sent: the relay's
+    /// maximum hop delay.
+    pub max_late: Duration,
 }
 
 /// All outbound links of one relay.
@@ -52,6 +72,7 @@ pub(crate) struct LinkPool {
     directory: Arc<DirectoryView>,
     settings: PoolSettings,
     links: Mutex<HashMap<RelayId, PacketTx>>,
+    quarantine: Arc<HopQuarantine>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -62,6 +83,7 @@ impl LinkPool {
         local_secret: [u8; 32],
         directory: Arc<DirectoryView>,
         settings: PoolSettings,
+        quarantine: Arc<HopQuarantine>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
@@ -71,6 +93,7 @@ impl LinkPool {
             directory,
             settings,
             links: Mutex::new(HashMap::new()),
+            quarantine,
             clock,
             metrics,
             shutdown,
@@ -90,10 +113,16 @@ impl LinkPool {
             self.metrics.dropped("shutting_down");
             return;
         }
-        let mut queued = Queued {
+        let queued = Queued {
             packet,
-            timing: timing.map(|t| (t, self.clock.monotonic_now())),
+            due: self.clock.monotonic_now(),
+            timing,
         };
+        self.enqueue(next_hop, queued);
+    }
+
+    /// Hands `queued` to `next_hop`'s link task, starting one if there is none.
+    fn enqueue(self: &Arc<Self>, next_hop: RelayId, mut queued: Queued) {
         for _ in 0..2 {
             let tx = {
                 let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -137,6 +166,9 @@ impl LinkPool {
             failing: false,
             metrics: self.metrics.clone(),
         };
+        // Packets taken off the channel while the hop is down, oldest first: at most
+        // `settings.queue`, so that expired ones can be dropped as they expire.
+        let mut waiting: VecDeque<Queued> = VecDeque::new();
         let mut flushed: Vec<(HopTiming, Instant)> = Vec::with_capacity(WRITE_BATCH);
         'outer: loop {
             if self.shutdown.is_triggered() {
@@ -159,14 +191,17 @@ impl LinkPool {
                 Ok(link) => {
                     backoff = BACKOFF_MIN;
                     reach.reachable();
+                    self.quarantine.reachable(&hop);
                     link
                 }
                 Err(e) => {
                     tracing::debug!(hop = ?hop, error = %e, "link connect failed");
                     reach.unreachable(&e);
+                    self.quarantine.failed(hop, self.clock.monotonic_now());
                     self.metrics.link_connect_failed();
                     let wait = jitter(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
+                    self.set_aside(&mut rx, &mut waiting);
                     tokio::select! {
                         _ = self.shutdown.signalled() => break,
                         _ = tokio::time::sleep(wait) => continue,
@@ -174,6 +209,22 @@ impl LinkPool {
                 }
             };
             let _open = OpenLink::new(&self.metrics);
+            // What waited while the hop was down goes first, but not what expired meanwhile.
+            while !waiting.is_empty() {
+                flushed.clear();
+                let mut failed = false;
+                for _ in 0..WRITE_BATCH {
+                    let Some(q) = waiting.pop_front() else { break };
+                    if self.write_queued(&mut link, q, &mut flushed).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed || link.writer.flush().await.is_err() {
+                    continue 'outer;
+                }
+                self.observe_flushed(&mut flushed);
+            }
             loop {
                 tokio::select! {
                     _ = self.shutdown.signalled() => {
@@ -206,35 +257,24 @@ impl LinkPool {
                     next = tokio::time::timeout(IDLE_CLOSE, rx.recv()) => {
                         let Ok(next) = next else { break 'outer };
                         let Some(first) = next else { break 'outer };
-                        let mut n = 0i64;
+                        let mut n = 0usize;
                         let mut pending = Some(first);
                         let mut failed = false;
                         flushed.clear();
                         while let Some(q) = pending.take() {
                             n += 1;
-                            flushed.extend(q.timing);
-                            if let Err(e) = link.writer.write_frame(&Frame::Packet(q.packet)).await {
-                                tracing::debug!(hop = ?hop, error = %e, "link write failed");
-                                self.metrics.dropped("link_write_failed");
+                            if self.write_queued(&mut link, q, &mut flushed).await.is_err() {
                                 failed = true;
                                 break;
                             }
-                            self.metrics.forwarded();
-                            if n < WRITE_BATCH as i64 {
+                            if n < WRITE_BATCH {
                                 pending = rx.try_recv().ok();
                             }
                         }
-                        self.metrics.queue_sub(Queue::Link, n);
                         if failed || link.writer.flush().await.is_err() {
                             continue 'outer;
                         }
-                        let now = self.clock.monotonic_now();
-                        for (timing, queued_at) in flushed.drain(..) {
-                            self.metrics.observe_stage(Stage::Link, now.saturating_duration_since(queued_at));
-                            self.metrics.observe_added_latency(
-                                now.saturating_duration_since(timing.received).saturating_sub(timing.delay),
-                            );
-                        }
+                        self.observe_flushed(&mut flushed);
                     }
                 }
             }
@@ -242,7 +282,7 @@ impl LinkPool {
         rx.close();
         // Packets that raced with the close: hand them to a fresh link (or drop them when
         // the relay is stopping or the hop left the directory).
-        let mut left = Vec::new();
+        let mut left: Vec<Queued> = waiting.drain(..).collect();
         while let Ok(q) = rx.try_recv() {
             left.push(q);
         }
@@ -250,7 +290,7 @@ impl LinkPool {
         let resubmit = !self.shutdown.is_triggered() && self.directory.peer(&hop).is_some();
         for q in left {
             if resubmit {
-                self.send_timed(hop, q.packet, q.timing.map(|(t, _)| t));
+                self.enqueue(hop, q);
             } else {
                 self.metrics.dropped("link_closed");
             }
@@ -258,6 +298,69 @@ impl LinkPool {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if links.get(&hop).is_some_and(|tx| tx.is_closed()) {
             links.remove(&hop);
+        }
+    }
+
+    /// Whether `q` is too late to send: more than the maximum hop delay past when it was due.
+    fn expired(&self, q: &Queued, now: Instant) -> bool {
+        now.saturating_duration_since(q.due) > self.settings.max_late
+    }
+
+    /// While the hop is down: drops what expired in `waiting` and moves what the channel holds
+    /// into it, up to `settings.queue` (the rest stays in the channel, which refuses new
+    /// packets once full). The oldest are at the front, so expired ones leave from there.
+    fn set_aside(&self, rx: &mut mpsc::Receiver<Queued>, waiting: &mut VecDeque<Queued>) {
+        let now = self.clock.monotonic_now();
+        let mut expired = 0i64;
+        let mut drop_expired = |waiting: &mut VecDeque<Queued>| {
+            while waiting.front().is_some_and(|q| self.expired(q, now)) {
+                waiting.pop_front();
+                expired += 1;
+                self.metrics.dropped("expired_link_down");
+            }
+        };
+        drop_expired(waiting);
+        while waiting.len() < self.settings.queue {
+            let Ok(q) = rx.try_recv() else { break };
+            waiting.push_back(q);
+        }
+        drop_expired(waiting);
+        self.metrics.queue_sub(Queue::Link, expired);
+    }
+
+    /// Writes one queued packet (unflushed), or drops it if it expired. An error means the
+    /// link failed (the packet is dropped and counted).
+    async fn write_queued(
+        &self,
+        link: &mut Link,
+        q: Queued,
+        flushed: &mut Vec<(HopTiming, Instant)>,
+    ) -> Result<(), ()> {
+        self.metrics.queue_sub(Queue::Link, 1);
+        if self.expired(&q, self.clock.monotonic_now()) {
+            self.metrics.dropped("expired_link_down");
+            return Ok(());
+        }
+        if let Err(e) = link.writer.write_frame(&Frame::Packet(q.packet)).await {
+            tracing::debug!(error = %e, "link write failed");
+            self.metrics.dropped("link_write_failed");
+            return Err(());
+        }
+        self.metrics.forwarded();
+        flushed.extend(q.timing.map(|t| (t, q.due)));
+        Ok(())
+    }
+
+    /// Exports the time spent here by the forwarded packets just flushed.
+    fn observe_flushed(&self, flushed: &mut Vec<(HopTiming, Instant)>) {
+        let now = self.clock.monotonic_now();
+        for (timing, queued_at) in flushed.drain(..) {
+            self.metrics
+                .observe_stage(Stage::Link, now.saturating_duration_since(queued_at));
+            self.metrics.observe_added_latency(
+                now.saturating_duration_since(timing.received)
+                    .saturating_sub(timing.delay),
+            );
         }
     }
 }
@@ -278,7 +381,7 @@ impl HopReachability {
             tracing::warn!(
                 hop = %self.hop.short(),
                 error = %e,
-                "next hop unreachable; packets to it are dropped while it is retried"
+                "next hop unreachable; retried every few seconds, packets for it held until they are too late"
             );
         }
     }

@@ -84,6 +84,8 @@ pub(crate) struct MixContext {
     pub directory: Arc<DirectoryView>,
     /// This relay's loops in flight, for the loop-loss alarm.
     pub loops: Arc<LoopMonitor>,
+    /// Next hops whose link just failed, which decoys avoid.
+    pub quarantine: Arc<crate::quarantine::HopQuarantine>,
 }
 
 /// Per-worker copy of the accepted epochs' Sphinx secrets, refreshed once a second. Only keys

@@ -108,7 +108,7 @@ impl Relay {
             ),
             None => None,
         };
-        parts.spawn_cover(&directory, &mix.egress, &mix.loops);
+        parts.spawn_cover(&directory, &mix.egress, &mix.loops, &mix.quarantine);
         parts.start_descriptor_file(local_addr).await?;
         crate::publish::spawn(
             &parts.config,
@@ -189,6 +189,8 @@ struct Mix {
     delay_thread: std::thread::JoinHandle<()>,
     /// This relay's loops in flight (loop cover and decoys), for the loop-loss alarm.
     loops: Arc<crate::loop_monitor::LoopMonitor>,
+    /// Next hops whose link just failed, which this relay's own routes avoid.
+    quarantine: Arc<crate::quarantine::HopQuarantine>,
 }
 
 impl Parts {
@@ -273,13 +275,16 @@ impl Parts {
             self.clock.clone(),
             self.metrics.clone(),
         );
+        let quarantine = Arc::new(crate::quarantine::HopQuarantine::default());
         let pool = LinkPool::new(
             *self.keys.link_secret(),
             directory.clone(),
             PoolSettings {
                 queue: config.limits.link_queue,
                 connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                max_late: config.max_delay(),
             },
+            quarantine.clone(),
             self.clock.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
@@ -311,6 +316,7 @@ impl Parts {
             metrics: self.metrics.clone(),
             directory: directory.clone(),
             loops: loops.clone(),
+            quarantine: quarantine.clone(),
         });
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel(1024);
         let committer = mix::spawn_committer(
@@ -336,6 +342,7 @@ impl Parts {
             committer,
             delay_thread,
             loops,
+            quarantine,
         })
     }
 
@@ -457,6 +464,7 @@ impl Parts {
         directory: &Arc<DirectoryView>,
         egress: &Arc<Egress>,
         loops: &Arc<crate::loop_monitor::LoopMonitor>,
+        quarantine: &Arc<crate::quarantine::HopQuarantine>,
     ) {
         crate::cover::spawn(
             crate::cover::CoverSettings {
@@ -471,6 +479,7 @@ impl Parts {
             self.metrics.clone(),
             self.shutdown.clone(),
             loops.clone(),
+            quarantine.clone(),
         );
     }
 

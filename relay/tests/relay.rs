@@ -7,6 +7,8 @@
 mod hostile;
 #[path = "relay/keys.rs"]
 mod keys;
+#[path = "relay/liveness.rs"]
+mod liveness;
 #[path = "relay/lockout.rs"]
 mod lockout;
 #[path = "relay/loops.rs"]
