@@ -258,7 +258,10 @@ mod tests {
         for _ in 0..100 {
             let hops = sel.forward_route(&mut rand::rng(), &e, &m).unwrap();
             assert_eq!(hops[1].id, layer1[1]);
-            assert_eq!(sel.surb_route(&mut rand::rng(), &m).unwrap()[0].id, layer1[1]);
+            assert_eq!(
+                sel.surb_route(&mut rand::rng(), &m).unwrap()[0].id,
+                layer1[1]
+            );
         }
         // Both of layer 1 excluded: a route through one of them beats none.
         let both: HashSet<RelayId> = layer1.iter().copied().collect();
