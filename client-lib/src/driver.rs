@@ -7,17 +7,18 @@
 //! out what the sender asks (store writes, events, replies, the receiver) and write the frames
 //! it hands out.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use spore_protocol::SporeAddress;
 use spore_protocol::bundle::{self, BundleBody};
 use spore_protocol::fragment::Fragment;
 use spore_protocol::link::{Frame, MailboxItem};
 use spore_protocol::packet::SurbRecovery;
 use spore_protocol::params::REPLY_FRAGMENT_DATA_SIZE;
+use spore_protocol::{RelayId, SporeAddress};
 use tokio::sync::mpsc;
 
 use crate::builder::BuildPool;
@@ -57,6 +58,12 @@ impl PacketSource for FactorySource {
 
     fn is_ack(&self, recovery: &SurbRecovery, payload: &[u8]) -> bool {
         is_ack(recovery, payload)
+    }
+
+    fn set_excluded(&mut self, excluded: HashSet<RelayId>) {
+        if let Ok(mut q) = self.shared.quarantined.lock() {
+            *q = excluded;
+        }
     }
 }
 
@@ -133,7 +140,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
             },
             Some((pull, processed)) = processed_rx.recv() => {
                 for nonce in &processed.loops {
-                    driver.sender.handle_loop_returned(nonce);
+                    driver.sender.handle_loop_returned(nonce, Instant::now());
                 }
                 driver.sender.handle_processed(pull, processed.handles, Instant::now());
             }

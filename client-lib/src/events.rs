@@ -27,6 +27,11 @@ pub struct TransportStats {
     pub loops_returned: u64,
     /// Loops not back within their expected round trip (loss, or an active attack).
     pub loops_lost: u64,
+    /// Times a mix was quarantined (kept out of route choice) because loops through it were
+    /// lost significantly more often than the others (route choice, issue 15).
+    pub relays_quarantined: u64,
+    /// Mixes quarantined now.
+    pub relays_in_quarantine: u64,
     /// Fragments acknowledged by the recipient's mailbox relay.
     pub acks: u64,
     pub retransmissions: u64,
@@ -54,6 +59,8 @@ pub(crate) struct Counters {
     pub loops_sent: AtomicU64,
     pub loops_returned: AtomicU64,
     pub loops_lost: AtomicU64,
+    pub relays_quarantined: AtomicU64,
+    pub relays_in_quarantine: AtomicU64,
     pub acks: AtomicU64,
     pub retransmissions: AtomicU64,
     pub messages_queued: AtomicU64,
@@ -80,6 +87,8 @@ impl Counters {
             loops_sent: g(&self.loops_sent),
             loops_returned: g(&self.loops_returned),
             loops_lost: g(&self.loops_lost),
+            relays_quarantined: g(&self.relays_quarantined),
+            relays_in_quarantine: g(&self.relays_in_quarantine),
             acks: g(&self.acks),
             retransmissions: g(&self.retransmissions),
             messages_queued: g(&self.messages_queued),

@@ -33,6 +33,7 @@ mod error;
 mod events;
 mod link;
 mod packets;
+mod quarantine;
 mod receiver;
 mod scheduler;
 mod sender;

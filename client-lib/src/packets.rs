@@ -3,6 +3,7 @@
 //! Sphinx packet on a forward route that starts at our own relay; only the sender knows which
 //! is which.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::{CryptoRng, RngExt};
@@ -24,6 +25,19 @@ pub(crate) struct BuiltPacket<R = SurbRecovery> {
     /// The sum of the delays this packet and its ack were given: the earliest the ack can be
     /// back, before pull intervals and margins.
     pub round_trip: Duration,
+    /// The mixes of the packet's forward route, layer 1 first: what a loop's loss or return
+    /// is evidence about (route choice, `quarantine.rs`).
+    pub mixes: Vec<RelayId>,
+}
+
+/// The mix hops of a forward route (entry, mixes, last hop).
+fn mix_hops(route: &[spore_protocol::packet::RouteHop]) -> Vec<RelayId> {
+    route
+        .get(1..route.len().saturating_sub(1))
+        .unwrap_or_default()
+        .iter()
+        .map(|h| h.id)
+        .collect()
 }
 
 /// Builds packets against one directory.
@@ -34,6 +48,8 @@ pub(crate) struct PacketFactory<'a> {
     /// Our relay: entry for everything we send, and the mailbox our acks come back to.
     pub own_relay: RelayId,
     pub own_mailbox: MailboxId,
+    /// Mixes quarantined for dropping our loops: avoided in every route we build.
+    pub excluded: HashSet<RelayId>,
 }
 
 fn total(delays: &[Duration], hops_that_wait: usize) -> Duration {
@@ -42,7 +58,7 @@ fn total(delays: &[Duration], hops_that_wait: usize) -> Duration {
 
 impl PacketFactory<'_> {
     fn routes(&self) -> RouteSelector<'_> {
-        RouteSelector::new(self.directory, self.epoch)
+        RouteSelector::new(self.directory, self.epoch).excluding(&self.excluded)
     }
 
     /// A fresh SURB-ack back to our own mailbox.
@@ -94,6 +110,7 @@ impl PacketFactory<'_> {
             bytes,
             ack: Some((ack_id, recovery)),
             round_trip: total(&delays, FORWARD_HOPS - 1) + ack_delay,
+            mixes: mix_hops(&route),
         })
     }
 
@@ -124,6 +141,7 @@ impl PacketFactory<'_> {
             bytes,
             ack: None,
             round_trip: total(&delays, FORWARD_HOPS - 1),
+            mixes: mix_hops(&route),
         })
     }
 

@@ -24,7 +24,7 @@
 //! persisted. An item still being processed is left in the mailbox; the next pull returns it
 //! again (same handle) and it is deleted then, without being handed out twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,12 +36,13 @@ use spore_protocol::fragment;
 use spore_protocol::link::{Frame, MailboxItem};
 use spore_protocol::params::{FRAGMENT_DATA_SIZE, PACKET_SIZE};
 use spore_protocol::pull::{ClientPhase, ClientPull};
-use spore_protocol::{MessageId, SporeAddress};
+use spore_protocol::{MessageId, RelayId, SporeAddress};
 
 use crate::config::{Rates, Timeouts};
 use crate::error::Result;
 use crate::events::{Counters, bump};
 use crate::packets::BuiltPacket;
+use crate::quarantine::RouteQuarantine;
 use crate::scheduler::{PoissonSchedule, Stream, backoff};
 use crate::store::OutgoingMessage;
 
@@ -90,6 +91,8 @@ pub(crate) trait PacketSource {
     fn drop_cover(&mut self, rng: &mut StdRng) -> Result<BuiltPacket<Self::Recovery>>;
     /// Whether a pulled payload is the ack `recovery` expects.
     fn is_ack(&self, recovery: &Self::Recovery, payload: &[u8]) -> bool;
+    /// From now on, build routes avoiding these mixes (quarantined: see `quarantine.rs`).
+    fn set_excluded(&mut self, excluded: HashSet<RelayId>);
 }
 
 /// A fragment for the build threads: its key, destination and encoded bytes.
@@ -314,8 +317,10 @@ pub(crate) struct Sender<S: PacketSource> {
     /// retransmission timeout grows with it, so a slow mailbox does not cause a storm.
     ack_lag: Duration,
     acks: HashMap<[u8; 16], AckFor<S::Recovery>>,
-    /// Loop nonces in flight and when each counts as lost.
-    loops: HashMap<[u8; 16], Instant>,
+    /// Loop nonces in flight: when each counts as lost, and the mixes on its route.
+    loops: HashMap<[u8; 16], (Instant, Vec<RelayId>)>,
+    /// Loop outcomes per mix, and the mixes kept out of route choice.
+    quarantine: RouteQuarantine,
     link_up: bool,
     pull: ClientPull,
     /// When the pull conversation last moved (for the stall check).
@@ -367,6 +372,7 @@ impl<S: PacketSource> Sender<S> {
             ack_lag: Duration::ZERO,
             acks: HashMap::new(),
             loops: HashMap::new(),
+            quarantine: RouteQuarantine::default(),
             link_up: false,
             pull: ClientPull::new(),
             pull_since: now,
@@ -513,10 +519,11 @@ impl<S: PacketSource> Sender<S> {
         }
     }
 
-    /// A loop message came back.
-    pub fn handle_loop_returned(&mut self, nonce: &[u8; 16]) {
-        if self.loops.remove(nonce).is_some() {
+    /// A loop message came back: evidence for the mixes on its route.
+    pub fn handle_loop_returned(&mut self, nonce: &[u8; 16], now: Instant) {
+        if let Some((_, mixes)) = self.loops.remove(nonce) {
             bump(&self.counters.loops_returned);
+            self.record_loop(&mixes, false, now);
         }
     }
 
@@ -902,7 +909,7 @@ impl<S: PacketSource> Sender<S> {
             );
         }
         if let Some(frame) = packet_frame(built.bytes) {
-            self.loops.insert(nonce, deadline);
+            self.loops.insert(nonce, (deadline, built.mixes));
             self.queue(frame, Sent::Loop { nonce });
         }
     }
@@ -1073,15 +1080,54 @@ impl<S: PacketSource> Sender<S> {
         }
         // Forget SURB ids nobody will use any more.
         self.acks.retain(|_, a| a.forget_at() > now);
-        // Lost loops.
-        let before = self.loops.len();
-        self.loops.retain(|_, deadline| *deadline > now);
-        let lost = before - self.loops.len();
-        if lost > 0 {
-            self.counters
-                .loops_lost
-                .fetch_add(lost as u64, std::sync::atomic::Ordering::Relaxed);
+        // Lost loops, oldest first (the map's order is random, the evidence's is not).
+        let mut lost: Vec<(Instant, [u8; 16])> = self
+            .loops
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(nonce, (deadline, _))| (*deadline, *nonce))
+            .collect();
+        lost.sort_unstable();
+        for (_, nonce) in lost {
+            if let Some((_, mixes)) = self.loops.remove(&nonce) {
+                bump(&self.counters.loops_lost);
+                self.record_loop(&mixes, true, now);
+            }
         }
+        if self.quarantine.expire(now) {
+            tracing::info!(
+                quarantined = self.quarantine.len(),
+                "a mix's quarantine ended; routes may use it again"
+            );
+            self.publish_quarantine();
+        }
+    }
+
+    /// Adds a loop's outcome to the evidence, and quarantines the mixes it implicates.
+    fn record_loop(&mut self, mixes: &[RelayId], lost: bool, now: Instant) {
+        let newly = self.quarantine.record(mixes, lost, now);
+        if newly.is_empty() {
+            return;
+        }
+        for _ in &newly {
+            bump(&self.counters.relays_quarantined);
+        }
+        tracing::warn!(
+            newly = newly.len(),
+            quarantined = self.quarantine.len(),
+            "loops through a mix were lost far more often than through the others: \
+             routing around it for a while"
+        );
+        self.publish_quarantine();
+    }
+
+    /// Hands the quarantine to route choice and the stats.
+    fn publish_quarantine(&mut self) {
+        self.counters.relays_in_quarantine.store(
+            self.quarantine.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.source.set_excluded(self.quarantine.excluded());
     }
 }
 

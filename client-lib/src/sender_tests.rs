@@ -31,6 +31,17 @@ struct FakeSource {
     /// which the harness adds to its clock after the call that built.
     cost: Duration,
     spent: Arc<AtomicU64>,
+    /// If set, routes are chosen (with the real route selector) through this network, and
+    /// loops are logged with their mixes.
+    network: Option<FakeNetwork>,
+}
+
+/// A directory of 3 layers of [`LAYER_WIDTH`] mixes for route choice, the quarantine the
+/// sender last handed over, and the loops built since the harness last looked.
+struct FakeNetwork {
+    directory: spore_protocol::Directory,
+    excluded: HashSet<RelayId>,
+    loops: Vec<([u8; 16], Vec<RelayId>)>,
 }
 
 impl FakeSource {
@@ -39,6 +50,7 @@ impl FakeSource {
             next_surb,
             cost: Duration::ZERO,
             spent: Arc::default(),
+            network: None,
         }
     }
 
@@ -58,6 +70,7 @@ impl FakeSource {
             bytes,
             ack: (kind == KIND_FRAGMENT).then_some((surb, surb)),
             round_trip: Duration::ZERO,
+            mixes: Vec::new(),
         }
     }
 }
@@ -67,11 +80,29 @@ impl PacketSource for FakeSource {
 
     fn fragment(
         &mut self,
-        _rng: &mut StdRng,
+        rng: &mut StdRng,
         _destination: &SporeAddress,
         fragment: &[u8],
     ) -> Result<BuiltPacket<[u8; 16]>> {
-        Ok(self.packet(KIND_FRAGMENT, fragment))
+        let mut built = self.packet(KIND_FRAGMENT, fragment);
+        if let Some(net) = self.network.as_mut() {
+            let (entry, mailbox) = (net.directory.relays[0].id, net.directory.relays[0].id);
+            let route = spore_protocol::route::RouteSelector::new(&net.directory, 7)
+                .excluding(&net.excluded)
+                .forward_route(rng, &entry, &mailbox)?;
+            built.mixes = route[1..4].iter().map(|h| h.id).collect();
+            let loop_nonce = Fragment::decode(fragment, FRAGMENT_DATA_SIZE)
+                .ok()
+                .and_then(|f| bundle::unpack(&f.data).ok())
+                .and_then(|b| match b.body {
+                    BundleBody::Loop { nonce } => Some(nonce),
+                    _ => None,
+                });
+            if let Some(nonce) = loop_nonce {
+                net.loops.push((nonce, built.mixes.clone()));
+            }
+        }
+        Ok(built)
     }
 
     fn drop_cover(&mut self, _rng: &mut StdRng) -> Result<BuiltPacket<[u8; 16]>> {
@@ -80,6 +111,12 @@ impl PacketSource for FakeSource {
 
     fn is_ack(&self, recovery: &[u8; 16], payload: &[u8]) -> bool {
         payload.get(..16) == Some(&recovery[..]) && payload.get(16) == Some(&ACK_TAG)
+    }
+
+    fn set_excluded(&mut self, excluded: HashSet<RelayId>) {
+        if let Some(net) = self.network.as_mut() {
+            net.excluded = excluded;
+        }
     }
 }
 
@@ -855,4 +892,201 @@ fn empty_and_full_deletes_are_the_same_size_on_the_wire() {
             handles: (0..PULL_SLOTS as u64).map(|h| h << 40).collect()
         }
     );
+}
+
+// ----- route choice (issues 15 and 19): mixes that drop loops are routed around -----
+
+/// Mixes per layer of the fake network.
+const LAYER_WIDTH: u8 = 3;
+
+/// An edge relay (index 0) and 3 layers of [`LAYER_WIDTH`] mixes, all with keys for epoch 7.
+fn fake_directory() -> spore_protocol::Directory {
+    use spore_protocol::directory::{DescriptorFields, NetworkParams, RelayDescriptor, Roles};
+    let relay = |roles: Roles, layer: u8, n: u8| {
+        RelayDescriptor::sign(
+            DescriptorFields {
+                address: format!("127.0.0.1:{}", 1000 + u16::from(n)),
+                roles,
+                layer,
+                link_key: [n; 32],
+                sphinx_keys: vec![spore_protocol::directory::SphinxKey {
+                    epoch: 7,
+                    public: [n; 32],
+                }],
+                published_at: 0,
+                expires_at: 100,
+            },
+            &ed25519_dalek::SigningKey::from_bytes(&[n; 32]),
+        )
+        .unwrap()
+    };
+    let edge = Roles {
+        entry: true,
+        mix: false,
+        mailbox: true,
+    };
+    let mix = Roles {
+        entry: false,
+        mix: true,
+        mailbox: false,
+    };
+    let mut relays = vec![relay(edge, 0, 1)];
+    for layer in 1..=3u8 {
+        for i in 0..LAYER_WIDTH {
+            relays.push(relay(mix, layer, 10 * layer + i));
+        }
+    }
+    spore_protocol::Directory {
+        epoch: 7,
+        valid_after: 0,
+        valid_until: 100,
+        params: NetworkParams::default(),
+        relays,
+        signatures: vec![],
+    }
+}
+
+/// A sender sending only loops (10/s) through the fake network, whose loops come back at once
+/// unless `dropped` says otherwise.
+struct LoopNet {
+    pair: Pair,
+    directory: spore_protocol::Directory,
+    rng: StdRng,
+}
+
+impl LoopNet {
+    fn new(seed: u64) -> Self {
+        let mut pair = Pair::new(0.0);
+        let mut config = config(0.0);
+        config.rates.lambda_l = 10.0;
+        let mut source = FakeSource::new(0);
+        source.network = Some(FakeNetwork {
+            directory: fake_directory(),
+            excluded: HashSet::new(),
+            loops: Vec::new(),
+        });
+        pair.sender = Sender::new(
+            config,
+            source,
+            StdRng::seed_from_u64(seed),
+            pair.counters.clone(),
+            pair.start,
+        );
+        pair.sender.handle_link_up(pair.start);
+        Self {
+            pair,
+            directory: fake_directory(),
+            rng: StdRng::seed_from_u64(seed + 1),
+        }
+    }
+
+    fn layer1(&self) -> Vec<RelayId> {
+        self.directory.mixes_in_layer(1).map(|d| d.id).collect()
+    }
+
+    /// Runs `seconds` of simulated time; a loop is lost if `dropped(mixes, rng)`. Returns the
+    /// mixes of every loop built meanwhile.
+    fn run(
+        &mut self,
+        seconds: u64,
+        mut dropped: impl FnMut(&[RelayId], &mut StdRng) -> bool,
+    ) -> Vec<Vec<RelayId>> {
+        let until = self.pair.now + Duration::from_secs(seconds);
+        let mut routes = Vec::new();
+        while self.pair.now < until {
+            self.pair.step();
+            let built =
+                std::mem::take(&mut self.pair.sender.source.network.as_mut().unwrap().loops);
+            for (nonce, mixes) in built {
+                if !dropped(&mixes, &mut self.rng) {
+                    self.pair.sender.handle_loop_returned(&nonce, self.pair.now);
+                }
+                routes.push(mixes);
+            }
+        }
+        routes
+    }
+
+    fn excluded(&self) -> HashSet<RelayId> {
+        self.pair
+            .sender
+            .source
+            .network
+            .as_ref()
+            .unwrap()
+            .excluded
+            .clone()
+    }
+}
+
+#[test]
+fn a_mix_that_drops_every_loop_is_quarantined_and_routes_avoid_it() {
+    let mut net = LoopNet::new(1);
+    let bad = net.layer1()[0];
+    // 1 % honest loss everywhere, and the bad mix drops everything.
+    let before = net.run(30, |mixes, rng| {
+        mixes.contains(&bad) || rng.random_bool(0.01)
+    });
+    assert!(before.len() > 200, "{} loops", before.len());
+    assert_eq!(
+        net.excluded(),
+        HashSet::from([bad]),
+        "the dropper, and only it"
+    );
+    assert_eq!(net.pair.stat(&net.pair.counters.relays_quarantined), 1);
+    assert_eq!(net.pair.stat(&net.pair.counters.relays_in_quarantine), 1);
+    // From now on no route crosses it, and loops come back again.
+    let lost_before = net.pair.stat(&net.pair.counters.loops_lost);
+    let after = net.run(60, |mixes, rng| {
+        mixes.contains(&bad) || rng.random_bool(0.01)
+    });
+    assert!(after.len() > 400);
+    assert!(after.iter().all(|m| !m.contains(&bad)));
+    let lost = net.pair.stat(&net.pair.counters.loops_lost) - lost_before;
+    assert!(
+        lost < after.len() as u64 / 20,
+        "{lost} of {} lost",
+        after.len()
+    );
+    // Every layer-1 mix still carries some of the first 30 s: the choice was random before.
+    assert!(before.iter().any(|m| m[0] == bad));
+}
+
+#[test]
+fn honest_losses_spread_across_mixes_quarantine_nothing() {
+    // 10 % loss on every loop whatever its route, 20 minutes at 10 loops/s: ~12,000 loops,
+    // ~1,200 losses, ~3,600 tests at a 1e-6 false-alarm rate each.
+    for seed in 0..3 {
+        let mut net = LoopNet::new(100 + seed);
+        let routes = net.run(1200, |_, rng| rng.random_bool(0.1));
+        assert!(routes.len() > 10_000);
+        assert!(net.pair.stat(&net.pair.counters.loops_lost) > 800);
+        assert_eq!(net.pair.stat(&net.pair.counters.relays_quarantined), 0);
+    }
+    // A layer-1 mix that drops everything makes the loops through the other layers' mixes
+    // lossy too (a third of each one's loops crossed it); none of them is blamed.
+    let mut net = LoopNet::new(7);
+    let bad = net.layer1()[0];
+    net.run(600, |mixes, _| mixes.contains(&bad));
+    assert_eq!(net.excluded(), HashSet::from([bad]));
+    assert_eq!(net.pair.stat(&net.pair.counters.relays_quarantined), 1);
+}
+
+#[test]
+fn a_quarantine_ends_and_the_mix_is_used_again() {
+    let mut net = LoopNet::new(3);
+    let bad = net.layer1()[1];
+    net.run(30, |mixes, _| mixes.contains(&bad));
+    assert_eq!(net.excluded(), HashSet::from([bad]));
+    // The mix behaves from now on; it stays out until the quarantine ends...
+    let during = net.run(crate::quarantine::QUARANTINE.as_secs() - 40, |_, _| false);
+    assert!(during.iter().all(|m| !m.contains(&bad)));
+    assert_eq!(net.pair.stat(&net.pair.counters.relays_in_quarantine), 1);
+    // ... and is chosen again afterwards, with a clean slate: nothing quarantined again.
+    let after = net.run(120, |_, _| false);
+    assert!(net.excluded().is_empty());
+    assert_eq!(net.pair.stat(&net.pair.counters.relays_in_quarantine), 0);
+    let through = after.iter().filter(|m| m[0] == bad).count();
+    assert!(through > after.len() / 6, "{through} of {}", after.len());
+    assert_eq!(net.pair.stat(&net.pair.counters.relays_quarantined), 1);
 }

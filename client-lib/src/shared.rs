@@ -2,7 +2,7 @@
 //! `Arc<Shared>` with the configuration, the store, the directory view, the counters and the
 //! channels between them. Nothing here decides anything; the sender (`sender.rs`) does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use spore_protocol::bundle::FederationResponse;
@@ -58,6 +58,9 @@ pub(crate) struct Shared {
     /// Our homeserver's self-signed key response, attached to every request bundle we send.
     pub server_keys: Mutex<Option<Vec<u8>>>,
     pub shutdown: watch::Sender<bool>,
+    /// Mixes the sender quarantined (route choice): the packet factory avoids them, on the
+    /// driver's task and on the build threads alike.
+    pub quarantined: Mutex<HashSet<RelayId>>,
 }
 
 impl Shared {
@@ -68,6 +71,11 @@ impl Shared {
             rates: &self.rates,
             own_relay: self.config.mailbox_relay,
             own_mailbox: self.key.mailbox_id(),
+            excluded: self
+                .quarantined
+                .lock()
+                .map(|q| q.clone())
+                .unwrap_or_default(),
         }
     }
 

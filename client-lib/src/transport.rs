@@ -151,6 +151,7 @@ impl Transport {
             events,
             server_keys: Mutex::new(None),
             shutdown,
+            quarantined: Mutex::new(Default::default()),
         });
 
         // A crash between storing a message's last fragment and delivering it: finish now.

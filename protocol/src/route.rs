@@ -4,6 +4,13 @@
 //! each of the [`MIX_LAYERS`] layers → the recipient's mailbox relay; a SURB (ack or reply)
 //! goes one mix per layer → the SURB owner's mailbox relay. Mixes are picked uniformly and
 //! independently per packet, so two packets of one message share nothing but their ends.
+//!
+//! A client may exclude mixes it has seen drop its loops ([`RouteSelector::excluding`], issue
+//! 15/19 route choice): they are skipped while another mix of their layer is usable, and chosen
+//! from again only if excluding them would leave a layer empty (a route through a suspect mix
+//! beats no route at all).
+
+use std::collections::HashSet;
 
 use rand::Rng;
 use rand::seq::IteratorRandom;
@@ -29,11 +36,39 @@ use crate::params::MIX_LAYERS;
 pub struct RouteSelector<'a> {
     directory: &'a Directory,
     epoch: u64,
+    /// Mixes not to choose while their layer has another.
+    excluded: Option<&'a HashSet<RelayId>>,
 }
 
 impl<'a> RouteSelector<'a> {
     pub fn new(directory: &'a Directory, epoch: u64) -> Self {
-        Self { directory, epoch }
+        Self {
+            directory,
+            epoch,
+            excluded: None,
+        }
+    }
+
+    /// The same selector, avoiding the mixes in `excluded` (quarantined for dropping
+    /// packets): each layer is chosen from its other mixes, or from all of it if every one is
+    /// excluded. Entry and mailbox relays are named by the caller and never excluded.
+    ///
+    /// ```
+    /// # use std::collections::HashSet;
+    /// # use spore_protocol::route::RouteSelector;
+    /// # fn demo(dir: &spore_protocol::Directory, entry: spore_protocol::RelayId, mailbox: spore_protocol::RelayId, suspect: spore_protocol::RelayId) -> spore_protocol::Result<()> {
+    /// let quarantined = HashSet::from([suspect]);
+    /// let routes = RouteSelector::new(dir, dir.epoch).excluding(&quarantined);
+    /// let hops = routes.forward_route(&mut rand::rng(), &entry, &mailbox)?;
+    /// // hops[1..4] avoid `suspect`, unless it is the only mix of its layer.
+    /// # let _ = hops;
+    /// # Ok(()) }
+    /// ```
+    pub fn excluding(self, excluded: &'a HashSet<RelayId>) -> Self {
+        Self {
+            excluded: Some(excluded),
+            ..self
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -57,12 +92,23 @@ impl<'a> RouteSelector<'a> {
 
     fn mixes<R: Rng + ?Sized>(&self, rng: &mut R, out: &mut Vec<RouteHop>) -> Result<()> {
         for layer in 1..=MIX_LAYERS as u8 {
-            let d = self
-                .directory
-                .mixes_in_layer(layer)
-                .filter(|d| d.sphinx_key(self.epoch).is_some())
-                .choose(rng)
-                .ok_or(ApiMisuse::NoRoute("a mix layer is empty"))?;
+            let usable = || {
+                self.directory
+                    .mixes_in_layer(layer)
+                    .filter(|d| d.sphinx_key(self.epoch).is_some())
+            };
+            let preferred = match self.excluded {
+                Some(excluded) if !excluded.is_empty() => {
+                    usable().filter(|d| !excluded.contains(&d.id)).choose(rng)
+                }
+                _ => None,
+            };
+            let d = match preferred {
+                Some(d) => d,
+                None => usable()
+                    .choose(rng)
+                    .ok_or(ApiMisuse::NoRoute("a mix layer is empty"))?,
+            };
             out.push(self.hop(d)?);
         }
         Ok(())
@@ -200,6 +246,30 @@ mod tests {
             .map(|_| sel.forward_route(&mut rand::rng(), &e, &m).unwrap()[2].id)
             .collect();
         assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn excluded_mixes_are_avoided_unless_their_layer_would_be_empty() {
+        let dir = directory(2);
+        let (e, m) = (dir.relays[0].id, dir.relays[1].id);
+        let layer1: Vec<RelayId> = dir.mixes_in_layer(1).map(|d| d.id).collect();
+        let one = HashSet::from([layer1[0]]);
+        let sel = RouteSelector::new(&dir, 7).excluding(&one);
+        for _ in 0..100 {
+            let hops = sel.forward_route(&mut rand::rng(), &e, &m).unwrap();
+            assert_eq!(hops[1].id, layer1[1]);
+            assert_eq!(
+                sel.surb_route(&mut rand::rng(), &m).unwrap()[0].id,
+                layer1[1]
+            );
+        }
+        // Both of layer 1 excluded: a route through one of them beats none.
+        let both: HashSet<RelayId> = layer1.iter().copied().collect();
+        let sel = RouteSelector::new(&dir, 7).excluding(&both);
+        let seen: HashSet<RelayId> = (0..100)
+            .map(|_| sel.forward_route(&mut rand::rng(), &e, &m).unwrap()[1].id)
+            .collect();
+        assert_eq!(seen.len(), 2);
     }
 
     #[test]

@@ -410,6 +410,40 @@ impl Testnet {
         })
     }
 
+    /// Publishes relay `index` at `address` instead of its own listener (same keys, freshly
+    /// signed descriptor and directory), and has every running relay load that directory: with
+    /// a listener that accepts links and discards what they carry, the relay plays a mix that
+    /// drops every packet while its neighbours' links to it stay up. Clients keep the
+    /// directory they have (they never dial a mix, so the address is not theirs to use).
+    pub async fn publish_relay_at(
+        &mut self,
+        index: usize,
+        address: &str,
+    ) -> Result<(), TestnetError> {
+        let now = now_unix();
+        let mut descriptors = Vec::with_capacity(self.members.len());
+        for (i, m) in self.members.iter().enumerate() {
+            let relay_error = |source| TestnetError::Relay { index: i, source };
+            let d = if i == index {
+                spore_relay::build_descriptor(&m.config, &m.keys, address, now)
+                    .map_err(relay_error)?
+            } else {
+                match &m.running {
+                    Some(r) => r.descriptor().map_err(relay_error)?,
+                    None => continue,
+                }
+            };
+            descriptors.push(d);
+        }
+        if index >= self.members.len() {
+            return Err(TestnetError::NoSuchRelay(index));
+        }
+        let directory = signed_directory(descriptors, self.params, &self.authority, now, 86_400)?;
+        self.published.set(directory.to_bytes());
+        self.directory = directory;
+        self.refresh_all().await
+    }
+
     /// Starts relay `index` again with the same keys, data and port.
     pub async fn restart_relay(&mut self, index: usize) -> Result<(), TestnetError> {
         self.stop_relay(index).await?;

@@ -15,6 +15,7 @@ mod https_proxy;
 mod observer;
 mod privacy;
 mod request;
+mod route_choice;
 mod sidecar;
 
 use std::collections::HashMap;
