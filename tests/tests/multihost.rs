@@ -173,8 +173,16 @@ fn transactions_cross_hosts_exactly_once_through_relay_kills_and_an_authority_ou
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let directory_urls = quoted((0..AUTHORITIES).map(|a| authority_url(a) + "/directory").collect());
-    let upload_urls = quoted((0..AUTHORITIES).map(|a| authority_url(a) + "/descriptor").collect());
+    let directory_urls = quoted(
+        (0..AUTHORITIES)
+            .map(|a| authority_url(a) + "/directory")
+            .collect(),
+    );
+    let upload_urls = quoted(
+        (0..AUTHORITIES)
+            .map(|a| authority_url(a) + "/descriptor")
+            .collect(),
+    );
     let authority_keys = quoted(hex_keys.clone());
     let mut authority_configs = Vec::new();
     for (a, key) in keys.iter().enumerate() {
@@ -197,10 +205,7 @@ fn transactions_cross_hosts_exactly_once_through_relay_kills_and_an_authority_ou
                 authority_url(p)
             ));
         }
-        text.push_str(&format!(
-            "\n[params]\nepoch_length_secs = {}\n",
-            plan.epoch
-        ));
+        text.push_str(&format!("\n[params]\nepoch_length_secs = {}\n", plan.epoch));
         let path = adir.join("authority.toml");
         std::fs::write(&path, text).unwrap();
         authority_configs.push(path);

@@ -66,9 +66,11 @@ async fn run(args: Vec<String>) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::FAILURE)
         }
-        _ => Err("usage: spore-netns-agent stage LISTEN TARGET DELAY_MS | homeserver | \
+        _ => Err(
+            "usage: spore-netns-agent stage LISTEN TARGET DELAY_MS | homeserver | \
                   wait-directory URL RELAYS TIMEOUT_SECS"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -105,12 +107,11 @@ async fn homeserver() -> Result<ExitCode, Failure> {
             say(&format!("failed - unknown command {verb:?}"));
             continue;
         }
-        let request = http::Request::put(format!(
-            "http://{sidecar}/_matrix/federation/v1/send/{txn}"
-        ))
-        .header("Host", destination.as_str())
-        .header("Authorization", format!("X-Matrix origin=\"{origin}\""))
-        .body(Full::new(Bytes::from_static(br#"{"pdus":[],"edus":[]}"#)));
+        let request =
+            http::Request::put(format!("http://{sidecar}/_matrix/federation/v1/send/{txn}"))
+                .header("Host", destination.as_str())
+                .header("Authorization", format!("X-Matrix origin=\"{origin}\""))
+                .body(Full::new(Bytes::from_static(br#"{"pdus":[],"edus":[]}"#)));
         let (http, txn) = (http.clone(), txn.clone());
         tokio::spawn(async move {
             let result = match request {
