@@ -133,3 +133,66 @@ async fn one_way(
     };
     tokio::join!(reader, writer);
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An echo service behind a stage; returns the stage's address.
+    async fn echo_behind(impairment: Impairment) -> SocketAddr {
+        let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = service.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = service.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let stage = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = stage.local_addr().unwrap();
+        tokio::spawn(run(stage, target, impairment));
+        addr
+    }
+
+    #[tokio::test]
+    async fn bytes_come_back_whole_in_order_and_a_round_trip_late() {
+        let delay = Duration::from_millis(40);
+        let addr = echo_behind(Impairment {
+            stall_probability: 0.0,
+            break_probability: 0.0,
+            ..Impairment::with_delay(delay)
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let started = Instant::now();
+        s.write_all(&sent).await.unwrap();
+        let mut got = vec![0u8; sent.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, sent);
+        // Through the stage both ways: at least twice the one-way delay.
+        assert!(started.elapsed() >= 2 * delay, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_broken_link_is_closed_by_the_stage() {
+        let addr = echo_behind(Impairment {
+            delay: Duration::from_millis(1),
+            stall_probability: 0.0,
+            stall: Duration::ZERO,
+            break_probability: 1.0,
+            break_within: Duration::from_millis(200),
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the stage closes the link: {read:?}"
+        );
+    }
+}
