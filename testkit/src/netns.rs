@@ -245,3 +245,47 @@ impl Drop for NetnsHosts {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn exists(name: &str) -> bool {
+        list_namespaces().iter().any(|n| n == name)
+    }
+
+    /// Root only (the multi-host test fails in CI when it cannot run; this one just skips).
+    #[test]
+    fn namespaces_go_away_when_a_test_panics_and_stale_ones_are_swept() {
+        if let Some(why) = unavailable_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let names = std::sync::Mutex::new(Vec::new());
+        let unwound = std::panic::catch_unwind(|| {
+            let hosts = NetnsHosts::create(2).unwrap();
+            let mut n = names.lock().unwrap();
+            n.extend([
+                hosts.name(0).to_owned(),
+                hosts.name(1).to_owned(),
+                hosts.hub.clone(),
+            ]);
+            drop(n);
+            assert!(names.lock().unwrap().iter().all(|n| exists(n)));
+            panic!("a failing test");
+        });
+        assert!(unwound.is_err());
+        let names = names.into_inner().unwrap();
+        assert_eq!(names.len(), 3);
+        for n in &names {
+            assert!(!exists(n), "{n} is still there");
+        }
+
+        // A namespace of a creator that no longer runs (pid 0 never names a process here).
+        let stale = format!("{PREFIX}0-0-hub");
+        ip(["netns", "add", &stale]).unwrap();
+        assert!(sweep_stale().contains(&stale));
+        assert!(!exists(&stale));
+    }
+}
