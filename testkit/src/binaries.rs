@@ -38,6 +38,12 @@ pub const CLI: WorkspaceBinary = WorkspaceBinary {
     package: Some("spore-tools"),
 };
 
+/// The multi-host test's helper inside a namespace (delay/loss stage, stub homeserver).
+pub const NETNS_AGENT: WorkspaceBinary = WorkspaceBinary {
+    name: "spore-netns-agent",
+    package: Some("spore-testkit"),
+};
+
 /// Why a workspace binary is not available.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

@@ -16,6 +16,8 @@
 //!   executable and built on demand, so `cargo test --workspace` passes on a fresh clone.
 //! * [`StubHomeserver`], [`Observer`]: a homeserver that records what it receives, and a
 //!   passive observer of a client's encrypted link.
+//! * [`netns`], [`link_stage`]: hosts of their own in network namespaces on a bridge, and a
+//!   delay/loss stage on their links, for the multi-host test (root only).
 //! * [`SidecarNode`] and [`Testnet::write_sidecar_config`]: a `spore-sidecar` config for a
 //!   node of the network.
 //!
@@ -35,6 +37,8 @@
 
 pub mod binaries;
 mod homeserver;
+pub mod link_stage;
+pub mod netns;
 mod observer;
 mod packets;
 mod pull;

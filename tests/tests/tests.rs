@@ -12,6 +12,7 @@ mod delivery;
 mod faults;
 mod hostile;
 mod https_proxy;
+mod multihost;
 mod observer;
 mod privacy;
 mod request;
