@@ -302,6 +302,10 @@ pub(crate) struct Sender<S: PacketSource> {
     replies: VecDeque<Vec<u8>>,
     /// Build jobs handed out and not yet returned.
     build_pending: usize,
+    /// Why packets cannot be built, while they cannot: logged once when it starts (or the
+    /// reason changes) and once when it ends, not per fragment per retry (a mailbox relay
+    /// missing from the directory made 11,494 identical warnings in three minutes).
+    build_failure: Option<String>,
     /// Fragments built by the pool, oldest first, with when they were built.
     built: VecDeque<(FragKey, BuiltPacket<S::Recovery>, Instant)>,
     /// Drop cover built by the pool.
@@ -362,6 +366,7 @@ impl<S: PacketSource> Sender<S> {
             ready: VecDeque::new(),
             replies: VecDeque::new(),
             build_pending: 0,
+            build_failure: None,
             built: VecDeque::new(),
             cover: VecDeque::new(),
             cover_building: 0,
@@ -527,6 +532,25 @@ impl<S: PacketSource> Sender<S> {
         }
     }
 
+    /// A fragment could not be built: warn when this starts or its reason changes, then
+    /// only at debug until a build succeeds again.
+    fn build_failed(&mut self, e: &dyn std::fmt::Display) {
+        let reason = e.to_string();
+        if self.build_failure.as_deref() == Some(reason.as_str()) {
+            tracing::debug!(error = %reason, "cannot build a packet; will retry");
+        } else {
+            tracing::warn!(error = %reason, "cannot build packets; retrying (logged again when it changes)");
+            self.build_failure = Some(reason);
+        }
+    }
+
+    /// A fragment was built: if builds were failing, say that they work again.
+    fn build_succeeded(&mut self) {
+        if self.build_failure.take().is_some() {
+            tracing::info!("packets can be built again");
+        }
+    }
+
     /// A build thread finished a job from [`Sender::poll_build`].
     pub fn handle_built(&mut self, built: Built<S::Recovery>) {
         self.build_pending = self.build_pending.saturating_sub(1);
@@ -536,9 +560,12 @@ impl<S: PacketSource> Sender<S> {
                     return; // acked or failed while it was being built
                 }
                 match packet {
-                    Ok(p) => self.built.push_back((key, p, at)),
+                    Ok(p) => {
+                        self.build_succeeded();
+                        self.built.push_back((key, p, at));
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot build a packet; will retry");
+                        self.build_failed(&e);
                         // Without a clock here, the backoff counts from when it was built.
                         self.back_off(key, at);
                     }
@@ -810,11 +837,12 @@ impl<S: PacketSource> Sender<S> {
         };
         match self.source.fragment(&mut self.rng, &destination, &bytes) {
             Ok(b) => {
+                self.build_succeeded();
                 self.send_fragment(key, b, now);
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot build a packet; will retry");
+                self.build_failed(&e);
                 self.back_off(key, now);
                 false
             }
