@@ -31,6 +31,7 @@ mod directory;
 mod driver;
 mod error;
 mod events;
+mod inbox_entry;
 mod link;
 mod packets;
 mod receiver;

@@ -68,6 +68,7 @@ impl Shared {
             rates: &self.rates,
             own_relay: self.config.mailbox_relay,
             own_mailbox: self.key.mailbox_id(),
+            own_key: self.key.secret(),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::directory::{DirectoryView, now_ms};
 use crate::driver;
 use crate::error::{ClientError, Result, StorageErrorKind};
 use crate::events::{Counters, bump};
+use crate::inbox_entry;
 pub use crate::events::{TransportEvent, TransportStats};
 use crate::packets::random_id;
 use crate::receiver;
@@ -30,8 +31,12 @@ pub struct InboundId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundRequest {
     pub id: InboundId,
+    /// The mailbox public key (X25519) that sealed every fragment of this request: the one
+    /// authenticated fact about who sent it, the key in the sender's Spore address. Bind
+    /// `origin` to it before trusting `origin` (the sidecar pins server name <-> sender key).
+    pub sender_key: [u8; 32],
     /// The sending homeserver's server name, as its bundle claims (the X-Matrix signature
-    /// inside `request` is what proves it).
+    /// inside `request` is what proves it, once the signing keys are bound to `sender_key`).
     pub origin: String,
     /// Where the sender can be reached through Spore, if it said.
     pub sender: Option<SporeAddress>,
@@ -369,7 +374,7 @@ impl Transport {
             .await
             .map_err(|_| ClientError::Stopped)??
             .ok_or(ClientError::UnknownInbound)?;
-        let request = Bundle::decode(&bytes).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+        let (_, request) = inbox_entry::decode(&bytes)?;
         let BundleBody::Request {
             request_id,
             reply_surbs,
@@ -531,7 +536,7 @@ async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
 }
 
 fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
-    let bundle = Bundle::decode(bytes).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+    let (sender_key, bundle) = inbox_entry::decode(bytes)?;
     match bundle.body {
         BundleBody::Request {
             request,
@@ -539,6 +544,7 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
             ..
         } => Ok(InboundRequest {
             id: InboundId(id),
+            sender_key,
             origin: bundle.origin,
             sender: bundle.sender,
             request,

@@ -1,0 +1,46 @@
+//! What the durable inbox holds for one inbound request: the bundle, and the mailbox key that
+//! sealed it (the only authenticated thing about who sent it; the bundle's `origin` is the
+//! sender's claim).
+//!
+//! ```text
+//! entry = TAG (1) || sender mailbox public key (32) || encoded bundle
+//! ```
+//!
+//! The tag keeps entries from before sealing authenticated senders (a bare bundle, whose
+//! first byte is the bundle version) from being read as if they had a sender.
+
+use spore_protocol::bundle::Bundle;
+
+use crate::error::{ClientError, Result};
+
+/// First byte of an inbox entry with an authenticated sender (no bundle version uses it).
+const TAG: u8 = 0xa5;
+/// Length of the sender's X25519 mailbox public key.
+const KEY_SIZE: usize = 32;
+
+/// Encodes an inbox entry for `bundle`, sealed by `sender_key`.
+pub(crate) fn encode(sender_key: &[u8; KEY_SIZE], bundle: &Bundle) -> Vec<u8> {
+    let bundle = bundle.encode();
+    let mut entry = Vec::with_capacity(1 + KEY_SIZE + bundle.len());
+    entry.push(TAG);
+    entry.extend_from_slice(sender_key);
+    entry.extend_from_slice(&bundle);
+    entry
+}
+
+/// The sender key and bundle of an inbox entry written by [`encode`].
+pub(crate) fn decode(entry: &[u8]) -> Result<([u8; KEY_SIZE], Bundle)> {
+    let rest = match entry.split_first() {
+        Some((&TAG, rest)) => rest,
+        _ => {
+            return Err(ClientError::Corrupt(
+                "inbox entry without an authenticated sender (stored before seal v2)",
+            ));
+        }
+    };
+    let (sender, bundle) = rest
+        .split_first_chunk::<KEY_SIZE>()
+        .ok_or(ClientError::Corrupt("inbox entry"))?;
+    let bundle = Bundle::decode(bundle).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+    Ok((*sender, bundle))
+}
