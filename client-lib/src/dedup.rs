@@ -88,6 +88,9 @@ mod tests {
             "/_matrix/federation/v1/send/42",
             &[1; 16],
         );
-        assert_ne!(a, f, "another sender's (origin, txnId) is another transaction");
+        assert_ne!(
+            a, f,
+            "another sender's (origin, txnId) is another transaction"
+        );
     }
 }

@@ -44,3 +44,28 @@ pub(crate) fn decode(entry: &[u8]) -> Result<([u8; KEY_SIZE], Bundle)> {
     let bundle = Bundle::decode(bundle).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
     Ok((*sender, bundle))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use spore_protocol::bundle::BundleBody;
+
+    use super::*;
+
+    #[test]
+    fn an_entry_round_trips_and_a_bare_bundle_has_no_sender() {
+        let bundle = Bundle {
+            origin: "a.example".into(),
+            sender: None,
+            server_keys: None,
+            body: BundleBody::Loop { nonce: [1; 16] },
+        };
+        let entry = encode(&[9; 32], &bundle);
+        assert_eq!(decode(&entry).unwrap(), ([9; 32], bundle.clone()));
+        assert!(matches!(
+            decode(&bundle.encode()),
+            Err(ClientError::Corrupt(_))
+        ));
+        assert!(matches!(decode(&entry[..20]), Err(ClientError::Corrupt(_))));
+    }
+}

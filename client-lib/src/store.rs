@@ -541,7 +541,10 @@ impl Store {
             .and_then(|mut s| s.query_row([&id[..]], |row| row.get(0)).optional())
             .map_err(storage)?;
         bound
-            .map(|b| <[u8; 32]>::try_from(b.as_slice()).map_err(|_| storage_other("sender key length".into())))
+            .map(|b| {
+                <[u8; 32]>::try_from(b.as_slice())
+                    .map_err(|_| storage_other("sender key length".into()))
+            })
             .transpose()
     }
 

@@ -322,8 +322,8 @@ mod tests {
         let (_, victim_pk) = keypair(21);
         let (secret, public) = keypair(22);
         let eph = StaticSecret::from([23u8; 32]);
-        let forged = seal_with_ephemeral(&eph, &forger, &victim_pk, &public, b"from victim")
-            .unwrap();
+        let forged =
+            seal_with_ephemeral(&eph, &forger, &victim_pk, &public, b"from victim").unwrap();
         assert_eq!(
             open(&secret, &forged),
             Err(Error::InvalidMessage(InvalidMessage::Decrypt))
@@ -331,8 +331,7 @@ mod tests {
         // The same construction with the victim's real secret opens: the forgery fails for
         // the missing secret alone.
         let (victim, _) = keypair(21);
-        let real = seal_with_ephemeral(&eph, &victim, &victim_pk, &public, b"from victim")
-            .unwrap();
+        let real = seal_with_ephemeral(&eph, &victim, &victim_pk, &public, b"from victim").unwrap();
         assert_eq!(open(&secret, &real).unwrap().sender, victim_pk);
     }
 
@@ -434,8 +433,7 @@ mod tests {
             // The sealer can encrypt any claimed key; the recipient's ss exchange with a
             // low-order point is refused before it could yield a key anyone can compute.
             let sealed =
-                seal_with_ephemeral(&eph, &sender, &PublicKey::from(point), &public, b"x")
-                    .unwrap();
+                seal_with_ephemeral(&eph, &sender, &PublicKey::from(point), &public, b"x").unwrap();
             assert_eq!(
                 open(&secret, &sealed),
                 Err(Error::PeerMisbehaved(PeerMisbehaved::LowOrderPoint))

@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod https_proxy;
 mod observer;
+mod origin;
 mod privacy;
 mod request;
 mod sidecar;

@@ -193,7 +193,6 @@ async fn inbound(
     }
 }
 
-
 /// The sender key every loopback bundle is bound to (there is no seal to authenticate one).
 const LOOPBACK_SENDER: [u8; 32] = [0; 32];
 
