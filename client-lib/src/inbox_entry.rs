@@ -28,6 +28,15 @@ pub(crate) fn encode(sender_key: &[u8; KEY_SIZE], bundle: &Bundle) -> Vec<u8> {
     entry
 }
 
+/// Whether the Spore address a bundle names as its sender (where answers go) has the
+/// mailbox key that sealed it: a peer may not name someone else's address as its own.
+pub(crate) fn sender_matches(sender_key: &[u8; KEY_SIZE], bundle: &Bundle) -> bool {
+    bundle
+        .sender
+        .as_ref()
+        .is_none_or(|address| address.mailbox_key == *sender_key)
+}
+
 /// The sender key and bundle of an inbox entry written by [`encode`].
 pub(crate) fn decode(entry: &[u8]) -> Result<([u8; KEY_SIZE], Bundle)> {
     let rest = match entry.split_first() {
@@ -67,5 +76,22 @@ mod tests {
             Err(ClientError::Corrupt(_))
         ));
         assert!(matches!(decode(&entry[..20]), Err(ClientError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_bundle_may_name_only_its_sealers_address_as_its_sender() {
+        let mut bundle = Bundle {
+            origin: "a.example".into(),
+            sender: None,
+            server_keys: None,
+            body: BundleBody::Loop { nonce: [1; 16] },
+        };
+        assert!(sender_matches(&[9; 32], &bundle), "no address named");
+        bundle.sender = Some(spore_protocol::SporeAddress {
+            mailbox_relays: vec![spore_protocol::RelayId([1; 32])],
+            mailbox_key: [9; 32],
+        });
+        assert!(sender_matches(&[9; 32], &bundle));
+        assert!(!sender_matches(&[8; 32], &bundle));
     }
 }

@@ -155,6 +155,11 @@ fn handle_message(
             loops.push(*nonce);
             Ok((false, 0))
         }
+        BundleBody::Request { .. } if !inbox_entry::sender_matches(sender, &bundle) => {
+            tracing::debug!("dropping a request whose reply address is not its sender's");
+            bump(&shared.counters.inbound_dropped);
+            Ok((false, 0))
+        }
         BundleBody::Request {
             request_id,
             request,

@@ -38,7 +38,8 @@ pub struct InboundRequest {
     /// The sending homeserver's server name, as its bundle claims (the X-Matrix signature
     /// inside `request` is what proves it, once the signing keys are bound to `sender_key`).
     pub origin: String,
-    /// Where the sender can be reached through Spore, if it said.
+    /// Where the sender can be reached through Spore, if it said; its mailbox key is always
+    /// `sender_key` (a bundle naming another key's address is dropped).
     pub sender: Option<SporeAddress>,
     pub request: FederationRequest,
     /// The sender is waiting for an answer: call [`Transport::respond`] before acking.
