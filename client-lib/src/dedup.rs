@@ -9,10 +9,19 @@ pub fn transaction_id<'a>(method: &str, path: &'a str) -> Option<&'a str> {
         .filter(|t| method.eq_ignore_ascii_case("PUT") && !t.is_empty() && !t.contains('/'))
 }
 
-/// The key under which a request is delivered at most once: `(origin, txnId)` for a
-/// transaction, `(origin, request id)` for anything else.
-pub(crate) fn dedup_key(origin: &str, method: &str, path: &str, request_id: &[u8; 16]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(origin.len() + 64);
+/// The key under which a request is delivered at most once: `(sender key, origin, txnId)` for
+/// a transaction, `(sender key, origin, request id)` for anything else. The sender key is the
+/// one the seal authenticated, so a peer claiming another server's origin only ever collides
+/// with its own requests, never pre-empts the real server's (issue 16).
+pub(crate) fn dedup_key(
+    sender_key: &[u8; 32],
+    origin: &str,
+    method: &str,
+    path: &str,
+    request_id: &[u8; 16],
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + origin.len() + 64);
+    key.extend_from_slice(sender_key);
     key.extend_from_slice(origin.as_bytes());
     key.push(0);
     match transaction_id(method, path) {
@@ -35,12 +44,14 @@ mod tests {
     #[test]
     fn transactions_dedup_by_origin_and_txn_id_other_requests_by_request_id() {
         let a = dedup_key(
+            &[7; 32],
             "a.example",
             "PUT",
             "/_matrix/federation/v1/send/42",
             &[1; 16],
         );
         let b = dedup_key(
+            &[7; 32],
             "a.example",
             "PUT",
             "/_matrix/federation/v1/send/42",
@@ -48,6 +59,7 @@ mod tests {
         );
         assert_eq!(a, b, "a retried transaction is the same transaction");
         let c = dedup_key(
+            &[7; 32],
             "b.example",
             "PUT",
             "/_matrix/federation/v1/send/42",
@@ -55,17 +67,30 @@ mod tests {
         );
         assert_ne!(a, c, "txn ids are scoped by origin");
         let d = dedup_key(
+            &[7; 32],
             "a.example",
             "GET",
             "/_matrix/federation/v1/query/x",
             &[1; 16],
         );
         let e = dedup_key(
+            &[7; 32],
             "a.example",
             "GET",
             "/_matrix/federation/v1/query/x",
             &[2; 16],
         );
         assert_ne!(d, e);
+        let f = dedup_key(
+            &[8; 32],
+            "a.example",
+            "PUT",
+            "/_matrix/federation/v1/send/42",
+            &[1; 16],
+        );
+        assert_ne!(
+            a, f,
+            "another sender's (origin, txnId) is another transaction"
+        );
     }
 }

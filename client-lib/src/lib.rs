@@ -15,8 +15,9 @@
 //! recipient's mailbox relay releases once it has stored the fragment; a missing ack means
 //! retransmission on a fresh route, and after the message lifetime a [`TransportEvent::Failed`].
 //! The same link pulls our mailbox at a constant rate; pulled items are persisted before they are
-//! deleted at the relay, reassembled, deduplicated by `(origin, txnId)` and kept in a durable inbox
-//! until the consumer [`Transport::ack`]s them.
+//! deleted at the relay, reassembled, deduplicated by `(sender key, origin, txnId)` (the sender key
+//! is the one each fragment's seal authenticates) and kept in a durable inbox until the
+//! consumer [`Transport::ack`]s them.
 //!
 //! [`SporeFederationClient`] is the `tower::Service` adapter a Rust homeserver swaps in for its
 //! federation client; the `spore-sidecar` binary (crate `spore-sidecar`) does the same for any
@@ -31,6 +32,7 @@ mod directory;
 mod driver;
 mod error;
 mod events;
+mod inbox_entry;
 mod link;
 mod packets;
 mod quarantine;

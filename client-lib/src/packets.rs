@@ -14,6 +14,8 @@ use spore_protocol::params::{FORWARD_HOPS, SEALED_FRAGMENT_SIZE, SURB_HOPS, SURB
 use spore_protocol::route::RouteSelector;
 use spore_protocol::{Directory, MailboxId, RelayId, SporeAddress, seal};
 
+use x25519_dalek::StaticSecret;
+
 use crate::config::Rates;
 use crate::error::Result;
 
@@ -50,6 +52,8 @@ pub(crate) struct PacketFactory<'a> {
     pub own_mailbox: MailboxId,
     /// Mixes quarantined for dropping our loops: avoided in every route we build.
     pub excluded: HashSet<RelayId>,
+    /// Our mailbox secret: every fragment's seal authenticates it to the recipient.
+    pub own_key: &'a StaticSecret,
 }
 
 fn total(delays: &[Duration], hops_that_wait: usize) -> Duration {
@@ -73,7 +77,8 @@ impl PacketFactory<'_> {
         Ok((surb, recovery, id, total(&delays, SURB_HOPS - 1)))
     }
 
-    /// One encoded fragment, sealed to `destination`'s key, with a SURB-ack, routed
+    /// One encoded fragment, sealed from our mailbox key to `destination`'s (so the recipient
+    /// knows it is from us, and nobody else does), with a SURB-ack, routed
     /// own relay → 3 mixes → `destination`'s mailbox relay.
     pub fn fragment<R: CryptoRng + ?Sized>(
         &self,
@@ -81,7 +86,12 @@ impl PacketFactory<'_> {
         destination: &SporeAddress,
         fragment: &[u8],
     ) -> Result<BuiltPacket> {
-        let sealed_fragment = seal::seal(rng, &destination.mailbox_public_key(), fragment)?;
+        let sealed_fragment = seal::seal(
+            rng,
+            self.own_key,
+            &destination.mailbox_public_key(),
+            fragment,
+        )?;
         let (ack_surb, recovery, ack_id, ack_delay) = self.ack_surb(rng)?;
         let payload = ForwardPayload {
             ack_surb,

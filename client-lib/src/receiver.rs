@@ -1,5 +1,10 @@
 //! The inbound side: pulled forward items are opened, persisted, reassembled, deduplicated
 //! and put in the durable inbox, all flushed before the sender deletes them at the relay.
+//!
+//! Every item's seal authenticates the mailbox key that sent it (issue 16). A message's
+//! fragments must all come from that one key, the inbox entry carries it, and dedup is keyed
+//! on it: a peer that claims another server's `origin` cannot pre-empt that server's
+//! `(origin, txnId)`, it only fills its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +19,7 @@ use crate::dedup::dedup_key;
 use crate::directory::now_ms;
 use crate::error::Result;
 use crate::events::bump;
+use crate::inbox_entry;
 use crate::shared::{Shared, stopped};
 use crate::store::{FragmentOutcome, Store};
 
@@ -41,8 +47,8 @@ pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem
         let mut delivered = 0usize;
         let mut wrote = false;
         for item in items {
-            if let Some(fragment) = open_item(&s, &item)? {
-                let (stored, n) = store_fragment(&s, &fragment, &mut loops)?;
+            if let Some((sender, fragment)) = open_item(&s, &item)? {
+                let (stored, n) = store_fragment(&s, &sender, &fragment, &mut loops)?;
                 wrote |= stored;
                 delivered += n;
             }
@@ -73,14 +79,18 @@ pub(crate) async fn process_forward(shared: &Arc<Shared>, items: Vec<MailboxItem
     processed
 }
 
-/// The fragment inside a forward item, or `None` for anything that does not open with our key
-/// (a stale ack from before a restart, a forged or corrupted item). Never an error for bad
-/// input: only the store can fail.
-fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<Fragment>> {
+/// The authenticated sender key and the fragment inside a forward item, or `None` for
+/// anything that does not open with our key (a stale ack from before a restart, a forged or
+/// corrupted item, an anonymous seal of an older version). Never an error for bad input:
+/// only the store can fail.
+fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<([u8; 32], Fragment)>> {
     let opened = open_final_payload(&item.payload[..])
         .and_then(|plain| ForwardPayload::decode(&plain))
         .and_then(|fwd| seal::open(shared.key.secret(), &fwd.sealed_fragment))
-        .and_then(|plain| Fragment::decode(&plain, FRAGMENT_DATA_SIZE));
+        .and_then(|opened| {
+            Fragment::decode(&opened.plaintext, FRAGMENT_DATA_SIZE)
+                .map(|f| (opened.sender.to_bytes(), f))
+        });
     match opened {
         Ok(f) => Ok(Some(f)),
         Err(e) => {
@@ -95,13 +105,19 @@ fn open_item(shared: &Shared, item: &MailboxItem) -> Result<Option<Fragment>> {
 /// anything was written, and the number of requests put in the inbox (0 or 1).
 fn store_fragment(
     shared: &Shared,
+    sender: &[u8; 32],
     fragment: &Fragment,
     loops: &mut Vec<[u8; 16]>,
 ) -> Result<(bool, usize)> {
     let now = now_ms();
+    if fragment.count > 1 && !shared.store.bind_sender(&fragment.message_id, sender)? {
+        tracing::debug!("refused a fragment from another sender than its message's");
+        bump(&shared.counters.inbound_dropped);
+        return Ok((false, 0));
+    }
     match shared.store.put_fragment(fragment, now)? {
         FragmentOutcome::Complete(padded) => {
-            let (wrote, n) = handle_message(shared, &padded, loops)?;
+            let (wrote, n) = handle_message(shared, sender, &padded, loops)?;
             if fragment.count > 1 {
                 shared.store.finish_message(&fragment.message_id, now)?;
                 return Ok((true, n));
@@ -122,6 +138,7 @@ fn store_fragment(
 /// nonces go to `loops`.
 fn handle_message(
     shared: &Shared,
+    sender: &[u8; 32],
     padded: &[u8],
     loops: &mut Vec<[u8; 16]>,
 ) -> Result<(bool, usize)> {
@@ -138,13 +155,25 @@ fn handle_message(
             loops.push(*nonce);
             Ok((false, 0))
         }
+        BundleBody::Request { .. } if !inbox_entry::sender_matches(sender, &bundle) => {
+            tracing::debug!("dropping a request whose reply address is not its sender's");
+            bump(&shared.counters.inbound_dropped);
+            Ok((false, 0))
+        }
         BundleBody::Request {
             request_id,
             request,
             ..
         } => {
-            let key = dedup_key(&bundle.origin, &request.method, &request.path, request_id);
-            match shared.store.deliver(&key, &bundle.encode(), now_ms())? {
+            let key = dedup_key(
+                sender,
+                &bundle.origin,
+                &request.method,
+                &request.path,
+                request_id,
+            );
+            let entry = inbox_entry::encode(sender, &bundle);
+            match shared.store.deliver(&key, &entry, now_ms())? {
                 Some(_) => {
                     bump(&shared.counters.received);
                     Ok((true, 1))
@@ -166,8 +195,18 @@ pub(crate) async fn finish_interrupted(shared: &Arc<Shared>) -> Result<()> {
     tokio::task::spawn_blocking(move || -> Result<()> {
         let pending: Vec<(MessageId, Vec<u8>)> = s.store.completed_but_unfinished()?;
         for (id, padded) in pending {
-            // Loops sent before the restart are not waited for any more.
-            handle_message(&s, &padded, &mut Vec::new())?;
+            // A completed message's fragments were all bound to one sender before storing;
+            // one without (held by a version before seal v2) has no authenticated sender.
+            match s.store.sender_of(&id)? {
+                // Loops sent before the restart are not waited for any more.
+                Some(sender) => {
+                    handle_message(&s, &sender, &padded, &mut Vec::new())?;
+                }
+                None => {
+                    tracing::warn!("dropping a reassembled message with no authenticated sender");
+                    bump(&s.counters.inbound_dropped);
+                }
+            }
             s.store.finish_message(&id, now_ms())?;
         }
         Ok(())

@@ -76,6 +76,7 @@ impl Shared {
                 .lock()
                 .map(|q| q.clone())
                 .unwrap_or_default(),
+            own_key: self.key.secret(),
         }
     }
 

@@ -6,8 +6,9 @@
 //! | `out_frags` | message id, index | encoded fragment | removed when its SURB-ack returns |
 //! | `in_frags` | message id, index | fragment data | pulled fragments, before reassembly |
 //! | `in_partial` | message id | count, received, data length, first seen | reassembly progress |
+//! | `in_sender` | message id | sender mailbox key | a message's fragments all come from one sender |
 //! | `in_done` | message id | completed at | swallows late duplicate fragments |
-//! | `seen` | dedup key | delivered at | `(origin, txnId)` is delivered once |
+//! | `seen` | dedup key | delivered at | `(sender key, origin, txnId)` is delivered once |
 //! | `inbox` | inbound id | the request bundle | handed to the consumer until acked |
 //!
 //! Why SQLite and these settings (issue 15, "data at rest"): once a message is delivered and
@@ -116,6 +117,10 @@ const SCHEMA: &str = "
         received INTEGER NOT NULL,
         data_len INTEGER NOT NULL,
         first_seen_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS in_sender (
+        id BLOB PRIMARY KEY NOT NULL,
+        sender BLOB NOT NULL
     ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS in_done (
         id BLOB PRIMARY KEY NOT NULL,
@@ -512,10 +517,44 @@ impl Store {
         Ok(FragmentOutcome::Stored)
     }
 
+    /// Binds a multi-fragment message to the mailbox key that sealed its first fragment, and
+    /// reports whether `sender` is that key: a message's fragments must all come from one
+    /// sender, so that the sender of a completed message is authenticated for all of its
+    /// bytes. Called before [`Store::put_fragment`], so a held fragment always has its sender.
+    pub fn bind_sender(&self, id: &MessageId, sender: &[u8; 32]) -> Result<bool> {
+        let db = self.db();
+        db.prepare_cached("INSERT OR IGNORE INTO in_sender (id, sender) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![&id[..], &sender[..]]))
+            .map_err(storage)?;
+        let bound: Vec<u8> = db
+            .prepare_cached("SELECT sender FROM in_sender WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id[..]], |row| row.get(0)))
+            .map_err(storage)?;
+        Ok(bound == sender[..])
+    }
+
+    /// The sender [`Store::bind_sender`] bound a message to.
+    pub fn sender_of(&self, id: &MessageId) -> Result<Option<[u8; 32]>> {
+        let bound: Option<Vec<u8>> = self
+            .db()
+            .prepare_cached("SELECT sender FROM in_sender WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id[..]], |row| row.get(0)).optional())
+            .map_err(storage)?;
+        bound
+            .map(|b| {
+                <[u8; 32]>::try_from(b.as_slice())
+                    .map_err(|_| storage_other("sender key length".into()))
+            })
+            .transpose()
+    }
+
     /// Forgets a message's fragments and remembers it as done, so late duplicates are dropped.
     pub fn finish_message(&self, id: &MessageId, now_ms: u64) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction().map_err(storage)?;
+        tx.prepare_cached("DELETE FROM in_sender WHERE id = ?1")
+            .and_then(|mut s| s.execute([&id[..]]))
+            .map_err(storage)?;
         tx.prepare_cached("DELETE FROM in_frags WHERE id = ?1")
             .and_then(|mut s| s.execute([&id[..]]))
             .map_err(storage)?;
@@ -648,6 +687,12 @@ impl Store {
         let dropped = tx
             .execute("DELETE FROM in_partial WHERE first_seen_ms < ?1", [cutoff])
             .map_err(storage)?;
+        // Senders of messages no longer held (dropped above, or refused after binding).
+        tx.execute(
+            "DELETE FROM in_sender WHERE id NOT IN (SELECT id FROM in_partial)",
+            [],
+        )
+        .map_err(storage)?;
         tx.execute("DELETE FROM in_done WHERE done_ms < ?1", [cutoff])
             .map_err(storage)?;
         tx.execute("DELETE FROM seen WHERE delivered_ms < ?1", [dedup_cutoff])

@@ -17,6 +17,7 @@ use crate::driver;
 use crate::error::{ClientError, Result, StorageErrorKind};
 use crate::events::{Counters, bump};
 pub use crate::events::{TransportEvent, TransportStats};
+use crate::inbox_entry;
 use crate::packets::random_id;
 use crate::receiver;
 use crate::shared::{Command, PendingResponse, ReplyTable, Shared, stopped};
@@ -30,10 +31,15 @@ pub struct InboundId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundRequest {
     pub id: InboundId,
+    /// The mailbox public key (X25519) that sealed every fragment of this request: the one
+    /// authenticated fact about who sent it, the key in the sender's Spore address. Bind
+    /// `origin` to it before trusting `origin` (the sidecar pins server name <-> sender key).
+    pub sender_key: [u8; 32],
     /// The sending homeserver's server name, as its bundle claims (the X-Matrix signature
-    /// inside `request` is what proves it).
+    /// inside `request` is what proves it, once the signing keys are bound to `sender_key`).
     pub origin: String,
-    /// Where the sender can be reached through Spore, if it said.
+    /// Where the sender can be reached through Spore, if it said; its mailbox key is always
+    /// `sender_key` (a bundle naming another key's address is dropped).
     pub sender: Option<SporeAddress>,
     pub request: FederationRequest,
     /// The sender is waiting for an answer: call [`Transport::respond`] before acking.
@@ -370,7 +376,7 @@ impl Transport {
             .await
             .map_err(|_| ClientError::Stopped)??
             .ok_or(ClientError::UnknownInbound)?;
-        let request = Bundle::decode(&bytes).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+        let (_, request) = inbox_entry::decode(&bytes)?;
         let BundleBody::Request {
             request_id,
             reply_surbs,
@@ -532,7 +538,7 @@ async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
 }
 
 fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
-    let bundle = Bundle::decode(bytes).map_err(|_| ClientError::Corrupt("inbox bundle"))?;
+    let (sender_key, bundle) = inbox_entry::decode(bytes)?;
     match bundle.body {
         BundleBody::Request {
             request,
@@ -540,6 +546,7 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
             ..
         } => Ok(InboundRequest {
             id: InboundId(id),
+            sender_key,
             origin: bundle.origin,
             sender: bundle.sender,
             request,

@@ -75,9 +75,9 @@ fn sphinx(c: &mut Criterion) {
     let recipient = PublicKey::from(&keys[0]);
     let fragment = vec![7u8; FRAGMENT_SIZE];
     c.bench_function("seal_fragment", |b| {
-        b.iter(|| seal::seal(&mut rand::rng(), &recipient, black_box(&fragment)).unwrap())
+        b.iter(|| seal::seal(&mut rand::rng(), &keys[1], &recipient, black_box(&fragment)).unwrap())
     });
-    let sealed = seal::seal(&mut rand::rng(), &recipient, &fragment).unwrap();
+    let sealed = seal::seal(&mut rand::rng(), &keys[1], &recipient, &fragment).unwrap();
     c.bench_function("open_fragment", |b| {
         b.iter(|| seal::open(&keys[0], black_box(&sealed)).unwrap())
     });

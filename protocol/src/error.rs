@@ -66,6 +66,10 @@ pub enum PeerMisbehaved {
     UnexpectedPeer,
     #[error("the same relay is listed twice")]
     DuplicateRelay,
+    /// A sealed fragment of another version than [`crate::seal::SEAL_VERSION`]: anonymous v1
+    /// seals included, which must not be taken as from anyone.
+    #[error("seal version {0} is not accepted (only sender-authenticated version 2)")]
+    SealVersion(u8),
 }
 
 /// Our caller's bug: the request cannot be satisfied by any input.
@@ -125,6 +129,7 @@ impl Error {
                 PeerMisbehaved::Handshake(_) => "handshake",
                 PeerMisbehaved::UnexpectedPeer => "unexpected_peer",
                 PeerMisbehaved::DuplicateRelay => "duplicate_relay",
+                PeerMisbehaved::SealVersion(_) => "seal_version",
             },
             Error::ApiMisuse(_) => "api_misuse",
         }

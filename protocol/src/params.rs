@@ -30,8 +30,10 @@ pub const SURB_ID_SIZE: usize = sphinx_packet::constants::IDENTIFIER_LENGTH;
 pub const SURB_SIZE: usize = HEADER_SIZE + 32 + 16;
 /// What a forward packet's payload holds after its SURB-ack: one sealed fragment.
 pub const SEALED_FRAGMENT_SIZE: usize = PAYLOAD_CAPACITY - SURB_SIZE;
-/// Ephemeral public key + AEAD tag added by end-to-end sealing.
-pub const SEAL_OVERHEAD: usize = 32 + 16;
+/// What end-to-end sealing adds (see [`crate::seal`]): version byte, ephemeral public key,
+/// the sender's public key encrypted (+ tag), and the payload's AEAD tag. It comes out of the
+/// fragment, so [`SEALED_FRAGMENT_SIZE`] and the packet size stay fixed.
+pub const SEAL_OVERHEAD: usize = 1 + 32 + (32 + 16) + 16;
 /// A fragment's plaintext (header + data) inside the seal.
 pub const FRAGMENT_SIZE: usize = SEALED_FRAGMENT_SIZE - SEAL_OVERHEAD;
 /// Message id (16) + index (2) + count (2).

@@ -127,6 +127,7 @@ fn write_fuzz_seeds() {
         "sealed",
         &seal::seal(
             &mut rand::rng(),
+            &StaticSecret::from([4u8; 32]),
             &PublicKey::from(&StaticSecret::from([3u8; 32])),
             b"seed",
         )

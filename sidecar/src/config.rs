@@ -158,11 +158,22 @@ impl SidecarConfig {
 
     pub fn resolver(&self) -> Result<StaticResolver> {
         let mut r = StaticResolver::default();
-        for (name, text) in &self.peers {
-            let address = SporeAddress::from_text(text)
-                .map_err(|e| SidecarError::Config(format!("peer {name}: {e}")))?;
-            r.insert(name.clone(), address);
+        for (name, address) in self.peers()? {
+            r.insert(name, address);
         }
         Ok(r)
+    }
+
+    /// The `[peers]` table parsed: server name -> Spore address. Also what binds those names
+    /// to their senders' keys (a request in a listed name from any other key is refused).
+    pub fn peers(&self) -> Result<Vec<(String, SporeAddress)>> {
+        self.peers
+            .iter()
+            .map(|(name, text)| {
+                SporeAddress::from_text(text)
+                    .map(|address| (name.clone(), address))
+                    .map_err(|e| SidecarError::Config(format!("peer {name}: {e}")))
+            })
+            .collect()
     }
 }

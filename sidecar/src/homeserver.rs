@@ -94,6 +94,9 @@ pub enum Delivered {
     Accepted,
     /// A request/response call whose caller had stopped waiting: not delivered.
     Expired,
+    /// The request claims an origin bound to another Spore sender (issue 16): not delivered,
+    /// counted and logged by the [`ServerKeyCache`].
+    WrongSender,
 }
 /// Refresh our own key response when it has less than this left.
 const OWN_KEYS_MARGIN_MS: u64 = 3600 * 1000;
@@ -322,18 +325,26 @@ impl OwnKeys {
     }
 }
 
-/// Hands one inbound request to the homeserver: caches the origin's keys it carries (after
-/// checking them) first, so the homeserver can verify the request, skips a request/response
-/// call whose caller has stopped waiting, then delivers it under `policy`.
+/// Hands one inbound request to the homeserver: refuses it unless `origin` is bound to the
+/// Spore key `sender_key` that sealed it, caches the origin's keys it carries (after checking
+/// them) so the homeserver can verify the request, skips a request/response call whose caller
+/// has stopped waiting, then delivers it under `policy`.
+#[allow(clippy::too_many_arguments)] // one request's parts, each needed
 pub async fn deliver_inbound(
     homeserver: &LocalHomeserver,
     keys: &ServerKeyCache,
+    sender_key: &[u8; 32],
     origin: &str,
     server_keys: Option<&[u8]>,
     request: &FederationRequest,
     wants_response: bool,
     policy: RetryPolicy,
 ) -> Result<Delivered, DeliveryError> {
+    // Before the key response is looked at: an impostor must not pin or rotate a name's
+    // signing keys either.
+    if keys.bind_sender(origin, sender_key).is_err() {
+        return Ok(Delivered::WrongSender);
+    }
     match server_keys.map(|json| keys.insert(origin, json, unix_ms())) {
         // Logged once per server name by the cache: an impersonator must not flood the log.
         None | Some(Ok(())) | Some(Err(KeyError::NotPinnedKey(_))) => {}

@@ -135,6 +135,7 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest) {
     let delivered = deliver_inbound(
         &d.homeserver,
         &d.keys,
+        &inbound.sender_key,
         &inbound.origin,
         inbound.server_keys.as_deref(),
         &inbound.request,
@@ -143,6 +144,8 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest) {
     )
     .await;
     match delivered {
+        // Hostile, never to be delivered: acked and dropped (the cache counted and logged it).
+        Ok(Delivered::WrongSender) => {}
         Ok(Delivered::Expired) => {
             tracing::debug!("dropping a request whose caller has stopped waiting");
         }

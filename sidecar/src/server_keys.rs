@@ -13,6 +13,16 @@
 //! disk beside the cache, next to it with `.pins.json`), and a later response for `X` is taken
 //! only if one of the pinned keys signed it; a rotation is then a response signed by both the
 //! old and the new key. Anything else is refused, counted and logged once per name.
+//!
+//! Signing keys alone still let any Spore peer pin a name nobody has contacted us from yet,
+//! or send requests in a name it does not hold (issue 16). So the name is bound to the Spore
+//! sender too: every inbound bundle's seal authenticates its sender's mailbox key
+//! ([`spore_client::InboundRequest::sender_key`]), and the first request for a name pins
+//! name -> sender key (kept in `.senders.json`), unless the sidecar's `[peers]` table lists
+//! the name, whose address's key then wins. A request, or the key response it carries, that
+//! claims a name from any other sender key is refused before anything else, counted
+//! ([`ServerKeyCache::refused_senders`]) and logged once per (name, key). The chain is then
+//! server name <-> Spore key <-> signing keys, each link pinned at first contact.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -46,6 +56,8 @@ pub enum KeyError {
     BadSignature,
     #[error("key response for {0:?} is not signed by its pinned key")]
     NotPinnedKey(String),
+    #[error("{0:?} is bound to another Spore sender")]
+    WrongSender(String),
 }
 
 /// A verified `/_matrix/key/v2/server` response.
@@ -184,6 +196,14 @@ struct CacheState {
     logged: HashSet<String>,
     /// Responses refused for not being signed by the pinned key.
     refused: u64,
+    /// Server name -> the Spore mailbox key its requests come from (first contact).
+    senders: HashMap<String, [u8; 32]>,
+    /// Server name -> mailbox key from the `[peers]` configuration; wins over `senders`.
+    configured: HashMap<String, [u8; 32]>,
+    /// (name, sender key) pairs already logged for claiming a name bound to another key.
+    logged_senders: HashSet<(String, [u8; 32])>,
+    /// Requests refused for claiming a name bound to another sender key.
+    refused_senders: u64,
 }
 
 impl ServerKeyCache {
@@ -205,6 +225,18 @@ impl ServerKeyCache {
                     .collect();
                 if !keys.is_empty() {
                     state.pins.insert(name, keys);
+                }
+            }
+        }
+        if let Ok(bytes) = std::fs::read(senders_path(&path))
+            && let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes)
+        {
+            for (name, key) in map {
+                if let Some(key) = key
+                    .as_str()
+                    .and_then(|k| hex::decode(k).ok()?.try_into().ok())
+                {
+                    state.senders.insert(name.to_ascii_lowercase(), key);
                 }
             }
         }
@@ -288,9 +320,77 @@ impl ServerKeyCache {
             .cloned()
     }
 
+    /// Binds `server_name` to the Spore mailbox key `sender` from the operator's `[peers]`
+    /// table: from now on only that key may send in this name, whatever was pinned before.
+    pub fn configure_sender(&self, server_name: &str, sender: [u8; 32]) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .configured
+            .insert(server_name.to_ascii_lowercase(), sender);
+    }
+
+    /// Checks that requests in `server_name`'s name may come from the Spore mailbox key
+    /// `sender`: the configured key if `[peers]` lists the name, else the key pinned at first
+    /// contact; an unknown name is pinned to `sender` now. Anything else is refused with
+    /// [`KeyError::WrongSender`], counted, and logged once per (name, key).
+    pub fn bind_sender(&self, server_name: &str, sender: &[u8; 32]) -> Result<(), KeyError> {
+        let name = server_name.to_ascii_lowercase();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let bound = match state.configured.get(&name).or(state.senders.get(&name)) {
+            Some(bound) => *bound,
+            None if state.senders.len() >= MAX_PINNED_SERVERS => {
+                // Full: refuse rather than serve a name no pin protects.
+                return Err(KeyError::WrongSender(name));
+            }
+            None => {
+                state.senders.insert(name, *sender);
+                self.persist_senders(&state);
+                return Ok(());
+            }
+        };
+        if bound == *sender {
+            return Ok(());
+        }
+        state.refused_senders += 1;
+        if state.logged_senders.len() < MAX_CACHED_SERVERS
+            && state.logged_senders.insert((name.clone(), *sender))
+        {
+            // The name is what an operator needs to act on; the sender key is no mailbox id
+            // (it is hashed into one), and this goes out at most once per (name, key).
+            tracing::warn!(server = %name, sender = %hex::encode(&sender[..8]), "refused a request claiming a server name bound to another Spore sender (logged once per name and sender)");
+        }
+        Err(KeyError::WrongSender(name))
+    }
+
+    /// Requests refused since start for claiming a server name bound to another Spore sender.
+    pub fn refused_senders(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused_senders
+    }
+
     /// Key responses refused since start for not being signed by their name's pinned key.
     pub fn refused_unpinned(&self) -> u64 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).refused
+    }
+
+    fn persist_senders(&self, state: &CacheState) {
+        let Some(path) = &self.path else { return };
+        let map: serde_json::Map<String, Value> = state
+            .senders
+            .iter()
+            .map(|(name, key)| (name.clone(), Value::String(hex::encode(key))))
+            .collect();
+        let path = senders_path(path);
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&Value::Object(map))
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not persist the server sender pins");
+        }
     }
 
     fn persist(&self, state: &CacheState) {
@@ -327,6 +427,11 @@ impl ServerKeyCache {
             }
         }
     }
+}
+
+/// Where the name -> Spore sender pins of the cache in `path` live.
+fn senders_path(path: &Path) -> PathBuf {
+    path.with_extension("senders.json")
 }
 
 /// Where the pins of the cache in `path` live.
@@ -461,6 +566,35 @@ mod tests {
                 6_000,
             )
             .unwrap();
+    }
+
+    /// Issue 16: the first Spore sender of a name pins it (across restarts); another sender
+    /// claiming it is refused and counted; a `[peers]` entry wins over a pin.
+    #[test]
+    fn a_name_is_bound_to_its_first_spore_sender_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let cache = ServerKeyCache::open(&path, 1_000);
+        let (real, forger) = ([1u8; 32], [2u8; 32]);
+        cache.bind_sender("hs-a.spore.test", &real).unwrap();
+        cache.bind_sender("HS-A.spore.test", &real).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                cache.bind_sender("hs-a.spore.test", &forger),
+                Err(KeyError::WrongSender("hs-a.spore.test".into()))
+            );
+        }
+        assert_eq!(cache.refused_senders(), 3);
+        let reopened = ServerKeyCache::open(&path, 1_000);
+        assert!(reopened.bind_sender("hs-a.spore.test", &forger).is_err());
+        reopened.bind_sender("hs-a.spore.test", &real).unwrap();
+        // Configuration wins: the operator names another key for the name.
+        reopened.configure_sender("hs-a.spore.test", forger);
+        reopened.bind_sender("hs-a.spore.test", &forger).unwrap();
+        assert!(reopened.bind_sender("hs-a.spore.test", &real).is_err());
+        // A configured name is never pinned to a first sender.
+        reopened.configure_sender("hs-b.spore.test", real);
+        assert!(reopened.bind_sender("hs-b.spore.test", &forger).is_err());
     }
 
     /// A response listing keys `a` and `b`, signed by both.

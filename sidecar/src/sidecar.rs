@@ -46,6 +46,7 @@ pub struct Sidecar {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     counters: Arc<InboundCounters>,
+    keys: Arc<ServerKeyCache>,
 }
 
 impl Sidecar {
@@ -62,6 +63,10 @@ impl Sidecar {
             config.data_dir.join("server_keys.json"),
             unix_ms(),
         ));
+        // The operator's `[peers]` table binds those names to their Spore keys (issue 16).
+        for (name, address) in config.peers()? {
+            keys.configure_sender(&name, address.mailbox_key);
+        }
         let counters = Arc::new(InboundCounters::default());
         let mut tasks = vec![
             tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
@@ -82,7 +87,7 @@ impl Sidecar {
                     listen,
                     transport.clone(),
                     homeserver,
-                    keys,
+                    keys.clone(),
                     stop.subscribe(),
                 )
                 .await?,
@@ -95,6 +100,7 @@ impl Sidecar {
             stop,
             tasks,
             counters,
+            keys,
         })
     }
 
@@ -110,6 +116,12 @@ impl Sidecar {
     /// Counters of inbound delivery (transactions dead-lettered so far).
     pub fn inbound_counters(&self) -> &InboundCounters {
         &self.counters
+    }
+
+    /// The verified server keys and the name <-> Spore sender bindings; its
+    /// [`ServerKeyCache::refused_senders`] counts requests refused as impersonations.
+    pub fn server_keys(&self) -> &ServerKeyCache {
+        &self.keys
     }
 
     pub async fn shutdown(self) {

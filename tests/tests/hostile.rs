@@ -430,6 +430,7 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
         };
         let sealed = seal::seal(
             &mut rand::rng(),
+            MailboxKey::generate(&mut rand::rng()).secret(),
             &bob_address.mailbox_public_key(),
             &f.encode(),
         )

@@ -232,6 +232,7 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     let fragment_to = |dest: &SporeAddress, rng: &mut rand::rngs::ThreadRng| {
         let sealed = seal::seal(
             &mut rand::rng(),
+            me.secret(),
             &dest.mailbox_public_key(),
             &vec![7u8; FRAGMENT_SIZE],
         )

@@ -14,6 +14,7 @@ mod hostile;
 mod https_proxy;
 mod multihost;
 mod observer;
+mod origin;
 mod privacy;
 mod request;
 mod route_choice;
