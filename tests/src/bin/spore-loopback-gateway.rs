@@ -143,6 +143,7 @@ async fn inbound(
         request_id,
         request,
         reply_surbs,
+        ..
     } = bundle.body
     else {
         return (400, Vec::new());
