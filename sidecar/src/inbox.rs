@@ -74,37 +74,21 @@ impl InboundCounters {
 }
 
 /// What every origin's task shares.
-struct Delivery {
-    transport: Transport,
-    homeserver: LocalHomeserver,
-    keys: Arc<ServerKeyCache>,
-    dead_letters: DeadLetters,
-    policy: RetryPolicy,
-    order: InboxOrder,
-    counters: Arc<InboundCounters>,
+pub(crate) struct Delivery {
+    pub(crate) transport: Transport,
+    pub(crate) homeserver: LocalHomeserver,
+    pub(crate) keys: Arc<ServerKeyCache>,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) order: InboxOrder,
+    pub(crate) counters: Arc<InboundCounters>,
 }
 
 /// Reads the inbox and hands each request to its origin's queue, starting that origin's task
 /// when it has none.
-pub(crate) async fn deliver_inbox(
-    transport: Transport,
-    homeserver: LocalHomeserver,
-    keys: Arc<ServerKeyCache>,
-    dead_letters: DeadLetters,
-    policy: RetryPolicy,
-    order: InboxOrder,
-    counters: Arc<InboundCounters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let delivery = Arc::new(Delivery {
-        transport: transport.clone(),
-        homeserver,
-        keys,
-        dead_letters,
-        policy,
-        order,
-        counters,
-    });
+pub(crate) async fn deliver_inbox(delivery: Delivery, mut stop: watch::Receiver<bool>) {
+    let transport = delivery.transport.clone();
+    let delivery = Arc::new(delivery);
     let mut queues: HashMap<String, mpsc::UnboundedSender<InboundRequest>> = HashMap::new();
     loop {
         let inbound = tokio::select! {

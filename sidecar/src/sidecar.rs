@@ -36,7 +36,7 @@ use crate::dead_letter::DeadLetters;
 use crate::deadline::{RequestTimeouts, deadline_after};
 use crate::error::{Result, SidecarError};
 use crate::homeserver::{DEADLINE_HEADER, LocalHomeserver, OwnKeys, RetryPolicy};
-use crate::inbox::{DELIVERY_ORDER_FILE, InboundCounters, InboxOrder, deliver_inbox};
+use crate::inbox::{DELIVERY_ORDER_FILE, Delivery, InboundCounters, InboxOrder, deliver_inbox};
 use crate::proxy::{OutboundProxy, ProxySettings, json_response};
 use crate::send_order::NextExpected;
 use crate::server_keys::{ServerKeyCache, unix_ms};
@@ -75,16 +75,20 @@ impl Sidecar {
                 stop.subscribe(),
             )),
             tokio::spawn(deliver_inbox(
-                transport.clone(),
-                homeserver.clone(),
-                keys.clone(),
-                DeadLetters::in_data_dir(&config.data_dir),
-                RetryPolicy::dead_letter_after(config.dead_letter_after),
-                InboxOrder {
-                    next_expected: NextExpected::open(config.data_dir.join(DELIVERY_ORDER_FILE)),
-                    gap_wait: Duration::from_millis(config.order_gap_wait_ms),
+                Delivery {
+                    transport: transport.clone(),
+                    homeserver: homeserver.clone(),
+                    keys: keys.clone(),
+                    dead_letters: DeadLetters::in_data_dir(&config.data_dir),
+                    policy: RetryPolicy::dead_letter_after(config.dead_letter_after),
+                    order: InboxOrder {
+                        next_expected: NextExpected::open(
+                            config.data_dir.join(DELIVERY_ORDER_FILE),
+                        ),
+                        gap_wait: Duration::from_millis(config.order_gap_wait_ms),
+                    },
+                    counters: counters.clone(),
                 },
-                counters.clone(),
                 stop.subscribe(),
             )),
         ];
