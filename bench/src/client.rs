@@ -408,6 +408,7 @@ pub async fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport> 
             server_keys: None,
             body: BundleBody::Request {
                 request_id: [0; 16],
+                sequence: None,
                 request: bulk_request(0, cfg.body_bytes),
                 reply_surbs: Vec::new(),
             },

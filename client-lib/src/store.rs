@@ -130,6 +130,13 @@ const SCHEMA: &str = "
         key BLOB PRIMARY KEY NOT NULL,
         delivered_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- The next send-order number per destination (its mailbox key), advanced in the same
+    -- transaction that queues the message carrying it: a restart continues the sequence and
+    -- a crash never leaves a number used by a message that was not queued.
+    CREATE TABLE IF NOT EXISTS out_sequence (
+        destination BLOB PRIMARY KEY NOT NULL,
+        next INTEGER NOT NULL
+    ) WITHOUT ROWID;
     -- AUTOINCREMENT: an inbound id is never reused after its entry is removed, so a consumer's
     -- cursor (`inbox_after`) cannot skip a new entry that took an old id.
     CREATE TABLE IF NOT EXISTS inbox (
@@ -287,30 +294,42 @@ impl Store {
     pub fn put_outgoing(&self, message: &OutgoingMessage, fragments: &[Fragment]) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction().map_err(storage)?;
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO out_msgs (id, created_ms, destination) VALUES (?1, ?2, ?3)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                &message.id[..],
-                sql_u64(message.created_ms),
-                message.destination.to_bytes()
-            ])
-        })
-        .map_err(storage)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO out_frags (id, idx, fragment) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(storage)?;
-            for f in fragments {
-                insert
-                    .execute(params![&message.id[..], f.index, f.encode()])
-                    .map_err(storage)?;
-            }
-        }
+        insert_outgoing(&tx, message, fragments)?;
         tx.commit().map_err(storage)
+    }
+
+    /// Takes the next send-order number for `destination` (0 for a new one), builds the
+    /// message that carries it with `build`, and queues it, all in one transaction (not yet
+    /// flushed): numbers are used in order, never twice, and none is lost to a crash
+    /// between taking it and queueing its message.
+    pub fn put_sequenced<T>(
+        &self,
+        destination: &[u8; 32],
+        build: impl FnOnce(u64) -> Result<(OutgoingMessage, Vec<Fragment>, T)>,
+    ) -> Result<(OutgoingMessage, Vec<Fragment>, T)> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        let next: Option<i64> = tx
+            .query_row(
+                "SELECT next FROM out_sequence WHERE destination = ?1",
+                params![&destination[..]],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        let sequence = match next {
+            Some(n) => api_u64(n, "send sequence")?,
+            None => 0,
+        };
+        let (message, fragments, extra) = build(sequence)?;
+        insert_outgoing(&tx, &message, &fragments)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO out_sequence (destination, next) VALUES (?1, ?2)",
+            params![&destination[..], sql_u64(sequence.saturating_add(1))],
+        )
+        .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok((message, fragments, extra))
     }
 
     /// Every queued message with its unacknowledged fragments (index, encoded fragment).
@@ -729,6 +748,34 @@ fn assemble(db: &Connection, id: &MessageId, partial: Partial) -> Result<Fragmen
     Ok(FragmentOutcome::Complete(padded))
 }
 
+/// The inserts of [`Store::put_outgoing`], inside the caller's transaction.
+fn insert_outgoing(
+    tx: &rusqlite::Transaction<'_>,
+    message: &OutgoingMessage,
+    fragments: &[Fragment],
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO out_msgs (id, created_ms, destination) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            &message.id[..],
+            sql_u64(message.created_ms),
+            message.destination.to_bytes()
+        ])
+    })
+    .map_err(storage)?;
+    let mut insert = tx
+        .prepare_cached("INSERT OR REPLACE INTO out_frags (id, idx, fragment) VALUES (?1, ?2, ?3)")
+        .map_err(storage)?;
+    for f in fragments {
+        insert
+            .execute(params![&message.id[..], f.index, f.encode()])
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
 fn storage_other(message: String) -> ClientError {
     ClientError::Storage(StorageError::new(StorageErrorKind::Other, &message))
 }
@@ -785,6 +832,40 @@ mod tests {
             count,
             data: vec![index as u8; 10],
         }
+    }
+
+    #[tokio::test]
+    async fn send_order_is_per_destination_continues_after_reopen_and_skips_failed_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |store: &Store, to: [u8; 32], id: u8| {
+            store
+                .put_sequenced(&to, |n| {
+                    let msg = OutgoingMessage {
+                        id: [id; 16],
+                        created_ms: 1,
+                        destination: address(),
+                    };
+                    Ok((msg, vec![frag(id, 0, 1)], n))
+                })
+                .unwrap()
+                .2
+        };
+        {
+            let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+            assert_eq!(put(&store, [1; 32], 1), 0);
+            assert_eq!(put(&store, [1; 32], 2), 1);
+            assert_eq!(put(&store, [2; 32], 3), 0);
+            // A message that cannot be built takes no number.
+            let failed = store.put_sequenced(&[1; 32], |_| -> Result<(_, _, ())> {
+                Err(ClientError::Corrupt("test"))
+            });
+            assert!(failed.is_err());
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        assert_eq!(put(&store, [1; 32], 4), 2);
+        assert_eq!(put(&store, [2; 32], 5), 1);
+        assert_eq!(store.outbox_len(), 5);
     }
 
     #[tokio::test]

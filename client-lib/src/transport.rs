@@ -44,6 +44,10 @@ pub struct InboundRequest {
     pub request: FederationRequest,
     /// The sender is waiting for an answer: call [`Transport::respond`] before acking.
     pub wants_response: bool,
+    /// The origin's send order for us ([`Transport::send`] numbers each destination's
+    /// requests 0, 1, 2…): hand sequenced requests to the homeserver in this order. `None`
+    /// for requests that wait for an answer, and from senders that predate numbering.
+    pub sequence: Option<u64>,
     /// The origin's self-signed `/_matrix/key/v2/server` response, if the bundle carried one
     /// (unverified here: the sidecar's `ServerKeyCache` decides whether to trust it).
     pub server_keys: Option<Vec<u8>>,
@@ -201,12 +205,16 @@ impl Transport {
     /// Queues `request` for `destination` and returns once it is durable. It is then sent,
     /// acknowledged fragment by fragment and retransmitted as needed, across restarts; watch
     /// [`Transport::events`] for its fate.
+    ///
+    /// Each request sent this way carries the next number of this destination's send order
+    /// (kept in the store, so a restart continues it): the recipient's sidecar hands them to
+    /// its homeserver in the order of the `send` calls that returned.
     pub async fn send(
         &self,
         destination: &SporeAddress,
         request: FederationRequest,
     ) -> Result<MessageId> {
-        self.enqueue(destination, random_id(), request, Vec::new())
+        self.enqueue(destination, random_id(), request, Vec::new(), true)
             .await
     }
 
@@ -216,37 +224,56 @@ impl Transport {
         request_id: [u8; 16],
         request: FederationRequest,
         reply_surbs: Vec<Vec<u8>>,
+        sequenced: bool,
     ) -> Result<MessageId> {
-        let bundle = Bundle {
-            origin: self.shared.config.server_name.clone(),
-            sender: Some(self.shared.address.clone()),
-            server_keys: self
-                .shared
-                .server_keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            body: BundleBody::Request {
-                request_id,
-                request,
-                reply_surbs,
-            },
-        };
-        let padded = bundle::pack(&bundle, FRAGMENT_DATA_SIZE)?;
-        let id = random_id();
-        let fragments = fragment::split(id, &padded, FRAGMENT_DATA_SIZE)?;
-        let message = OutgoingMessage {
-            id,
-            created_ms: now_ms(),
-            destination: destination.clone(),
+        let origin = self.shared.config.server_name.clone();
+        let sender = self.shared.address.clone();
+        let server_keys = self
+            .shared
+            .server_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let to = destination.clone();
+        // Built inside the store's transaction when sequenced: the number is sealed in the
+        // bundle, and taken only if the message carrying it is queued.
+        let build = move |sequence: Option<u64>| {
+            let bundle = Bundle {
+                origin,
+                sender: Some(sender),
+                server_keys,
+                body: BundleBody::Request {
+                    request_id,
+                    sequence,
+                    request,
+                    reply_surbs,
+                },
+            };
+            let padded = bundle::pack(&bundle, FRAGMENT_DATA_SIZE)?;
+            let id = random_id();
+            let fragments = fragment::split(id, &padded, FRAGMENT_DATA_SIZE)?;
+            let message = OutgoingMessage {
+                id,
+                created_ms: now_ms(),
+                destination: to,
+            };
+            Ok::<_, ClientError>((message, fragments, ()))
         };
         let store = self.shared.store.clone();
+        let mailbox_key = destination.mailbox_key;
         let (message, fragments) = tokio::task::spawn_blocking(move || {
-            store.put_outgoing(&message, &fragments)?;
+            let (message, fragments, ()) = if sequenced {
+                store.put_sequenced(&mailbox_key, |n| build(Some(n)))?
+            } else {
+                let built = build(None)?;
+                store.put_outgoing(&built.0, &built.1)?;
+                built
+            };
             Ok::<_, ClientError>((message, fragments))
         })
         .await
         .map_err(|_| ClientError::Stopped)??;
+        let id = message.id;
         self.shared.store.flush().await?;
         bump(&self.shared.counters.messages_queued);
         let fragments = fragments.iter().map(|f| (f.index, f.encode())).collect();
@@ -303,7 +330,7 @@ impl Transport {
             );
         }
         let result = async {
-            self.enqueue(destination, request_id, request, surbs)
+            self.enqueue(destination, request_id, request, surbs, false)
                 .await?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(response)) => Ok(response),
@@ -543,6 +570,7 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
         BundleBody::Request {
             request,
             reply_surbs,
+            sequence,
             ..
         } => Ok(InboundRequest {
             id: InboundId(id),
@@ -551,6 +579,7 @@ fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {
             sender: bundle.sender,
             request,
             wants_response: !reply_surbs.is_empty(),
+            sequence,
             server_keys: bundle.server_keys,
         }),
         _ => Err(ClientError::Corrupt("inbox bundle")),

@@ -88,6 +88,7 @@ fn sphinx(c: &mut Criterion) {
         server_keys: None,
         body: BundleBody::Request {
             request_id: [1; 16],
+            sequence: None,
             request: FederationRequest {
                 method: "PUT".into(),
                 path: "/_matrix/federation/v1/send/1".into(),

@@ -15,11 +15,17 @@
 //! ```text
 //! bundle   = version:u8 origin:str16 [sender:SporeAddress]? [server_keys:bytes32]? body
 //! [x]?     = 0 | 1 x
-//! body     = 1 request_id:16 method:str8 path:str16 headers body:bytes32 n:u8 n*(SURB_SIZE bytes)
+//! body     = 1 request
+//!          | 4 sequence:u64 request
 //!          | 2 request_id:16 status:u16 headers body:bytes32
 //!          | 3 nonce:16
+//! request  = request_id:16 method:str8 path:str16 headers body:bytes32 n:u8 n*(SURB_SIZE bytes)
 //! headers  = n:u8 n*(name:str16 value:str16)
 //! ```
+//!
+//! Tag 4 is a request with the origin's send-order number for this destination (see
+//! [`BundleBody::Request::sequence`]); a request without one keeps tag 1, so bundles written
+//! before sequence numbers existed (in a durable inbox or outbox) still decode.
 
 use std::fmt;
 
@@ -61,6 +67,7 @@ const VERSION: u8 = 1;
 const TAG_REQUEST: u8 = 1;
 const TAG_RESPONSE: u8 = 2;
 const TAG_LOOP: u8 = 3;
+const TAG_SEQUENCED_REQUEST: u8 = 4;
 /// The `u32` compressed-length field in front of a packed message.
 const LENGTH_FIELD: usize = 4;
 
@@ -74,6 +81,7 @@ const MAX_ENCODED_LEN: usize = 1
     + 4
     + MAX_SERVER_KEYS_LEN
     + 1
+    + 8
     + 16
     + 1
     + MAX_METHOD_LEN
@@ -129,6 +137,12 @@ pub enum BundleBody {
     /// [`MAX_REPLY_SURBS`]) let the recipient answer without learning where the sender is.
     Request {
         request_id: [u8; 16],
+        /// The origin's send order for this destination: 0, 1, 2… per (origin, destination),
+        /// assigned durably by the sender to fire-and-forget requests (transactions). The
+        /// recipient hands them to its homeserver in this order although the mixnet's random
+        /// delays reorder them. `None` for requests that wait for an answer, which need no
+        /// order.
+        sequence: Option<u64>,
         request: FederationRequest,
         reply_surbs: Vec<Vec<u8>>,
     },
@@ -180,11 +194,15 @@ impl Bundle {
         match &self.body {
             BundleBody::Request {
                 request_id,
+                sequence,
                 request,
                 reply_surbs,
             } => {
-                w.u8(TAG_REQUEST)
-                    .bytes(request_id)
+                match sequence {
+                    Some(n) => w.u8(TAG_SEQUENCED_REQUEST).u64(*n),
+                    None => w.u8(TAG_REQUEST),
+                };
+                w.bytes(request_id)
                     .bytes_u8(request.method.as_bytes())
                     .string_u16(&request.path);
                 encode_headers(&mut w, &request.headers);
@@ -232,7 +250,12 @@ impl Bundle {
             None
         };
         let body = match r.u8()? {
-            TAG_REQUEST => {
+            tag @ (TAG_REQUEST | TAG_SEQUENCED_REQUEST) => {
+                let sequence = if tag == TAG_SEQUENCED_REQUEST {
+                    Some(r.u64()?)
+                } else {
+                    None
+                };
                 let request_id = r.array()?;
                 let method = utf8(r.bytes_u8(MAX_METHOD_LEN)?, "method")?;
                 let path = r.string_u16(MAX_PATH_LEN)?;
@@ -248,6 +271,7 @@ impl Bundle {
                 }
                 BundleBody::Request {
                     request_id,
+                    sequence,
                     request: FederationRequest {
                         method,
                         path,
@@ -400,6 +424,7 @@ fn size_class(len: usize, data_size: usize) -> Option<usize> {
 ///     server_keys: None,
 ///     body: BundleBody::Request {
 ///         request_id: [1; 16],
+///         sequence: None,
 ///         request: FederationRequest {
 ///             method: "PUT".into(),
 ///             path: "/_matrix/federation/v1/send/1".into(),
@@ -518,6 +543,7 @@ mod tests {
             server_keys: Some(br#"{"server_name":"a.example"}"#.to_vec()),
             body: BundleBody::Request {
                 request_id: [4; 16],
+                sequence: None,
                 request: FederationRequest {
                     method: "PUT".into(),
                     path: "/_matrix/federation/v1/send/1".into(),
@@ -564,6 +590,24 @@ mod tests {
     }
 
     #[test]
+    fn sequence_number_round_trips_and_unsequenced_requests_keep_their_encoding() {
+        let plain = request_bundle(b"{}".to_vec(), vec![]);
+        let mut sequenced = plain.clone();
+        if let BundleBody::Request { sequence, .. } = &mut sequenced.body {
+            *sequence = Some(u64::MAX - 1);
+        }
+        let bytes = sequenced.encode();
+        assert_eq!(bytes.len(), plain.encode().len() + 8);
+        assert_eq!(Bundle::decode(&bytes).unwrap(), sequenced);
+        assert_eq!(
+            unpack(&pack(&sequenced, FRAGMENT_DATA_SIZE).unwrap()).unwrap(),
+            sequenced
+        );
+        // A bundle written before sequence numbers existed still reads, as unsequenced.
+        assert_eq!(Bundle::decode(&plain.encode()).unwrap(), plain);
+    }
+
+    #[test]
     fn unknown_version_and_body_tag_are_rejected() {
         let mut bytes = loop_bundle().encode();
         bytes[0] = 2;
@@ -573,7 +617,7 @@ mod tests {
         ));
         let mut bytes = loop_bundle().encode();
         let tag = bytes.len() - 17;
-        bytes[tag] = 4;
+        bytes[tag] = 5;
         assert!(Bundle::decode(&bytes).is_err());
     }
 
@@ -828,25 +872,28 @@ mod tests {
         let bytes = || proptest::collection::vec(any::<u8>(), 0..256);
         prop_oneof![
             (
-                any::<[u8; 16]>(),
+                (any::<[u8; 16]>(), any::<Option<u64>>()),
                 arb_text(MAX_METHOD_LEN),
                 arb_text(64),
                 arb_headers(),
                 bytes(),
                 proptest::collection::vec(proptest::collection::vec(any::<u8>(), SURB_SIZE), 0..3),
             )
-                .prop_map(|(request_id, method, path, headers, body, reply_surbs)| {
-                    BundleBody::Request {
-                        request_id,
-                        request: FederationRequest {
-                            method,
-                            path,
-                            headers,
-                            body,
-                        },
-                        reply_surbs,
+                .prop_map(
+                    |((request_id, sequence), method, path, headers, body, reply_surbs)| {
+                        BundleBody::Request {
+                            request_id,
+                            sequence,
+                            request: FederationRequest {
+                                method,
+                                path,
+                                headers,
+                                body,
+                            },
+                            reply_surbs,
+                        }
                     }
-                }),
+                ),
             (any::<[u8; 16]>(), 100u16..600, arb_headers(), bytes()).prop_map(
                 |(request_id, status, headers, body)| BundleBody::Response {
                     request_id,

@@ -110,6 +110,7 @@ fn write_fuzz_seeds() {
         server_keys: None,
         body: BundleBody::Request {
             request_id: [1; 16],
+            sequence: None,
             request: FederationRequest {
                 method: "PUT".into(),
                 path: "/_matrix/federation/v1/send/1".into(),

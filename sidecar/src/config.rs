@@ -11,6 +11,7 @@ use spore_client::{
 };
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
 
+use crate::deadline::RequestTimeouts;
 use crate::error::{Result, SidecarError};
 
 /// `[directory]` in the sidecar config: the relay's section, with the same keys (`path` or
@@ -23,6 +24,10 @@ fn sixty() -> u64 {
 
 fn eight() -> u32 {
     8
+}
+
+fn ten_thousand() -> u64 {
+    10_000
 }
 
 /// `[rates]`: overrides of the directory's rates (tests and benchmarks only).
@@ -61,9 +66,22 @@ pub struct SidecarConfig {
     /// events needs more than the default.
     #[serde(default)]
     pub reply_surbs: Option<usize>,
-    /// How long a request/response call waits.
+    /// How long a request/response call waits for an endpoint that `request_timeouts` does
+    /// not name (default 60 s, Synapse's federation client default). The request carries this
+    /// deadline; the receiving sidecar drops it once passed, and the caller gets a 502.
     #[serde(default = "sixty")]
     pub request_timeout_secs: u64,
+    /// Seconds per endpoint (the path segment after the version: `query`, `make_join`,
+    /// `send_join`, `invite`, `state`…), over the built-in defaults that match Synapse's own
+    /// timeouts: `query` 10, `make_join`/`make_leave`/`make_knock` 20, `state` 600.
+    #[serde(default)]
+    pub request_timeouts: HashMap<String, u64>,
+    /// How long inbound delivery holds an origin's transaction that arrived ahead of a
+    /// missing one (the mixnet reorders them) before going on without it, in ms (default
+    /// 10 000: above a fragment's retransmission after a lost packet, about 7 s, and far
+    /// above the mix delays, under 1 s at the default mu = 20/s).
+    #[serde(default = "ten_thousand")]
+    pub order_gap_wait_ms: u64,
     /// A transaction the homeserver refuses with a permanent 4xx (not 408/429) this many
     /// times, with doubling pauses from 100 ms (8: about 25 s), goes to the dead-letter store
     /// (`data_dir/dead-letters`, see `spore-sidecar dead-letters`) instead of holding up its
@@ -154,6 +172,15 @@ impl SidecarConfig {
             pull_interval: self.rates.pull_interval_ms.map(Duration::from_millis),
         };
         Ok(config)
+    }
+
+    /// Per-endpoint caller timeouts: Synapse's, `request_timeout_secs` for the rest, and
+    /// `request_timeouts` over both.
+    pub fn request_timeouts(&self) -> RequestTimeouts {
+        self.request_timeouts.iter().fold(
+            RequestTimeouts::synapse(Duration::from_secs(self.request_timeout_secs)),
+            |t, (endpoint, secs)| t.with_endpoint(endpoint, Duration::from_secs(*secs)),
+        )
     }
 
     pub fn resolver(&self) -> Result<StaticResolver> {

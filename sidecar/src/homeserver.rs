@@ -108,12 +108,16 @@ pub const DEADLINE_HEADER: &str = "x-spore-deadline-ms";
 /// nowhere, and a late `/invite` would show an invite that never entered the room). Requests
 /// without a deadline never expire here.
 pub fn request_expired(request: &FederationRequest, now_ms: u64) -> bool {
+    request_deadline(request).is_some_and(|deadline| now_ms > deadline)
+}
+
+/// When (Unix ms) the caller of a request/response call stops waiting, if it said.
+fn request_deadline(request: &FederationRequest) -> Option<u64> {
     request
         .headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(DEADLINE_HEADER))
         .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .is_some_and(|deadline| now_ms > deadline)
 }
 
 /// What a request/response caller gets when the answer does not fit its reply SURBs: a 4xx,
@@ -328,7 +332,8 @@ impl OwnKeys {
 /// Hands one inbound request to the homeserver: refuses it unless `origin` is bound to the
 /// Spore key `sender_key` that sealed it, caches the origin's keys it carries (after checking
 /// them) so the homeserver can verify the request, skips a request/response call whose caller
-/// has stopped waiting, then delivers it under `policy`.
+/// has stopped waiting, then delivers it under `policy` (a request/response call only until
+/// its caller's deadline).
 #[allow(clippy::too_many_arguments)] // one request's parts, each needed
 pub async fn deliver_inbound(
     homeserver: &LocalHomeserver,
@@ -350,10 +355,23 @@ pub async fn deliver_inbound(
         None | Some(Ok(())) | Some(Err(KeyError::NotPinnedKey(_))) => {}
         Some(Err(e)) => tracing::warn!(error = %e, "inbound server keys do not verify; ignored"),
     }
-    if wants_response && request_expired(request, unix_ms()) {
+    let deadline = request_deadline(request).filter(|_| wants_response);
+    let now = unix_ms();
+    if deadline.is_some_and(|deadline| now > deadline) {
         return Ok(Delivered::Expired);
     }
-    let response = homeserver.deliver(request, wants_response, policy).await?;
+    let delivery = homeserver.deliver(request, wants_response, policy);
+    let response = match deadline {
+        // Retries stop when the caller stops waiting: its answer would go nowhere.
+        Some(deadline) => {
+            let left = Duration::from_millis(deadline.saturating_sub(now));
+            match tokio::time::timeout(left, delivery).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(Delivered::Expired),
+            }
+        }
+        None => delivery.await?,
+    };
     Ok(if wants_response {
         Delivered::Answered(response)
     } else {

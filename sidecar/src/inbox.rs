@@ -1,8 +1,11 @@
 //! The inbound half of the sidecar: every request the transport receives goes to the
 //! homeserver through [`deliver_inbound`], one queue per origin.
 //!
-//! Per origin, requests are delivered in order, one at a time, each retried with its own
-//! backoff while the failure is transient; a transaction the homeserver refuses for good
+//! Per origin, transactions are delivered in the origin's send order (the sequence number
+//! its transport sealed in each bundle, put back in order by [`SendOrder`]: a gap is waited
+//! for up to [`InboxOrder::gap_wait`], then skipped, logged and counted), one at a time, each
+//! retried with its own backoff while the failure is transient; request/response calls need
+//! no order and go straight through, each in its own task, until their caller's deadline; a transaction the homeserver refuses for good
 //! goes to the [`DeadLetters`] store after a bounded number of refusals and is acked only once
 //! it is there. One origin's refusals or slow answers therefore never hold up another origin's
 //! deliveries, and nothing is lost across a crash: a request leaves the transport's inbox only
@@ -11,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spore_client::{ClientError, InboundRequest, Transport};
 use tokio::sync::{mpsc, watch};
@@ -20,7 +23,19 @@ use crate::dead_letter::DeadLetters;
 use crate::homeserver::{
     Delivered, DeliveryError, LocalHomeserver, RetryPolicy, deliver_inbound, too_large_response,
 };
+use crate::send_order::{NextExpected, NextInOrder, SendOrder};
 use crate::server_keys::ServerKeyCache;
+
+/// The file in the data dir that keeps, per origin, the send-order number expected next.
+pub(crate) const DELIVERY_ORDER_FILE: &str = "delivery_order.json";
+
+/// How inbound transactions are put back in their origin's send order.
+#[derive(Debug)]
+pub(crate) struct InboxOrder {
+    pub(crate) next_expected: NextExpected,
+    /// How long a transaction that arrived ahead of a missing one is held.
+    pub(crate) gap_wait: Duration,
+}
 
 /// An origin's queue with nothing in it for this long ends its task (a new one starts with
 /// the origin's next request).
@@ -30,6 +45,9 @@ const IDLE_WORKER: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct InboundCounters {
     dead_lettered: AtomicU64,
+    order_gaps: AtomicU64,
+    skipped_in_order: AtomicU64,
+    expired_requests: AtomicU64,
 }
 
 impl InboundCounters {
@@ -37,37 +55,40 @@ impl InboundCounters {
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
     }
+
+    /// Gaps in an origin's send order that were not filled in time (delivery went on).
+    pub fn order_gaps(&self) -> u64 {
+        self.order_gaps.load(Ordering::Relaxed)
+    }
+
+    /// Sequence numbers given up on in those gaps (a straggler that comes later is still
+    /// delivered, out of order).
+    pub fn skipped_in_order(&self) -> u64 {
+        self.skipped_in_order.load(Ordering::Relaxed)
+    }
+
+    /// Request/response calls not executed because their caller had given up.
+    pub fn expired_requests(&self) -> u64 {
+        self.expired_requests.load(Ordering::Relaxed)
+    }
 }
 
 /// What every origin's task shares.
-struct Delivery {
-    transport: Transport,
-    homeserver: LocalHomeserver,
-    keys: Arc<ServerKeyCache>,
-    dead_letters: DeadLetters,
-    policy: RetryPolicy,
-    counters: Arc<InboundCounters>,
+pub(crate) struct Delivery {
+    pub(crate) transport: Transport,
+    pub(crate) homeserver: LocalHomeserver,
+    pub(crate) keys: Arc<ServerKeyCache>,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) order: InboxOrder,
+    pub(crate) counters: Arc<InboundCounters>,
 }
 
 /// Reads the inbox and hands each request to its origin's queue, starting that origin's task
 /// when it has none.
-pub(crate) async fn deliver_inbox(
-    transport: Transport,
-    homeserver: LocalHomeserver,
-    keys: Arc<ServerKeyCache>,
-    dead_letters: DeadLetters,
-    policy: RetryPolicy,
-    counters: Arc<InboundCounters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let delivery = Arc::new(Delivery {
-        transport: transport.clone(),
-        homeserver,
-        keys,
-        dead_letters,
-        policy,
-        counters,
-    });
+pub(crate) async fn deliver_inbox(delivery: Delivery, mut stop: watch::Receiver<bool>) {
+    let transport = delivery.transport.clone();
+    let delivery = Arc::new(delivery);
     let mut queues: HashMap<String, mpsc::UnboundedSender<InboundRequest>> = HashMap::new();
     loop {
         let inbound = tokio::select! {
@@ -94,44 +115,130 @@ pub(crate) async fn deliver_inbox(
         };
         let (queue, requests) = mpsc::unbounded_channel();
         let _ = queue.send(inbound);
-        queues.insert(origin, queue);
-        tokio::spawn(deliver_origin(delivery.clone(), requests, stop.clone()));
+        queues.insert(origin.clone(), queue);
+        tokio::spawn(deliver_origin(
+            delivery.clone(),
+            origin,
+            requests,
+            stop.clone(),
+        ));
     }
 }
 
-/// One origin's task: its requests in order, until its queue stays empty for [`IDLE_WORKER`].
+/// One origin's task: its transactions in send order, until its queue stays empty for
+/// [`IDLE_WORKER`]; its request/response calls as they come.
 async fn deliver_origin(
     delivery: Arc<Delivery>,
+    origin: String,
     mut requests: mpsc::UnboundedReceiver<InboundRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut order = SendOrder::new(
+        delivery.order.next_expected.get(&origin),
+        delivery.order.gap_wait,
+    );
     loop {
+        let wait = match order.poll(Instant::now()) {
+            NextInOrder::Deliver {
+                sequence,
+                item,
+                skipped,
+            } => {
+                if skipped > 0 {
+                    delivery.counters.order_gaps.fetch_add(1, Ordering::Relaxed);
+                    delivery
+                        .counters
+                        .skipped_in_order
+                        .fetch_add(skipped, Ordering::Relaxed);
+                    // No origin, no ids: how many, and that delivery goes on.
+                    tracing::warn!(
+                        missing = skipped,
+                        "transactions missing from an origin's send order did not arrive in time; delivering the later ones"
+                    );
+                }
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = deliver_one(&delivery, item, Some(sequence)) => {}
+                }
+                continue;
+            }
+            NextInOrder::WaitUntil(until) => until.saturating_duration_since(Instant::now()),
+            NextInOrder::Idle => IDLE_WORKER,
+        };
         let next = tokio::select! {
             () = stopped(&mut stop) => return,
-            r = tokio::time::timeout(IDLE_WORKER, requests.recv()) => r,
+            r = tokio::time::timeout(wait, requests.recv()) => r,
         };
         let inbound = match next {
             Ok(Some(inbound)) => inbound,
             Ok(None) => return,
+            Err(_) if !order.is_empty() => continue,
             Err(_) => {
                 // Closing first means no request can be queued and then lost: what arrived
-                // before the close is still delivered here, anything later starts a new task.
+                // before the close is still delivered here (in order, without waiting for
+                // gaps: later requests go to a new task), anything later starts a new task.
                 requests.close();
-                match requests.try_recv() {
-                    Ok(inbound) => inbound,
-                    Err(_) => return,
+                while let Ok(inbound) = requests.try_recv() {
+                    if let Some(inbound) = take_in_order(&mut order, inbound) {
+                        route(&delivery, inbound, &mut stop).await;
+                    }
                 }
+                for (sequence, inbound) in order.drain() {
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        () = deliver_one(&delivery, inbound, Some(sequence)) => {}
+                    }
+                }
+                return;
             }
         };
-        tokio::select! {
-            () = stopped(&mut stop) => return,
-            () = deliver_one(&delivery, inbound) => {}
+        if let Some(inbound) = take_in_order(&mut order, inbound) {
+            route(&delivery, inbound, &mut stop).await;
         }
     }
 }
 
-/// Delivers one request, answers or dead-letters it, and acks it unless it must stay.
-async fn deliver_one(d: &Delivery, inbound: InboundRequest) {
+/// Holds a sequenced transaction in `order`; hands back what is to go at once: calls, requests
+/// without a number, and transactions whose turn has passed.
+fn take_in_order(
+    order: &mut SendOrder<InboundRequest>,
+    inbound: InboundRequest,
+) -> Option<InboundRequest> {
+    match inbound.sequence {
+        Some(sequence) if !inbound.wants_response => order.insert(sequence, inbound),
+        _ => Some(inbound),
+    }
+}
+
+/// A request that does not wait for its turn: a call goes in its own task (its caller's
+/// deadline is running, and it must not wait behind a transaction the homeserver is slow to
+/// take), anything else is delivered here.
+async fn route(
+    delivery: &Arc<Delivery>,
+    inbound: InboundRequest,
+    stop: &mut watch::Receiver<bool>,
+) {
+    if inbound.wants_response {
+        let delivery = delivery.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stopped(&mut stop) => {}
+                () = deliver_one(&delivery, inbound, None) => {}
+            }
+        });
+    } else {
+        tokio::select! {
+            () = stopped(stop) => {}
+            () = deliver_one(delivery, inbound, None) => {}
+        }
+    }
+}
+
+/// Delivers one request, answers or dead-letters it, and acks it unless it must stay. For the
+/// transaction numbered `sequence` in its origin's send order, records the next number
+/// expected before the ack.
+async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64>) {
     let delivered = deliver_inbound(
         &d.homeserver,
         &d.keys,
@@ -147,6 +254,7 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest) {
         // Hostile, never to be delivered: acked and dropped (the cache counted and logged it).
         Ok(Delivered::WrongSender) => {}
         Ok(Delivered::Expired) => {
+            d.counters.expired_requests.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("dropping a request whose caller has stopped waiting");
         }
         Ok(Delivered::Answered(response)) => {
@@ -188,6 +296,13 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest) {
                     return;
                 }
             }
+        }
+    }
+    if let Some(sequence) = sequence {
+        // Only forward: a straggler delivered late must not make the origin's later ones wait.
+        let next = sequence.saturating_add(1);
+        if next > d.order.next_expected.get(&inbound.origin) {
+            d.order.next_expected.set(&inbound.origin, next);
         }
     }
     if let Err(e) = d.transport.ack(inbound.id).await {

@@ -25,10 +25,12 @@
 mod carrier;
 mod config;
 mod dead_letter;
+mod deadline;
 mod error;
 mod homeserver;
 mod inbox;
 mod proxy;
+mod send_order;
 mod server_keys;
 mod sidecar;
 mod tls;
@@ -36,6 +38,7 @@ mod tls;
 pub use carrier::TransportCarrier;
 pub use config::{DirectorySection, RatesSection, SidecarConfig};
 pub use dead_letter::{DEAD_LETTER_DIR, DeadLetter, DeadLetterError, DeadLetters};
+pub use deadline::RequestTimeouts;
 pub use error::{Result, SidecarError};
 pub use homeserver::{
     DEADLINE_HEADER, Delivered, DeliveryError, GiveUp, LocalHomeserver, OwnKeys, RetryPolicy,

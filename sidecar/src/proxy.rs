@@ -38,7 +38,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::homeserver::{DEADLINE_HEADER, OwnKeys};
+use crate::deadline::{RequestTimeouts, endpoint_name, stamp_deadline};
+use crate::homeserver::OwnKeys;
 use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::tls::LocalCa;
 
@@ -91,18 +92,11 @@ pub trait Carrier: Send + Sync + 'static {
 }
 
 /// The outbound proxy's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProxySettings {
-    /// How long a request/response call waits for its answer.
-    pub request_timeout: Duration,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(60),
-        }
-    }
+    /// How long a request/response call waits for its answer, per endpoint (by default
+    /// Synapse's own timeouts, so the caller's deadline is the one the request carries).
+    pub timeouts: RequestTimeouts,
 }
 
 /// The proxy's shared state.
@@ -267,10 +261,11 @@ impl OutboundProxy {
         }
         let what = endpoint_name(bare);
         let mut request = request;
-        with_deadline(&mut request, self.settings.request_timeout);
+        let timeout = self.settings.timeouts.for_path(bare);
+        stamp_deadline(&mut request, timeout);
         match self
             .carrier
-            .request(destination, request, own, self.settings.request_timeout)
+            .request(destination, request, own, timeout)
             .await
         {
             Ok(response) => {
@@ -312,11 +307,12 @@ impl OutboundProxy {
             body: body.to_vec(),
         };
         let mut request = request;
-        with_deadline(&mut request, self.settings.request_timeout);
+        let timeout = self.settings.timeouts.for_path(&request.path);
+        stamp_deadline(&mut request, timeout);
         let own = self.own_keys.get().await;
         match self
             .carrier
-            .request(destination, request, own, self.settings.request_timeout)
+            .request(destination, request, own, timeout)
             .await
         {
             Ok(r) if (200..300).contains(&r.status) => {
@@ -339,19 +335,6 @@ impl OutboundProxy {
             Err(e) => unavailable(&e),
         }
     }
-}
-
-/// Marks a request/response call with the moment its caller stops waiting, so that the
-/// receiving sidecar does not deliver it after that ([`crate::request_expired`]). Headers are
-/// outside the X-Matrix signature, and this one travels sealed inside the bundle.
-fn with_deadline(request: &mut FederationRequest, timeout: Duration) {
-    let deadline = unix_ms().saturating_add(timeout.as_millis() as u64);
-    request
-        .headers
-        .retain(|(n, _)| !n.eq_ignore_ascii_case(DEADLINE_HEADER));
-    request
-        .headers
-        .push((DEADLINE_HEADER.to_owned(), deadline.to_string()));
 }
 
 /// The target of a CONNECT request.
@@ -410,15 +393,6 @@ fn parse_connect(head: &[u8]) -> Option<ConnectTarget> {
         host: host.to_ascii_lowercase(),
         port,
     })
-}
-
-/// A coarse, metadata-free name for logs: the federation endpoint, never its arguments.
-fn endpoint_name(path: &str) -> &str {
-    let mut it = path.trim_start_matches('/').split('/');
-    match (it.next(), it.next(), it.next(), it.next()) {
-        (Some("_matrix"), Some(_), Some(_), Some(endpoint)) => endpoint,
-        _ => "other",
-    }
 }
 
 /// Headers that describe the request (not one HTTP hop, not this connection's framing):

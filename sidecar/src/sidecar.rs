@@ -21,7 +21,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use spore_client::{ClientError, SporeFederationClient, StaticResolver, Transport, TransportEvent};
+use spore_client::{
+    ClientError, SporeFederationClient, StaticResolver, Transport, TransportEvent, transaction_id,
+};
 use spore_protocol::bundle::MAX_BODY;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -31,10 +33,12 @@ use tower::Service;
 use crate::carrier::TransportCarrier;
 use crate::config::SidecarConfig;
 use crate::dead_letter::DeadLetters;
+use crate::deadline::{RequestTimeouts, deadline_after};
 use crate::error::{Result, SidecarError};
-use crate::homeserver::{LocalHomeserver, OwnKeys, RetryPolicy};
-use crate::inbox::{InboundCounters, deliver_inbox};
+use crate::homeserver::{DEADLINE_HEADER, LocalHomeserver, OwnKeys, RetryPolicy};
+use crate::inbox::{DELIVERY_ORDER_FILE, Delivery, InboundCounters, InboxOrder, deliver_inbox};
 use crate::proxy::{OutboundProxy, ProxySettings, json_response};
+use crate::send_order::NextExpected;
 use crate::server_keys::{ServerKeyCache, unix_ms};
 use crate::tls::{CA_CERT_FILE, LocalCa};
 
@@ -53,8 +57,8 @@ impl Sidecar {
     /// Starts the transport, the outbound endpoint and the inbound delivery loop.
     pub async fn start(config: SidecarConfig) -> Result<Sidecar> {
         let transport = Transport::start(config.transport_config()?).await?;
-        let client = SporeFederationClient::new(transport.clone(), config.resolver()?)
-            .with_request_timeout(Duration::from_secs(config.request_timeout_secs));
+        let client = SporeFederationClient::new(transport.clone(), config.resolver()?);
+        let timeouts = config.request_timeouts();
         let (listener, local_addr) = bind(config.listen).await?;
         let (stop, _) = watch::channel(false);
         let homeserver =
@@ -69,14 +73,27 @@ impl Sidecar {
         }
         let counters = Arc::new(InboundCounters::default());
         let mut tasks = vec![
-            tokio::spawn(serve_outbound(listener, client, stop.subscribe())),
+            tokio::spawn(serve_outbound(
+                listener,
+                client,
+                timeouts.clone(),
+                stop.subscribe(),
+            )),
             tokio::spawn(deliver_inbox(
-                transport.clone(),
-                homeserver.clone(),
-                keys.clone(),
-                DeadLetters::in_data_dir(&config.data_dir),
-                RetryPolicy::dead_letter_after(config.dead_letter_after),
-                counters.clone(),
+                Delivery {
+                    transport: transport.clone(),
+                    homeserver: homeserver.clone(),
+                    keys: keys.clone(),
+                    dead_letters: DeadLetters::in_data_dir(&config.data_dir),
+                    policy: RetryPolicy::dead_letter_after(config.dead_letter_after),
+                    order: InboxOrder {
+                        next_expected: NextExpected::open(
+                            config.data_dir.join(DELIVERY_ORDER_FILE),
+                        ),
+                        gap_wait: Duration::from_millis(config.order_gap_wait_ms),
+                    },
+                    counters: counters.clone(),
+                },
                 stop.subscribe(),
             )),
         ];
@@ -113,7 +130,8 @@ impl Sidecar {
         &self.transport
     }
 
-    /// Counters of inbound delivery (transactions dead-lettered so far).
+    /// Counters of inbound delivery (transactions dead-lettered, gaps in an origin's send
+    /// order given up on, requests dropped because their caller had given up).
     pub fn inbound_counters(&self) -> &InboundCounters {
         &self.counters
     }
@@ -157,7 +175,7 @@ async fn start_https_proxy(
     keys: Arc<ServerKeyCache>,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
-    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    let timeouts = config.request_timeouts();
     let transport_events = transport.events();
     let ca_dir = config.data_dir.join("ca");
     let ca = LocalCa::load_or_create(&ca_dir)
@@ -168,7 +186,7 @@ async fn start_https_proxy(
         keys,
         own_keys,
         Arc::new(TransportCarrier::new(transport, config.resolver()?)),
-        ProxySettings { request_timeout },
+        ProxySettings { timeouts },
     );
     let (listener, local) = bind(listen).await?;
     tokio::spawn(log_mailbox_acks(transport_events, stop.clone()));
@@ -211,8 +229,10 @@ fn error(status: u16, errcode: &str, error: &str) -> http::Response<Full<Bytes>>
 async fn serve_outbound(
     listener: TcpListener,
     client: SporeFederationClient<StaticResolver>,
+    timeouts: RequestTimeouts,
     mut stop: watch::Receiver<bool>,
 ) {
+    let timeouts = Arc::new(timeouts);
     loop {
         let (socket, _) = tokio::select! {
             () = stopped(&mut stop) => return,
@@ -226,10 +246,12 @@ async fn serve_outbound(
             },
         };
         let client = client.clone();
+        let timeouts = timeouts.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let mut client = client.clone();
-                async move { Ok::<_, Infallible>(outbound(&mut client, req).await) }
+                let client = client.clone();
+                let timeouts = timeouts.clone();
+                async move { Ok::<_, Infallible>(outbound(client, &timeouts, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), service)
@@ -238,22 +260,39 @@ async fn serve_outbound(
     }
 }
 
+/// One request from the homeserver: a transaction is queued; any other call waits for its
+/// endpoint's timeout and carries that deadline (`x-spore-deadline-ms`).
 async fn outbound(
-    client: &mut SporeFederationClient<StaticResolver>,
+    client: SporeFederationClient<StaticResolver>,
+    timeouts: &RequestTimeouts,
     req: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return error(413, "M_TOO_LARGE", "request body too large"),
     };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let timeout = timeouts.for_path(&path);
+    if transaction_id(parts.method.as_str(), &path).is_none() {
+        parts.headers.insert(
+            http::HeaderName::from_static(DEADLINE_HEADER),
+            http::HeaderValue::from(deadline_after(timeout)),
+        );
+    }
     let req = http::Request::from_parts(parts, body);
+    let mut client = client.with_request_timeout(timeout);
     match client.call(req).await {
         Ok(resp) => resp.map(Full::new),
         Err(ClientError::UnknownDestination(_)) => {
             error(502, "M_UNKNOWN", "destination has no spore address")
         }
-        Err(ClientError::Timeout) => error(504, "M_UNKNOWN", "no response through spore"),
+        // 502, as the HTTPS proxy answers: the peer did not answer in the caller's time.
+        Err(ClientError::Timeout) => error(502, "M_UNKNOWN", "no response through spore in time"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot send a federation request");
             error(502, "M_UNKNOWN", "spore transport error")

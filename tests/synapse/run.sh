@@ -233,9 +233,13 @@ else
     sleep 2
 fi
 say "restarting B"
+GME0=$(grep -c "get_missing_events" "$A/homeserver.log" || true)
 start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
 start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
 $DRIVER check "$RUN/state.json" 20 300
+# Ordered hand-over: B gets A's transactions in send order, so it has no gap to repair.
+GME=$(( $(grep -c "get_missing_events" "$A/homeserver.log" || true) - GME0 ))
+say "get_missing_events requests A's Synapse saw during B's catch-up: $GME"
 if [ "$CARRIER" != loopback ]; then
     STALE=$(grep -c "caller has stopped waiting" "$RUN/hs-b.spore.test.sidecar.log" || true)
     [ "$STALE" -ge 1 ] || { say "FAIL: the profile query A gave up on was delivered to B late"; exit 1; }

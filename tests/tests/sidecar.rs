@@ -279,3 +279,184 @@ async fn a_refused_origin_is_dead_lettered_without_delaying_other_origins() {
     }
     bob.shutdown().await;
 }
+
+/// Alice's and Bob's keys and addresses, each on its own mailbox relay.
+fn two_parties(net: &Testnet) -> ([MailboxKey; 2], [SporeAddress; 2]) {
+    let mailboxes = net.mailbox_relays();
+    let keys = [
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    ];
+    let addresses = [0, 1].map(|i| SporeAddress {
+        mailbox_relays: vec![mailboxes[i]],
+        mailbox_key: keys[i].public().to_bytes(),
+    });
+    (keys, addresses)
+}
+
+/// Issue 17, ordered hand-over: 30 transactions sent quickly while Bob's sidecar is down,
+/// through mixes that delay each packet by a random 0.5 s on average per hop (so they reach
+/// Bob's mailbox thoroughly reordered), reach Bob's homeserver in Alice's send order, with no
+/// gap given up on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_queued_while_the_receiver_was_down_are_handed_over_in_send_order() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let (keys, [_, bob_address]) = two_parties(&net);
+    let alice_hs = StubHomeserver::start().await.unwrap();
+    let bob_hs = StubHomeserver::start().await.unwrap();
+    let mut alice_config = write_config(
+        &data.path().join("alice"),
+        &net,
+        "alice.example",
+        mailboxes[0],
+        &keys[0],
+        &alice_hs.url(),
+        &[("bob.example", &bob_address)],
+    );
+    alice_config.rates.mu = Some(2.0);
+    let alice = Sidecar::start(alice_config).await.unwrap();
+
+    const N: usize = 30;
+    for i in 0..N {
+        send_transaction(&alice, "alice.example", &format!("t{i:02}")).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(120), || alice.transport().outbox_len()
+            == 0)
+        .await,
+        "all {N} stored at Bob's mailbox relay"
+    );
+
+    let bob = Sidecar::start(write_config(
+        &data.path().join("bob"),
+        &net,
+        "bob.example",
+        mailboxes[1],
+        &keys[1],
+        &bob_hs.url(),
+        &[],
+    ))
+    .await
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || bob_hs.received().len() >= N
+            && bob.transport().inbox_len() == 0)
+        .await,
+        "all delivered: {}",
+        bob_hs.received().len()
+    );
+    let order: Vec<String> = bob_hs
+        .received()
+        .iter()
+        .map(|r| {
+            r.path
+                .trim_start_matches("/_matrix/federation/v1/send/")
+                .to_owned()
+        })
+        .collect();
+    let sent: Vec<String> = (0..N).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(order, sent, "handed over in send order");
+    assert_eq!(bob.inbound_counters().order_gaps(), 0);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// Issue 17, honest deadlines: a profile query whose caller waits 2 s (the sidecar's
+/// `request_timeouts`) gets a 502 when Bob is offline, and is not executed at Bob's
+/// homeserver when Bob comes back: its deadline travelled with it, and it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_gave_up_is_not_executed_at_the_receiver() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let (keys, [_, bob_address]) = two_parties(&net);
+    let alice_hs = StubHomeserver::start().await.unwrap();
+    let bob_hs = StubHomeserver::start().await.unwrap();
+    let mut alice_config = write_config(
+        &data.path().join("alice"),
+        &net,
+        "alice.example",
+        mailboxes[0],
+        &keys[0],
+        &alice_hs.url(),
+        &[("bob.example", &bob_address)],
+    );
+    alice_config.request_timeouts.insert("query".into(), 2);
+    let alice = Sidecar::start(alice_config).await.unwrap();
+
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let path = "/_matrix/federation/v1/query/profile?user_id=%40b%3Abob.example";
+    let query = http::Request::get(format!("http://{}{path}", alice.local_addr()))
+        .header("Host", "bob.example")
+        .header("Authorization", "X-Matrix origin=\"alice.example\"")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let asked = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(30), http.request(query))
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(resp.status(), 502, "nothing answered in the caller's time");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(15),
+        "the caller waited its own timeout, {waited:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || alice.transport().outbox_len()
+            == 0)
+        .await,
+        "the query is stored at Bob's mailbox relay"
+    );
+
+    // Bob returns well within the sidecar-wide 30 s timeout the query would have carried
+    // before; a transaction sent after the query shows that Bob's inbox is being read.
+    let bob = Sidecar::start(write_config(
+        &data.path().join("bob"),
+        &net,
+        "bob.example",
+        mailboxes[1],
+        &keys[1],
+        &bob_hs.url(),
+        &[],
+    ))
+    .await
+    .unwrap();
+    send_transaction(&alice, "alice.example", "after").await;
+    let query_path = "/_matrix/federation/v1/query/profile";
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            bob.inbound_counters().expired_requests() >= 1
+                || bob_hs
+                    .received()
+                    .iter()
+                    .any(|r| r.path.starts_with(query_path))
+        })
+        .await,
+        "the query reached Bob's sidecar"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || received_path(
+            &bob_hs,
+            "/_matrix/federation/v1/send/after"
+        ) == 1
+            && bob.transport().inbox_len() == 0)
+        .await
+    );
+    assert!(
+        !bob_hs
+            .received()
+            .iter()
+            .any(|r| r.path.starts_with(query_path)),
+        "the expired query was executed at Bob's homeserver"
+    );
+    assert_eq!(bob.inbound_counters().expired_requests(), 1);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

@@ -24,7 +24,7 @@ use spore_protocol::bundle::{Bundle, BundleBody};
 use spore_protocol::{FederationRequest, FederationResponse};
 use spore_sidecar::{
     Carrier, CarryError, CarryFuture, Delivered, LocalCa, LocalHomeserver, OutboundProxy, OwnKeys,
-    ProxySettings, RetryPolicy, ServerKeyCache, deliver_inbound,
+    ProxySettings, RequestTimeouts, RetryPolicy, ServerKeyCache, deliver_inbound,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
@@ -93,7 +93,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         own_keys,
         carrier,
         ProxySettings {
-            request_timeout: Duration::from_secs(args.request_timeout),
+            timeouts: RequestTimeouts::uniform(Duration::from_secs(args.request_timeout)),
         },
     );
     let (_stop, stop_rx) = watch::channel(false);
@@ -143,6 +143,7 @@ async fn inbound(
         request_id,
         request,
         reply_surbs,
+        ..
     } = bundle.body
     else {
         return (400, Vec::new());
@@ -230,6 +231,7 @@ impl LoopbackCarrier {
             server_keys,
             body: BundleBody::Request {
                 request_id: rand_id(),
+                sequence: None,
                 request,
                 reply_surbs: if wants_response {
                     vec![vec![0u8; spore_protocol::params::SURB_SIZE]]
