@@ -104,9 +104,9 @@ pub(crate) async fn deliver_inbox(delivery: Delivery, mut stop: watch::Receiver<
             },
         };
         queues.retain(|_, q| !q.is_closed());
-        let origin = inbound.origin.clone();
+        let stream = sender_stream(&inbound);
         // A closed queue (its task went idle) hands the request back: start a new task.
-        let inbound = match queues.get(&origin) {
+        let inbound = match queues.get(&stream) {
             Some(queue) => match queue.send(inbound) {
                 Ok(()) => continue,
                 Err(mpsc::error::SendError(inbound)) => inbound,
@@ -115,26 +115,26 @@ pub(crate) async fn deliver_inbox(delivery: Delivery, mut stop: watch::Receiver<
         };
         let (queue, requests) = mpsc::unbounded_channel();
         let _ = queue.send(inbound);
-        queues.insert(origin.clone(), queue);
+        queues.insert(stream.clone(), queue);
         tokio::spawn(deliver_origin(
             delivery.clone(),
-            origin,
+            stream,
             requests,
             stop.clone(),
         ));
     }
 }
 
-/// One origin's task: its transactions in send order, until its queue stays empty for
-/// [`IDLE_WORKER`]; its request/response calls as they come.
+/// One origin's task (one [`sender_stream`]): its transactions in send order, until its queue
+/// stays empty for [`IDLE_WORKER`]; its request/response calls as they come.
 async fn deliver_origin(
     delivery: Arc<Delivery>,
-    origin: String,
+    stream: String,
     mut requests: mpsc::UnboundedReceiver<InboundRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut order = SendOrder::new(
-        delivery.order.next_expected.get(&origin),
+        delivery.order.next_expected.get(&stream),
         delivery.order.gap_wait,
     );
     loop {
@@ -301,13 +301,28 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64
     if let Some(sequence) = sequence {
         // Only forward: a straggler delivered late must not make the origin's later ones wait.
         let next = sequence.saturating_add(1);
-        if next > d.order.next_expected.get(&inbound.origin) {
-            d.order.next_expected.set(&inbound.origin, next);
+        let stream = sender_stream(&inbound);
+        if next > d.order.next_expected.get(&stream) {
+            d.order.next_expected.set(&stream, next);
         }
     }
     if let Err(e) = d.transport.ack(inbound.id).await {
         tracing::warn!(error = %e, "cannot ack an inbound request");
     }
+}
+
+/// The send-order stream a request belongs to: its claimed origin *and* the Spore key that
+/// sealed it. Keyed on the name alone, a peer claiming another server's name (refused at
+/// delivery, but only once its turn came) could put a huge sequence number in that server's
+/// stream: a gap wait for the real server, then every real transaction below the forged
+/// number delivered as a straggler, out of order. Its own stream costs nobody else anything.
+fn sender_stream(inbound: &InboundRequest) -> String {
+    let key: String = inbound
+        .sender_key
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{} {key}", inbound.origin)
 }
 
 /// Resolves once `stop` turns true, also if it did before this task subscribed.
