@@ -38,6 +38,15 @@ fn sphinx(c: &mut Criterion) {
             build_packet(&r, MailboxId([1; 32]), [1; 16], &[Duration::ZERO; 3], &msg).unwrap()
         })
     });
+    // What a mailbox relay pays per final-hop arrival without an ack (drop cover, replies):
+    // one decoy, a one-hop packet (relay/src/final_hop_output.rs). Read against
+    // `forward_unwrap` of the same run: the decoy's price in relay CPU per such arrival.
+    c.bench_function("build_1_hop (a mailbox relay's decoy)", |b| {
+        let r = route(&keys[..1]);
+        b.iter(|| {
+            build_packet(&r, MailboxId::DROP, [1; 16], &[Duration::ZERO; 1], b"decoy").unwrap()
+        })
+    });
     c.bench_function("build_5_hops", |b| {
         let r = route(&keys);
         b.iter(|| {
