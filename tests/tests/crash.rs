@@ -60,6 +60,33 @@ struct Ledger {
     resurrected: Vec<u64>,
 }
 
+/// Lets the owner loops drain: returns once every acked packet has been received, or once
+/// nothing new was acked or received for 3 s (at most 120 s). A fixed wait judged a slow
+/// drain as a loss: each pull and each delete is answered no sooner than 15 ms after it
+/// (the relay's answer floor), so one owner loop takes about 30 items/s per 16-slot pull.
+async fn settle(ledger: &Mutex<Ledger>) {
+    let counts = || {
+        let l = ledger.lock().unwrap();
+        (
+            l.acked.len(),
+            l.received.len(),
+            l.acked.is_subset(&l.received),
+        )
+    };
+    let start = Instant::now();
+    let (mut last, mut since) = (counts(), Instant::now());
+    while start.elapsed() < Duration::from_secs(120) && since.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = counts();
+        if now.2 && since.elapsed() >= Duration::from_secs(1) {
+            return;
+        }
+        if (now.0, now.1) != (last.0, last.1) {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 /// The owner's side: pull, record, delete; stops when the link dies.
 async fn owner_loop(mut link: Link, ledger: Arc<Mutex<Ledger>>, acks: bool) {
     loop {
@@ -181,7 +208,7 @@ async fn mailbox_relay_sigkilled_at_random_keeps_every_acked_packet_and_deletes_
     let owner_link = connect(&addr, &keys, &recipient.secret_bytes()).await;
     let a = tokio::spawn(owner_loop(ack_link, ledger.clone(), true));
     let o = tokio::spawn(owner_loop(owner_link, ledger.clone(), false));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&ledger).await;
     a.abort();
     o.abort();
 
@@ -468,7 +495,7 @@ async fn mailbox_relay_on_a_full_disk_refuses_and_keeps_what_it_acked() {
     let _child = relay_process::run(&bin, dir.path());
     let owner = connect(&addr, &keys, &recipient.secret_bytes()).await;
     let o = tokio::spawn(owner_loop(owner, ledger.clone(), false));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&ledger).await;
     o.abort();
     let l = ledger.lock().unwrap();
     let lost = l.acked.difference(&l.received).count();
