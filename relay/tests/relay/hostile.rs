@@ -1,6 +1,7 @@
 //! Hostile peers: arbitrary bytes and arbitrary frames never panic the relay or cost it a
 //! working link for others.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use rand::RngExt;
@@ -14,6 +15,8 @@ use tokio::net::TcpStream;
 
 use spore_protocol::MailboxKey;
 use spore_testkit::{TestRelay, plain_packet, pull, wait_until};
+
+use super::lockout::{connect_from, honest_probe};
 
 fn random_frame(rng: &mut impl rand::Rng) -> Frame {
     match rng.random_range(0..8u8) {
@@ -283,13 +286,6 @@ async fn one_address_cannot_take_every_connection() {
     relay.shutdown().await;
 }
 
-/// A TCP connection from `source` (any 127.x.y.z address is local) to `addr`.
-async fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> std::io::Result<TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(std::net::SocketAddr::from((source, 0)))?;
-    socket.connect(addr.parse().unwrap()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_held_open_without_frames_do_not_lock_out_an_honest_client() {
     let relay = TestRelay::start_with(|c| {
@@ -331,37 +327,7 @@ async fn links_held_open_without_frames_do_not_lock_out_an_honest_client() {
     let probes = 20;
     let mut delivered = 0;
     for i in 0..probes {
-        let owner = MailboxKey::generate(&mut rand::rng());
-        let probe = async {
-            let mut s = connect_from(std::net::Ipv4Addr::new(127, 0, 1, 1), &addr).await?;
-            let (t, _) = connect_handshake(&mut s, &owner.secret_bytes(), Some(key), WAIT_HS)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let (sealer, opener) = t.split();
-            let (rd, wr) = s.into_split();
-            let mut link = Link {
-                reader: spore_relay::FrameReader::new(rd, opener),
-                writer: spore_relay::FrameWriter::new(wr, sealer),
-                remote_static: key,
-            };
-            let p = plain_packet(
-                &[relay.hop()],
-                owner.mailbox_id(),
-                &[Duration::ZERO],
-                format!("probe {i}").as_bytes(),
-            );
-            link.send(&Frame::Packet(p.into_boxed_slice().try_into().unwrap()))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            for _ in 0..100 {
-                if !pull(&mut link).await.is_empty() {
-                    return Ok::<_, std::io::Error>(true);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(false)
-        };
-        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(10), probe).await {
+        if honest_probe(&addr, key, relay.hop(), Ipv4Addr::new(127, 0, 1, 1), i).await {
             delivered += 1;
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use spore_protocol::MailboxKey;
 use spore_protocol::link::Frame;
+use spore_protocol::packet::RouteHop;
 use spore_relay::{Link, RelayKeys, connect_handshake};
 use spore_testkit::{plain_packet, pull, relay_process};
 use tokio::net::TcpStream;
@@ -18,7 +19,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_spore-relay");
 const WAIT_HS: Duration = Duration::from_secs(10);
 
 /// A TCP connection from `source` (any 127.x.y.z address is local) to `addr`.
-async fn connect_from(source: Ipv4Addr, addr: &str) -> std::io::Result<TcpStream> {
+pub(super) async fn connect_from(source: Ipv4Addr, addr: &str) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(std::net::SocketAddr::from((source, 0)))?;
     socket
@@ -40,12 +41,17 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// One honest client from `source`: connects, sends a packet to its own mailbox and pulls it
-/// back. True when the packet came back within the probe's time.
-async fn honest_probe(addr: &str, keys: &RelayKeys, source: Ipv4Addr, i: usize) -> bool {
+/// One honest client from `source`: connects to the relay at `addr` (link key `key`, Sphinx
+/// hop `hop`), sends a packet to its own mailbox and pulls it back. True when the packet came
+/// back within the probe's time.
+pub(super) async fn honest_probe(
+    addr: &str,
+    key: [u8; 32],
+    hop: RouteHop,
+    source: Ipv4Addr,
+    i: usize,
+) -> bool {
     let owner = MailboxKey::generate(&mut rand::rng());
-    let key = keys.link_public();
-    let hop = relay_process::hop(keys);
     let probe = async {
         let mut s = connect_from(source, addr).await?;
         let (t, _) = connect_handshake(&mut s, &owner.secret_bytes(), Some(key), WAIT_HS)
@@ -92,15 +98,15 @@ async fn a_thousand_frameless_links_from_sixteen_prefixes_keep_no_client_out_and
     let keys = RelayKeys::load(&dir.path().join("relay.key")).unwrap();
     let child = relay_process::run(Path::new(BIN), dir.path());
     let pid = child.0.id();
+    let (key, hop) = (keys.link_public(), relay_process::hop(&keys));
     // Up, and warmed by one honest exchange before the baseline is read.
     let _ready = relay_process::connect(&addr, &keys, &rand::random()).await;
     drop(_ready);
-    assert!(honest_probe(&addr, &keys, Ipv4Addr::new(127, 0, 1, 1), 0).await);
+    assert!(honest_probe(&addr, key, hop, Ipv4Addr::new(127, 0, 1, 1), 0).await);
     let (rss_before, _) = memory_kib(pid);
 
     // 16 attacker addresses, each in its own /24 (so the per-prefix cap of 64 lets every one
     // through), 64 completed handshakes each: 1,024 links, the default `max_connections`.
-    let key = keys.link_public();
     let mut attempts = Vec::new();
     for prefix in 10..26u8 {
         for _ in 0..64 {
@@ -137,7 +143,7 @@ async fn a_thousand_frameless_links_from_sixteen_prefixes_keep_no_client_out_and
     let mut delivered = 0;
     for i in 0..probes {
         let source = Ipv4Addr::new(127, 0, 40 + (i % 8) as u8, 1 + (i / 8) as u8);
-        if honest_probe(&addr, &keys, source, i + 1).await {
+        if honest_probe(&addr, key, hop, source, i + 1).await {
             delivered += 1;
         }
     }
