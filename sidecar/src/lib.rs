@@ -29,6 +29,7 @@ mod deadline;
 mod error;
 mod homeserver;
 mod inbox;
+mod private_file;
 mod proxy;
 mod send_order;
 mod server_keys;

@@ -170,19 +170,8 @@ impl NextExpected {
     }
 
     fn write(&self, map: &HashMap<String, u64>) -> std::io::Result<()> {
-        use std::io::Write;
         let bytes = serde_json::to_vec(map).map_err(std::io::Error::other)?;
-        let tmp = self.path.with_extension("tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::private_file::replace(&self.path, &bytes)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {

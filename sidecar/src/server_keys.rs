@@ -383,11 +383,9 @@ impl ServerKeyCache {
             .map(|(name, key)| (name.clone(), Value::String(hex::encode(key))))
             .collect();
         let path = senders_path(path);
-        let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec(&Value::Object(map))
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|bytes| crate::private_file::replace(&path, &bytes));
         if let Err(e) = written {
             tracing::warn!(error = %e, "could not persist the server sender pins");
         }
@@ -418,10 +416,9 @@ impl ServerKeyCache {
         // Pins first: a crash between the two leaves a pin without its response, never the
         // other way round.
         for (path, value) in [(pins_path(path), pins), (path.clone(), map)] {
-            let tmp = path.with_extension("tmp");
-            let written = serde_json::to_vec(&Value::Object(value)).ok().map(|bytes| {
-                std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path))
-            });
+            let written = serde_json::to_vec(&Value::Object(value))
+                .ok()
+                .map(|bytes| crate::private_file::replace(&path, &bytes));
             if let Some(Err(e)) = written {
                 tracing::warn!(error = %e, "could not persist the server key cache");
             }
