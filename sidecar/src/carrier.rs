@@ -1,8 +1,9 @@
 //! [`TransportCarrier`]: the proxy's [`Carrier`] in the sidecar, the Spore [`Transport`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use spore_client::{ClientError, Resolver, StaticResolver, Transport};
+use spore_client::{ClientError, Resolver, Transport};
 use spore_protocol::{FederationRequest, FederationResponse, SporeAddress};
 
 use crate::proxy::{Carrier, CarryError, CarryFuture};
@@ -10,14 +11,15 @@ use crate::proxy::{Carrier, CarryError, CarryFuture};
 /// Carries the proxy's requests through Spore.
 pub struct TransportCarrier {
     transport: Transport,
-    resolver: StaticResolver,
+    /// The sidecar's [`crate::PeerBook`]: configured and learned peers.
+    resolver: Arc<dyn Resolver>,
 }
 
 impl TransportCarrier {
-    pub fn new(transport: Transport, resolver: StaticResolver) -> Self {
+    pub fn new(transport: Transport, resolver: impl Resolver) -> Self {
         Self {
             transport,
-            resolver,
+            resolver: Arc::new(resolver),
         }
     }
 

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spore_protocol::MailboxKey;
-use spore_sidecar::{DeadLetters, LocalHomeserver, Sidecar, SidecarConfig};
+use spore_sidecar::{
+    DeadLetters, LocalHomeserver, PEER_BOOK_FILE, PeerBook, PeerSource, Sidecar, SidecarConfig,
+    WELL_KNOWN_ADDRESS_KEY,
+};
 
 /// Carries a homeserver's federation traffic through the Spore mixnet.
 #[derive(Parser)]
@@ -31,7 +34,26 @@ enum Command {
         out: PathBuf,
     },
     /// Prints the Spore address to publish for a config.
+    ///
+    /// A peer's operator adds it to their `[peers]` table to contact this server first; this
+    /// server learns theirs from that first authenticated bundle, so only the side that starts
+    /// a conversation needs it. Publish it where a homeserver admin looks: with --well-known,
+    /// the `org.spore.address` member to merge into https://SERVER/.well-known/matrix/server.
     Address {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the `.well-known/matrix/server` member instead of the bare address.
+        #[arg(long)]
+        well_known: bool,
+    },
+    /// Lists the peers this sidecar can send to: name, where the address came from
+    /// (`configured` in `[peers]`, or `learned` from the peer's first authenticated bundle),
+    /// and the address.
+    ///
+    /// A destination missing here gets a 502 that says how to add it: set
+    /// `"NAME" = "spore:..."` under `[peers]` (the address its operator prints with
+    /// `spore-sidecar address`) and restart.
+    Peers {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -67,9 +89,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key = MailboxKey::generate(&mut rand::rng());
             write_private(&out, &hex::encode(key.secret_bytes()))?;
         }
-        Command::Address { config } => {
-            let address = SidecarConfig::load(&config)?.address()?;
-            println!("{}", address.to_text());
+        Command::Address { config, well_known } => {
+            let address = SidecarConfig::load(&config)?.address()?.to_text();
+            if well_known {
+                println!(
+                    "{}",
+                    serde_json::json!({ (WELL_KNOWN_ADDRESS_KEY): address })
+                );
+            } else {
+                println!("{address}");
+            }
+        }
+        Command::Peers { config } => {
+            let config = SidecarConfig::load(&config)?;
+            let book = PeerBook::read_only(&config.data_dir.join(PEER_BOOK_FILE), &config.peers()?);
+            for (name, peer) in book.list() {
+                let source = match peer.source {
+                    PeerSource::Configured => "configured",
+                    _ => "learned",
+                };
+                println!("{name} {source} {}", peer.address.to_text());
+            }
         }
         Command::DeadLetters { config, action } => {
             let config = SidecarConfig::load(&config)?;

@@ -329,6 +329,29 @@ impl OwnKeys {
     }
 }
 
+/// Binds `origin` to the Spore key `sender_key` that sealed its bundle (false: another key
+/// holds the name; counted and logged by `keys`), then caches the key response the bundle
+/// carries if it verifies and fits the name's pin. Once per request: a second call for a
+/// refused request would count it twice.
+pub(crate) fn authenticate_origin(
+    keys: &ServerKeyCache,
+    sender_key: &[u8; 32],
+    origin: &str,
+    server_keys: Option<&[u8]>,
+) -> bool {
+    // Before the key response is looked at: an impostor must not pin or rotate a name's
+    // signing keys either.
+    if keys.bind_sender(origin, sender_key).is_err() {
+        return false;
+    }
+    match server_keys.map(|json| keys.insert(origin, json, unix_ms())) {
+        // Logged once per server name by the cache: an impersonator must not flood the log.
+        None | Some(Ok(())) | Some(Err(KeyError::NotPinnedKey(_))) => {}
+        Some(Err(e)) => tracing::warn!(error = %e, "inbound server keys do not verify; ignored"),
+    }
+    true
+}
+
 /// Hands one inbound request to the homeserver: refuses it unless `origin` is bound to the
 /// Spore key `sender_key` that sealed it, caches the origin's keys it carries (after checking
 /// them) so the homeserver can verify the request, skips a request/response call whose caller
@@ -345,15 +368,8 @@ pub async fn deliver_inbound(
     wants_response: bool,
     policy: RetryPolicy,
 ) -> Result<Delivered, DeliveryError> {
-    // Before the key response is looked at: an impostor must not pin or rotate a name's
-    // signing keys either.
-    if keys.bind_sender(origin, sender_key).is_err() {
+    if !authenticate_origin(keys, sender_key, origin, server_keys) {
         return Ok(Delivered::WrongSender);
-    }
-    match server_keys.map(|json| keys.insert(origin, json, unix_ms())) {
-        // Logged once per server name by the cache: an impersonator must not flood the log.
-        None | Some(Ok(())) | Some(Err(KeyError::NotPinnedKey(_))) => {}
-        Some(Err(e)) => tracing::warn!(error = %e, "inbound server keys do not verify; ignored"),
     }
     let deadline = request_deadline(request).filter(|_| wants_response);
     let now = unix_ms();

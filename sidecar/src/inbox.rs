@@ -21,10 +21,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::dead_letter::DeadLetters;
 use crate::homeserver::{
-    Delivered, DeliveryError, LocalHomeserver, RetryPolicy, deliver_inbound, too_large_response,
+    Delivered, DeliveryError, LocalHomeserver, RetryPolicy, authenticate_origin, deliver_inbound,
+    too_large_response,
 };
+use crate::peer_book::PeerBook;
 use crate::send_order::{NextExpected, NextInOrder, SendOrder};
-use crate::server_keys::ServerKeyCache;
+use crate::server_keys::{ServerKeyCache, unix_ms};
 
 /// The file in the data dir that keeps, per origin, the send-order number expected next.
 pub(crate) const DELIVERY_ORDER_FILE: &str = "delivery_order.json";
@@ -78,6 +80,8 @@ pub(crate) struct Delivery {
     pub(crate) transport: Transport,
     pub(crate) homeserver: LocalHomeserver,
     pub(crate) keys: Arc<ServerKeyCache>,
+    /// Learns each authenticated origin's Spore address.
+    pub(crate) peers: PeerBook,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) policy: RetryPolicy,
     pub(crate) order: InboxOrder,
@@ -239,17 +243,30 @@ async fn route(
 /// transaction numbered `sequence` in its origin's send order, records the next number
 /// expected before the ack.
 async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64>) {
-    let delivered = deliver_inbound(
-        &d.homeserver,
+    let delivered = if authenticate_origin(
         &d.keys,
         &inbound.sender_key,
         &inbound.origin,
         inbound.server_keys.as_deref(),
-        &inbound.request,
-        inbound.wants_response,
-        d.policy,
-    )
-    .await;
+    ) {
+        // Before the homeserver sees the request: while handling it, it may call the origin
+        // back (missing events, keys), and that needs the origin's address.
+        learn_sender(d, &inbound);
+        deliver_inbound(
+            &d.homeserver,
+            &d.keys,
+            &inbound.sender_key,
+            &inbound.origin,
+            // Cached above.
+            None,
+            &inbound.request,
+            inbound.wants_response,
+            d.policy,
+        )
+        .await
+    } else {
+        Ok(Delivered::WrongSender)
+    };
     match delivered {
         // Hostile, never to be delivered: acked and dropped (the cache counted and logged it).
         Ok(Delivered::WrongSender) => {}
@@ -309,6 +326,22 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64
     if let Err(e) = d.transport.ack(inbound.id).await {
         tracing::warn!(error = %e, "cannot ack an inbound request");
     }
+}
+
+/// Records the Spore address an authenticated request's bundle names for its sender in the
+/// peer book (so this server can answer and send to a peer that contacted it first), once
+/// the origin's server keys are verified and pinned too. Refusals are counted and logged by
+/// the book.
+fn learn_sender(d: &Delivery, inbound: &InboundRequest) {
+    let Some(address) = &inbound.sender else {
+        return;
+    };
+    if d.keys.get(&inbound.origin, unix_ms()).is_none() {
+        return;
+    }
+    let _ = d
+        .peers
+        .update_from_bundle(&inbound.origin, &inbound.sender_key, address);
 }
 
 /// The send-order stream a request belongs to: its claimed origin *and* the Spore key that

@@ -29,6 +29,7 @@ mod deadline;
 mod error;
 mod homeserver;
 mod inbox;
+mod peer_book;
 mod private_file;
 mod proxy;
 mod send_order;
@@ -46,6 +47,10 @@ pub use homeserver::{
     deliver_inbound, request_expired, transient_status,
 };
 pub use inbox::InboundCounters;
+pub use peer_book::{
+    PEER_BOOK_FILE, Peer, PeerBook, PeerBookError, PeerSource, PeerUpdate, WELL_KNOWN_ADDRESS_KEY,
+    unknown_destination_help,
+};
 pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{
     KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,

@@ -432,9 +432,8 @@ fn to_response(r: FederationResponse) -> hyper::Response<Full<Bytes>> {
 
 fn unavailable(e: &CarryError) -> hyper::Response<Full<Bytes>> {
     let body = match e {
-        CarryError::UnknownDestination(_) => {
-            r#"{"errcode":"M_UNKNOWN","error":"destination has no Spore address"}"#
-        }
+        // How to add it, in the body and (once) in the log.
+        CarryError::UnknownDestination(name) => return crate::sidecar::unknown_destination(name),
         CarryError::Timeout => {
             r#"{"errcode":"M_UNKNOWN","error":"peer did not answer through Spore in time"}"#
         }

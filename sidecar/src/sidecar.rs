@@ -21,9 +21,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use spore_client::{
-    ClientError, SporeFederationClient, StaticResolver, Transport, TransportEvent, transaction_id,
-};
+use spore_client::{ClientError, SporeFederationClient, Transport, TransportEvent, transaction_id};
 use spore_protocol::bundle::MAX_BODY;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -37,6 +35,7 @@ use crate::deadline::{RequestTimeouts, deadline_after};
 use crate::error::{Result, SidecarError};
 use crate::homeserver::{DEADLINE_HEADER, LocalHomeserver, OwnKeys, RetryPolicy};
 use crate::inbox::{DELIVERY_ORDER_FILE, Delivery, InboundCounters, InboxOrder, deliver_inbox};
+use crate::peer_book::{PEER_BOOK_FILE, PeerBook, unknown_destination_help};
 use crate::proxy::{OutboundProxy, ProxySettings, json_response};
 use crate::send_order::NextExpected;
 use crate::server_keys::{ServerKeyCache, unix_ms};
@@ -51,13 +50,16 @@ pub struct Sidecar {
     tasks: Vec<JoinHandle<()>>,
     counters: Arc<InboundCounters>,
     keys: Arc<ServerKeyCache>,
+    peers: PeerBook,
 }
 
 impl Sidecar {
     /// Starts the transport, the outbound endpoint and the inbound delivery loop.
     pub async fn start(config: SidecarConfig) -> Result<Sidecar> {
         let transport = Transport::start(config.transport_config()?).await?;
-        let client = SporeFederationClient::new(transport.clone(), config.resolver()?);
+        // The `[peers]` table over what earlier runs learned from authenticated bundles.
+        let peers = PeerBook::open(config.data_dir.join(PEER_BOOK_FILE), &config.peers()?);
+        let client = SporeFederationClient::new(transport.clone(), peers.clone());
         let timeouts = config.request_timeouts();
         let (listener, local_addr) = bind(config.listen).await?;
         let (stop, _) = watch::channel(false);
@@ -84,6 +86,7 @@ impl Sidecar {
                     transport: transport.clone(),
                     homeserver: homeserver.clone(),
                     keys: keys.clone(),
+                    peers: peers.clone(),
                     dead_letters: DeadLetters::in_data_dir(&config.data_dir),
                     policy: RetryPolicy::dead_letter_after(config.dead_letter_after),
                     order: InboxOrder {
@@ -105,6 +108,7 @@ impl Sidecar {
                     transport.clone(),
                     homeserver,
                     keys.clone(),
+                    peers.clone(),
                     stop.subscribe(),
                 )
                 .await?,
@@ -118,6 +122,7 @@ impl Sidecar {
             tasks,
             counters,
             keys,
+            peers,
         })
     }
 
@@ -140,6 +145,12 @@ impl Sidecar {
     /// [`ServerKeyCache::refused_senders`] counts requests refused as impersonations.
     pub fn server_keys(&self) -> &ServerKeyCache {
         &self.keys
+    }
+
+    /// Where each peer is reached: the `[peers]` table and the addresses learned from
+    /// authenticated bundles.
+    pub fn peers(&self) -> &PeerBook {
+        &self.peers
     }
 
     pub async fn shutdown(self) {
@@ -173,6 +184,7 @@ async fn start_https_proxy(
     transport: Transport,
     homeserver: LocalHomeserver,
     keys: Arc<ServerKeyCache>,
+    peers: PeerBook,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
     let timeouts = config.request_timeouts();
@@ -185,7 +197,7 @@ async fn start_https_proxy(
         Arc::new(ca),
         keys,
         own_keys,
-        Arc::new(TransportCarrier::new(transport, config.resolver()?)),
+        Arc::new(TransportCarrier::new(transport, peers)),
         ProxySettings { timeouts },
     );
     let (listener, local) = bind(listen).await?;
@@ -218,6 +230,28 @@ async fn log_mailbox_acks(
     }
 }
 
+/// The answer for a destination with no known Spore address: 502 (no route, as for a peer that
+/// does not answer) with a body that says how to add it, also logged once per name.
+pub(crate) fn unknown_destination(name: &str) -> http::Response<Full<Bytes>> {
+    let help = unknown_destination_help(name);
+    log_unknown_destination(name, &help);
+    json_response(
+        502,
+        serde_json::json!({"errcode": "M_UNKNOWN", "error": help}).to_string(),
+    )
+}
+
+/// Warns about `name` once (the homeserver retries; the log must not fill with one line).
+pub(crate) fn log_unknown_destination(name: &str, help: &str) {
+    static LOGGED: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    let logged = logged.get_or_insert_with(Default::default);
+    if logged.len() < 10_000 && logged.insert(name.to_ascii_lowercase()) {
+        tracing::warn!("{help} (logged once per destination)");
+    }
+}
+
 /// A Matrix error answer to the homeserver's request.
 fn error(status: u16, errcode: &str, error: &str) -> http::Response<Full<Bytes>> {
     json_response(
@@ -228,7 +262,7 @@ fn error(status: u16, errcode: &str, error: &str) -> http::Response<Full<Bytes>>
 
 async fn serve_outbound(
     listener: TcpListener,
-    client: SporeFederationClient<StaticResolver>,
+    client: SporeFederationClient<PeerBook>,
     timeouts: RequestTimeouts,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -263,7 +297,7 @@ async fn serve_outbound(
 /// One request from the homeserver: a transaction is queued; any other call waits for its
 /// endpoint's timeout and carries that deadline (`x-spore-deadline-ms`).
 async fn outbound(
-    client: SporeFederationClient<StaticResolver>,
+    client: SporeFederationClient<PeerBook>,
     timeouts: &RequestTimeouts,
     req: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
@@ -288,9 +322,7 @@ async fn outbound(
     let mut client = client.with_request_timeout(timeout);
     match client.call(req).await {
         Ok(resp) => resp.map(Full::new),
-        Err(ClientError::UnknownDestination(_)) => {
-            error(502, "M_UNKNOWN", "destination has no spore address")
-        }
+        Err(ClientError::UnknownDestination(name)) => unknown_destination(&name),
         // 502, as the HTTPS proxy answers: the peer did not answer in the caller's time.
         Err(ClientError::Timeout) => error(502, "M_UNKNOWN", "no response through spore in time"),
         Err(e) => {
