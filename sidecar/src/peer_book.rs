@@ -148,7 +148,7 @@ impl PeerBook {
 
     fn load(path: &Path) -> BookState {
         let mut state = BookState::default();
-        if let Ok(bytes) = std::fs::read(&path)
+        if let Ok(bytes) = std::fs::read(path)
             && let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes)
         {
             for (name, entry) in map.into_iter().take(MAX_PEERS) {

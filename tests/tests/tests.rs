@@ -15,6 +15,7 @@ mod https_proxy;
 mod multihost;
 mod observer;
 mod origin;
+mod peers;
 mod privacy;
 mod request;
 mod route_choice;

@@ -1,0 +1,184 @@
+//! Issue 17, "Peers without a table": only the side that starts a conversation needs the other
+//! in its `[peers]` table. Alice's sidecar lists Bob; Bob's lists nobody. Before first contact,
+//! Bob's homeserver sending to Alice gets a 502 that says how to add her; after Alice's first
+//! authenticated bundle (her sender key bound to alice.example, her server keys verified),
+//! Bob's sidecar has learned her Spore address and sends to her with no configuration, also
+//! after it restarts.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use bytes::Bytes;
+use ed25519_dalek::{Signer, SigningKey};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use spore_protocol::{MailboxKey, RelayId, SporeAddress};
+use spore_sidecar::{PeerSource, Sidecar, SidecarConfig, canonical_json, unix_ms};
+use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
+
+use crate::{init_tracing, wait_until};
+
+/// `server`'s self-signed key response, signed by a key made from `seed`.
+fn key_response(server: &str, seed: u8) -> Vec<u8> {
+    let sk = SigningKey::from_bytes(&[seed; 32]);
+    let mut v = serde_json::json!({
+        "server_name": server,
+        "valid_until_ts": unix_ms() + 3_600_000,
+        "old_verify_keys": {},
+        "verify_keys": {"ed25519:a": {"key": STANDARD_NO_PAD.encode(sk.verifying_key().as_bytes())}},
+    });
+    let mut msg = String::new();
+    canonical_json(&v, &mut msg);
+    let sig = STANDARD_NO_PAD.encode(sk.sign(msg.as_bytes()).to_bytes());
+    v["signatures"] = serde_json::json!({ server: {"ed25519:a": sig} });
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn config(
+    dir: &std::path::Path,
+    net: &Testnet,
+    name: &str,
+    relay: RelayId,
+    key: &MailboxKey,
+    homeserver: &str,
+    peers: &[(&str, &SporeAddress)],
+) -> SidecarConfig {
+    let node = SidecarNode {
+        peers,
+        ..SidecarNode::new(name, relay, key, homeserver)
+    };
+    SidecarConfig::load(&net.write_sidecar_config(dir, &node).unwrap()).unwrap()
+}
+
+/// Starts `config`'s sidecar with its homeserver's key response attached to what it sends
+/// (what the HTTPS proxy does with the homeserver's own keys).
+async fn start(config: SidecarConfig, keys: Vec<u8>) -> Sidecar {
+    let sidecar = Sidecar::start(config).await.unwrap();
+    sidecar.transport().set_server_keys(Some(keys));
+    sidecar
+}
+
+/// PUTs transaction `txn` from `origin` to `destination` through `sidecar`'s outbound
+/// endpoint; the status and body of its answer.
+async fn send(sidecar: &Sidecar, origin: &str, destination: &str, txn: &str) -> (u16, String) {
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::put(format!(
+        "http://{}/_matrix/federation/v1/send/{txn}",
+        sidecar.local_addr()
+    ))
+    .header("Host", destination)
+    .header("Authorization", format!("X-Matrix origin=\"{origin}\""))
+    .body(Full::new(Bytes::from(format!(
+        r#"{{"origin":"{origin}","pdus":[],"edus":[]}}"#
+    ))))
+    .unwrap();
+    let response = http.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn received(hs: &StubHomeserver, txn: &str) -> usize {
+    let path = format!("/_matrix/federation/v1/send/{txn}");
+    hs.received().iter().filter(|r| r.path == path).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_table_entry() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
+    let alice_address = SporeAddress {
+        mailbox_relays: vec![mailboxes[0]],
+        mailbox_key: alice_key.public().to_bytes(),
+    };
+    let bob_address = SporeAddress {
+        mailbox_relays: vec![mailboxes[1]],
+        mailbox_key: bob_key.public().to_bytes(),
+    };
+    let (alice_hs, bob_hs) = (
+        StubHomeserver::start().await.unwrap(),
+        StubHomeserver::start().await.unwrap(),
+    );
+    let alice = start(
+        config(
+            &data.path().join("alice"),
+            &net,
+            "alice.example",
+            mailboxes[0],
+            &alice_key,
+            &alice_hs.url(),
+            &[("bob.example", &bob_address)],
+        ),
+        key_response("alice.example", 1),
+    )
+    .await;
+    let bob_config = config(
+        &data.path().join("bob"),
+        &net,
+        "bob.example",
+        mailboxes[1],
+        &bob_key,
+        &bob_hs.url(),
+        &[],
+    );
+    let bob = start(bob_config.clone(), key_response("bob.example", 2)).await;
+
+    // Before first contact: a clear error that says how to add the destination.
+    let (status, body) = send(&bob, "bob.example", "alice.example", "b-0").await;
+    assert_eq!(status, 502, "{body}");
+    for hint in ["alice.example", "[peers]", "spore-sidecar address"] {
+        assert!(body.contains(hint), "{hint} missing from {body}");
+    }
+    assert!(bob.peers().get("alice.example").is_none());
+
+    // Alice starts the conversation: configured on her side only.
+    assert_eq!(
+        send(&alice, "alice.example", "bob.example", "a-1").await.0,
+        200
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || received(&bob_hs, "a-1") == 1).await,
+        "alice's first transaction reaches bob's homeserver"
+    );
+    let learned = bob.peers().get("alice.example").unwrap();
+    assert_eq!(learned.address, alice_address);
+    assert_eq!(learned.source, PeerSource::Learned);
+
+    // Bob answers with no table entry for alice.
+    assert_eq!(
+        send(&bob, "bob.example", "alice.example", "b-1").await.0,
+        200
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || received(&alice_hs, "b-1") == 1).await,
+        "bob's transaction reaches alice's homeserver through the learned address"
+    );
+
+    // And again after bob's sidecar restarts: the learned address was durable.
+    bob.shutdown().await;
+    let bob = start(bob_config, key_response("bob.example", 2)).await;
+    assert_eq!(
+        bob.peers().get("alice.example").map(|p| p.address),
+        Some(alice_address)
+    );
+    assert_eq!(
+        send(&bob, "bob.example", "alice.example", "b-2").await.0,
+        200
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || received(&alice_hs, "b-2") == 1).await,
+        "after a restart, bob still sends to alice with no table entry"
+    );
+    assert_eq!(bob.peers().refused(), 0);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
