@@ -89,7 +89,9 @@ pub struct SidecarConfig {
     #[serde(default = "eight")]
     pub dead_letter_after: u32,
     pub directory: DirectorySection,
-    /// Server name → Spore address text (`spore:…`).
+    /// Server name → Spore address text (`spore:…`): the servers this one contacts first.
+    /// A server that contacts us first needs no entry: its address is learned from its
+    /// authenticated bundles ([`crate::PeerBook`]).
     #[serde(default)]
     pub peers: HashMap<String, String>,
     #[serde(default)]
@@ -183,6 +185,8 @@ impl SidecarConfig {
         )
     }
 
+    /// The `[peers]` table alone as a resolver (the running sidecar resolves through its
+    /// [`crate::PeerBook`], which adds the peers it learned).
     pub fn resolver(&self) -> Result<StaticResolver> {
         let mut r = StaticResolver::default();
         for (name, address) in self.peers()? {

@@ -5,7 +5,7 @@
 //! Bob's sidecar has learned her Spore address and sends to her with no configuration, also
 //! after it restarts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -140,6 +140,7 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
     assert!(bob.peers().get("alice.example").is_none());
 
     // Alice starts the conversation: configured on her side only.
+    let first_contact = Instant::now();
     assert_eq!(
         send(&alice, "alice.example", "bob.example", "a-1").await.0,
         200
@@ -152,7 +153,10 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
     assert_eq!(learned.address, alice_address);
     assert_eq!(learned.source, PeerSource::Learned);
 
+    let learned_after = first_contact.elapsed();
+
     // Bob answers with no table entry for alice.
+    let answer = Instant::now();
     assert_eq!(
         send(&bob, "bob.example", "alice.example", "b-1").await.0,
         200
@@ -161,6 +165,8 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         wait_until(Duration::from_secs(60), || received(&alice_hs, "b-1") == 1).await,
         "bob's transaction reaches alice's homeserver through the learned address"
     );
+
+    let answered_after = answer.elapsed();
 
     // And again after bob's sidecar restarts: the learned address was durable.
     bob.shutdown().await;
@@ -178,6 +184,11 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         "after a restart, bob still sends to alice with no table entry"
     );
     assert_eq!(bob.peers().refused(), 0);
+    println!(
+        "peers without a table: bob learned alice {:.1} s after her first send; bob's first transaction to her delivered in {:.1} s",
+        learned_after.as_secs_f64(),
+        answered_after.as_secs_f64()
+    );
 
     alice.shutdown().await;
     bob.shutdown().await;
