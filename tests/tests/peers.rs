@@ -5,6 +5,7 @@
 //! Bob's sidecar has learned her Spore address and sends to her with no configuration, also
 //! after it restarts.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -16,9 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use spore_protocol::{MailboxKey, RelayId, SporeAddress};
 use spore_sidecar::{PeerSource, Sidecar, SidecarConfig, canonical_json, unix_ms};
+use spore_testkit::relay_process::free_port;
 use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
 
-use crate::{init_tracing, wait_until};
+use crate::{https_proxy, init_tracing, wait_until};
 
 /// `server`'s self-signed key response, signed by a key made from `seed`.
 fn key_response(server: &str, seed: u8) -> Vec<u8> {
@@ -36,6 +38,8 @@ fn key_response(server: &str, seed: u8) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// A sidecar config, with the HTTPS proxy for the homeserver on `https_proxy`.
+#[allow(clippy::too_many_arguments)] // one sidecar's settings, each needed
 fn config(
     dir: &std::path::Path,
     net: &Testnet,
@@ -44,9 +48,11 @@ fn config(
     key: &MailboxKey,
     homeserver: &str,
     peers: &[(&str, &SporeAddress)],
+    https_proxy: Option<&str>,
 ) -> SidecarConfig {
     let node = SidecarNode {
         peers,
+        https_proxy_listen: https_proxy,
         ..SidecarNode::new(name, relay, key, homeserver)
     };
     SidecarConfig::load(&net.write_sidecar_config(dir, &node).unwrap()).unwrap()
@@ -116,10 +122,12 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
             &alice_key,
             &alice_hs.url(),
             &[("bob.example", &bob_address)],
+            None,
         ),
         key_response("alice.example", 1),
     )
     .await;
+    let bob_proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let bob_config = config(
         &data.path().join("bob"),
         &net,
@@ -128,7 +136,10 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         &bob_key,
         &bob_hs.url(),
         &[],
+        Some(&bob_proxy.to_string()),
     );
+    let bob_ca_file = bob_config.data_dir.join("ca").join("ca.pem");
+    let bob_ca = || std::fs::read_to_string(&bob_ca_file).unwrap();
     let bob = start(bob_config.clone(), key_response("bob.example", 2)).await;
 
     // Before first contact: a clear error that says how to add the destination.
@@ -138,6 +149,21 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         assert!(body.contains(hint), "{hint} missing from {body}");
     }
     assert!(bob.peers().get("alice.example").is_none());
+    // The same through the HTTPS proxy, as Synapse sends. (The connection is closed at the
+    // end of the block: an open one keeps the transport, and its store, alive past a
+    // shutdown.)
+    {
+        let mut tunnel = https_proxy::tunnel(bob_proxy, &bob_ca(), "alice.example", 8448).await;
+        let (status, body) = https_proxy::call(
+            &mut tunnel,
+            "PUT",
+            "/_matrix/federation/v1/send/b-0",
+            r#"{"pdus":[]}"#,
+        )
+        .await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("under [peers]"), "{body}");
+    }
 
     // Alice starts the conversation: configured on her side only.
     let first_contact = Instant::now();
@@ -175,13 +201,18 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         bob.peers().get("alice.example").map(|p| p.address),
         Some(alice_address)
     );
-    assert_eq!(
-        send(&bob, "bob.example", "alice.example", "b-2").await.0,
-        200
-    );
+    let mut tunnel = https_proxy::tunnel(bob_proxy, &bob_ca(), "alice.example", 8448).await;
+    let (status, body) = https_proxy::call(
+        &mut tunnel,
+        "PUT",
+        "/_matrix/federation/v1/send/b-2",
+        r#"{"pdus":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     assert!(
         wait_until(Duration::from_secs(60), || received(&alice_hs, "b-2") == 1).await,
-        "after a restart, bob still sends to alice with no table entry"
+        "after a restart, bob's homeserver still sends to alice (through the HTTPS proxy) with no table entry"
     );
     assert_eq!(bob.peers().refused(), 0);
     println!(
