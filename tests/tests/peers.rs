@@ -3,7 +3,8 @@
 //! Bob's homeserver sending to Alice gets a 502 that says how to add her; after Alice's first
 //! authenticated bundle (her sender key bound to alice.example, her server keys verified),
 //! Bob's sidecar has learned her Spore address and sends to her with no configuration, also
-//! after it restarts.
+//! after it restarts. A peer with another Spore key claiming alice.example (and naming its
+//! own address) does not move it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use spore_sidecar::{PeerSource, Sidecar, SidecarConfig, canonical_json, unix_ms}
 use spore_testkit::relay_process::free_port;
 use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
 
-use crate::{https_proxy, init_tracing, wait_until};
+use crate::{https_proxy, init_tracing, start_client, transaction, wait_until};
 
 /// `server`'s self-signed key response, signed by a key made from `seed`.
 fn key_response(server: &str, seed: u8) -> Vec<u8> {
@@ -193,6 +194,38 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
     );
 
     let answered_after = answer.elapsed();
+
+    // Mallory, with her own Spore key and her own signing key, says she is alice.example and
+    // names her own address: refused before delivery, and Bob's book keeps Alice's address.
+    let mallory = start_client(
+        &net,
+        &data.path().join("mallory"),
+        "alice",
+        mailboxes[0],
+        MailboxKey::generate(&mut rand::rng()),
+        20.0,
+    )
+    .await;
+    mallory.set_server_keys(Some(key_response("alice.example", 3)));
+    mallory
+        .send(&bob_address, transaction("alice.example", 99))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || bob
+            .server_keys()
+            .refused_senders()
+            == 1
+            && bob.transport().inbox_len() == 0)
+        .await,
+        "mallory's bundle is refused and leaves bob's inbox"
+    );
+    assert_eq!(received(&bob_hs, "99"), 0);
+    assert_eq!(
+        bob.peers().get("alice.example").map(|p| p.address),
+        Some(alice_address.clone())
+    );
+    mallory.shutdown().await;
 
     // And again after bob's sidecar restarts: the learned address was durable.
     bob.shutdown().await;
