@@ -24,7 +24,7 @@ use crate::homeserver::{
     Delivered, DeliveryError, LocalHomeserver, RetryPolicy, deliver_inbound, too_large_response,
 };
 use crate::send_order::{NextExpected, NextInOrder, SendOrder};
-use crate::server_keys::ServerKeyCache;
+use crate::server_keys::{ServerKeyCache, unix_ms};
 
 /// The file in the data dir that keeps, per origin, the send-order number expected next.
 pub(crate) const DELIVERY_ORDER_FILE: &str = "delivery_order.json";
@@ -103,6 +103,11 @@ pub(crate) async fn deliver_inbox(delivery: Delivery, mut stop: watch::Receiver<
                 }
             },
         };
+        if let Some(json) = &inbound.server_keys {
+            delivery
+                .keys
+                .insert_on_arrival(&inbound.origin, &inbound.sender_key, json, unix_ms());
+        }
         queues.retain(|_, q| !q.is_closed());
         let stream = sender_stream(&inbound);
         // A closed queue (its task went idle) hands the request back: start a new task.

@@ -29,6 +29,7 @@ mod deadline;
 mod error;
 mod homeserver;
 mod inbox;
+mod key_recipients;
 mod private_file;
 mod proxy;
 mod send_order;
@@ -46,6 +47,9 @@ pub use homeserver::{
     deliver_inbound, request_expired, transient_status,
 };
 pub use inbox::InboundCounters;
+pub use key_recipients::{
+    DEFAULT_KEYS_RESEND_SECS, KEY_RECIPIENTS_FILE, KeyRecipients, KeysDigest, keys_digest,
+};
 pub use proxy::{Carrier, CarryError, CarryFuture, FEDERATION_PORT, OutboundProxy, ProxySettings};
 pub use server_keys::{
     KeyError, ServerKeyCache, ServerKeys, canonical_json, unix_ms, verify_key_response,
