@@ -48,8 +48,10 @@ impl TransportCarrier {
         };
         let digest = keys_digest(keys);
         if recipients.must_carry(&to.mailbox_key, &digest, unix_ms()) {
+            tracing::debug!("bundle carries our server keys (the peer does not hold them yet)");
             (server_keys, Some(digest))
         } else {
+            tracing::debug!("bundle without our server keys (the peer holds them)");
             (None, None)
         }
     }

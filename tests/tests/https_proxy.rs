@@ -94,10 +94,15 @@ fn key_response(server: &str) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// CONNECT + TLS (trusting only the CA) + an HTTP/1.1 connection, as Synapse opens it.
-async fn tunnel(proxy: std::net::SocketAddr, ca_pem: &str, host: &str, port: u16) -> Sender {
+pub(crate) async fn tunnel(
+    proxy: std::net::SocketAddr,
+    ca_pem: &str,
+    host: &str,
+    port: u16,
+) -> Sender {
     let mut tcp = TcpStream::connect(proxy).await.unwrap();
     tcp.write_all(
         format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").as_bytes(),
