@@ -23,12 +23,22 @@ use crate::{init_tracing, wait_until};
 
 const KEY_ID: &str = "ed25519:a_Spo1";
 
-/// `server`'s self-signed key response, valid for a day.
-fn key_response(server: &str, key: &SigningKey) -> Vec<u8> {
+/// `server`'s self-signed key response, valid for a day, listing `old_keys` retired keys (a
+/// server that rotated keys a few times; their random bytes do not compress).
+fn key_response(server: &str, key: &SigningKey, old_keys: usize) -> Vec<u8> {
+    let old: serde_json::Map<String, serde_json::Value> = (0..old_keys)
+        .map(|i| {
+            let k: [u8; 32] = rand::random();
+            (
+                format!("ed25519:old{i}"),
+                serde_json::json!({"key": STANDARD_NO_PAD.encode(k), "expired_ts": 1_700_000_000_000u64}),
+            )
+        })
+        .collect();
     let mut v = serde_json::json!({
         "server_name": server,
         "valid_until_ts": unix_ms() + 24 * 3600 * 1000,
-        "old_verify_keys": {},
+        "old_verify_keys": old,
         "verify_keys": {KEY_ID: {"key": STANDARD_NO_PAD.encode(key.verifying_key().as_bytes())}},
     });
     let mut msg = String::new();
@@ -193,8 +203,7 @@ async fn send_and_count(
 ) -> u64 {
     let before = first_sends(sender);
     let mut t = tunnel(proxy, ca, "bob.example", 8448).await;
-    // Small enough that one packet carries it with room to spare, and our key response
-    // makes it two.
+    // Small enough that one packet carries it with room to spare.
     let body = format!(
         r#"{{"origin":"alice.example","origin_server_ts":1,"pdus":[],"edus":[],"t":"{txn}"}}"#
     );
@@ -236,7 +245,9 @@ async fn a_peer_verifies_keyless_bundles_from_its_cache_also_after_a_restart() {
     };
     let signing = SigningKey::from_bytes(&[42; 32]);
     let alice_hs = StubHomeserver::start().await.unwrap();
-    alice_hs.serve_key_response(key_response("alice.example", &signing));
+    // Ten retired keys: the key response alone takes more than a packet, so whether a bundle
+    // carries it shows in the packet count whatever else a bundle holds.
+    alice_hs.serve_key_response(key_response("alice.example", &signing, 10));
     let bob_hs = StubHomeserver::start().await.unwrap();
     let (alice_config, alice_proxy) = config(
         &data.path().join("alice"),
@@ -369,7 +380,7 @@ fn message_event(origin: &str, n: usize) -> Vec<u8> {
             "origin": origin,
             "origin_server_ts": ts,
             "prev_events": [format!("${}", b64(32))],
-            "room_id": format!("!{}:{origin}", &b64(12)[..18]),
+            "room_id": format!("!{}:{origin}", &b64(14)[..18]),
             "sender": format!("@alice:{origin}"),
             "signatures": {origin: {KEY_ID: b64(64)}},
             "type": "m.room.message",
@@ -450,7 +461,7 @@ async fn packets_per_transaction_and_fan_out_time_keys_once_vs_every_bundle() {
         .collect();
     let signing = SigningKey::from_bytes(&[42; 32]);
     let hs = StubHomeserver::start().await.unwrap();
-    hs.serve_key_response(key_response("alice.example", &signing));
+    hs.serve_key_response(key_response("alice.example", &signing, 0));
     for (label, every_bundle) in [
         ("keys in every bundle (before)", true),
         ("keys once per peer", false),
@@ -469,14 +480,17 @@ async fn packets_per_transaction_and_fan_out_time_keys_once_vs_every_bundle() {
         config.keys_in_every_bundle = every_bundle;
         let sidecar = Sidecar::start(config.clone()).await.unwrap();
         let ca = ca_pem(&config);
-        let first = fan_out(&sidecar, proxy, &ca, &signing, &names, "first", |i| {
-            message_event("alice.example", i)
+        // One event goes to every server in the room: the same transaction body to each.
+        let event = message_event("alice.example", 1);
+        let first = fan_out(&sidecar, proxy, &ca, &signing, &names, "first", |_| {
+            event.clone()
         })
         .await;
         // Give the acks' events a moment to be recorded.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let event = fan_out(&sidecar, proxy, &ca, &signing, &names, "event", |i| {
-            message_event("alice.example", i)
+        let event = message_event("alice.example", 2);
+        let event = fan_out(&sidecar, proxy, &ca, &signing, &names, "event", |_| {
+            event.clone()
         })
         .await;
         let typing = fan_out(&sidecar, proxy, &ca, &signing, &names, "typing", |_| {
