@@ -649,6 +649,29 @@ mod tests {
         }
         let keyless = pack(&typing_bundle(None), FRAGMENT_DATA_SIZE).unwrap();
         assert_eq!(keyless.len(), FRAGMENT_DATA_SIZE, "one packet");
+        // A message event's transaction, for the record: its event ids, hash and signatures
+        // keep it above one packet even so.
+        let mut message = typing_bundle(None);
+        let body = format!(
+            r#"{{"origin":"hs-a.example","origin_server_ts":1764930000000,"pdus":[{{"auth_events":["${}","${}","${}"],"content":{{"body":"hello there","msgtype":"m.text"}},"depth":42,"hashes":{{"sha256":"{}"}},"origin":"hs-a.example","origin_server_ts":1764930000000,"prev_events":["${}"],"room_id":"!{}:hs-a.example","sender":"@alice:hs-a.example","signatures":{{"hs-a.example":{{"ed25519:a_Xy1z":"{}"}}}},"type":"m.room.message","unsigned":{{"age_ts":1764930000000}}}}],"edus":[]}}"#,
+            noise(43, 21),
+            noise(43, 22),
+            noise(43, 23),
+            noise(43, 24),
+            noise(43, 25),
+            noise(18, 26),
+            noise(86, 27)
+        );
+        if let BundleBody::Request { request, .. } = &mut message.body {
+            request.body = body.into_bytes();
+        }
+        let packed = pack(&message, FRAGMENT_DATA_SIZE).unwrap();
+        eprintln!(
+            "message event bundle, key response left out: zstd {} B, with the dictionary {} B; {} fragment(s)",
+            plain(&message).len(),
+            u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_FLAG,
+            packed.len() / FRAGMENT_DATA_SIZE
+        );
     }
 
     #[test]
