@@ -214,8 +214,44 @@ impl Transport {
         destination: &SporeAddress,
         request: FederationRequest,
     ) -> Result<MessageId> {
-        self.enqueue(destination, random_id(), request, Vec::new(), true)
-            .await
+        let server_keys = self.default_server_keys();
+        self.enqueue(
+            destination,
+            random_id(),
+            request,
+            Vec::new(),
+            true,
+            server_keys,
+        )
+        .await
+    }
+
+    /// [`Transport::send`] with exactly `server_keys` in the bundle (none for `None`), instead
+    /// of what [`Transport::set_server_keys`] set: for a caller that knows which peers already
+    /// hold our key response and sends it only to those that do not (the sidecar).
+    pub async fn send_with_keys(
+        &self,
+        destination: &SporeAddress,
+        request: FederationRequest,
+        server_keys: Option<Vec<u8>>,
+    ) -> Result<MessageId> {
+        self.enqueue(
+            destination,
+            random_id(),
+            request,
+            Vec::new(),
+            true,
+            server_keys,
+        )
+        .await
+    }
+
+    fn default_server_keys(&self) -> Option<Vec<u8>> {
+        self.shared
+            .server_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn enqueue(
@@ -225,15 +261,10 @@ impl Transport {
         request: FederationRequest,
         reply_surbs: Vec<Vec<u8>>,
         sequenced: bool,
+        server_keys: Option<Vec<u8>>,
     ) -> Result<MessageId> {
         let origin = self.shared.config.server_name.clone();
         let sender = self.shared.address.clone();
-        let server_keys = self
-            .shared
-            .server_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let to = destination.clone();
         // Built inside the store's transaction when sequenced: the number is sealed in the
         // bundle, and taken only if the message carrying it is queued.
@@ -292,6 +323,20 @@ impl Transport {
         request: FederationRequest,
         timeout: Duration,
     ) -> Result<FederationResponse> {
+        let server_keys = self.default_server_keys();
+        self.request_with_keys(destination, request, timeout, server_keys)
+            .await
+    }
+
+    /// [`Transport::request`] with exactly `server_keys` in the bundle, as
+    /// [`Transport::send_with_keys`].
+    pub async fn request_with_keys(
+        &self,
+        destination: &SporeAddress,
+        request: FederationRequest,
+        timeout: Duration,
+        server_keys: Option<Vec<u8>>,
+    ) -> Result<FederationResponse> {
         let request_id = random_id();
         let (tx, rx) = oneshot::channel();
         let mut surbs = Vec::new();
@@ -330,7 +375,7 @@ impl Transport {
             );
         }
         let result = async {
-            self.enqueue(destination, request_id, request, surbs, false)
+            self.enqueue(destination, request_id, request, surbs, false, server_keys)
                 .await?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(response)) => Ok(response),

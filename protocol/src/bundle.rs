@@ -6,7 +6,11 @@
 //! without contacting the origin.
 //!
 //! The pipeline on the sending side is [`pack`]: encode → zstd → `u32 length || compressed ||
-//! zeros` up to the smallest size class; the receiving side is [`unpack`]. Size classes are a
+//! zeros` up to the smallest size class; the receiving side is [`unpack`]. zstd starts from
+//! [`FEDERATION_DICTIONARY`] (the top bit of the length field says so; a message without it,
+//! from before the dictionary, still unpacks): a small transaction is mostly the same few
+//! hundred bytes of field names, and a forward fragment carries under 500 bytes, so these
+//! decide whether a typing notification or a receipt is one packet or two. Size classes are a
 //! power-of-two number of fragments, so an observer of the fragment count (a mailbox relay, or
 //! anyone counting packets) learns only the class, never the exact size.
 //!
@@ -70,6 +74,38 @@ const TAG_LOOP: u8 = 3;
 const TAG_SEQUENCED_REQUEST: u8 = 4;
 /// The `u32` compressed-length field in front of a packed message.
 const LENGTH_FIELD: usize = 4;
+/// Set in the length field: the frame was compressed with [`FEDERATION_DICTIONARY`]. Every
+/// valid length is far below it ([`MAX_PADDED_LEN`]).
+const DICTIONARY_FLAG: u32 = 1 << 31;
+const _: () = assert!(MAX_PADDED_LEN < DICTIONARY_FLAG as usize);
+
+/// What zstd starts from when it compresses a bundle: the strings that recur in federation
+/// traffic (X-Matrix headers, transaction, event and EDU field names, a key response's), so
+/// that a small message pays for its own content only. A raw-content dictionary: zstd matches
+/// against it as if it preceded the message. The most common strings come last (nearest,
+/// cheapest to reference). Changing a byte of it is a protocol change: a new flag value
+/// must then name the new dictionary.
+pub const FEDERATION_DICTIONARY: &[u8] = concat!(
+    r#"{"old_verify_keys":{},"server_name":"","signatures":{"":{"ed25519:"#,
+    r#""}},"valid_until_ts":,"verify_keys":{"ed25519:":{"key":""}}}"#,
+    r#"{"type":"m.room.encrypted","content":{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":""#,
+    r#"","device_id":"","sender_key":"","session_id":""}"#,
+    r#"{"edu_type":"m.direct_to_device","content":{"message_id":"","messages":{"@"#,
+    r#"{"edu_type":"m.device_list_update","content":{"device_id":"","prev_id":[],"stream_id":,"user_id":"@"#,
+    r#"{"edu_type":"m.presence","content":{"push":[{"currently_active":true,"last_active_ago":,"presence":"online","user_id":"@"#,
+    r#"{"content":{"m.relates_to":{"event_id":"$","key":"","rel_type":"m.annotation"}},"type":"m.reaction"#,
+    r#"{"content":{"displayname":"","membership":"join"},"state_key":"@","type":"m.room.member","prev_state":[]"#,
+    r#"{"edu_type":"m.receipt","content":{"!":{"m.read":{"@":{"data":{"ts":},"event_ids":["$"]}}}}}"#,
+    r#"{"edu_type":"m.typing","content":{"room_id":"!","typing":true,"user_id":"@"}}"#,
+    r#"{"auth_events":["$","$","$"],"content":{"body":"","msgtype":"m.text"},"depth":,"hashes":{"sha256":""},"#,
+    r#""origin":"","origin_server_ts":,"prev_events":["$"],"room_id":"!","sender":"@","#,
+    r#""signatures":{"":{"ed25519:a_"}},"type":"m.room.message","unsigned":{"age_ts":}}"#,
+    r#"{"origin":"","origin_server_ts":,"pdus":[],"edus":[]}"#,
+    "user-agentSynapse/1.content-typeapplication/json",
+    r#"authorizationX-Matrix origin="",destination="",key="ed25519:a_",sig="""#,
+    "PUT/_matrix/federation/v1/send/",
+)
+.as_bytes();
 
 /// Upper bound on an encoding that passes every field limit.
 const MAX_ENCODED_LEN: usize = 1
@@ -444,8 +480,10 @@ pub fn pack(bundle: &Bundle, data_size: usize) -> Result<Vec<u8>> {
     }
     bundle.check_limits()?;
     let encoded = bundle.encode();
-    let compressed = zstd::bulk::compress(&encoded, COMPRESSION_LEVEL)
-        .map_err(|_| ApiMisuse::InvalidArgument("zstd compression failed"))?;
+    let compressed =
+        zstd::bulk::Compressor::with_dictionary(COMPRESSION_LEVEL, FEDERATION_DICTIONARY)
+            .and_then(|mut c| c.compress(&encoded))
+            .map_err(|_| ApiMisuse::InvalidArgument("zstd compression failed"))?;
     let framed_len = compressed.len().saturating_add(LENGTH_FIELD);
     let too_large = ApiMisuse::MessageTooLarge {
         got: framed_len,
@@ -455,7 +493,7 @@ pub fn pack(bundle: &Bundle, data_size: usize) -> Result<Vec<u8>> {
     let length = u32::try_from(compressed.len()).map_err(|_| too_large)?;
 
     let mut w = Writer::with_capacity(padded_len);
-    w.u32(length).bytes(&compressed);
+    w.u32(length | DICTIONARY_FLAG).bytes(&compressed);
     let mut padded = w.into_vec();
     padded.resize(padded_len, 0);
     Ok(padded)
@@ -475,16 +513,25 @@ pub fn unpack(padded: &[u8]) -> Result<Bundle> {
         .into());
     }
     let mut r = Reader::new(padded);
-    let compressed = r.bytes_u32(MAX_PADDED_LEN)?;
+    let length = r.u32()?;
+    let dictionary = (length & DICTIONARY_FLAG != 0).then_some(FEDERATION_DICTIONARY);
+    let length = usize::try_from(length & !DICTIONARY_FLAG).unwrap_or(usize::MAX);
+    if length > MAX_PADDED_LEN {
+        return Err(InvalidMessage::TooLong {
+            limit: MAX_PADDED_LEN,
+        }
+        .into());
+    }
+    let compressed = r.take(length)?;
     let padding = r.take(r.remaining())?;
     if padding.iter().any(|b| *b != 0) {
         return Err(InvalidMessage::BadValue("padding").into());
     }
-    let encoded = decompress(compressed)?;
+    let encoded = decompress(compressed, dictionary)?;
     Bundle::decode(&encoded)
 }
 
-fn decompress(compressed: &[u8]) -> Result<Vec<u8>, InvalidMessage> {
+fn decompress(compressed: &[u8], dictionary: Option<&[u8]>) -> Result<Vec<u8>, InvalidMessage> {
     use zstd::zstd_safe;
 
     let frame_len = zstd_safe::find_frame_compressed_size(compressed)
@@ -503,9 +550,12 @@ fn decompress(compressed: &[u8]) -> Result<Vec<u8>, InvalidMessage> {
         });
     }
     // The output buffer is `declared` bytes and zstd never writes past it.
-    let out = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress(compressed, declared))
-        .map_err(|_| InvalidMessage::Decompress)?;
+    let out = match dictionary {
+        Some(dictionary) => zstd::bulk::Decompressor::with_dictionary(dictionary),
+        None => zstd::bulk::Decompressor::new(),
+    }
+    .and_then(|mut d| d.decompress(compressed, declared))
+    .map_err(|_| InvalidMessage::Decompress)?;
     if out.len() != declared {
         return Err(InvalidMessage::Decompress);
     }
@@ -523,6 +573,119 @@ mod tests {
     use proptest::prelude::*;
     use rand::seq::SliceRandom;
     use std::time::Instant;
+
+    /// A typing notification as Synapse sends it through a sidecar: random keys, ids and
+    /// signature (as incompressible as the real ones), and `keys` as the key response.
+    fn typing_bundle(keys: Option<Vec<u8>>) -> Bundle {
+        let bytes = |n: usize, seed: u64| -> Vec<u8> { noise(n, seed).into_bytes() };
+        let key = |seed: u64| -> [u8; 32] { bytes(32, seed).try_into().unwrap() };
+        let body = format!(
+            r#"{{"origin":"hs-a.example","origin_server_ts":1764930000000,"pdus":[],"edus":[{{"edu_type":"m.typing","content":{{"room_id":"!{}:hs-a.example","user_id":"@alice:hs-a.example","typing":true}}}}]}}"#,
+            noise(18, 11)
+        );
+        Bundle {
+            origin: "hs-a.example".into(),
+            sender: Some(SporeAddress {
+                mailbox_relays: vec![RelayId(key(12))],
+                mailbox_key: key(13),
+            }),
+            server_keys: keys,
+            body: BundleBody::Request {
+                request_id: bytes(16, 14).try_into().unwrap(),
+                sequence: Some(41),
+                request: FederationRequest {
+                    method: "PUT".into(),
+                    path: "/_matrix/federation/v1/send/1764930000123".into(),
+                    headers: vec![
+                        (
+                            "authorization".into(),
+                            format!(
+                                r#"X-Matrix origin="hs-a.example",destination="hs-b.example",key="ed25519:a_Xy1z",sig="{}""#,
+                                noise(86, 15)
+                            ),
+                        ),
+                        ("content-type".into(), "application/json".into()),
+                        ("user-agent".into(), "Synapse/1.163.2".into()),
+                    ],
+                    body: body.into_bytes(),
+                },
+                reply_surbs: vec![],
+            },
+        }
+    }
+
+    fn key_response() -> Vec<u8> {
+        format!(
+            r#"{{"old_verify_keys":{{}},"server_name":"hs-a.example","signatures":{{"hs-a.example":{{"ed25519:a_Xy1z":"{}"}}}},"valid_until_ts":1765016400000,"verify_keys":{{"ed25519:a_Xy1z":{{"key":"{}"}}}}}}"#,
+            noise(86, 16),
+            noise(43, 17)
+        )
+        .into_bytes()
+    }
+
+    /// Issue 17: without our key response and with the dictionary, a typing notification is
+    /// one packet; without the dictionary it was two (the figures in docs/benchmarks.md).
+    #[test]
+    fn the_dictionary_makes_a_typing_notification_one_packet() {
+        let plain = |b: &Bundle| zstd::bulk::compress(&b.encode(), COMPRESSION_LEVEL).unwrap();
+        for keys in [None, Some(key_response())] {
+            let b = typing_bundle(keys.clone());
+            let packed = pack(&b, FRAGMENT_DATA_SIZE).unwrap();
+            assert_eq!(unpack(&packed).unwrap(), b);
+            let with_dictionary =
+                u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_FLAG;
+            let without = plain(&b).len();
+            eprintln!(
+                "typing EDU bundle, key response {}: encoded {} B, zstd {without} B, with the dictionary {with_dictionary} B; {} fragment(s) of {FRAGMENT_DATA_SIZE} B",
+                if keys.is_some() {
+                    "attached"
+                } else {
+                    "left out"
+                },
+                b.encode().len(),
+                packed.len() / FRAGMENT_DATA_SIZE
+            );
+            assert!((with_dictionary as usize) < without);
+        }
+        let keyless = pack(&typing_bundle(None), FRAGMENT_DATA_SIZE).unwrap();
+        assert_eq!(keyless.len(), FRAGMENT_DATA_SIZE, "one packet");
+        // A message event's transaction, for the record: its event ids, hash and signatures
+        // keep it above one packet even so.
+        let mut message = typing_bundle(None);
+        let body = format!(
+            r#"{{"origin":"hs-a.example","origin_server_ts":1764930000000,"pdus":[{{"auth_events":["${}","${}","${}"],"content":{{"body":"hello there","msgtype":"m.text"}},"depth":42,"hashes":{{"sha256":"{}"}},"origin":"hs-a.example","origin_server_ts":1764930000000,"prev_events":["${}"],"room_id":"!{}:hs-a.example","sender":"@alice:hs-a.example","signatures":{{"hs-a.example":{{"ed25519:a_Xy1z":"{}"}}}},"type":"m.room.message","unsigned":{{"age_ts":1764930000000}}}}],"edus":[]}}"#,
+            noise(43, 21),
+            noise(43, 22),
+            noise(43, 23),
+            noise(43, 24),
+            noise(43, 25),
+            noise(18, 26),
+            noise(86, 27)
+        );
+        if let BundleBody::Request { request, .. } = &mut message.body {
+            request.body = body.into_bytes();
+        }
+        let packed = pack(&message, FRAGMENT_DATA_SIZE).unwrap();
+        eprintln!(
+            "message event bundle, key response left out: zstd {} B, with the dictionary {} B; {} fragment(s)",
+            plain(&message).len(),
+            u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_FLAG,
+            packed.len() / FRAGMENT_DATA_SIZE
+        );
+    }
+
+    #[test]
+    fn bundles_packed_before_the_dictionary_still_unpack() {
+        let b = typing_bundle(Some(key_response()));
+        let compressed = zstd::bulk::compress(&b.encode(), COMPRESSION_LEVEL).unwrap();
+        let mut old = framed(&compressed, 0);
+        old.resize(size_class(old.len(), FRAGMENT_DATA_SIZE).unwrap(), 0);
+        assert_eq!(unpack(&old).unwrap(), b);
+        // A dictionary frame read without the dictionary is refused, not misread.
+        let mut packed = pack(&b, FRAGMENT_DATA_SIZE).unwrap();
+        packed[0] &= 0x7f;
+        assert!(unpack(&packed).is_err());
+    }
 
     fn loop_bundle() -> Bundle {
         Bundle {
@@ -708,7 +871,8 @@ mod tests {
             assert_eq!(padded.len() % data_size, 0);
             assert!(fragments.is_power_of_two());
             // Half as many fragments would not have held it.
-            let framed_len = 4 + u32::from_be_bytes(padded[..4].try_into().unwrap()) as usize;
+            let length = u32::from_be_bytes(padded[..4].try_into().unwrap()) & !DICTIONARY_FLAG;
+            let framed_len = 4 + length as usize;
             assert!(framed_len <= padded.len());
             assert!(fragments == 1 || framed_len > padded.len() / 2);
             assert_eq!(unpack(&padded).unwrap(), b);

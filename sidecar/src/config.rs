@@ -30,6 +30,10 @@ fn ten_thousand() -> u64 {
     10_000
 }
 
+fn keys_resend_secs() -> u64 {
+    crate::key_recipients::DEFAULT_KEYS_RESEND_SECS
+}
+
 /// `[rates]`: overrides of the directory's rates (tests and benchmarks only).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +100,15 @@ pub struct SidecarConfig {
     pub peers: HashMap<String, String>,
     #[serde(default)]
     pub rates: RatesSection,
+    /// Our homeserver's key response travels to each peer until that peer's mailbox relay
+    /// acknowledged one bundle that carried it, then again only when it changes or after this
+    /// many seconds (default 86 400, a day): see `docs/synapse.md` "Packets per event".
+    #[serde(default = "keys_resend_secs")]
+    pub keys_resend_after_secs: u64,
+    /// Attach the key response to every bundle, as sidecars did before (for comparison in
+    /// benchmarks; costs a packet or more per small transaction).
+    #[serde(default)]
+    pub keys_in_every_bundle: bool,
 }
 
 fn hex32(what: &str, s: &str) -> Result<[u8; 32]> {

@@ -107,6 +107,11 @@ pub(crate) async fn deliver_inbox(delivery: Delivery, mut stop: watch::Receiver<
                 }
             },
         };
+        if let Some(json) = &inbound.server_keys {
+            delivery
+                .keys
+                .insert_on_arrival(&inbound.origin, &inbound.sender_key, json, unix_ms());
+        }
         queues.retain(|_, q| !q.is_closed());
         let stream = sender_stream(&inbound);
         // A closed queue (its task went idle) hands the request back: start a new task.

@@ -29,6 +29,7 @@ mod deadline;
 mod error;
 mod homeserver;
 mod inbox;
+mod key_recipients;
 mod peer_book;
 mod private_file;
 mod proxy;
@@ -47,6 +48,9 @@ pub use homeserver::{
     deliver_inbound, request_expired, transient_status,
 };
 pub use inbox::InboundCounters;
+pub use key_recipients::{
+    DEFAULT_KEYS_RESEND_SECS, KEY_RECIPIENTS_FILE, KeyRecipients, KeysDigest, keys_digest,
+};
 pub use peer_book::{
     PEER_BOOK_FILE, Peer, PeerBook, PeerBookError, PeerSource, PeerUpdate, WELL_KNOWN_ADDRESS_KEY,
     unknown_destination_help,

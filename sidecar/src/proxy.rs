@@ -16,8 +16,9 @@
 //!   request/response and waits for the answer, or gets `502 M_UNKNOWN` when the peer does not
 //!   answer in time.
 //!
-//! Every bundle carries our own homeserver's key response so the peer can verify us while we
-//! are offline ([`OwnKeys`]).
+//! Our own homeserver's key response ([`OwnKeys`]) is handed to the carrier with every
+//! request so the peer can verify us while we are offline; the sidecar's carrier attaches it
+//! only until the peer holds the current one ([`crate::KeyRecipients`]).
 
 use std::future::Future;
 use std::net::SocketAddr;

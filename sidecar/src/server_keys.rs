@@ -2,8 +2,9 @@
 //!
 //! A receiving homeserver verifies the X-Matrix signature of every request with the origin's
 //! ed25519 key, which it normally fetches from `https://origin/_matrix/key/v2/server`. Through
-//! Spore the origin may be offline (and is never directly reachable), so every bundle carries
-//! the origin's self-signed key response ([`spore_protocol::Bundle::server_keys`]); the
+//! Spore the origin may be offline (and is never directly reachable), so bundles carry the
+//! origin's self-signed key response ([`spore_protocol::Bundle::server_keys`]) until the
+//! recipient holds it (the sender's [`crate::KeyRecipients`]; later bundles carry none); the
 //! receiving sidecar checks the self-signature, caches it, and answers its homeserver's key
 //! request for that origin from the cache. The sidecar never signs anything itself: a forged
 //! key response fails the origin's own signature check, here and again in the homeserver.
@@ -362,6 +363,39 @@ impl ServerKeyCache {
         Err(KeyError::WrongSender(name))
     }
 
+    /// Caches `json` as `server_name`'s keys when its bundle arrives, ahead of the request's
+    /// turn in its origin's send order, but only if the name is already bound to `sender` and
+    /// [`ServerKeyCache::insert`] would take the response; anything else is left to delivery
+    /// ([`crate::deliver_inbound`]), which checks, counts and logs. Senders attach their keys
+    /// to a peer's bundles only until one was acknowledged ([`crate::KeyRecipients`]): if
+    /// that one arrives late (after its origin's order gap was given up on), its keys must
+    /// not wait behind the keyless transactions that need them.
+    pub fn insert_on_arrival(
+        &self,
+        server_name: &str,
+        sender: &[u8; 32],
+        json: &[u8],
+        now_ms: u64,
+    ) {
+        let Ok(keys) = verify_key_response(server_name, json, now_ms) else {
+            return;
+        };
+        {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let name = server_name.to_ascii_lowercase();
+            let bound = state.configured.get(&name).or(state.senders.get(&name));
+            if bound != Some(sender) {
+                return;
+            }
+            if let Some(pinned) = state.pins.get(&keys.server_name)
+                && !keys.signed_by.iter().any(|k| pinned.contains(k))
+            {
+                return;
+            }
+        }
+        let _ = self.insert(server_name, json, now_ms);
+    }
+
     /// Requests refused since start for claiming a server name bound to another Spore sender.
     pub fn refused_senders(&self) -> u64 {
         self.state
@@ -563,6 +597,39 @@ mod tests {
                 6_000,
             )
             .unwrap();
+    }
+
+    /// Keys that arrive ahead of their request's turn are cached at once, but only from the
+    /// sender the name is bound to and only if signed by the pinned key; nothing else is
+    /// pinned, counted or cached on arrival.
+    #[test]
+    fn keys_are_cached_on_arrival_only_from_the_bound_sender() {
+        let cache = ServerKeyCache::in_memory();
+        let name = "hs-a.spore.test";
+        let (real, forger) = ([1u8; 32], [2u8; 32]);
+        cache.insert_on_arrival(name, &real, &signed(name, 5_000, 1), 1_000);
+        assert!(
+            cache.get(name, 1_000).is_none(),
+            "an unbound name is left to delivery"
+        );
+        assert_eq!(cache.refused_senders(), 0);
+        cache.bind_sender(name, &real).unwrap();
+        cache.insert_on_arrival(name, &forger, &signed(name, 5_000, 1), 1_000);
+        assert!(cache.get(name, 1_000).is_none(), "another sender");
+        assert_eq!(
+            cache.refused_senders(),
+            0,
+            "not counted here: delivery counts it"
+        );
+        cache.insert_on_arrival(name, &real, &signed(name, 5_000, 1), 1_000);
+        assert_eq!(cache.get(name, 1_000).unwrap().valid_until_ts, 5_000);
+        cache.insert_on_arrival(name, &real, &signed(name, 9_000, 2), 1_000);
+        assert_eq!(
+            cache.get(name, 1_000).unwrap().valid_until_ts,
+            5_000,
+            "unpinned key"
+        );
+        assert_eq!(cache.refused_unpinned(), 0);
     }
 
     /// Issue 16: the first Spore sender of a name pins it (across restarts); another sender

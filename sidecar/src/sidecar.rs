@@ -35,6 +35,7 @@ use crate::deadline::{RequestTimeouts, deadline_after};
 use crate::error::{Result, SidecarError};
 use crate::homeserver::{DEADLINE_HEADER, LocalHomeserver, OwnKeys, RetryPolicy};
 use crate::inbox::{DELIVERY_ORDER_FILE, Delivery, InboundCounters, InboxOrder, deliver_inbox};
+use crate::key_recipients::{KEY_RECIPIENTS_FILE, KeyRecipients};
 use crate::peer_book::{PEER_BOOK_FILE, PeerBook, unknown_destination_help};
 use crate::proxy::{OutboundProxy, ProxySettings, json_response};
 use crate::send_order::NextExpected;
@@ -193,23 +194,39 @@ async fn start_https_proxy(
     let ca = LocalCa::load_or_create(&ca_dir)
         .map_err(|e| SidecarError::Config(format!("local CA in {}: {e}", ca_dir.display())))?;
     let own_keys = OwnKeys::new(homeserver);
+    let mut carrier = TransportCarrier::new(transport, peers);
+    let key_recipients = (!config.keys_in_every_bundle).then(|| {
+        Arc::new(KeyRecipients::open(
+            config.data_dir.join(KEY_RECIPIENTS_FILE),
+            Duration::from_secs(config.keys_resend_after_secs),
+        ))
+    });
+    if let Some(recipients) = &key_recipients {
+        carrier = carrier.sending_keys_once(recipients.clone());
+    }
     let proxy = OutboundProxy::new(
         Arc::new(ca),
         keys,
         own_keys,
-        Arc::new(TransportCarrier::new(transport, peers)),
+        Arc::new(carrier),
         ProxySettings { timeouts },
     );
     let (listener, local) = bind(listen).await?;
-    tokio::spawn(log_mailbox_acks(transport_events, stop.clone()));
+    tokio::spawn(log_mailbox_acks(
+        transport_events,
+        key_recipients,
+        stop.clone(),
+    ));
     tracing::info!(%local, ca = %ca_dir.join(CA_CERT_FILE).display(), "https proxy for the homeserver listening");
     Ok(tokio::spawn(proxy.serve(listener, stop)))
 }
 
 /// Debug-logs each message once its recipient's mailbox relay holds all of it (what tests
-/// and operators use to see store-and-forward at work; no metadata in the line).
+/// and operators use to see store-and-forward at work; no metadata in the line), and tells
+/// `key_recipients` which peers now hold our key response.
 async fn log_mailbox_acks(
     mut events: broadcast::Receiver<TransportEvent>,
+    key_recipients: Option<Arc<KeyRecipients>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -218,11 +235,19 @@ async fn log_mailbox_acks(
             e = events.recv() => e,
         };
         match event {
-            Ok(TransportEvent::Delivered(_)) => {
-                tracing::debug!("a sent message is stored at its recipient's mailbox relay")
+            Ok(TransportEvent::Delivered(id)) => {
+                tracing::debug!("a sent message is stored at its recipient's mailbox relay");
+                if let Some(recipients) = &key_recipients
+                    && recipients.delivered(&id, unix_ms())
+                {
+                    tracing::debug!("a peer holds our server keys now");
+                }
             }
-            Ok(TransportEvent::Failed(_)) => {
-                tracing::info!("a sent message was not acknowledged in its lifetime")
+            Ok(TransportEvent::Failed(id)) => {
+                tracing::info!("a sent message was not acknowledged in its lifetime");
+                if let Some(recipients) = &key_recipients {
+                    recipients.failed(&id);
+                }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,

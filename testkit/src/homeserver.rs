@@ -19,6 +19,9 @@ struct State {
     fail_next: AtomicUsize,
     /// Transactions from these origins (per their X-Matrix `origin=`) get this status.
     refused: Mutex<Vec<(String, u16)>>,
+    /// What `GET /_matrix/key/v2/server` answers, if set (a sidecar fetches its homeserver's
+    /// key response there to attach it to bundles).
+    key_response: Mutex<Option<Vec<u8>>>,
 }
 
 /// Records every request; answers `200 {}` to transactions and `200 {"echo": path}` to others.
@@ -77,6 +80,15 @@ impl StubHomeserver {
         let mut refused = self.state.refused.lock().unwrap_or_else(|e| e.into_inner());
         refused.retain(|(o, _)| o != origin);
         refused.push((origin.to_owned(), status));
+    }
+
+    /// Answers `GET /_matrix/key/v2/server` with `json` (a signed key response) from now on.
+    pub fn serve_key_response(&self, json: Vec<u8>) {
+        *self
+            .state
+            .key_response
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(json);
     }
 
     /// Stops refusing any origin.
@@ -143,6 +155,15 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<F
             .find(|(o, _)| *o == origin)
             .map(|(_, status)| *status)
     });
+    let key_response = state
+        .key_response
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .filter(|_| path.starts_with("/_matrix/key/v2/server"));
+    if let Some(json) = key_response {
+        return http::Response::new(Full::new(Bytes::from(json)));
+    }
     let (status, body) = if failing {
         (500, r#"{"errcode":"M_UNKNOWN"}"#.to_owned())
     } else if let Some(status) =
