@@ -55,7 +55,7 @@ pub enum Network {
 impl Network {
     /// The network's directory file and authority key, the child process running it (if
     /// spawned; dropping it stops the network), and whether it runs in this process.
-    fn open(&self) -> Result<(Option<TestnetProcess>, PathBuf, [u8; 32], bool)> {
+    pub(crate) fn open(&self) -> Result<(Option<TestnetProcess>, PathBuf, [u8; 32], bool)> {
         Ok(match self {
             Network::Spawn { spore_bin } => {
                 let (net, d, a) = spawn_testnet(spore_bin)?;
@@ -106,7 +106,7 @@ pub struct ClientReport {
     pub cpu_share_by_thread: BTreeMap<String, f64>,
 }
 
-struct TestnetProcess {
+pub(crate) struct TestnetProcess {
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -176,9 +176,35 @@ async fn start_client(
     rates: RateOverrides,
     build_threads: usize,
 ) -> Result<Transport> {
+    let key = MailboxKey::generate(&mut rand::rng());
+    start_transport(
+        data,
+        key,
+        relay,
+        directory_path,
+        authority_key,
+        rates,
+        build_threads,
+        true,
+    )
+    .await
+}
+
+/// [`start_client`] with a given mailbox key and catch-up setting.
+#[allow(clippy::too_many_arguments)] // one call site per benchmark, each naming every knob
+pub(crate) async fn start_transport(
+    data: &Path,
+    key: MailboxKey,
+    relay: RelayId,
+    directory_path: &Path,
+    authority_key: [u8; 32],
+    rates: RateOverrides,
+    build_threads: usize,
+    catch_up: bool,
+) -> Result<Transport> {
     let mut config = TransportConfig::new(
         data.to_owned(),
-        MailboxKey::generate(&mut rand::rng()),
+        key,
         "bench.spore.test",
         relay,
         DirectorySource::File {
@@ -192,6 +218,7 @@ async fn start_client(
     );
     config.rates = rates;
     config.build_threads = build_threads;
+    config.catch_up = catch_up;
     Ok(Transport::start(config).await?)
 }
 

@@ -11,10 +11,13 @@
 //! * [`latency`]: added per-hop latency (delay 0) at 10%, 50% and 90% of measured capacity.
 //! * [`mailbox`]: durable store rate, pull/release rate, disk bytes and memory per stored packet.
 //! * [`client`]: CPU share of one client transport at its Poisson rates, and packet build rate.
+//! * [`catchup`]: how fast a returning client drains a full mailbox, with and without
+//!   catch-up pulls.
 //!
 //! Every benchmark returns a serializable report; `render_*` gives the human table.
 #![forbid(unsafe_code)]
 
+pub mod catchup;
 pub mod client;
 mod error;
 pub mod latency;

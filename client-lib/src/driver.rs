@@ -96,6 +96,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         server_name: shared.config.server_name.clone(),
         address: shared.address.clone(),
         build_capacity: pool.as_ref().map(|_| BUILD_CAPACITY),
+        catch_up: shared.config.catch_up,
     };
     let source = FactorySource {
         shared: shared.clone(),

@@ -45,6 +45,8 @@ pub struct TransportStats {
     pub pulls: u64,
     /// Mailbox items pulled (real ones, not dummy slots).
     pub items_pulled: u64,
+    /// Pulls that came back full, so that a bulk catch-up pull followed at once.
+    pub catch_up_pulls: u64,
     /// Inbound items and messages dropped as hostile or unreadable: items that do not open
     /// with our key, fragments refused by reassembly (bad counts, over the limits), messages
     /// that do not decode. The reason of each is logged at debug.
@@ -70,6 +72,7 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub pulls: AtomicU64,
     pub items_pulled: AtomicU64,
+    pub catch_up_pulls: AtomicU64,
     pub inbound_dropped: AtomicU64,
 }
 
@@ -98,6 +101,7 @@ impl Counters {
             duplicates: g(&self.duplicates),
             pulls: g(&self.pulls),
             items_pulled: g(&self.items_pulled),
+            catch_up_pulls: g(&self.catch_up_pulls),
             inbound_dropped: g(&self.inbound_dropped),
         }
     }

@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use spore_protocol::bundle::{self, Bundle, BundleBody};
 use spore_protocol::fragment;
 use spore_protocol::link::{Frame, MailboxItem};
-use spore_protocol::params::{FRAGMENT_DATA_SIZE, PACKET_SIZE};
+use spore_protocol::params::{BULK_PULL_SLOTS, FRAGMENT_DATA_SIZE, PACKET_SIZE, PULL_SLOTS};
 use spore_protocol::pull::{ClientPhase, ClientPull};
 use spore_protocol::{MessageId, RelayId, SporeAddress};
 
@@ -151,6 +151,9 @@ pub(crate) struct SenderConfig {
     /// `Some(jobs)` if build threads run: fragments and cover are then built ahead via
     /// [`Sender::poll_build`]; `None` builds at the payload tick.
     pub build_capacity: Option<usize>,
+    /// Catch-up pulls: after a pull comes back full, pull again at once with a bulk pull
+    /// instead of waiting for the next pull tick (see [`Sender::handle_timeout`]).
+    pub catch_up: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +284,8 @@ struct OpenPull {
     returned: Vec<u64>,
     /// What its Delete names so far (acks, items persisted in time).
     deletable: Vec<u64>,
+    /// The id its items were handed to the driver under, if any were.
+    handed_as: Option<u64>,
 }
 
 /// The sending half of a client: see the module documentation.
@@ -331,6 +336,10 @@ pub(crate) struct Sender<S: PacketSource> {
     pull_since: Instant,
     /// The pull whose Delete is owed.
     open_pull: Option<OpenPull>,
+    /// Slots the pull in progress asked for.
+    pull_slots: usize,
+    /// The last pull came back full: the next one is a bulk pull, right after its Delete.
+    catching_up: bool,
     /// Items handed to the driver per pull id, until it says they are processed.
     handed: HashMap<u64, Vec<u64>>,
     /// Items persisted after their pull's Delete left: deleted when pulled again.
@@ -382,6 +391,8 @@ impl<S: PacketSource> Sender<S> {
             pull: ClientPull::new(),
             pull_since: now,
             open_pull: None,
+            pull_slots: PULL_SLOTS,
+            catching_up: false,
             handed: HashMap::new(),
             deletable: std::collections::HashSet::new(),
             pulls_started: 0,
@@ -443,6 +454,7 @@ impl<S: PacketSource> Sender<S> {
         self.link_up = true;
         self.pull.reset();
         self.open_pull = None;
+        self.catching_up = false;
         self.pull_since = now;
     }
 
@@ -494,7 +506,10 @@ impl<S: PacketSource> Sender<S> {
                 self.close_link("the relay closed the link");
             }
             Frame::Padding => {}
-            Frame::Packet(_) | Frame::PullRequest | Frame::Delete { .. } => {
+            Frame::Packet(_)
+            | Frame::PullRequest
+            | Frame::BulkPullRequest
+            | Frame::Delete { .. } => {
                 tracing::debug!("unexpected frame from the relay; reconnecting");
                 self.close_link("unexpected frame");
             }
@@ -504,7 +519,7 @@ impl<S: PacketSource> Sender<S> {
     /// The driver handled a pull's non-ack items (see [`SenderEvent::Pulled`]); `handles`
     /// may be deleted at the relay: by this pull's Delete if it has not left yet, else when a
     /// later pull returns them. Sends nothing itself: the Delete leaves at its slot.
-    pub fn handle_processed(&mut self, pull: u64, handles: Vec<u64>, _now: Instant) {
+    pub fn handle_processed(&mut self, pull: u64, handles: Vec<u64>, now: Instant) {
         let Some(handed) = self.handed.remove(&pull) else {
             return;
         };
@@ -513,7 +528,14 @@ impl<S: PacketSource> Sender<S> {
                 continue;
             }
             match self.open_pull.as_mut() {
-                Some(open) if open.returned.contains(&handle) => open.deletable.push(handle),
+                Some(open) if open.returned.contains(&handle) => {
+                    open.deletable.push(handle);
+                    if self.catching_up && open.handed_as == Some(pull) {
+                        // A catch-up pull's Delete leaves as soon as its items are stored:
+                        // the next bulk pull follows it at once.
+                        open.delete_at = open.delete_at.min(now);
+                    }
+                }
                 _ => {
                     if self.deletable.len() >= MAX_DELETABLE {
                         self.deletable.clear();
@@ -611,6 +633,9 @@ impl<S: PacketSource> Sender<S> {
         }
         if let Some(open) = self.open_pull.take_if(|o| o.delete_at <= now) {
             self.send_delete(open.deletable, now);
+            if self.catching_up {
+                self.on_pull_tick(now);
+            }
         }
         if now >= self.next_pull {
             self.next_pull = next_tick(self.next_pull, now, self.config.rates.pull_interval);
@@ -956,8 +981,14 @@ impl<S: PacketSource> Sender<S> {
         // and its DeleteDone arrives (and is ignored) before this pull's slots. Waiting for the
         // DeleteDone would add a disk commit and a round trip to every pull cycle, and then
         // ticks would be skipped whenever the relay's disk is slow.
-        if let Ok(frame) = self.pull.start() {
+        let (started, slots) = if self.catching_up {
+            (self.pull.start_bulk(), BULK_PULL_SLOTS)
+        } else {
+            (self.pull.start(), PULL_SLOTS)
+        };
+        if let Ok(frame) = started {
             self.pull_since = now;
+            self.pull_slots = slots;
             self.queue(frame, Sent::Pull);
         }
     }
@@ -969,6 +1000,12 @@ impl<S: PacketSource> Sender<S> {
             .items_pulled
             .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let returned: Vec<u64> = items.iter().map(|i| i.handle).collect();
+        // Full: more may be waiting. Only then does the link leave its fixed cadence (the
+        // price is documented in docs/privacy.md, "Catch-up").
+        self.catching_up = self.config.catch_up && items.len() >= self.pull_slots;
+        if self.catching_up {
+            bump(&self.counters.catch_up_pulls);
+        }
         let mut deletable = Vec::with_capacity(items.len());
         let mut rest = Vec::new();
         for item in items {
@@ -1004,16 +1041,25 @@ impl<S: PacketSource> Sender<S> {
             deletable.push(item.handle);
         }
         self.pull_since = now;
+        let handed_as = (!rest.is_empty()).then(|| {
+            self.pulls_started += 1;
+            self.pulls_started
+        });
+        // A catch-up pull with nothing to store may end at once; otherwise its Delete waits
+        // for the items (handle_processed), at most as long as an ordinary pull's.
+        let delete_at = match (self.catching_up, handed_as) {
+            (true, None) => now,
+            _ => now + delete_delay(self.config.rates.pull_interval),
+        };
         self.open_pull = Some(OpenPull {
-            delete_at: now + delete_delay(self.config.rates.pull_interval),
+            delete_at,
             returned,
             deletable,
+            handed_as,
         });
-        if rest.is_empty() {
+        let Some(id) = handed_as else {
             return;
-        }
-        self.pulls_started += 1;
-        let id = self.pulls_started;
+        };
         self.handed
             .insert(id, rest.iter().map(|i| i.handle).collect());
         self.events.push_back(SenderEvent::Pulled {

@@ -132,6 +132,8 @@ struct Relay {
     arrivals: Vec<FragKey>,
     drops: usize,
     pulls: usize,
+    /// Of `pulls`, the catch-up ones.
+    bulk_pulls: usize,
     deletes: Vec<Vec<u64>>,
     /// The first arrival of these fragments gets no ack.
     lose_once: HashSet<FragKey>,
@@ -174,9 +176,13 @@ impl Relay {
                 KIND_DROP => self.drops += 1,
                 other => panic!("unknown fake packet kind {other}"),
             },
-            Frame::PullRequest => {
+            Frame::PullRequest | Frame::BulkPullRequest => {
                 self.pulls += 1;
-                let items = self.mailbox.iter().take(PULL_SLOTS).cloned().collect();
+                if frame == Frame::BulkPullRequest {
+                    self.bulk_pulls += 1;
+                }
+                let slots = RelayPull::slots_for(&frame).unwrap();
+                let items = self.mailbox.iter().take(slots).cloned().collect();
                 let session = self.session.take().unwrap_or_default();
                 let (session, slots) = session.answer(&frame, items).unwrap();
                 self.session = Some(session);
@@ -256,6 +262,7 @@ fn config(lambda_p: f64) -> SenderConfig {
         server_name: "a.example".into(),
         address: address(),
         build_capacity: None,
+        catch_up: true,
     }
 }
 
@@ -457,6 +464,7 @@ impl Pair {
                 let kind = match &frame {
                     Frame::Packet(p) => p[0],
                     Frame::PullRequest => b'P',
+                    Frame::BulkPullRequest => b'B',
                     Frame::Delete { .. } => b'D',
                     _ => 0,
                 };
@@ -865,6 +873,73 @@ fn the_link_schedule_does_not_depend_on_what_is_received_or_sent() {
         rx.relay.mailbox.len()
     );
     assert!(rx.closed.is_empty());
+}
+
+/// A returning client with 1,000 items waiting (persisting each pull's items takes 5 ms):
+/// how long until its mailbox is empty, how many bulk pulls that took, and the pair.
+fn drain_backlog(catch_up: bool) -> (Duration, Pair) {
+    let mut pair = Pair::new(50.0);
+    pair.sender = Sender::new(
+        SenderConfig {
+            catch_up,
+            ..config(50.0)
+        },
+        FakeSource::new(0),
+        StdRng::seed_from_u64(7),
+        pair.counters.clone(),
+        pair.start,
+    );
+    pair.sender.handle_link_up(pair.start);
+    pair.processing_time = Duration::from_millis(5);
+    for n in 0..1000u32 {
+        pair.relay.deliver_forward((n % 251) as u8);
+    }
+    let limit = pair.start + Duration::from_secs(30);
+    while !pair.relay.mailbox.is_empty() && pair.now < limit {
+        let t = pair.now + Duration::from_millis(10);
+        pair.run_until(t);
+    }
+    (pair.now.duration_since(pair.start), pair)
+}
+
+/// Issue 17: a returning client drains its backlog with bulk pulls back to back, each Delete
+/// leaving as soon as its items are stored, then falls back to its fixed pull cadence. Off,
+/// the cadence never changes: 16 items per 100 ms interval.
+#[test]
+fn a_full_pull_starts_catch_up_and_an_empty_mailbox_ends_it() {
+    let (took, mut fast) = drain_backlog(true);
+    assert!(fast.relay.mailbox.is_empty());
+    assert_eq!(fast.handed_to_driver, 1000, "every item handed out once");
+    // 1 ordinary pull of 16, then 984 items in 64-slot bulk pulls: 16 of them, each a pull,
+    // the relay's answer and a Delete after 5 ms of processing, with no interval between.
+    assert!(
+        (16..=17).contains(&fast.relay.bulk_pulls),
+        "{} bulk pulls",
+        fast.relay.bulk_pulls
+    );
+    assert!(took < Duration::from_millis(400), "drained in {took:?}");
+    assert_eq!(
+        fast.stat(&fast.counters.catch_up_pulls),
+        fast.relay.bulk_pulls as u64
+    );
+    // Back on the cadence: one ordinary pull per 100 ms interval from here on.
+    let (pulls, bulk) = (fast.relay.pulls, fast.relay.bulk_pulls);
+    let t = fast.now + Duration::from_secs(1);
+    fast.run_until(t);
+    assert_eq!(fast.relay.bulk_pulls, bulk);
+    assert!((9..=11).contains(&(fast.relay.pulls - pulls)));
+    assert!(fast.closed.is_empty());
+
+    let (took, slow) = drain_backlog(false);
+    assert!(slow.relay.mailbox.is_empty());
+    assert_eq!(slow.relay.bulk_pulls, 0);
+    assert_eq!(slow.handed_to_driver, 1000);
+    // 1000 / 16 = 63 pulls at 100 ms.
+    assert!(took >= Duration::from_millis(6200), "drained in {took:?}");
+    assert!(
+        slow.transmitted.iter().all(|(_, k)| *k != b'B'),
+        "no bulk pull when catch-up is off"
+    );
 }
 
 /// On the wire, an empty Delete and a full one are the same size: every link frame is encoded

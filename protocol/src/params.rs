@@ -48,3 +48,8 @@ pub const REPLY_FRAGMENT_DATA_SIZE: usize = REPLY_FRAGMENT_SIZE - FRAGMENT_HEADE
 pub const MAX_FRAGMENTS: u16 = 16384;
 /// Slots in every mailbox pull response, real or dummy.
 pub const PULL_SLOTS: usize = 16;
+/// Slots in the answer to a catch-up pull ([`crate::link::Frame::BulkPullRequest`]): a client
+/// whose last pull came back full asks for this many at once, so a returning client drains a
+/// long backlog in a fraction of the round trips. Still a fixed size: the answer says nothing
+/// about how much more is waiting.
+pub const BULK_PULL_SLOTS: usize = 64;

@@ -10,7 +10,8 @@
 //!
 //! Every pull is answered with exactly [`PULL_SLOTS`] slots and followed by exactly one
 //! `Delete`, so the link looks the same whether the mailbox is full or empty and whether the
-//! client kept anything. The client may send its next `PullRequest` right after the previous
+//! client kept anything. A catch-up pull (`BulkPullRequest`, sent only after a pull came back
+//! full) is the same conversation with [`BULK_PULL_SLOTS`] slots. The client may send its next `PullRequest` right after the previous
 //! `Delete` without waiting for the `DeleteDone`: the relay handles a link's frames in order,
 //! so that `DeleteDone` arrives before the next pull's slots.
 //!
@@ -26,7 +27,7 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 use crate::link::{Frame, MAX_DELETE_HANDLES, MailboxItem, PullSlot};
-use crate::params::PULL_SLOTS;
+use crate::params::{BULK_PULL_SLOTS, PULL_SLOTS};
 
 /// A pull session went wrong; split by who is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -94,6 +95,8 @@ enum Phase {
     Collecting {
         items: Vec<MailboxItem>,
         received: usize,
+        /// Slots this pull's answer has: [`PULL_SLOTS`] or [`BULK_PULL_SLOTS`].
+        slots: usize,
     },
     Holding {
         handles: Vec<u64>,
@@ -132,14 +135,24 @@ impl ClientPull {
     /// Starts a pull: the frame to send. Only from [`ClientPhase::Idle`] (a `DeleteDone` may
     /// still be on its way).
     pub fn start(&mut self) -> Result<Frame, PullError> {
+        self.begin(Frame::PullRequest, PULL_SLOTS)
+    }
+
+    /// Starts a catch-up pull of [`BULK_PULL_SLOTS`] slots; otherwise as [`ClientPull::start`].
+    pub fn start_bulk(&mut self) -> Result<Frame, PullError> {
+        self.begin(Frame::BulkPullRequest, BULK_PULL_SLOTS)
+    }
+
+    fn begin(&mut self, request: Frame, slots: usize) -> Result<Frame, PullError> {
         if !matches!(self.phase, Phase::Idle) {
             return Err(PullError::ApiMisuse("a pull is already in progress"));
         }
         self.phase = Phase::Collecting {
             items: Vec::new(),
             received: 0,
+            slots,
         };
-        Ok(Frame::PullRequest)
+        Ok(request)
     }
 
     /// Takes one frame of the session from the relay. Returns the pulled items (possibly
@@ -167,7 +180,12 @@ impl ClientPull {
     }
 
     fn handle_slot(&mut self, slot: PullSlot) -> Result<Option<Vec<MailboxItem>>, PullError> {
-        let Phase::Collecting { items, received } = &mut self.phase else {
+        let Phase::Collecting {
+            items,
+            received,
+            slots,
+        } = &mut self.phase
+        else {
             return Err(PullError::PeerMisbehaved("pull slot outside a pull"));
         };
         if usize::from(slot.index) != *received {
@@ -177,7 +195,7 @@ impl ClientPull {
         if let Some(item) = slot.item {
             items.push(item);
         }
-        if *received < PULL_SLOTS {
+        if *received < *slots {
             return Ok(None);
         }
         let items = std::mem::take(items);
@@ -210,7 +228,8 @@ impl ClientPull {
 }
 
 /// The relay's half of the pull session for one link, consumed by value: every pull is
-/// answered with exactly [`PULL_SLOTS`] slots, every `Delete` with the handles to delete.
+/// answered with exactly [`PULL_SLOTS`] slots ([`BULK_PULL_SLOTS`] for a catch-up pull), every
+/// `Delete` with the handles to delete.
 ///
 /// The relay is stricter about what it sends than about what it accepts. Pulling deletes
 /// nothing, so a pull while the previous one's `Delete` is still owed is answered again (the
@@ -268,23 +287,23 @@ impl RelayPull {
         RelayPull::Idle
     }
 
-    /// Answers `request` (which must be a `PullRequest`) with `items` (at most
-    /// [`PULL_SLOTS`], as read from the mailbox), padded with dummy slots to exactly
-    /// [`PULL_SLOTS`] frames. A pull while the previous one's `Delete` is owed replaces it.
+    /// Answers `request` (a `PullRequest` or `BulkPullRequest`) with `items` (at most
+    /// [`RelayPull::slots_for`] the request, as read from the mailbox), padded with dummy slots
+    /// to exactly that many frames. A pull while the previous one's `Delete` is owed replaces
+    /// it.
     pub fn answer(
         self,
         request: &Frame,
         items: Vec<MailboxItem>,
     ) -> Result<(RelayPull, Vec<Frame>), PullError> {
-        if !matches!(request, Frame::PullRequest) {
-            return Err(PullError::PeerMisbehaved("not a pull request"));
-        }
-        if items.len() > PULL_SLOTS {
+        let slots =
+            Self::slots_for(request).ok_or(PullError::PeerMisbehaved("not a pull request"))?;
+        if items.len() > slots {
             return Err(PullError::ApiMisuse("more items than pull slots"));
         }
         let handed: Vec<u64> = items.iter().map(|i| i.handle).collect();
         let mut items = items.into_iter();
-        let frames = (0..PULL_SLOTS)
+        let frames = (0..slots)
             .map(|index| {
                 Frame::PullSlot(PullSlot {
                     index: u8::try_from(index).unwrap_or(u8::MAX),
@@ -293,6 +312,16 @@ impl RelayPull {
             })
             .collect();
         Ok((RelayPull::AwaitingDelete { handed }, frames))
+    }
+
+    /// How many slots answer `request`; `None` if it is not a pull request. The relay reads
+    /// this many items (at most) from the mailbox before [`RelayPull::answer`].
+    pub fn slots_for(request: &Frame) -> Option<usize> {
+        match request {
+            Frame::PullRequest => Some(PULL_SLOTS),
+            Frame::BulkPullRequest => Some(BULK_PULL_SLOTS),
+            _ => None,
+        }
     }
 
     /// Takes a `Delete`: the handles the relay should now delete, and whether the `Delete`
@@ -480,6 +509,54 @@ mod tests {
         assert_eq!(
             deletion.irregular.map(IrregularDelete::reason),
             Some("delete_without_pull")
+        );
+    }
+
+    #[test]
+    fn a_catch_up_pull_has_bulk_slots_and_ends_like_any_pull() {
+        let mut client = ClientPull::new();
+        let request = client.start_bulk().unwrap();
+        assert_eq!(request, Frame::BulkPullRequest);
+        let stored: Vec<_> = (0..BULK_PULL_SLOTS as u64).map(item).collect();
+        let (relay, slots) = RelayPull::new().answer(&request, stored).unwrap();
+        assert_eq!(slots.len(), BULK_PULL_SLOTS);
+        let mut got = None;
+        for (n, slot) in slots.into_iter().enumerate() {
+            let out = client.handle_frame(slot).unwrap();
+            assert_eq!(
+                out.is_some(),
+                n == BULK_PULL_SLOTS - 1,
+                "items only at the last slot"
+            );
+            got = out.or(got);
+        }
+        let got = got.unwrap();
+        assert_eq!(got.len(), BULK_PULL_SLOTS);
+        let delete = client
+            .delete(got.iter().map(|i| i.handle).collect())
+            .unwrap();
+        let (relay, deletion) = relay.handle_delete(&delete).unwrap();
+        assert_eq!(deletion.handles.len(), BULK_PULL_SLOTS);
+        assert_eq!(deletion.irregular, None);
+        assert_eq!(relay, RelayPull::Idle);
+        // Back to ordinary pulls: 16 slots again, and a 17th is outside the pull.
+        let request = client.start().unwrap();
+        let (_, slots) = RelayPull::new().answer(&request, Vec::new()).unwrap();
+        assert_eq!(slots.len(), PULL_SLOTS);
+        for slot in slots {
+            client.handle_frame(slot).unwrap();
+        }
+        let extra = Frame::PullSlot(PullSlot {
+            index: PULL_SLOTS as u8,
+            item: None,
+        });
+        assert!(client.handle_frame(extra).is_err());
+        // An ordinary pull cannot be answered with a bulk pull's worth of items.
+        let too_many = (0..=PULL_SLOTS as u64).map(item).collect();
+        assert!(
+            RelayPull::new()
+                .answer(&Frame::PullRequest, too_many)
+                .is_err()
         );
     }
 

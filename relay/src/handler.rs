@@ -264,7 +264,8 @@ impl Handler {
             }
             let next = match frame {
                 Frame::Packet(p) => self.packet(p),
-                Frame::PullRequest => self.pull_request().await,
+                Frame::PullRequest => self.pull_request(Frame::PullRequest).await,
+                Frame::BulkPullRequest => self.pull_request(Frame::BulkPullRequest).await,
                 Frame::Delete { handles } => self.delete(handles).await,
                 Frame::Padding => Next::Continue,
                 Frame::Error { code } => self.peer_error(code),
@@ -301,11 +302,13 @@ impl Handler {
         Next::Continue
     }
 
-    /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox, as [`RelayPull`] pads them.
-    async fn pull_request(&mut self) -> Next {
+    /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox (`BULK_PULL_SLOTS` for a
+    /// catch-up pull), as [`RelayPull`] pads them.
+    async fn pull_request(&mut self, request: Frame) -> Next {
         let answer_at = Instant::now() + ANSWER_FLOOR;
-        // A pull reads PULL_SLOTS items: it costs as many tokens as that many packets.
-        for _ in 0..PULL_SLOTS {
+        let slots = RelayPull::slots_for(&request).unwrap_or(PULL_SLOTS);
+        // A pull reads `slots` items: it costs as many tokens as that many packets.
+        for _ in 0..slots {
             if !self.bucket.take() {
                 self.shared.metrics.dropped("rate_limited");
                 self.send(Frame::Error {
@@ -323,7 +326,7 @@ impl Handler {
             return Next::Continue;
         };
         let owner = self.owner;
-        let items = match tokio::task::spawn_blocking(move || service.pull(&owner)).await {
+        let items = match tokio::task::spawn_blocking(move || service.pull(&owner, slots)).await {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "mailbox read failed");
@@ -335,7 +338,7 @@ impl Handler {
             }
             Err(_) => return Next::Close,
         };
-        let slots = match std::mem::take(&mut self.pull).answer(&Frame::PullRequest, items) {
+        let slots = match std::mem::take(&mut self.pull).answer(&request, items) {
             Ok((pull, slots)) => {
                 self.pull = pull;
                 slots

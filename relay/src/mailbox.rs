@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use spore_protocol::MailboxId;
 use spore_protocol::link::MailboxItem;
-use spore_protocol::params::PULL_SLOTS;
+use spore_protocol::params::BULK_PULL_SLOTS;
 
 use crate::clock::Clock;
 use crate::error::Result;
@@ -44,11 +44,12 @@ impl MailboxService {
             .set_mailbox_damaged_records(self.store.damaged_records());
     }
 
-    /// The oldest (at most [`PULL_SLOTS`]) items of `owner`'s mailbox, for a pull; the link's
-    /// [`spore_protocol::pull::RelayPull`] pads them into slots. Blocking (file reads).
-    pub fn pull(&self, owner: &MailboxId) -> Result<Vec<MailboxItem>> {
+    /// The oldest (at most `slots`, which is [`PULL_SLOTS`](spore_protocol::params::PULL_SLOTS) or `BULK_PULL_SLOTS`) items of
+    /// `owner`'s mailbox, for a pull; the link's [`spore_protocol::pull::RelayPull`] pads them
+    /// into slots. Blocking (file reads).
+    pub fn pull(&self, owner: &MailboxId, slots: usize) -> Result<Vec<MailboxItem>> {
         self.metrics.pull();
-        let items = self.store.pull(owner, PULL_SLOTS)?;
+        let items = self.store.pull(owner, slots.min(BULK_PULL_SLOTS))?;
         Ok(items
             .into_iter()
             .map(|it| MailboxItem {

@@ -70,6 +70,11 @@ pub struct SidecarConfig {
     /// events needs more than the default.
     #[serde(default)]
     pub reply_surbs: Option<usize>,
+    /// Drain a mailbox backlog with bulk pulls back to back (default true). False keeps the
+    /// link on its fixed pull cadence whatever is waiting, so a link observer never sees a
+    /// backlog, at 32 items/s (docs/privacy.md, "Catch-up").
+    #[serde(default)]
+    pub catch_up: Option<bool>,
     /// How long a request/response call waits for an endpoint that `request_timeouts` does
     /// not name (default 60 s, Synapse's federation client default). The request carries this
     /// deadline; the receiving sidecar drops it once passed, and the caller gets a 502.
@@ -176,6 +181,9 @@ impl SidecarConfig {
             source,
             trust,
         );
+        if let Some(on) = self.catch_up {
+            config.catch_up = on;
+        }
         if let Some(n) = self.reply_surbs {
             config.reply_surbs = n;
         }

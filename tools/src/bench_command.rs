@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use spore_bench::{client, latency, mailbox, relay};
+use spore_bench::{catchup, client, latency, mailbox, relay};
 
 use crate::flags::{BenchArgs, BenchCmd};
 
@@ -61,6 +61,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCmd::Mailbox { packets, dir } => {
             let cfg = mailbox::MailboxBenchConfig { packets, dir };
             print(args.json, &mailbox::run(&cfg)?, mailbox::render)
+        }
+        BenchCmd::Catchup {
+            items,
+            baseline_seconds,
+        } => {
+            let cfg = catchup::CatchUpConfig {
+                network: client::Network::Spawn {
+                    spore_bin: std::env::current_exe()?,
+                },
+                items,
+                baseline_seconds,
+            };
+            print(
+                args.json,
+                &rt.block_on(catchup::run(&cfg))?,
+                catchup::render,
+            )
         }
         BenchCmd::Client {
             seconds,

@@ -464,6 +464,16 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// How fast a client that comes back online drains a full mailbox: catch-up pulls against
+    /// the fixed pull cadence, in the same run.
+    Catchup {
+        /// Items queued for the catch-up recipient.
+        #[arg(long, default_value_t = 10_000)]
+        items: usize,
+        /// Seconds the fixed-cadence recipient is measured over.
+        #[arg(long, default_value_t = 10.0)]
+        baseline_seconds: f64,
+    },
     /// CPU share of one client transport at the default rates, and packet build rate;
     /// with --throughput, sustained acknowledged fragments per second of one client.
     Client {

@@ -3,7 +3,7 @@
 
 use super::{FRAME_LEN, MAX_DELETE_HANDLES};
 use crate::error::{ApiMisuse, InvalidMessage, Result};
-use crate::params::{PACKET_SIZE, PAYLOAD_SIZE, PULL_SLOTS, SURB_ID_SIZE};
+use crate::params::{BULK_PULL_SLOTS, PACKET_SIZE, PAYLOAD_SIZE, SURB_ID_SIZE};
 
 mod frame_type {
     pub const PACKET: u8 = 1;
@@ -13,6 +13,7 @@ mod frame_type {
     pub const DELETE_DONE: u8 = 5;
     pub const ERROR: u8 = 6;
     pub const PADDING: u8 = 7;
+    pub const BULK_PULL_REQUEST: u8 = 8;
 }
 
 /// One command on a link. All variants encode to exactly [`FRAME_LEN`] bytes.
@@ -24,7 +25,11 @@ pub enum Frame {
     /// A client asks its mailbox relay for the next batch. The mailbox served is the one whose
     /// id hashes the link's remote static key, so the request names nothing.
     PullRequest,
-    /// One of the [`PULL_SLOTS`] frames answering a [`Frame::PullRequest`].
+    /// A catch-up pull: answered like [`Frame::PullRequest`] but with [`BULK_PULL_SLOTS`]
+    /// slots. A client sends it only after a pull came back full.
+    BulkPullRequest,
+    /// One of the frames answering a pull ([`PULL_SLOTS`](crate::params::PULL_SLOTS) of them for a
+    /// [`Frame::PullRequest`], [`BULK_PULL_SLOTS`] for a [`Frame::BulkPullRequest`]).
     PullSlot(PullSlot),
     /// A client acknowledges items it has durably received; the relay may now delete them.
     Delete {
@@ -45,6 +50,7 @@ impl std::fmt::Debug for Frame {
         match self {
             Frame::Packet(_) => f.write_str("Packet(..)"),
             Frame::PullRequest => f.write_str("PullRequest"),
+            Frame::BulkPullRequest => f.write_str("BulkPullRequest"),
             Frame::PullSlot(s) => write!(
                 f,
                 "PullSlot {{ index: {}, full: {} }}",
@@ -59,11 +65,12 @@ impl std::fmt::Debug for Frame {
     }
 }
 
-/// One slot of a pull response. A response is always exactly [`PULL_SLOTS`] of these, with
-/// `item: None` for the empty ones, so its size says nothing about how much mail is waiting.
+/// One slot of a pull response. A response is always exactly [`PULL_SLOTS`](crate::params::PULL_SLOTS) of these (or
+/// [`BULK_PULL_SLOTS`] for a catch-up pull), with `item: None` for the empty ones, so its size
+/// says nothing about how much mail is waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullSlot {
-    /// Position in the response, `0..PULL_SLOTS`.
+    /// Position in the response, `0..PULL_SLOTS` (`0..BULK_PULL_SLOTS` for a catch-up pull).
     pub index: u8,
     /// The stored item, or `None` for a dummy slot.
     pub item: Option<MailboxItem>,
@@ -171,7 +178,7 @@ impl Frame {
     /// Encodes into `out`, zero-padding to [`FRAME_LEN`].
     ///
     /// Fails only on values no peer could have sent: more than [`MAX_DELETE_HANDLES`] handles,
-    /// or a pull slot index outside `0..PULL_SLOTS`.
+    /// or a pull slot index outside `0..BULK_PULL_SLOTS`.
     pub fn encode_into(&self, out: &mut [u8; FRAME_LEN]) -> Result<()> {
         out.fill(0);
         let mut w = SliceWriter::new(out);
@@ -181,8 +188,9 @@ impl Frame {
                 w.bytes(&packet[..])?;
             }
             Frame::PullRequest => w.u8(frame_type::PULL_REQUEST)?,
+            Frame::BulkPullRequest => w.u8(frame_type::BULK_PULL_REQUEST)?,
             Frame::PullSlot(slot) => {
-                if usize::from(slot.index) >= PULL_SLOTS {
+                if usize::from(slot.index) >= BULK_PULL_SLOTS {
                     return Err(ApiMisuse::InvalidArgument("pull slot index out of range").into());
                 }
                 w.u8(frame_type::PULL_SLOT)?;
@@ -245,9 +253,10 @@ impl Frame {
         let frame = match r.u8()? {
             frame_type::PACKET => Frame::Packet(boxed_array(&mut r)?),
             frame_type::PULL_REQUEST => Frame::PullRequest,
+            frame_type::BULK_PULL_REQUEST => Frame::BulkPullRequest,
             frame_type::PULL_SLOT => {
                 let index = r.u8()?;
-                if usize::from(index) >= PULL_SLOTS {
+                if usize::from(index) >= BULK_PULL_SLOTS {
                     return Err(InvalidMessage::BadValue("pull slot index").into());
                 }
                 let item = match r.bool()? {

@@ -23,7 +23,7 @@
 //!   records, so that every reader (relay, client, tools) shares one set of length checks and
 //!   the same cancel-safe buffering.
 
-use crate::params::{PACKET_SIZE, PAYLOAD_SIZE, PULL_SLOTS, SURB_ID_SIZE};
+use crate::params::{BULK_PULL_SLOTS, PACKET_SIZE, PAYLOAD_SIZE, PULL_SLOTS, SURB_ID_SIZE};
 
 mod codec;
 mod frame;
@@ -71,7 +71,10 @@ const DELETE_BODY_LEN: usize = 2 + 8 * MAX_DELETE_HANDLES;
 // Every body fits in the frame: the size of a frame never depends on its command.
 const _: () = assert!(PULL_SLOT_BODY_LEN <= FRAME_BODY_LEN);
 const _: () = assert!(DELETE_BODY_LEN <= FRAME_BODY_LEN);
-const _: () = assert!(PULL_SLOTS <= u8::MAX as usize);
+const _: () = assert!(PULL_SLOTS <= BULK_PULL_SLOTS);
+const _: () = assert!(BULK_PULL_SLOTS <= u8::MAX as usize);
+// A catch-up pull's items can all be named in its one Delete.
+const _: () = assert!(BULK_PULL_SLOTS <= MAX_DELETE_HANDLES);
 // Noise caps a transport message at 65535 bytes.
 const _: () = assert!(WIRE_FRAME_LEN <= 65535);
 

@@ -76,12 +76,13 @@ fn sample_frames() -> Vec<Frame> {
     vec![
         Frame::Packet(packet),
         Frame::PullRequest,
+        Frame::BulkPullRequest,
         Frame::PullSlot(PullSlot {
             index: 0,
             item: None,
         }),
         Frame::PullSlot(PullSlot {
-            index: (PULL_SLOTS - 1) as u8,
+            index: (BULK_PULL_SLOTS - 1) as u8,
             item: Some(MailboxItem {
                 handle: u64::MAX,
                 surb_id: [0xab; SURB_ID_SIZE],
@@ -252,7 +253,7 @@ fn frames_round_trip() {
 #[test]
 fn unknown_type_is_rejected() {
     let mut bytes = encode(&Frame::Padding);
-    for ty in [0u8, 8, 0xff] {
+    for ty in [0u8, 9, 0xff] {
         bytes[0] = ty;
         assert_eq!(
             Frame::decode(&bytes),
@@ -295,7 +296,7 @@ fn out_of_range_counts_are_rejected() {
         index: 0,
         item: None,
     }));
-    slot[1] = PULL_SLOTS as u8;
+    slot[1] = BULK_PULL_SLOTS as u8;
     assert!(Frame::decode(&slot).is_err());
     let mut code = encode(&Frame::Error {
         code: LinkErrorCode::Internal,
@@ -344,7 +345,7 @@ proptest! {
     }
 
     #[test]
-    fn pull_slots_round_trip(index in 0..PULL_SLOTS as u8, handle in any::<u64>(), surb_id in any::<[u8; 16]>(), fill in any::<u8>()) {
+    fn pull_slots_round_trip(index in 0..BULK_PULL_SLOTS as u8, handle in any::<u64>(), surb_id in any::<[u8; 16]>(), fill in any::<u8>()) {
         let frame = Frame::PullSlot(PullSlot {
             index,
             item: Some(MailboxItem { handle, surb_id, payload: Box::new([fill; PAYLOAD_SIZE]) }),
