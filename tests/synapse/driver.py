@@ -295,7 +295,7 @@ def conns(out, pids_file):
         raise SystemExit("FAIL: no outbound Synapse connection seen at all (is ss working?)")
     log("OK: each Synapse only ever connected to its own sidecar"
         + ("; each sidecar only to its own Synapse and the relays" if any(k == "sidecar" for (k, _) in outbound) else "")
-        + "; no connection between the two Synapses")
+        + "; no connection between the Synapses")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Two unmodified Synapse homeservers (from PyPI) federating only through Spore sidecars.
+# Three (or two) unmodified Synapse homeservers (from PyPI) federating only through Spore sidecars.
 #
 #   bash tests/synapse/run.sh
 #
@@ -15,9 +15,10 @@
 # to its own sidecar.
 #
 # Environment:
-#   SPORE_SYNAPSE_SERVERS=3  a third homeserver, hs-c.spore.test with carol: alice invites bob
-#                        and carol, each server's message must show on the other two, carol
-#                        (online) gets the 30 messages too (spore carrier only)
+#   SPORE_SYNAPSE_SERVERS=3 (default): a third homeserver, hs-c.spore.test with carol: alice
+#                        invites bob and carol, each server's message must show on the other
+#                        two, carol (online) gets the 30 messages too; 2: only A and B (the
+#                        loopback carrier needs 2)
 #   SPORE_SYNAPSE_OFFLINE=N  messages alice sends while B is down (default 30)
 #   SPORE_SYNAPSE_VENV   where the venv lives (default: $CARGO_TARGET_DIR or target/, /synapse-venv)
 #   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
@@ -75,7 +76,8 @@ BASE=$((20000 + ($$ % 2000) * 15))
 A_CLIENT=$((BASE + 0)); A_FED=$((BASE + 1)); A_PROXY=$((BASE + 2)); A_BUNDLE=$((BASE + 3))
 B_CLIENT=$((BASE + 5)); B_FED=$((BASE + 6)); B_PROXY=$((BASE + 7)); B_BUNDLE=$((BASE + 8))
 C_CLIENT=$((BASE + 10)); C_FED=$((BASE + 11)); C_PROXY=$((BASE + 12))
-SERVERS=${SPORE_SYNAPSE_SERVERS:-2}
+SERVERS=${SPORE_SYNAPSE_SERVERS:-3}
+[ "$CARRIER" = loopback ] && SERVERS=${SPORE_SYNAPSE_SERVERS:-2}
 case "$SERVERS" in 2) ;; 3) [ "$CARRIER" != loopback ] || { say "SPORE_SYNAPSE_SERVERS=3 needs the spore carrier"; exit 1; } ;;
     *) say "SPORE_SYNAPSE_SERVERS must be 2 or 3"; exit 1 ;; esac
 
@@ -267,7 +269,7 @@ if [ "$CARRIER" != loopback ]; then
         [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] && break
         sleep 0.1
     done
-    say "while B was offline: A's sidecar queued $Q transaction(s) for B; $K stored at B's mailbox relay (SURB-acks)"
+    say "while B was offline: A's sidecar queued $Q transaction(s)$([ "$SERVERS" = 3 ] && echo " (for B and C)"); $K stored at their recipient's mailbox relay (SURB-acks)"
     [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] || { say "FAIL: not everything reached B's mailbox"; exit 1; }
 else
     sleep 2
@@ -296,7 +298,7 @@ fi
 
 # ---------------------------------------------------------------- no direct route
 $DRIVER conns "$RUN/ss.log" "$RUN/pids"
-say "sidecar log summary (both sidecars, whole run):"
+say "sidecar log summary (all sidecars, whole run):"
 grep -hE "queued through spore|answered through spore|answered from the verified cache|fetched through spore|delivered|not answered|not verify|stopped waiting|mailbox relay\$" \
     "$RUN"/*.sidecar.log | sed -E 's/^\S+ +//; s/^(DEBUG|INFO|WARN) +//' | sort | uniq -c | sed 's/^/    /'
 say "PASS in $(( $(date +%s) - START ))s"
