@@ -2,10 +2,13 @@
 """Client-server side of the Synapse interop test (called by run.sh; stdlib only).
 
 Subcommands:
-  setup STATE A_URL B_URL      log in alice@A and bob@B, alice creates a room and invites bob,
-                               bob joins, both exchange a message; writes STATE (json)
+  setup STATE A_URL B_URL [C_URL]  log in alice@A and bob@B (and carol@C), alice creates a
+                               room and invites bob (and carol), they join, each sends a
+                               message that every other server shows; writes STATE (json)
   send STATE N                 alice sends N messages "offline-1".."offline-N"
-  check STATE N TIMEOUT        bob's timeline gets all N, in order, without duplicates
+  check STATE N TIMEOUT [UP_AT [WHO]]  bob's (WHO's: a, b, c) timeline gets all N, in order, without duplicates;
+                               reports the time from UP_AT (epoch s) and the arrival order
+  say STATE FROM TO TEXT       FROM's user (a/b) sends TEXT, TO's user sees it
   watch OUT                    append `ss -tnp` snapshots to OUT every 0.2 s until killed
   conns OUT PIDS               check the snapshots: every outbound TCP connection of each
                                Synapse goes to its own sidecar's proxy, never to the other
@@ -93,16 +96,31 @@ def send_text(base, token, room, text):
         raise SystemExit(f"FAIL: send {text!r}: {status} {r}")
 
 
-def setup(state_path, a, b):
+def join_invited(url, token, user, room):
+    """USER sees the invite on its server and joins (make_join/send_join through the sidecars)."""
+    def invited():
+        s, r = call(url, "GET", "/_matrix/client/v3/sync?timeout=0", token)
+        return s == 200 and room in r.get("rooms", {}).get("invite", {})
+    until(f"{user}'s invite", 120, invited)
+    log(f"{user} sees the invite")
+    t0 = time.time()
+    until(f"{user}'s join", 180, lambda: (lambda s_r: s_r if s_r[0] == 200 else None)(
+        call(url, "POST", f"/_matrix/client/v3/join/{urllib.parse.quote(room)}", token, {}, timeout=180)), every=3)
+    log(f"{user} joined {room} in {time.time() - t0:.1f}s (make_join/send_join -> A through the sidecars)")
+
+
+def setup(state_path, a, b, c=None):
     ta, alice = login(a, "alice")
     tb, bob = login(b, "bob")
-    log(f"logged in {alice} on A and {bob} on B")
+    tc, carol = login(c, "carol") if c else (None, None)
+    log(f"logged in {alice} on A and {bob} on B" + (f" and {carol} on C" if c else ""))
+    invite = [bob] + ([carol] if c else [])
     status, r = call(a, "POST", "/_matrix/client/v3/createRoom", ta,
-                     {"preset": "private_chat", "name": "spore", "invite": [bob]}, timeout=180)
+                     {"preset": "private_chat", "name": "spore", "invite": invite}, timeout=180)
     if status != 200:
         raise SystemExit(f"FAIL: createRoom + invite over federation: {status} {r}")
     room = r["room_id"]
-    log(f"alice created {room} and invited {bob} (the invite went A -> B through the sidecars)")
+    log(f"alice created {room} and invited {', '.join(invite)} (the invites went from A through the sidecars)")
     # Optional: a bigger room state, to probe how large a send_join response Spore can carry.
     extra = int(os.environ.get("SPORE_SYNAPSE_EXTRA_STATE", "0"))
     for i in range(extra):
@@ -113,23 +131,23 @@ def setup(state_path, a, b):
     if extra:
         log(f"alice added {extra} extra state events (~300 bytes each) before bob joins")
 
-    def invited():
-        s, r = call(b, "GET", "/_matrix/client/v3/sync?timeout=0", tb)
-        return s == 200 and room in r.get("rooms", {}).get("invite", {})
-    until("bob's invite", 120, invited)
-    log("bob sees the invite on B")
-    t0 = time.time()
-    status, r = until("bob's join", 180, lambda: (lambda s_r: s_r if s_r[0] == 200 else None)(
-        call(b, "POST", f"/_matrix/client/v3/join/{urllib.parse.quote(room)}", tb, {}, timeout=180)), every=3)
-    log(f"bob joined {room} in {time.time() - t0:.1f}s (make_join/send_join B -> A through the sidecars)")
-
-    send_text(a, ta, room, "hello from A")
-    until("A's message on B", 120, lambda: "hello from A" in (timeline(b, tb, room) or []))
-    log("B received 'hello from A'")
-    send_text(b, tb, room, "hello from B")
-    until("B's message on A", 120, lambda: "hello from B" in (timeline(a, ta, room) or []))
-    log("A received 'hello from B'")
-    json.dump({"a": a, "b": b, "ta": ta, "tb": tb, "room": room}, open(state_path, "w"))
+    join_invited(b, tb, "bob", room)
+    if c:
+        join_invited(c, tc, "carol", room)
+    state = {"a": a, "b": b, "ta": ta, "tb": tb, "room": room}
+    if c:
+        state.update({"c": c, "tc": tc})
+    servers = [k for k in "abc" if k in state]
+    for frm in servers:
+        text = f"hello from {frm.upper()}"
+        t0 = time.time()
+        send_text(state[frm], state["t" + frm], room, text)
+        for to in servers:
+            if to != frm:
+                until(f"{text!r} on {to.upper()}", 120,
+                      lambda: text in (timeline(state[to], state["t" + to], room) or []), every=0.5)
+                log(f"{to.upper()} received {text!r} ({time.time() - t0:.1f}s after it was sent)")
+    json.dump(state, open(state_path, "w"))
 
 
 def send_many(state_path, n):
@@ -151,18 +169,51 @@ def profile(state_path):
         raise SystemExit(f"FAIL: expected a Matrix error, got {status} {r}")
 
 
-def check(state_path, n, timeout):
+def check(state_path, n, timeout, up_at=None, who="b"):
+    """Polls bob's timeline every 0.25 s until all N offline messages are there.
+
+    Reports the catch-up time counted from UP_AT (when B's Synapse first answered /health),
+    the time the first one showed up, and the order in which they became visible (each poll's
+    new arrivals as a group); fails on a wrong final order or a duplicate.
+    """
     s = json.load(open(state_path))
     want = [f"offline-{i}" for i in range(1, n + 1)]
-    t0 = time.time()
+    t0 = float(up_at) if up_at else time.time()
+    seen, groups, first = set(), [], None
 
     def complete():
-        got = [x for x in (timeline(s["b"], s["tb"], s["room"]) or []) if x and x.startswith("offline-")]
+        nonlocal first
+        got = [x for x in (timeline(s[who], s["t" + who], s["room"]) or []) if x and x.startswith("offline-")]
+        new = [x for x in got if x not in seen]
+        if new:
+            if first is None:
+                first = time.time() - t0
+            groups.append((time.time() - t0, new))
+            seen.update(new)
         return got if len(set(got)) >= n else None
-    got = until(f"all {n} messages on B", timeout, complete, every=2)
+    got = until(f"all {n} messages on {who.upper()}", timeout, complete, every=0.25)
+    took = time.time() - t0
     if got != want:
-        raise SystemExit(f"FAIL: B's timeline is {got}, expected {want} (order or duplicates)")
-    log(f"B's timeline has all {n} messages in order without duplicates ({time.time() - t0:.1f}s after B came back)")
+        raise SystemExit(f"FAIL: {who.upper()}'s timeline is {got}, expected {want} (order or duplicates)")
+    if who != "b":
+        log(f"{who.upper()}'s timeline has all {n} messages in order without duplicates")
+        return
+    order = "; ".join(f"+{t:.1f}s: {x[0].split('-')[1]}" + (f"..{x[-1].split('-')[1]}" if len(x) > 1 else "")
+                      for t, x in groups)
+    log(f"arrival order on B (new messages per 0.25 s poll, seconds after B's Synapse was up): {order}")
+    log(f"B's timeline has all {n} messages in order without duplicates")
+    print(f"CATCHUP n={n} first={first:.2f}s all={took:.2f}s", flush=True)
+    log(f"catch-up: first visible {first:.2f}s, all {n} visible {took:.2f}s after B's Synapse "
+        f"answered /health (target: 3 s; not asserted)")
+
+
+def say_and_hear(state_path, frm, to, text):
+    """FROM (a or b) sends TEXT, TO's user sees it (a message the other way after a restart)."""
+    s = json.load(open(state_path))
+    t0 = time.time()
+    send_text(s[frm], s["t" + frm], s["room"], text)
+    until(f"{text!r} on {to}", 120, lambda: text in (timeline(s[to], s["t" + to], s["room"]) or []), every=0.5)
+    log(f"{frm.upper()} -> {to.upper()}: {text!r} visible after {time.time() - t0:.1f}s")
 
 
 def watch(out):
@@ -244,7 +295,7 @@ def conns(out, pids_file):
         raise SystemExit("FAIL: no outbound Synapse connection seen at all (is ss working?)")
     log("OK: each Synapse only ever connected to its own sidecar"
         + ("; each sidecar only to its own Synapse and the relays" if any(k == "sidecar" for (k, _) in outbound) else "")
-        + "; no connection between the two Synapses")
+        + "; no connection between the Synapses")
 
 
 if __name__ == "__main__":
@@ -256,7 +307,9 @@ if __name__ == "__main__":
     elif cmd == "profile":
         profile(args[0])
     elif cmd == "check":
-        check(args[0], int(args[1]), int(args[2]))
+        check(args[0], int(args[1]), int(args[2]), *args[3:5])
+    elif cmd == "say":
+        say_and_hear(*args)
     elif cmd == "watch":
         watch(args[0])
     elif cmd == "conns":

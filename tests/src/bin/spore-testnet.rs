@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! spore-testnet --dir DIR --homeserver NAME,FEDERATION_URL,PROXY_ADDR [--homeserver ...]
+//!               [--omit-peer NAME=PEER ...]
 //! ```
 //! writes `DIR/NAME/sidecar.toml` (run it with `spore-sidecar run -c`), then `DIR/ready`.
+//! Each config lists every other homeserver under `[peers]`, except the pairs given with
+//! `--omit-peer`: that sidecar must learn the peer's address from the peer's first bundle.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +25,11 @@ struct Args {
     /// `server.name,http://127.0.0.1:FED_PORT,127.0.0.1:PROXY_PORT`; repeatable.
     #[arg(long)]
     homeserver: Vec<String>,
+    /// `NAME=PEER`: NAME's sidecar config leaves PEER out of `[peers]`, so that NAME's
+    /// sidecar learns PEER's address from PEER's first authenticated bundle (shows that first
+    /// contact needs configuration on one side only); repeatable.
+    #[arg(long)]
+    omit_peer: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -69,10 +77,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             address,
         ));
     }
+    let mut omitted = Vec::new();
+    for pair in &args.omit_peer {
+        let Some((name, peer)) = pair.split_once('=') else {
+            anyhow::bail!("--omit-peer NAME=PEER");
+        };
+        if !nodes.iter().any(|(n, ..)| n == name) || !nodes.iter().any(|(n, ..)| n == peer) {
+            anyhow::bail!("--omit-peer {pair}: both must be given with --homeserver");
+        }
+        omitted.push((name, peer));
+    }
     for (name, fed, proxy, key, address) in &nodes {
         let peers: Vec<(&str, &SporeAddress)> = nodes
             .iter()
             .filter(|(peer, ..)| peer != name)
+            .filter(|(peer, ..)| !omitted.contains(&(name.as_str(), peer.as_str())))
             .map(|(peer, _, _, _, peer_address)| (peer.as_str(), peer_address))
             .collect();
         let node = SidecarNode {
