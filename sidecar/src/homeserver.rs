@@ -28,6 +28,10 @@ use crate::server_keys::{KeyError, ServerKeyCache, ServerKeys, unix_ms, verify_k
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest pause between delivery attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Longest pause while the homeserver refuses connections (not up yet, restarting): a failed
+/// connect costs nothing, and a homeserver coming back after an absence should get its
+/// backlog within a fraction of a second of listening, not after a doubled 30 s pause.
+const UNREACHABLE_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Under [`GiveUp::Early`], a transaction the homeserver keeps refusing with a 4xx (other than
 /// 401/408/429: keys not there yet, overload) is dropped after this many attempts: it will
 /// never be accepted and would hold up the inbox forever.
@@ -238,7 +242,9 @@ impl LocalHomeserver {
         };
         let mut delay = policy.first_delay;
         let mut refusals = 0;
+        let mut said_unreachable = false;
         loop {
+            let mut pause = delay;
             match self.deliver_once(request).await {
                 Ok(r) if wants_response || (200..300).contains(&r.status) => return Ok(r),
                 Ok(r) => {
@@ -266,9 +272,19 @@ impl LocalHomeserver {
                 {
                     return Err(e);
                 }
-                Err(e) => tracing::info!(error = %e, "homeserver not reachable yet; retrying"),
+                Err(e) => {
+                    if matches!(e, DeliveryError::Unreachable(_)) {
+                        pause = delay.min(UNREACHABLE_RETRY_DELAY);
+                    }
+                    if said_unreachable {
+                        tracing::debug!(error = %e, "homeserver not reachable yet; retrying");
+                    } else {
+                        tracing::info!(error = %e, "homeserver not reachable yet; retrying");
+                        said_unreachable = true;
+                    }
+                }
             }
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(pause).await;
             delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
