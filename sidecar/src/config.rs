@@ -53,6 +53,11 @@ pub struct SidecarConfig {
     pub mailbox_key_file: PathBuf,
     /// Hex id of our mailbox relay (also our entry relay).
     pub mailbox_relay: String,
+    /// Hex id of a second mailbox relay (optional). Our address then names both: senders
+    /// store every message at both and the sidecar pulls from both, so losing one mailbox
+    /// relay, or its disk, loses nothing. Peers must be given the new address.
+    #[serde(default)]
+    pub second_mailbox_relay: Option<String>,
     /// The homeserver's federation listener, e.g. `http://127.0.0.1:8008`.
     pub homeserver_url: String,
     /// Where the homeserver sends its outbound federation requests.
@@ -136,10 +141,21 @@ impl SidecarConfig {
         Ok(RelayId(hex32("mailbox_relay", &self.mailbox_relay)?))
     }
 
-    /// The Spore address peers list for us (what `spore-sidecar address` prints).
+    /// Our second mailbox relay, if one is configured.
+    pub fn second_mailbox_relay(&self) -> Result<Option<RelayId>> {
+        self.second_mailbox_relay
+            .as_deref()
+            .map(|s| hex32("second_mailbox_relay", s).map(RelayId))
+            .transpose()
+    }
+
+    /// The Spore address peers list for us (what `spore-sidecar address` prints): both
+    /// mailbox relays when a second is configured.
     pub fn address(&self) -> Result<SporeAddress> {
         Ok(SporeAddress {
-            mailbox_relays: vec![self.mailbox_relay()?],
+            mailbox_relays: std::iter::once(self.mailbox_relay()?)
+                .chain(self.second_mailbox_relay()?)
+                .collect(),
             mailbox_key: self.mailbox_key()?.public().to_bytes(),
         })
     }
@@ -161,6 +177,7 @@ impl SidecarConfig {
             source,
             trust,
         );
+        config.second_mailbox_relay = self.second_mailbox_relay()?;
         if let Some(n) = self.reply_surbs {
             config.reply_surbs = n;
         }
