@@ -221,3 +221,38 @@ impl SidecarConfig {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config_with(dir: &Path, extra: &str) -> Result<SidecarConfig> {
+        std::fs::write(dir.join("mailbox.key"), hex::encode([7u8; 32])).unwrap();
+        let text = format!(
+            "server_name = \"a.example\"\ndata_dir = \"data\"\nmailbox_key_file = \"mailbox.key\"\n\
+             mailbox_relay = \"{}\"\n{extra}homeserver_url = \"http://127.0.0.1:8008\"\n\
+             listen = \"127.0.0.1:0\"\n[directory]\npath = \"directory.bin\"\n",
+            hex::encode([1u8; 32])
+        );
+        let path = dir.join("sidecar.toml");
+        std::fs::write(&path, text).unwrap();
+        SidecarConfig::load(&path)
+    }
+
+    #[test]
+    fn a_second_mailbox_relay_is_named_in_the_address_after_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = config_with(dir.path(), "").unwrap();
+        assert_eq!(one.address().unwrap().mailbox_relays, [RelayId([1; 32])]);
+        let second = format!("second_mailbox_relay = \"{}\"\n", hex::encode([2u8; 32]));
+        let two = config_with(dir.path(), &second).unwrap();
+        assert_eq!(
+            two.address().unwrap().mailbox_relays,
+            [RelayId([1; 32]), RelayId([2; 32])]
+        );
+        assert_eq!(two.second_mailbox_relay().unwrap(), Some(RelayId([2; 32])));
+        let bad = config_with(dir.path(), "second_mailbox_relay = \"beef\"\n").unwrap();
+        assert!(bad.address().is_err(), "a malformed relay id is an error");
+    }
+}
