@@ -5,9 +5,11 @@
 //! * Both relays alive: each holds a copy of everything sent while the owner was away; the
 //!   owner pulls both copies, hands each request out once, and both mailboxes end empty.
 //! * One relay is a real `spore-relay` process (the owner's first: its entry relay too),
-//!   SIGKILLed with its data folder deleted after everything was stored there; the owner
-//!   comes back while it is dead and gets every request exactly once from the other relay;
-//!   the relay then restarts empty and new mail still arrives exactly once.
+//!   SIGKILLed with its data folder deleted after a first batch was stored there; a second
+//!   batch is sent while it is dead (stored at the other relay, kept in the sender's outbox);
+//!   the owner comes back while it is dead and gets every request exactly once from the other
+//!   relay; the relay then restarts empty, the second batch's copies owed to it are stored
+//!   there too, and the owner pulls them without handing any out again.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -188,7 +190,8 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
     };
     let alice_key = MailboxKey::generate(&mut rand::rng());
     let alice = start_client(&net, data.path(), "alice", mailboxes[0], alice_key, 200.0).await;
-    // Batch one: stored at both relays before the crash.
+    // Batch one: stored at both relays before the crash (alice's outbox keeps a fragment
+    // until both relays acknowledged it).
     for i in 0..N {
         alice
             .send(&bob_address, transaction("alice.example", i))
@@ -200,8 +203,12 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
         "alice's outbox did not drain: {:?}",
         alice.stats()
     );
-    // Batch two: the crash comes once each is stored at one relay at least (delivered),
-    // whichever it was: copies still owed to the surviving relay are sent again.
+    // The crash: everything so far was stored at both relays; this one's copies are gone.
+    edge.sigkill();
+    std::fs::remove_dir_all(edge_dir.path().join("data")).unwrap();
+
+    // Batch two, sent while the first relay is dead: stored at the second, delivered, and
+    // kept in alice's outbox, because the first relay's copies are still owed.
     for i in N..2 * N {
         alice
             .send(&bob_address, transaction("alice.example", i))
@@ -212,11 +219,14 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
         wait_until(Duration::from_secs(60), || alice.stats().messages_delivered
             >= 2 * N as u64)
         .await,
-        "batch two was not delivered: {:?}",
+        "batch two was not delivered through the second relay: {:?}",
         alice.stats()
     );
-    edge.sigkill();
-    std::fs::remove_dir_all(edge_dir.path().join("data")).unwrap();
+    assert_eq!(
+        alice.outbox_len(),
+        N,
+        "batch two stays in the outbox until the first relay stores it too"
+    );
 
     // Bob comes back while his first relay is dead: everything comes from the second.
     let mut config = fast(
@@ -235,26 +245,35 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
     assert_each_once(&counts, "after the crash");
     let took = bob_started.elapsed();
 
-    // The relay comes back with an empty disk (same keys and port): new mail still arrives
-    // once, and nothing is handed out twice.
+    // The relay comes back with an empty disk (same keys and port). Batch two's copies for it
+    // get there (held by the last mix for its dead next hop, or retransmitted by alice) and
+    // her outbox drains; bob pulls those copies and hands none of them out again. New mail
+    // still arrives once.
     let _edge = run_edge(&bin, edge_dir.path(), &listen, &keys).await;
+    assert!(
+        wait_until(Duration::from_secs(60), || alice.outbox_len() == 0).await,
+        "the restarted relay did not store batch two: {:?}",
+        alice.stats()
+    );
     alice
         .send(&bob_address, transaction("alice.example", 2 * N))
         .await
         .unwrap();
     let after = receive_distinct(&bob, 1, Some("alice.example")).await;
     assert_eq!(after.get(&(2 * N).to_string()), Some(&1), "{after:?}");
-    assert_quiet(&bob, Duration::from_secs(2)).await;
-    let alice_stats = alice.stats();
+    assert_quiet(&bob, Duration::from_secs(3)).await;
+    let (alice_stats, bob_stats) = (alice.stats(), bob.stats());
     eprintln!(
         "mailbox relay SIGKILLed, disk deleted: {} requests sent, each handed out once; the \
-         {} sent before the crash all received {:.1} s after bob started with his first \
-         relay dead; alice: {} copies acked, {} retransmissions; whole test {:.1} s",
+         {} sent before bob came back received {:.1} s after he started with his first relay \
+         dead; alice: {} copies acked, {} retransmissions; bob \
+         pulled {} items; whole test {:.1} s",
         2 * N + 1,
         2 * N,
         took.as_secs_f64(),
         alice_stats.acks,
         alice_stats.retransmissions,
+        bob_stats.items_pulled,
         started.elapsed().as_secs_f64()
     );
     alice.shutdown().await;
