@@ -1,6 +1,9 @@
 //! The link driver: the thin tokio task around the [`Sender`]. It owns the Noise link to our
 //! mailbox relay, the build threads, the clock and the durable store writes; the sender decides
 //! everything else (what to send and when, acks, retransmissions, the pull conversation).
+//! With a second mailbox relay it also owns a second link, driven by a second, pull-only
+//! sender: links are opened off the driver's task, so a relay that does not answer never
+//! delays the other link's frames.
 //!
 //! One loop: sleep until the sender's next timeout or until something arrives (a frame, an
 //! API command, a built packet, a processed pull), hand it to the sender with `now`, then carry

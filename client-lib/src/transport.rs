@@ -489,7 +489,9 @@ impl Transport {
         self.shared.counters.snapshot()
     }
 
-    /// Messages still in the outbox (not every fragment acknowledged yet).
+    /// Messages still in the outbox (not every fragment acknowledged yet: by both mailbox
+    /// relays when the destination names two, unless one stayed silent past
+    /// [`crate::Timeouts::single_copy_grace`]).
     pub fn outbox_len(&self) -> usize {
         self.shared.store.outbox_len()
     }
