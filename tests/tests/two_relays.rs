@@ -280,3 +280,109 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
     bob.shutdown().await;
     net.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_whose_first_mailbox_relay_is_down_receives_through_the_second() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use spore_sidecar::{Sidecar, SidecarConfig};
+    use spore_testkit::{SidecarNode, StubHomeserver};
+
+    init_tracing();
+    let mut net = Testnet::start(TestnetConfig {
+        mailbox_relays: 3,
+        ..TestnetConfig::default()
+    })
+    .await
+    .unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
+    let (alice_hs, bob_hs) = (
+        StubHomeserver::start().await.unwrap(),
+        StubHomeserver::start().await.unwrap(),
+    );
+    let (alice_url, bob_url) = (alice_hs.url(), bob_hs.url());
+    // Bob's sidecar names two mailbox relays; the address it publishes names both.
+    let bob_node = SidecarNode {
+        second_mailbox_relay: Some(mailboxes[2]),
+        ..SidecarNode::new("bob.example", mailboxes[1], &bob_key, &bob_url)
+    };
+    let bob_config = SidecarConfig::load(
+        &net.write_sidecar_config(&data.path().join("bob"), &bob_node)
+            .unwrap(),
+    )
+    .unwrap();
+    let bob_address = bob_config.address().unwrap();
+    assert_eq!(bob_address.mailbox_relays, [mailboxes[1], mailboxes[2]]);
+    let alice_address = SporeAddress {
+        mailbox_relays: vec![mailboxes[0]],
+        mailbox_key: alice_key.public().to_bytes(),
+    };
+    let peers = [("bob.example", &bob_address)];
+    let alice_node = SidecarNode {
+        peers: &peers,
+        ..SidecarNode::new("alice.example", mailboxes[0], &alice_key, &alice_url)
+    };
+    let alice = Sidecar::start(
+        SidecarConfig::load(
+            &net.write_sidecar_config(&data.path().join("alice"), &alice_node)
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    // Bob's first relay goes away before anything is sent.
+    net.stop_relay(1).await.unwrap();
+    let bob_peers = [("alice.example", &alice_address)];
+    let bob_node = SidecarNode {
+        peers: &bob_peers,
+        ..bob_node
+    };
+    let bob = Sidecar::start(
+        SidecarConfig::load(
+            &net.write_sidecar_config(&data.path().join("bob"), &bob_node)
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bob.transport().address(), bob_address);
+
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for txn in 0..3 {
+        let send = http::Request::put(format!(
+            "http://{}/_matrix/federation/v1/send/txn-{txn}",
+            alice.local_addr()
+        ))
+        .header("Host", "bob.example")
+        .header("Authorization", "X-Matrix origin=\"alice.example\"")
+        .body(Full::new(Bytes::from_static(br#"{"pdus":[],"edus":[]}"#)))
+        .unwrap();
+        assert_eq!(http.request(send).await.unwrap().status(), 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || bob_hs.received().len() >= 3).await,
+        "bob's homeserver got {} of 3",
+        bob_hs.received().len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut paths: Vec<String> = bob_hs.received().into_iter().map(|r| r.path).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        (0..3)
+            .map(|t| format!("/_matrix/federation/v1/send/txn-{t}"))
+            .collect::<Vec<_>>(),
+        "each transaction once, through the second relay"
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
