@@ -80,7 +80,7 @@ fn build_loop(
         let factory = shared.factory(&dir);
         let built = match job {
             Job::Fragment(f) => Built::Fragment {
-                packet: factory.fragment(&mut rng, &f.destination, &f.bytes),
+                packet: factory.fragment(&mut rng, &f.destination, f.key.2, &f.bytes),
                 key: f.key,
                 at: Instant::now(),
             },

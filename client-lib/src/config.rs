@@ -104,6 +104,12 @@ pub struct Timeouts {
     pub dedup_ttl: Duration,
     /// TCP connect + Noise handshake to the mailbox relay.
     pub connect: Duration,
+    /// Sending to an address with two mailbox relays, each fragment is stored at both. Once
+    /// one relay has acknowledged its copy, the other copy is retransmitted this long before
+    /// the sender settles for one stored copy (that relay is down, full or gone). A fragment
+    /// leaves the outbox only then: an acknowledgement from a relay that loses its disk
+    /// before the recipient pulled must not be the only copy there ever was.
+    pub single_copy_grace: Duration,
 }
 
 impl Default for Timeouts {
@@ -115,6 +121,7 @@ impl Default for Timeouts {
             reassembly_ttl: Duration::from_secs(48 * 3600),
             dedup_ttl: Duration::from_secs(14 * 24 * 3600),
             connect: Duration::from_secs(10),
+            single_copy_grace: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -130,6 +137,11 @@ pub struct TransportConfig {
     pub server_name: String,
     /// The relay holding our mailbox; also our entry relay, where all our packets enter.
     pub mailbox_relay: RelayId,
+    /// A second relay holding our mailbox, named in our address after the first: senders
+    /// store every fragment at both, and we pull from both over a second link (pulls and
+    /// deletes only, on the same fixed schedule as the first), so losing one mailbox relay,
+    /// or its disk, loses nothing.
+    pub second_mailbox_relay: Option<RelayId>,
     pub directory: DirectorySource,
     pub trust: Trust,
     pub rates: RateOverrides,
@@ -138,6 +150,7 @@ pub struct TransportConfig {
     /// reply fragments.
     pub reply_surbs: usize,
     /// Dial this address instead of the one in the directory (tests put an observer here).
+    /// Applies to the first mailbox relay's link only.
     pub relay_address_override: Option<String>,
     /// Threads that build packets ahead of their send time. 0 builds on the engine's task
     /// (each send then waits for its build); more than the machine's cores gains nothing.
@@ -163,6 +176,7 @@ impl TransportConfig {
             mailbox_key,
             server_name: server_name.into(),
             mailbox_relay,
+            second_mailbox_relay: None,
             directory,
             trust,
             rates: RateOverrides::default(),

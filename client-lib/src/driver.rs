@@ -1,6 +1,9 @@
 //! The link driver: the thin tokio task around the [`Sender`]. It owns the Noise link to our
 //! mailbox relay, the build threads, the clock and the durable store writes; the sender decides
 //! everything else (what to send and when, acks, retransmissions, the pull conversation).
+//! With a second mailbox relay it also owns a second link, driven by a second, pull-only
+//! sender: links are opened off the driver's task, so a relay that does not answer never
+//! delays the other link's frames.
 //!
 //! One loop: sleep until the sender's next timeout or until something arrives (a frame, an
 //! API command, a built packet, a processed pull), hand it to the sender with `now`, then carry
@@ -22,6 +25,7 @@ use spore_protocol::{RelayId, SporeAddress};
 use tokio::sync::mpsc;
 
 use crate::builder::BuildPool;
+use crate::config::Rates;
 use crate::directory::now_ms;
 use crate::error::Result;
 use crate::events::TransportEvent;
@@ -43,12 +47,13 @@ impl PacketSource for FactorySource {
         &mut self,
         rng: &mut StdRng,
         destination: &SporeAddress,
+        copy: u8,
         fragment: &[u8],
     ) -> Result<BuiltPacket> {
         let dir = self.shared.directory.current();
         self.shared
             .factory(&dir)
-            .fragment(rng, destination, fragment)
+            .fragment(rng, destination, copy, fragment)
     }
 
     fn drop_cover(&mut self, rng: &mut StdRng) -> Result<BuiltPacket> {
@@ -72,20 +77,47 @@ struct Link {
     writer: FrameWriter,
 }
 
-struct Driver {
-    shared: Arc<Shared>,
+/// Which of our mailbox relays a link goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The first mailbox relay, also our entry relay: packets, pulls and deletes.
+    First,
+    /// The second mailbox relay: pulls and deletes only.
+    Second,
+}
+
+/// One link to one of our mailbox relays and the sender that speaks on it. The second
+/// link's sender has no send streams (all rates zero) and an empty outbox: it only pulls,
+/// every pull interval, and deletes a fixed time after each pull, so its schedule, like the
+/// first link's, is made of timers only.
+struct RelayLink {
+    side: Side,
+    relay: RelayId,
     sender: Sender<FactorySource>,
-    pool: Option<BuildPool>,
     link: Option<Link>,
+    /// A connection attempt is running (off the driver's task, so that a relay that does not
+    /// answer never holds up the other link's frames).
+    connecting: bool,
     connect_at: Instant,
     connect_backoff: Duration,
-    processed_tx: mpsc::UnboundedSender<(u64, Processed)>,
+    /// Dial this instead of the directory's address.
+    address_override: Option<String>,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    first: RelayLink,
+    second: Option<RelayLink>,
+    pool: Option<BuildPool>,
+    processed_tx: mpsc::UnboundedSender<(Side, u64, Processed)>,
+    connected_tx: mpsc::UnboundedSender<(Side, std::result::Result<Link, LinkError>)>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let rng = StdRng::from_rng(&mut rand::rng());
+    let mut rng = StdRng::from_rng(&mut rand::rng());
     let now = Instant::now();
     let (processed_tx, mut processed_rx) = mpsc::unbounded_channel();
+    let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
     let threads = shared.config.build_threads;
     let pool = (threads > 0)
         .then(|| BuildPool::start(&shared, threads, BUILD_CAPACITY))
@@ -98,18 +130,46 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         build_capacity: pool.as_ref().map(|_| BUILD_CAPACITY),
         catch_up: shared.config.catch_up,
     };
+    let second = shared.config.second_mailbox_relay.map(|relay| {
+        let pull_only = SenderConfig {
+            rates: Rates {
+                lambda_p: 0.0,
+                lambda_l: 0.0,
+                lambda_d: 0.0,
+                ..shared.rates
+            },
+            build_capacity: None,
+            ..config.clone()
+        };
+        let source = FactorySource {
+            shared: shared.clone(),
+        };
+        let sender_rng = StdRng::from_rng(&mut rng);
+        RelayLink::new(
+            Side::Second,
+            relay,
+            None,
+            Sender::new(pull_only, source, sender_rng, shared.counters.clone(), now),
+            now,
+        )
+    });
     let source = FactorySource {
         shared: shared.clone(),
     };
     let sender = Sender::new(config, source, rng, shared.counters.clone(), now);
     let mut driver = Driver {
         shared: shared.clone(),
-        sender,
+        first: RelayLink::new(
+            Side::First,
+            shared.own_relay(),
+            shared.config.relay_address_override.clone(),
+            sender,
+            now,
+        ),
+        second,
         pool,
-        link: None,
-        connect_at: now,
-        connect_backoff: Duration::from_millis(100),
         processed_tx,
+        connected_tx,
     };
     driver.load_outbox().await;
 
@@ -118,38 +178,66 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         if *stop.borrow() {
             break;
         }
-        if driver.link.is_none() && Instant::now() >= driver.connect_at {
-            driver.connect().await;
-        }
+        driver.start_connects();
         driver.feed_pool();
-        let timeout = tokio::time::Instant::from_std(driver.sender.poll_timeout());
-        let reconnect_at = tokio::time::Instant::from_std(driver.connect_at);
-        let connected = driver.link.is_some();
+        let mut timeout = driver.first.sender.poll_timeout();
+        let mut reconnect_at = driver.first.reconnect_at();
+        if let Some(second) = &driver.second {
+            timeout = timeout.min(second.sender.poll_timeout());
+            reconnect_at = [reconnect_at, second.reconnect_at()]
+                .into_iter()
+                .flatten()
+                .min();
+        }
+        let timeout = tokio::time::Instant::from_std(timeout);
+        let reconnect_at = reconnect_at.map(tokio::time::Instant::from_std);
+        let (first_link, second_link) = match &mut driver.second {
+            Some(second) => (&mut driver.first.link, Some(&mut second.link)),
+            None => (&mut driver.first.link, None),
+        };
         tokio::select! {
             () = stopped(&mut stop) => break,
-            _ = tokio::time::sleep_until(timeout) => driver.sender.handle_timeout(Instant::now()),
-            _ = tokio::time::sleep_until(reconnect_at), if !connected => {}
-            frame = read_next(&mut driver.link) => match frame {
-                Ok(frame) => driver.sender.handle_frame(frame, Instant::now()),
-                Err(e) => driver.drop_link(&e),
-            },
+            _ = tokio::time::sleep_until(timeout) => {
+                let now = Instant::now();
+                driver.first.sender.handle_timeout(now);
+                if let Some(second) = driver.second.as_mut() {
+                    second.sender.handle_timeout(now);
+                }
+            }
+            _ = sleep_until_some(reconnect_at) => {}
+            frame = read_next(first_link) => driver.on_frame(Side::First, frame),
+            frame = read_next_of(second_link) => driver.on_frame(Side::Second, frame),
+            Some((side, result)) = connected_rx.recv() => driver.on_connected(side, result),
             Some(cmd) = commands.recv() => match cmd {
                 Command::Enqueue { message, fragments } => {
-                    driver.sender.handle_enqueue(message, fragments, Instant::now(), now_ms());
+                    driver.first.sender.handle_enqueue(message, fragments, Instant::now(), now_ms());
                 }
-                Command::Reply { packet } => driver.sender.handle_reply(packet),
+                Command::Reply { packet } => driver.first.sender.handle_reply(packet),
             },
-            Some((pull, processed)) = processed_rx.recv() => {
+            Some((side, pull, processed)) = processed_rx.recv() => {
+                // Loops come back to either mailbox; only the first link's sender sends them.
                 for nonce in &processed.loops {
-                    driver.sender.handle_loop_returned(nonce, Instant::now());
+                    driver.first.sender.handle_loop_returned(nonce, Instant::now());
                 }
-                driver.sender.handle_processed(pull, processed.handles, Instant::now());
+                if let Some(link) = driver.side(side) {
+                    link.sender.handle_processed(pull, processed.handles, Instant::now());
+                }
             }
-            Some(built) = next_built(&mut driver.pool) => driver.sender.handle_built(built),
+            Some(built) = next_built(&mut driver.pool) => driver.first.sender.handle_built(built),
         }
-        driver.carry_out().await;
+        driver.carry_out(Side::First).await;
+        if driver.second.is_some() {
+            driver.carry_out(Side::Second).await;
+        }
     }
     // Nothing to flush here: acks are advisory, everything else is flushed where it matters.
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_built(pool: &mut Option<BuildPool>) -> Option<Built<SurbRecovery>> {
@@ -166,7 +254,70 @@ async fn read_next(link: &mut Option<Link>) -> Result<Frame, LinkError> {
     }
 }
 
+async fn read_next_of(link: Option<&mut Option<Link>>) -> Result<Frame, LinkError> {
+    match link {
+        Some(l) => read_next(l).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl RelayLink {
+    fn new(
+        side: Side,
+        relay: RelayId,
+        address_override: Option<String>,
+        sender: Sender<FactorySource>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            side,
+            relay,
+            sender,
+            link: None,
+            connecting: false,
+            connect_at: now,
+            connect_backoff: Duration::from_millis(100),
+            address_override,
+        }
+    }
+
+    /// When a reconnection is due, while the link is down and no attempt is running.
+    fn reconnect_at(&self) -> Option<Instant> {
+        (self.link.is_none() && !self.connecting).then_some(self.connect_at)
+    }
+
+    fn connect_later(&mut self) {
+        self.connect_at = Instant::now() + self.connect_backoff;
+        self.connect_backoff = (self.connect_backoff * 2).min(Duration::from_secs(5));
+    }
+
+    fn drop_link(&mut self, why: &dyn std::fmt::Display) {
+        if self.link.take().is_some() {
+            tracing::info!(relay = self.side.name(), error = %why, "link to a mailbox relay lost; reconnecting");
+        }
+        self.sender.handle_link_down();
+        self.connect_later();
+    }
+}
+
+impl Side {
+    /// For logs: which of our relays, never its address or id.
+    fn name(self) -> &'static str {
+        match self {
+            Side::First => "first",
+            Side::Second => "second",
+        }
+    }
+}
+
 impl Driver {
+    fn side(&mut self, side: Side) -> Option<&mut RelayLink> {
+        match side {
+            Side::First => Some(&mut self.first),
+            Side::Second => self.second.as_mut(),
+        }
+    }
+
     async fn load_outbox(&mut self) {
         let store = self.shared.store.clone();
         let loaded = match tokio::task::spawn_blocking(move || store.load_outbox()).await {
@@ -179,7 +330,8 @@ impl Driver {
         };
         let n: usize = loaded.len();
         for (message, fragments) in loaded {
-            self.sender
+            self.first
+                .sender
                 .handle_enqueue(message, fragments, Instant::now(), now_ms());
         }
         if n > 0 {
@@ -192,30 +344,55 @@ impl Driver {
         let Some(pool) = self.pool.as_mut() else {
             return;
         };
-        while let Some(job) = self.sender.poll_build() {
+        while let Some(job) = self.first.sender.poll_build() {
             if let Err(job) = pool.submit(job) {
-                self.sender.handle_build_refused(job);
+                self.first.sender.handle_build_refused(job);
                 break;
             }
         }
     }
 
-    /// Does what the sender asked (events), then writes the frames it hands out, until it has
-    /// nothing more.
-    async fn carry_out(&mut self) {
-        loop {
-            while let Some(event) = self.sender.poll_event() {
-                self.on_event(event);
-            }
-            let Some(frame) = self.sender.poll_transmit() else {
-                return;
-            };
-            let ok = self.write(&frame).await;
-            self.sender.handle_sent(ok);
+    fn on_frame(&mut self, side: Side, frame: Result<Frame, LinkError>) {
+        let Some(link) = self.side(side) else {
+            return;
+        };
+        match frame {
+            Ok(frame) => link.sender.handle_frame(frame, Instant::now()),
+            Err(e) => link.drop_link(&e),
         }
     }
 
-    fn on_event(&mut self, event: SenderEvent) {
+    /// Does what a link's sender asked (events), then writes the frames it hands out, until
+    /// it has nothing more.
+    async fn carry_out(&mut self, side: Side) {
+        loop {
+            let Some(link) = self.side(side) else {
+                return;
+            };
+            let mut events = Vec::new();
+            while let Some(event) = link.sender.poll_event() {
+                events.push(event);
+            }
+            let frame = if events.is_empty() {
+                link.sender.poll_transmit()
+            } else {
+                None
+            };
+            if !events.is_empty() {
+                for event in events {
+                    self.on_event(side, event);
+                }
+                continue;
+            }
+            let Some(frame) = frame else {
+                return;
+            };
+            let ok = Self::write(link, &frame).await;
+            link.sender.handle_sent(ok);
+        }
+    }
+
+    fn on_event(&mut self, side: Side, event: SenderEvent) {
         match event {
             // Store writes run off the link's task: the link's schedule must not wait for
             // the disk (a link observer would see when acks come in).
@@ -236,19 +413,26 @@ impl Driver {
                 }
                 let _ = self.shared.events.send(TransportEvent::Failed(id));
             }
-            SenderEvent::Pulled { pull, items } => self.on_pulled(pull, items),
+            SenderEvent::Pulled { pull, items } => self.on_pulled(side, pull, items),
             SenderEvent::CloseLink(why) => {
-                if self.link.take().is_some() {
-                    tracing::info!(why, "closing the link to the mailbox relay; reconnecting");
+                if let Some(link) = self.side(side) {
+                    if link.link.take().is_some() {
+                        tracing::info!(
+                            relay = side.name(),
+                            why,
+                            "closing the link to a mailbox relay; reconnecting"
+                        );
+                    }
+                    link.connect_later();
                 }
-                self.connect_later();
             }
         }
     }
 
     /// Replies are matched here; forward items go to the receiver, which persists them
-    /// before the sender deletes anything.
-    fn on_pulled(&mut self, pull: u64, items: Vec<MailboxItem>) {
+    /// before the sender deletes anything. Items from both mailbox relays meet in the same
+    /// store, which keeps each fragment and each request once.
+    fn on_pulled(&mut self, side: Side, pull: u64, items: Vec<MailboxItem>) {
         let mut handles = Vec::with_capacity(items.len());
         let mut forward = Vec::new();
         for item in items {
@@ -259,7 +443,9 @@ impl Driver {
             }
         }
         if forward.is_empty() {
-            self.sender.handle_processed(pull, handles, Instant::now());
+            if let Some(link) = self.side(side) {
+                link.sender.handle_processed(pull, handles, Instant::now());
+            }
             return;
         }
         let shared = self.shared.clone();
@@ -267,70 +453,78 @@ impl Driver {
         tokio::spawn(async move {
             let mut processed = receiver::process_forward(&shared, forward).await;
             processed.handles.extend(handles);
-            let _ = done.send((pull, processed));
+            let _ = done.send((side, pull, processed));
         });
     }
 
-    async fn connect(&mut self) {
-        let dir = self.shared.directory.current();
-        let Some(relay) = dir.relay(&self.shared.own_relay()) else {
-            tracing::warn!("our mailbox relay is not in the current directory");
-            self.connect_later();
+    /// Starts a connection attempt on every link that is down and due.
+    fn start_connects(&mut self) {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let tx = self.connected_tx.clone();
+        for link in std::iter::once(&mut self.first).chain(self.second.as_mut()) {
+            if link.link.is_some() || link.connecting || now < link.connect_at {
+                continue;
+            }
+            let dir = shared.directory.current();
+            let Some(relay) = dir.relay(&link.relay) else {
+                tracing::warn!(
+                    relay = link.side.name(),
+                    "our mailbox relay is not in the current directory"
+                );
+                link.connect_later();
+                continue;
+            };
+            let address = link
+                .address_override
+                .clone()
+                .unwrap_or_else(|| relay.address.clone());
+            let link_key = relay.link_key;
+            let secret = shared.key.secret_bytes();
+            let timeout = shared.config.timeouts.connect;
+            let side = link.side;
+            let tx = tx.clone();
+            link.connecting = true;
+            tokio::spawn(async move {
+                let result = link::connect(&address, &secret, link_key, timeout)
+                    .await
+                    .map(|(reader, writer)| Link { reader, writer });
+                let _ = tx.send((side, result));
+            });
+        }
+    }
+
+    fn on_connected(&mut self, side: Side, result: std::result::Result<Link, LinkError>) {
+        let Some(link) = self.side(side) else {
             return;
         };
-        let address = self
-            .shared
-            .config
-            .relay_address_override
-            .clone()
-            .unwrap_or_else(|| relay.address.clone());
-        let secret = self.shared.key.secret_bytes();
-        match link::connect(
-            &address,
-            &secret,
-            relay.link_key,
-            self.shared.config.timeouts.connect,
-        )
-        .await
-        {
-            Ok((reader, writer)) => {
-                tracing::info!("link to the mailbox relay is up");
-                self.link = Some(Link { reader, writer });
-                self.connect_backoff = Duration::from_millis(100);
-                self.sender.handle_link_up(Instant::now());
+        link.connecting = false;
+        match result {
+            Ok(l) => {
+                tracing::info!(relay = side.name(), "link to a mailbox relay is up");
+                link.link = Some(l);
+                link.connect_backoff = Duration::from_millis(100);
+                link.sender.handle_link_up(Instant::now());
             }
             Err(e) => {
-                tracing::debug!(error = %e, "cannot reach the mailbox relay");
-                self.connect_later();
+                tracing::debug!(relay = side.name(), error = %e, "cannot reach a mailbox relay");
+                link.connect_later();
             }
         }
-    }
-
-    fn connect_later(&mut self) {
-        self.connect_at = Instant::now() + self.connect_backoff;
-        self.connect_backoff = (self.connect_backoff * 2).min(Duration::from_secs(5));
-    }
-
-    fn drop_link(&mut self, e: &LinkError) {
-        if self.link.take().is_some() {
-            tracing::info!(error = %e, "link to the mailbox relay lost; reconnecting");
-        }
-        self.sender.handle_link_down();
-        self.connect_later();
     }
 
     /// Writes one frame; on failure the link is dropped (the caller tells the sender).
-    async fn write(&mut self, frame: &Frame) -> bool {
-        let Some(link) = self.link.as_mut() else {
+    async fn write(link: &mut RelayLink, frame: &Frame) -> bool {
+        let Some(l) = link.link.as_mut() else {
             return false;
         };
-        match link.writer.write_frame(frame).await {
+        match l.writer.write_frame(frame).await {
             Ok(()) => true,
             Err(e) => {
-                if self.link.take().is_some() {
-                    tracing::info!(error = %e, "link to the mailbox relay lost; reconnecting");
+                if link.link.take().is_some() {
+                    tracing::info!(relay = link.side.name(), error = %e, "link to a mailbox relay lost; reconnecting");
                 }
-                self.connect_later();
+                link.connect_later();
                 false
             }
         }

@@ -8,7 +8,9 @@ use spore_protocol::MessageId;
 /// What happened to a message [`Transport::send`] queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportEvent {
-    /// Every fragment is durably stored at the recipient's mailbox relay.
+    /// Every fragment is durably stored at the recipient's mailbox relay (at one of them at
+    /// least when the address names two; the outbox keeps a fragment until both stored it,
+    /// see [`crate::Timeouts::single_copy_grace`]).
     Delivered(MessageId),
     /// Not every fragment was acknowledged within the message lifetime; the message is dropped.
     Failed(MessageId),

@@ -19,6 +19,12 @@
 //! is the one each fragment's seal authenticates) and kept in a durable inbox until the
 //! consumer [`Transport::ack`]s them.
 //!
+//! An address may name two mailbox relays ([`TransportConfig::second_mailbox_relay`]): senders
+//! then store every fragment at both (one SURB-ack per copy; a fragment leaves the outbox once
+//! both acknowledged it, or one did and the other stayed silent for
+//! [`Timeouts::single_copy_grace`]), and the owner keeps a second link that only pulls and
+//! deletes, on the same fixed schedule, so that losing one relay, or its disk, loses nothing.
+//!
 //! [`SporeFederationClient`] is the `tower::Service` adapter a Rust homeserver swaps in for its
 //! federation client; the `spore-sidecar` binary (crate `spore-sidecar`) does the same for any
 //! homeserver over HTTP. This crate has no HTTP server, TLS or command line of its own.

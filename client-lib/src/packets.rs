@@ -79,11 +79,13 @@ impl PacketFactory<'_> {
 
     /// One encoded fragment, sealed from our mailbox key to `destination`'s (so the recipient
     /// knows it is from us, and nobody else does), with a SURB-ack, routed
-    /// own relay → 3 mixes → `destination`'s mailbox relay.
+    /// own relay → 3 mixes → `destination`'s `copy`-th mailbox relay (an address may name
+    /// two; each copy of a fragment is stored at one of them).
     pub fn fragment<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         destination: &SporeAddress,
+        copy: u8,
         fragment: &[u8],
     ) -> Result<BuiltPacket> {
         let sealed_fragment = seal::seal(
@@ -98,13 +100,11 @@ impl PacketFactory<'_> {
             sealed_fragment,
         }
         .encode()?;
-        let mailbox_relay =
-            destination
-                .mailbox_relays
-                .first()
-                .ok_or(spore_protocol::Error::from(
-                    spore_protocol::ApiMisuse::NoRoute("address names no mailbox relay"),
-                ))?;
+        let mailbox_relay = destination.mailbox_relays.get(usize::from(copy)).ok_or(
+            spore_protocol::Error::from(spore_protocol::ApiMisuse::NoRoute(
+                "address names no such mailbox relay",
+            )),
+        )?;
         let route = self
             .routes()
             .forward_route(rng, &self.own_relay, mailbox_relay)?;

@@ -72,19 +72,32 @@ const MAX_WINDOW: f64 = 8192.0;
 /// now (tokio's `MissedTickBehavior::Delay`, which the pull and maintenance cadences had).
 const TIMER_SLACK: Duration = Duration::from_millis(5);
 
-/// A fragment of a queued message: `(message, index)`.
+/// A fragment of a queued message: `(message, index)`: what the durable outbox acks.
 pub(crate) type FragKey = (MessageId, u16);
+
+/// One copy of a fragment: `(message, index, copy)`. Copy `c` is stored at the destination's
+/// `c`-th mailbox relay: an address may name two, so that losing one relay (or its disk)
+/// loses nothing. Each copy is its own packet with its own SURB-ack and retransmissions.
+pub(crate) type CopyKey = (MessageId, u16, u8);
+
+/// Copies per fragment at most: one per mailbox relay of the destination's address.
+const MAX_COPIES: u8 = 2;
+
+fn frag_of(key: CopyKey) -> FragKey {
+    (key.0, key.1)
+}
 
 /// Where packets come from. The real one builds Sphinx packets against the current
 /// directory; tests use a fake whose acks they can forge.
 pub(crate) trait PacketSource {
     /// What recognises a packet's SURB-ack.
     type Recovery;
-    /// One encoded fragment for `destination`, with a SURB-ack.
+    /// One encoded fragment for `destination`'s `copy`-th mailbox relay, with a SURB-ack.
     fn fragment(
         &mut self,
         rng: &mut StdRng,
         destination: &SporeAddress,
+        copy: u8,
         fragment: &[u8],
     ) -> Result<BuiltPacket<Self::Recovery>>;
     /// One drop cover packet.
@@ -97,7 +110,8 @@ pub(crate) trait PacketSource {
 
 /// A fragment for the build threads: its key, destination and encoded bytes.
 pub(crate) struct FragmentJob {
-    pub key: FragKey,
+    /// Which copy: `key.2` says which of the destination's mailbox relays it goes to.
+    pub key: CopyKey,
     pub destination: Arc<SporeAddress>,
     pub bytes: Arc<[u8]>,
 }
@@ -111,7 +125,7 @@ pub(crate) enum Job {
 /// What a build thread hands back, with when it was built.
 pub(crate) enum Built<R> {
     Fragment {
-        key: FragKey,
+        key: CopyKey,
         packet: Result<BuiltPacket<R>>,
         at: Instant,
     },
@@ -124,9 +138,11 @@ pub(crate) enum Built<R> {
 /// What the driver must carry out for the sender.
 #[derive(Debug)]
 pub(crate) enum SenderEvent {
-    /// A fragment's SURB-ack came back: drop it from the durable outbox.
+    /// A fragment is settled: drop it from the durable outbox. With two mailbox relays that
+    /// is when both copies are acknowledged, or one is and the other relay has not
+    /// acknowledged its copy within [`Timeouts::single_copy_grace`].
     Acked(FragKey),
-    /// Every fragment of a message is acknowledged.
+    /// Every fragment of a message is acknowledged by at least one mailbox relay.
     Delivered(MessageId),
     /// A message outlived its lifetime: drop it from the outbox and report it.
     Failed(MessageId),
@@ -179,7 +195,10 @@ struct OutMessage {
     destination: Arc<SporeAddress>,
     /// When the message fails if it is not yet delivered.
     expires: Instant,
+    /// Fragments no copy of which is acknowledged yet: at 0 the message is delivered.
     remaining: usize,
+    /// Fragments still in the durable outbox: at 0 the message is forgotten.
+    unsettled: usize,
 }
 
 /// How many fragments may be in flight (sent, not yet acknowledged): TCP-style AIMD. Acks
@@ -235,7 +254,7 @@ impl CongestionWindow {
 /// What a SURB id we handed out stands for.
 enum AckFor<R> {
     Fragment {
-        key: FragKey,
+        key: CopyKey,
         recovery: R,
         forget_at: Instant,
         sent_at: Instant,
@@ -256,7 +275,7 @@ impl<R> AckFor<R> {
 /// What a frame handed to the driver was, so that [`Sender::handle_sent`] can finish it.
 #[derive(Debug, Clone, Copy)]
 enum Sent {
-    Fragment { key: FragKey, deadline: Instant },
+    Fragment { key: CopyKey, deadline: Instant },
     Reply,
     Drop,
     Loop { nonce: [u8; 16] },
@@ -300,9 +319,13 @@ pub(crate) struct Sender<S: PacketSource> {
     next_pull: Instant,
     next_maintenance: Instant,
     messages: HashMap<MessageId, OutMessage>,
-    frags: HashMap<FragKey, OutFrag>,
-    /// Fragments waiting to be built (or, without build threads, sent), in order.
-    ready: VecDeque<FragKey>,
+    /// Fragment copies not yet acknowledged.
+    frags: HashMap<CopyKey, OutFrag>,
+    /// Fragments one copy of which is acknowledged while another is still being sent, and
+    /// when the sender stops waiting for the other (see [`SenderEvent::Acked`]).
+    trailing: HashMap<FragKey, Instant>,
+    /// Fragment copies waiting to be built (or, without build threads, sent), in order.
+    ready: VecDeque<CopyKey>,
     /// Reply packets (built by `respond` on somebody's SURB), sent before anything else.
     replies: VecDeque<Vec<u8>>,
     /// Build jobs handed out and not yet returned.
@@ -312,7 +335,7 @@ pub(crate) struct Sender<S: PacketSource> {
     /// missing from the directory made 11,494 identical warnings in three minutes).
     build_failure: Option<String>,
     /// Fragments built by the pool, oldest first, with when they were built.
-    built: VecDeque<(FragKey, BuiltPacket<S::Recovery>, Instant)>,
+    built: VecDeque<(CopyKey, BuiltPacket<S::Recovery>, Instant)>,
     /// Drop cover built by the pool.
     cover: VecDeque<(BuiltPacket<S::Recovery>, Instant)>,
     cover_building: usize,
@@ -372,6 +395,7 @@ impl<S: PacketSource> Sender<S> {
             next_maintenance: now,
             messages: HashMap::new(),
             frags: HashMap::new(),
+            trailing: HashMap::new(),
             ready: VecDeque::new(),
             replies: VecDeque::new(),
             build_pending: 0,
@@ -422,25 +446,34 @@ impl<S: PacketSource> Sender<S> {
         }
         let age = Duration::from_millis(unix_ms.saturating_sub(message.created_ms));
         let expires = now + self.config.timeouts.message_lifetime.saturating_sub(age);
+        // One copy per mailbox relay the address names (an address naming none still gets
+        // one, whose build fails and says why).
+        let copies = u8::try_from(message.destination.mailbox_relays.len())
+            .unwrap_or(MAX_COPIES)
+            .clamp(1, MAX_COPIES);
         self.messages.insert(
             message.id,
             OutMessage {
                 destination: Arc::new(message.destination),
                 expires,
                 remaining: fragments.len(),
+                unsettled: fragments.len(),
             },
         );
         for (index, bytes) in fragments {
-            let key = (message.id, index);
-            self.frags.insert(
-                key,
-                OutFrag {
-                    bytes: bytes.into(),
-                    attempts: 0,
-                    state: FragState::Queued,
-                },
-            );
-            self.ready.push_back(key);
+            let bytes: Arc<[u8]> = bytes.into();
+            for copy in 0..copies {
+                let key = (message.id, index, copy);
+                self.frags.insert(
+                    key,
+                    OutFrag {
+                        bytes: bytes.clone(),
+                        attempts: 0,
+                        state: FragState::Queued,
+                    },
+                );
+                self.ready.push_back(key);
+            }
         }
     }
 
@@ -765,14 +798,14 @@ impl<S: PacketSource> Sender<S> {
         self.events.push_back(SenderEvent::CloseLink(why));
     }
 
-    fn is_building(&self, key: &FragKey) -> bool {
+    fn is_building(&self, key: &CopyKey) -> bool {
         self.frags
             .get(key)
             .is_some_and(|f| matches!(f.state, FragState::Building))
     }
 
     /// Moves fragment `key` to `state`, keeping the in-flight and building counts.
-    fn set_state(&mut self, key: FragKey, state: FragState) {
+    fn set_state(&mut self, key: CopyKey, state: FragState) {
         if let Some(f) = self.frags.get_mut(&key) {
             let old = std::mem::replace(&mut f.state, state);
             count(&mut self.in_flight, &mut self.building, old, -1);
@@ -780,7 +813,7 @@ impl<S: PacketSource> Sender<S> {
         }
     }
 
-    fn remove_frag(&mut self, key: &FragKey) -> bool {
+    fn remove_frag(&mut self, key: &CopyKey) -> bool {
         match self.frags.remove(key) {
             Some(f) => {
                 count(&mut self.in_flight, &mut self.building, f.state, -1);
@@ -792,7 +825,7 @@ impl<S: PacketSource> Sender<S> {
 
     /// The next fragment of the ready queue that still waits to be sent (entries acked,
     /// failed or already being built meanwhile are skipped), with its destination and bytes.
-    fn next_queued(&mut self) -> Option<(FragKey, Arc<SporeAddress>, Arc<[u8]>)> {
+    fn next_queued(&mut self) -> Option<(CopyKey, Arc<SporeAddress>, Arc<[u8]>)> {
         while let Some(key) = self.ready.pop_front() {
             let Some(f) = self.frags.get(&key) else {
                 continue;
@@ -860,7 +893,10 @@ impl<S: PacketSource> Sender<S> {
         let Some((key, destination, bytes)) = self.next_queued() else {
             return false;
         };
-        match self.source.fragment(&mut self.rng, &destination, &bytes) {
+        match self
+            .source
+            .fragment(&mut self.rng, &destination, key.2, &bytes)
+        {
             Ok(b) => {
                 self.build_succeeded();
                 self.send_fragment(key, b, now);
@@ -875,7 +911,7 @@ impl<S: PacketSource> Sender<S> {
     }
 
     /// Queues a built fragment and starts waiting for its ack.
-    fn send_fragment(&mut self, key: FragKey, built: BuiltPacket<S::Recovery>, now: Instant) {
+    fn send_fragment(&mut self, key: CopyKey, built: BuiltPacket<S::Recovery>, now: Instant) {
         let attempts = self.frags.get(&key).map_or(0, |f| f.attempts);
         let deadline = self.deadline(built.round_trip, attempts, now);
         if let Some((surb_id, recovery)) = built.ack {
@@ -898,7 +934,7 @@ impl<S: PacketSource> Sender<S> {
         }
     }
 
-    fn back_off(&mut self, key: FragKey, now: Instant) {
+    fn back_off(&mut self, key: CopyKey, now: Instant) {
         let max = self.config.timeouts.max_backoff;
         if let Some(f) = self.frags.get(&key) {
             let wait = backoff(&mut self.rng, BACKOFF_BASE, f.attempts, max);
@@ -945,7 +981,7 @@ impl<S: PacketSource> Sender<S> {
             }
         };
         let address = self.config.address.clone();
-        let built = match self.source.fragment(&mut self.rng, &address, &fragment) {
+        let built = match self.source.fragment(&mut self.rng, &address, 0, &fragment) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build loop cover");
@@ -1036,7 +1072,7 @@ impl<S: PacketSource> Sender<S> {
                     Some(rtt) => (rtt * 7 + took) / 8,
                     None => took,
                 });
-                self.on_ack(key);
+                self.on_ack(key, now);
             }
             deletable.push(item.handle);
         }
@@ -1079,24 +1115,53 @@ impl<S: PacketSource> Sender<S> {
         }
     }
 
-    fn on_ack(&mut self, key: FragKey) {
+    fn on_ack(&mut self, key: CopyKey, now: Instant) {
         if !self.remove_frag(&key) {
-            return; // a late ack for a fragment already acknowledged
+            return; // a late ack for a copy already acknowledged (or given up on)
         }
         self.window.on_ack();
         bump(&self.counters.acks);
-        self.events.push_back(SenderEvent::Acked(key));
-        let done = match self.messages.get_mut(&key.0) {
-            Some(m) => {
+        let frag = frag_of(key);
+        // The first copy acknowledged makes the fragment delivered (stored at a mailbox
+        // relay); it stays in the outbox until it is settled.
+        let first = !self.trailing.contains_key(&frag);
+        let delivered = first
+            && self.messages.get_mut(&key.0).is_some_and(|m| {
                 m.remaining = m.remaining.saturating_sub(1);
                 m.remaining == 0
+            });
+        if self.copies_left(frag) {
+            if first {
+                let grace = self.config.timeouts.single_copy_grace;
+                self.trailing.insert(frag, now + grace);
             }
-            None => false,
-        };
-        if done {
-            self.messages.remove(&key.0);
+        } else {
+            self.settle(frag);
+        }
+        if delivered {
             bump(&self.counters.messages_delivered);
             self.events.push_back(SenderEvent::Delivered(key.0));
+        }
+    }
+
+    /// Whether a copy of `frag` is still being sent.
+    fn copies_left(&self, frag: FragKey) -> bool {
+        (0..MAX_COPIES).any(|c| self.frags.contains_key(&(frag.0, frag.1, c)))
+    }
+
+    /// Drops `frag` (every copy still being sent) from the sender and the durable outbox.
+    fn settle(&mut self, frag: FragKey) {
+        self.trailing.remove(&frag);
+        for c in 0..MAX_COPIES {
+            self.remove_frag(&(frag.0, frag.1, c));
+        }
+        self.events.push_back(SenderEvent::Acked(frag));
+        let done = self.messages.get_mut(&frag.0).is_some_and(|m| {
+            m.unsettled = m.unsettled.saturating_sub(1);
+            m.unsettled == 0
+        });
+        if done {
+            self.messages.remove(&frag.0);
         }
     }
 
@@ -1114,7 +1179,13 @@ impl<S: PacketSource> Sender<S> {
         // Deterministic order (the map's is random): oldest message first, then by index.
         late.sort_unstable();
         requeue.sort_unstable();
-        if !late.is_empty() {
+        // A copy whose sibling is acknowledged says that its mailbox relay is slow or gone,
+        // not that the network is congested: it does not shrink the window (with one relay
+        // dead, half of all copies are late and would pin the window at its minimum).
+        if late
+            .iter()
+            .any(|k| !self.trailing.contains_key(&frag_of(*k)))
+        {
             let round_trip = self
                 .ack_round_trip
                 .unwrap_or(self.config.rates.pull_interval * 2);
@@ -1129,22 +1200,52 @@ impl<S: PacketSource> Sender<S> {
                 self.ready.push_back(key);
             }
         }
+        // Fragments acknowledged by one mailbox relay whose other relay did not acknowledge
+        // its copy in time: one stored copy is what the sender settles for.
+        let mut given_up: Vec<FragKey> = self
+            .trailing
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        given_up.sort_unstable();
+        if !given_up.is_empty() {
+            tracing::info!(
+                fragments = given_up.len(),
+                "a mailbox relay did not store its copies in time; one stored copy must do"
+            );
+        }
+        for frag in given_up {
+            self.settle(frag);
+        }
         // Message lifetime.
-        let mut expired: Vec<MessageId> = self
+        let mut expired: Vec<(MessageId, bool)> = self
             .messages
             .iter()
             .filter(|(_, m)| now > m.expires)
-            .map(|(id, _)| *id)
+            .map(|(id, m)| (*id, m.remaining == 0))
             .collect();
         expired.sort_unstable();
-        for id in expired {
-            self.messages.remove(&id);
-            let keys: Vec<FragKey> = self
+        for (id, delivered) in expired {
+            let mut keys: Vec<CopyKey> = self
                 .frags
                 .keys()
-                .filter(|(m, _)| *m == id)
+                .filter(|(m, _, _)| *m == id)
                 .copied()
                 .collect();
+            keys.sort_unstable();
+            if delivered {
+                // Every fragment is stored at one relay at least: settle for that.
+                for key in keys {
+                    if self.copies_left(frag_of(key)) {
+                        self.settle(frag_of(key));
+                    }
+                }
+                self.messages.remove(&id);
+                continue;
+            }
+            self.messages.remove(&id);
+            self.trailing.retain(|(m, _), _| *m != id);
             for key in keys {
                 self.remove_frag(&key);
             }

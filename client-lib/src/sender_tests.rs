@@ -18,7 +18,7 @@ use crate::store::{InboundLimits, Store};
 
 const PULL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A fake packet: `[kind, surb id (16), message id (16), index (2), 0...]`.
+/// A fake packet: `[kind, surb id (16), message id (16), index (2), copy (1), 0...]`.
 const KIND_FRAGMENT: u8 = 1;
 const KIND_DROP: u8 = 2;
 /// A forged ack payload: `[surb id (16), ACK_TAG, 0...]`.
@@ -82,9 +82,11 @@ impl PacketSource for FakeSource {
         &mut self,
         rng: &mut StdRng,
         _destination: &SporeAddress,
+        copy: u8,
         fragment: &[u8],
     ) -> Result<BuiltPacket<[u8; 16]>> {
         let mut built = self.packet(KIND_FRAGMENT, fragment);
+        built.bytes[35] = copy;
         if let Some(net) = self.network.as_mut() {
             let (entry, mailbox) = (net.directory.relays[0].id, net.directory.relays[0].id);
             let route = spore_protocol::route::RouteSelector::new(&net.directory, 7)
@@ -141,6 +143,10 @@ struct Relay {
     lose_always: HashSet<FragKey>,
     /// Every ack is stored twice (a duplicate in the network).
     duplicate_acks: bool,
+    /// Every copy that arrived: which fragment, and for which of the destination's relays.
+    copies: Vec<(FragKey, u8)>,
+    /// The destination's mailbox relay for this copy is dead: no copy sent there is acked.
+    dead_copy: Option<u8>,
     to_client: VecDeque<Frame>,
 }
 
@@ -165,6 +171,10 @@ impl Relay {
                     let id: MessageId = p[17..33].try_into().unwrap();
                     let key = (id, u16::from_be_bytes([p[33], p[34]]));
                     self.arrivals.push(key);
+                    self.copies.push((key, p[35]));
+                    if self.dead_copy == Some(p[35]) {
+                        return;
+                    }
                     if self.lose_once.remove(&key) || self.lose_always.contains(&key) {
                         return;
                     }
@@ -257,6 +267,7 @@ fn config(lambda_p: f64) -> SenderConfig {
             ack_margin: Duration::from_secs(1),
             max_backoff: Duration::from_secs(2),
             message_lifetime: Duration::from_secs(600),
+            single_copy_grace: Duration::from_secs(60),
             ..Timeouts::default()
         },
         server_name: "a.example".into(),
@@ -360,7 +371,7 @@ impl Pair {
                 let built = match job {
                     Job::Fragment(f) => Built::Fragment {
                         key: f.key,
-                        packet: builder.fragment(&mut rng, &f.destination, &f.bytes),
+                        packet: builder.fragment(&mut rng, &f.destination, f.key.2, &f.bytes),
                         at: done,
                     },
                     Job::DropCover => Built::DropCover {
@@ -377,7 +388,7 @@ impl Pair {
             let built = match job {
                 Job::Fragment(f) => Built::Fragment {
                     key: f.key,
-                    packet: builder.fragment(&mut rng, &f.destination, &f.bytes),
+                    packet: builder.fragment(&mut rng, &f.destination, f.key.2, &f.bytes),
                     at: self.now,
                 },
                 Job::DropCover => Built::DropCover {
@@ -1164,4 +1175,86 @@ fn a_quarantine_ends_and_the_mix_is_used_again() {
     let through = after.iter().filter(|m| m[0] == bad).count();
     assert!(through > after.len() / 6, "{through} of {}", after.len());
     assert_eq!(net.pair.stat(&net.pair.counters.relays_quarantined), 1);
+}
+
+fn two_relay_message(id: u8, count: u16) -> (OutgoingMessage, Vec<Fragment>) {
+    let (mut m, fragments) = message(id, count);
+    m.destination.mailbox_relays.push(RelayId([3; 32]));
+    (m, fragments)
+}
+
+#[test]
+fn each_fragment_is_stored_at_both_mailbox_relays_and_leaves_the_outbox_once() {
+    let mut pair = Pair::new(200.0);
+    let (m, fragments) = two_relay_message(40, 3);
+    pair.enqueue(m, encoded(&fragments));
+    pair.run_while(|p| p.acked.len() < 3);
+    assert_eq!(pair.delivered, [[40; 16]]);
+    for index in 0..3 {
+        for copy in 0..2 {
+            let n = pair
+                .relay
+                .copies
+                .iter()
+                .filter(|c| **c == (([40; 16], index), copy))
+                .count();
+            assert_eq!(n, 1, "fragment {index} copy {copy}");
+        }
+    }
+    let mut acked = pair.acked.clone();
+    acked.sort_unstable();
+    assert_eq!(acked, [([40; 16], 0), ([40; 16], 1), ([40; 16], 2)]);
+    assert_eq!(pair.stat(&pair.counters.acks), 6);
+    assert_eq!(pair.sender.unacknowledged(), 0);
+}
+
+#[test]
+fn with_one_mailbox_relay_dead_a_message_is_delivered_at_once_and_kept_until_the_grace() {
+    let mut pair = Pair::new(200.0);
+    pair.relay.dead_copy = Some(0);
+    let grace = pair.sender.config.timeouts.single_copy_grace;
+    let (m, fragments) = two_relay_message(41, 2);
+    pair.enqueue(m, encoded(&fragments));
+    pair.run_while(|p| p.delivered.is_empty());
+    let delivered_at = pair.now;
+    assert!(
+        delivered_at < pair.at(2_000),
+        "delivered through the live relay within a few pulls"
+    );
+    // The dead relay's copies stay in the outbox and are sent again and again: an ack from
+    // the live relay alone is not yet enough to forget the message.
+    pair.run_until(delivered_at + grace - Duration::from_secs(1));
+    assert!(pair.acked.is_empty(), "settled before the grace");
+    assert_eq!(pair.sender.unacknowledged(), 2, "the dead relay's copies");
+    let resent = pair.relay.copies.iter().filter(|(_, c)| *c == 0).count();
+    assert!(
+        resent >= 4,
+        "the dead relay's copies were retransmitted ({resent})"
+    );
+    // The late copies of a dead relay do not shrink the window as congestion would.
+    assert!(
+        pair.sender.window() >= 16.0,
+        "window {}",
+        pair.sender.window()
+    );
+    pair.run_until(delivered_at + grace + Duration::from_secs(1));
+    let mut acked = pair.acked.clone();
+    acked.sort_unstable();
+    assert_eq!(acked, [([41; 16], 0), ([41; 16], 1)]);
+    assert_eq!(pair.sender.unacknowledged(), 0);
+    assert_eq!(pair.delivered, [[41; 16]], "delivered once");
+    assert!(pair.failed.is_empty());
+}
+
+#[test]
+fn a_message_stored_at_no_mailbox_relay_still_fails_at_its_lifetime() {
+    let mut pair = Pair::new(20.0);
+    let (m, fragments) = two_relay_message(42, 1);
+    pair.relay.lose_always.insert(([42; 16], 0));
+    pair.enqueue(m, encoded(&fragments));
+    pair.run_until(pair.at(601_000));
+    assert_eq!(pair.failed, [[42; 16]]);
+    assert!(pair.delivered.is_empty());
+    assert!(pair.acked.is_empty());
+    assert_eq!(pair.sender.unacknowledged(), 0);
 }

@@ -117,6 +117,21 @@ impl Transport {
                 "our mailbox relay must have the entry and mailbox roles".into(),
             ));
         }
+        if let Some(second) = &config.second_mailbox_relay {
+            if *second == config.mailbox_relay {
+                return Err(ClientError::Config(
+                    "the second mailbox relay must differ from the first".into(),
+                ));
+            }
+            let relay = dir.relay(second).ok_or_else(|| {
+                ClientError::Directory("our second mailbox relay is not in the directory".into())
+            })?;
+            if !relay.roles.mailbox {
+                return Err(ClientError::Directory(
+                    "our second mailbox relay must have the mailbox role".into(),
+                ));
+            }
+        }
         let rates = Rates::resolve(&dir.params, &config.rates);
         for r in [rates.lambda_p, rates.lambda_l, rates.lambda_d] {
             if !(r.is_finite() && r >= 0.0) {
@@ -139,8 +154,11 @@ impl Transport {
         restrict_to_owner(&data_dir).map_err(file_error)?;
 
         let key = config.mailbox_key.clone();
+        // Senders store at every relay the address names, and we pull from each.
         let address = SporeAddress {
-            mailbox_relays: vec![config.mailbox_relay],
+            mailbox_relays: std::iter::once(config.mailbox_relay)
+                .chain(config.second_mailbox_relay)
+                .collect(),
             mailbox_key: key.public().to_bytes(),
         };
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -516,7 +534,9 @@ impl Transport {
         self.shared.counters.snapshot()
     }
 
-    /// Messages still in the outbox (not every fragment acknowledged yet).
+    /// Messages still in the outbox (not every fragment acknowledged yet: by both mailbox
+    /// relays when the destination names two, unless one stayed silent past
+    /// [`crate::Timeouts::single_copy_grace`]).
     pub fn outbox_len(&self) -> usize {
         self.shared.store.outbox_len()
     }

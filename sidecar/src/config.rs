@@ -57,6 +57,11 @@ pub struct SidecarConfig {
     pub mailbox_key_file: PathBuf,
     /// Hex id of our mailbox relay (also our entry relay).
     pub mailbox_relay: String,
+    /// Hex id of a second mailbox relay (optional). Our address then names both: senders
+    /// store every message at both and the sidecar pulls from both, so losing one mailbox
+    /// relay, or its disk, loses nothing. Peers must be given the new address.
+    #[serde(default)]
+    pub second_mailbox_relay: Option<String>,
     /// The homeserver's federation listener, e.g. `http://127.0.0.1:8008`.
     pub homeserver_url: String,
     /// Where the homeserver sends its outbound federation requests.
@@ -156,10 +161,21 @@ impl SidecarConfig {
         Ok(RelayId(hex32("mailbox_relay", &self.mailbox_relay)?))
     }
 
-    /// The Spore address peers list for us (what `spore-sidecar address` prints).
+    /// Our second mailbox relay, if one is configured.
+    pub fn second_mailbox_relay(&self) -> Result<Option<RelayId>> {
+        self.second_mailbox_relay
+            .as_deref()
+            .map(|s| hex32("second_mailbox_relay", s).map(RelayId))
+            .transpose()
+    }
+
+    /// The Spore address peers list for us (what `spore-sidecar address` prints): both
+    /// mailbox relays when a second is configured.
     pub fn address(&self) -> Result<SporeAddress> {
         Ok(SporeAddress {
-            mailbox_relays: vec![self.mailbox_relay()?],
+            mailbox_relays: std::iter::once(self.mailbox_relay()?)
+                .chain(self.second_mailbox_relay()?)
+                .collect(),
             mailbox_key: self.mailbox_key()?.public().to_bytes(),
         })
     }
@@ -184,6 +200,7 @@ impl SidecarConfig {
         if let Some(on) = self.catch_up {
             config.catch_up = on;
         }
+        config.second_mailbox_relay = self.second_mailbox_relay()?;
         if let Some(n) = self.reply_surbs {
             config.reply_surbs = n;
         }
@@ -227,5 +244,40 @@ impl SidecarConfig {
                     .map_err(|e| SidecarError::Config(format!("peer {name}: {e}")))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config_with(dir: &Path, extra: &str) -> Result<SidecarConfig> {
+        std::fs::write(dir.join("mailbox.key"), hex::encode([7u8; 32])).unwrap();
+        let text = format!(
+            "server_name = \"a.example\"\ndata_dir = \"data\"\nmailbox_key_file = \"mailbox.key\"\n\
+             mailbox_relay = \"{}\"\n{extra}homeserver_url = \"http://127.0.0.1:8008\"\n\
+             listen = \"127.0.0.1:0\"\n[directory]\npath = \"directory.bin\"\n",
+            hex::encode([1u8; 32])
+        );
+        let path = dir.join("sidecar.toml");
+        std::fs::write(&path, text).unwrap();
+        SidecarConfig::load(&path)
+    }
+
+    #[test]
+    fn a_second_mailbox_relay_is_named_in_the_address_after_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = config_with(dir.path(), "").unwrap();
+        assert_eq!(one.address().unwrap().mailbox_relays, [RelayId([1; 32])]);
+        let second = format!("second_mailbox_relay = \"{}\"\n", hex::encode([2u8; 32]));
+        let two = config_with(dir.path(), &second).unwrap();
+        assert_eq!(
+            two.address().unwrap().mailbox_relays,
+            [RelayId([1; 32]), RelayId([2; 32])]
+        );
+        assert_eq!(two.second_mailbox_relay().unwrap(), Some(RelayId([2; 32])));
+        let bad = config_with(dir.path(), "second_mailbox_relay = \"beef\"\n").unwrap();
+        assert!(bad.address().is_err(), "a malformed relay id is an error");
     }
 }

@@ -12,6 +12,8 @@ use crate::Testnet;
 pub struct SidecarNode<'a> {
     pub name: &'a str,
     pub mailbox_relay: RelayId,
+    /// A second mailbox relay (`second_mailbox_relay`): the address then names both.
+    pub second_mailbox_relay: Option<RelayId>,
     pub key: &'a MailboxKey,
     /// The homeserver's federation listener, e.g. `http://127.0.0.1:8008`.
     pub homeserver_url: &'a str,
@@ -47,6 +49,7 @@ impl<'a> SidecarNode<'a> {
         Self {
             name,
             mailbox_relay,
+            second_mailbox_relay: None,
             key,
             homeserver_url,
             listen: "127.0.0.1:0",
@@ -70,6 +73,9 @@ impl<'a> SidecarNode<'a> {
              mailbox_relay = \"{}\"\nhomeserver_url = \"{}\"\nlisten = \"{}\"\n",
             self.name, self.mailbox_relay, self.homeserver_url, self.listen
         );
+        if let Some(second) = self.second_mailbox_relay {
+            text.push_str(&format!("second_mailbox_relay = \"{second}\"\n"));
+        }
         if let Some(proxy) = self.https_proxy_listen {
             text.push_str(&format!("https_proxy_listen = \"{proxy}\"\n"));
         }

@@ -444,6 +444,37 @@ impl Testnet {
         self.refresh_all().await
     }
 
+    /// Signs a directory listing every running relay and `external` relays (ones this
+    /// testnet does not run, e.g. a `spore-relay` process that a test SIGKILLs), publishes it
+    /// to the running relays and writes it to [`Testnet::directory_path`], where an external
+    /// relay reads it (`[directory] path`). Clients configured after this get it too.
+    pub async fn publish_with_external(
+        &mut self,
+        external: Vec<RelayDescriptor>,
+    ) -> Result<(), TestnetError> {
+        let mut descriptors = Vec::with_capacity(self.members.len() + external.len());
+        for (index, m) in self.members.iter().enumerate() {
+            if let Some(r) = &m.running {
+                descriptors.push(
+                    r.descriptor()
+                        .map_err(|source| TestnetError::Relay { index, source })?,
+                );
+            }
+        }
+        descriptors.extend(external);
+        let directory = signed_directory(
+            descriptors,
+            self.params,
+            &self.authority,
+            now_unix(),
+            86_400,
+        )?;
+        std::fs::write(&self.directory_path, directory.to_bytes())?;
+        self.published.set(directory.to_bytes());
+        self.directory = directory;
+        self.refresh_all().await
+    }
+
     /// Starts relay `index` again with the same keys, data and port.
     pub async fn restart_relay(&mut self, index: usize) -> Result<(), TestnetError> {
         self.stop_relay(index).await?;

@@ -21,6 +21,7 @@ mod privacy;
 mod request;
 mod route_choice;
 mod sidecar;
+mod two_relays;
 
 use std::collections::HashMap;
 use std::time::Duration;
