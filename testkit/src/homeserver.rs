@@ -19,6 +19,8 @@ struct State {
     fail_next: AtomicUsize,
     /// Transactions from these origins (per their X-Matrix `origin=`) get this status.
     refused: Mutex<Vec<(String, u16)>>,
+    /// Requests whose path starts with the prefix get `200` and these bytes.
+    bodies: Mutex<Vec<(String, Bytes)>>,
 }
 
 /// Records every request; answers `200 {}` to transactions and `200 {"echo": path}` to others.
@@ -77,6 +79,15 @@ impl StubHomeserver {
         let mut refused = self.state.refused.lock().unwrap_or_else(|e| e.into_inner());
         refused.retain(|(o, _)| o != origin);
         refused.push((origin.to_owned(), status));
+    }
+
+    /// Answers every request whose path starts with `path_prefix` with `200` and `body`
+    /// (`application/octet-stream`): a large answer such as a media download or a room's
+    /// state.
+    pub fn serve_body(&self, path_prefix: &str, body: Vec<u8>) {
+        let mut bodies = self.state.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|(p, _)| p != path_prefix);
+        bodies.push((path_prefix.to_owned(), Bytes::from(body)));
     }
 
     /// Stops refusing any origin.
@@ -143,6 +154,21 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<F
             .find(|(o, _)| *o == origin)
             .map(|(_, status)| *status)
     });
+    let served = state
+        .bodies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .map(|(_, body)| body.clone());
+    if let (false, Some(body)) = (failing, served) {
+        let mut r = http::Response::new(Full::new(body));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        return r;
+    }
     let (status, body) = if failing {
         (500, r#"{"errcode":"M_UNKNOWN"}"#.to_owned())
     } else if let Some(status) =

@@ -12,6 +12,7 @@ mod delivery;
 mod faults;
 mod hostile;
 mod https_proxy;
+mod large_answers;
 mod multihost;
 mod observer;
 mod origin;

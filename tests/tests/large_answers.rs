@@ -1,0 +1,262 @@
+//! Issue 17, answers of any size: an answer larger than the request's reply SURBs comes back
+//! as an ordinary store-and-forward message to the requester's mailbox (fragmented, acked,
+//! retransmitted, reassembled), matched to the waiting request by its id. The requester's
+//! deadline still bounds the wait; an answer that arrives after it is dropped and counted.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use spore_client::{ClientError, Transport};
+use spore_protocol::{FederationRequest, FederationResponse, MailboxKey, SporeAddress};
+use spore_sidecar::{Sidecar, SidecarConfig};
+use spore_testkit::{SidecarNode, StubHomeserver, Testnet, TestnetConfig};
+use tokio::sync::oneshot;
+
+use crate::{fast, init_tracing, wait_until, within};
+
+/// Incompressible bytes (like a photo): compression cannot make them fit the SURBs.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut b);
+    b
+}
+
+fn get(path: &str) -> FederationRequest {
+    FederationRequest {
+        method: "GET".into(),
+        path: path.into(),
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+/// Transport level: a 128 KiB answer (the default 8 reply SURBs carry about 8 KB) arrives
+/// intact by store-and-forward; one sent after the caller gave up is dropped and counted, not
+/// handed to anyone; one over `max_reply_bytes` is refused at the responder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_reply_surbs_comes_back_through_the_mailbox() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let alice = Transport::start(fast(
+        net.client_config("alice.example", mailboxes[0], data.path().join("a")),
+        100.0,
+    ))
+    .await
+    .unwrap();
+    let mut bob_config = fast(
+        net.client_config("bob.example", mailboxes[1], data.path().join("b")),
+        100.0,
+    );
+    bob_config.max_reply_bytes = 512 * 1024;
+    let bob = Transport::start(bob_config).await.unwrap();
+
+    let big = random_bytes(128 * 1024);
+    let (late_tx, late_rx) = oneshot::channel::<()>();
+    let (refused_tx, refused_rx) = oneshot::channel::<Result<(), String>>();
+    let responder = {
+        let bob = bob.clone();
+        let big = big.clone();
+        tokio::spawn(async move {
+            let mut late_rx = Some(late_rx);
+            let mut refused_tx = Some(refused_tx);
+            loop {
+                let Ok(inbound) = bob.incoming().await else {
+                    return;
+                };
+                let answer = |body: Vec<u8>| FederationResponse {
+                    status: 200,
+                    headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+                    body,
+                };
+                match inbound.request.path.as_str() {
+                    "/big" => bob.respond(inbound.id, answer(big.clone())).await.unwrap(),
+                    "/late" => {
+                        // Answer only once the caller has given up.
+                        if let Some(rx) = late_rx.take() {
+                            let _ = rx.await;
+                        }
+                        bob.respond(inbound.id, answer(big.clone())).await.unwrap();
+                    }
+                    "/huge" => {
+                        let r = bob
+                            .respond(inbound.id, answer(random_bytes(600 * 1024)))
+                            .await;
+                        if let Some(tx) = refused_tx.take() {
+                            let _ = tx.send(match r {
+                                Err(ClientError::CannotRespond(why)) => Err(why.to_owned()),
+                                other => other.map_err(|e| e.to_string()),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                bob.ack(inbound.id).await.unwrap();
+            }
+        })
+    };
+
+    let asked = Instant::now();
+    let response = alice
+        .request(&bob.address(), get("/big"), Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: alice {:?} bob {:?}", alice.stats(), bob.stats()));
+    eprintln!(
+        "128 KiB answer by store-and-forward in {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(response.status, 200);
+    assert!(response.body == big, "the answer arrived intact");
+    assert_eq!(bob.stats().replies_by_mailbox, 1);
+    assert_eq!(alice.stats().late_replies, 0);
+
+    // The caller gives up after 1 s; Bob answers only then.
+    let r = alice
+        .request(&bob.address(), get("/late"), Duration::from_secs(1))
+        .await;
+    assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+    late_tx.send(()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || alice.stats().late_replies >= 1).await,
+        "the late answer reached Alice and was dropped"
+    );
+    assert_eq!(bob.stats().replies_by_mailbox, 2);
+
+    // Over Bob's max_reply_bytes: refused at Bob (the sidecar answers 413 in its place).
+    let r = alice
+        .request(&bob.address(), get("/huge"), Duration::from_secs(5))
+        .await;
+    assert!(r.is_err(), "nothing was sent back");
+    let refused = within(Duration::from_secs(60), "Bob's respond()", refused_rx)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(why) if why.contains("max_reply_bytes")),
+        "{refused:?}"
+    );
+    assert_eq!(bob.stats().replies_by_mailbox, 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(alice.stats().late_replies, 1, "nothing else arrived");
+
+    responder.abort();
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+fn sidecar_config(
+    dir: &std::path::Path,
+    net: &Testnet,
+    name: &str,
+    key: &MailboxKey,
+    address: &SporeAddress,
+    homeserver: &str,
+    peers: &[(&str, &SporeAddress)],
+) -> SidecarConfig {
+    let node = SidecarNode {
+        peers,
+        ..SidecarNode::new(name, address.mailbox_relays[0], key, homeserver)
+    };
+    let path = net.write_sidecar_config(dir, &node).unwrap();
+    let mut config = SidecarConfig::load(&path).unwrap();
+    // Enough packets a second for megabytes in a test's time, and pulls fast enough to take
+    // them (and their acks) as fast as they come: 16 slots every 10 ms.
+    config.rates.lambda_p = Some(500.0);
+    config.rates.pull_interval_ms = Some(10);
+    config.request_timeouts.insert("media".into(), 600);
+    config
+}
+
+/// Sidecar level, the way a homeserver sees it: media downloads of 1 MiB and 5 MiB of
+/// incompressible bytes from Bob's homeserver, asked through Alice's sidecar, come back byte
+/// for byte as the HTTP answer (5 MiB is 16,384 forward packets, the largest size class).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_of_one_and_five_mebibytes_downloads_through_sidecars() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let keys = [
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    ];
+    let addresses = [0, 1].map(|i| SporeAddress {
+        mailbox_relays: vec![mailboxes[i]],
+        mailbox_key: keys[i].public().to_bytes(),
+    });
+    let alice_hs = StubHomeserver::start().await.unwrap();
+    let bob_hs = StubHomeserver::start().await.unwrap();
+    let one = random_bytes(1024 * 1024);
+    let five = random_bytes(5 * 1024 * 1024);
+    bob_hs.serve_body("/_matrix/federation/v1/media/download/one", one.clone());
+    bob_hs.serve_body("/_matrix/federation/v1/media/download/five", five.clone());
+    let alice = Sidecar::start(sidecar_config(
+        &data.path().join("alice"),
+        &net,
+        "alice.example",
+        &keys[0],
+        &addresses[0],
+        &alice_hs.url(),
+        &[("bob.example", &addresses[1])],
+    ))
+    .await
+    .unwrap();
+    let bob = Sidecar::start(sidecar_config(
+        &data.path().join("bob"),
+        &net,
+        "bob.example",
+        &keys[1],
+        &addresses[1],
+        &bob_hs.url(),
+        &[("alice.example", &addresses[0])],
+    ))
+    .await
+    .unwrap();
+
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for (media, expected) in [("one", &one), ("five", &five)] {
+        let download = http::Request::get(format!(
+            "http://{}/_matrix/federation/v1/media/download/{media}",
+            alice.local_addr()
+        ))
+        .header("Host", "bob.example")
+        .header("Authorization", "X-Matrix origin=\"alice.example\"")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+        let asked = Instant::now();
+        let resp = within(
+            Duration::from_secs(600),
+            "the download",
+            http.request(download),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{media}");
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/octet-stream")
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        eprintln!(
+            "{} bytes of media through Spore in {:?}",
+            body.len(),
+            asked.elapsed()
+        );
+        assert_eq!(body.len(), expected.len(), "{media}");
+        assert!(
+            body.as_ref() == expected.as_slice(),
+            "{media} arrived intact"
+        );
+    }
+    assert_eq!(bob.transport().stats().replies_by_mailbox, 2);
+    assert_eq!(alice.transport().stats().late_replies, 0);
+    assert!(alice_hs.received().is_empty());
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
