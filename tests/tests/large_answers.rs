@@ -269,8 +269,8 @@ async fn a_one_mebibyte_media_download_works_through_sidecars() {
     media_download_through_sidecars(1024 * 1024).await;
 }
 
-/// Sidecar level: a 5 MiB media download, 16,384 forward packets (the largest size class):
-/// about a minute at Bob's 300 packets/s on a quiet machine. Heavy, so run by hand:
+/// Sidecar level: a 5 MiB media download, 16,384 forward packets (the largest size class),
+/// at least 55 s at Bob's 300 packets/s. Heavy, so run by hand on a quiet machine:
 /// `cargo test -p spore-tests --test tests large_answers -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: 16,384 packets through the mixes"]
