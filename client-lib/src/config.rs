@@ -126,6 +126,10 @@ impl Default for Timeouts {
     }
 }
 
+/// Default [`TransportConfig::max_reply_bytes`]: every body a bundle can carry (12 MiB), so a
+/// 5 MiB media download or a `send_join` with thousands of state events passes.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = spore_protocol::bundle::MAX_BODY;
+
 /// Everything [`crate::Transport::start`] needs.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -147,8 +151,16 @@ pub struct TransportConfig {
     pub rates: RateOverrides,
     pub timeouts: Timeouts,
     /// Reply SURBs attached to a `request()`: the largest response it can receive is this many
-    /// reply fragments.
+    /// reply fragments (about 1 KB each). Larger answers come back as an ordinary
+    /// store-and-forward message to our mailbox instead (see [`crate::Transport::respond`]).
     pub reply_surbs: usize,
+    /// Largest answer body, in bytes, this transport sends back or accepts as a
+    /// store-and-forward message; [`crate::Transport::respond`] refuses a larger one with
+    /// [`crate::ClientError::CannotRespond`] (the sidecar then answers 413), and a larger one
+    /// that arrives is dropped. Also bounded by the protocol: a bundle's body is at most
+    /// [`spore_protocol::bundle::MAX_BODY`], and a forward message at most the largest size
+    /// class (16,384 fragments, about 8 MB after compression).
+    pub max_reply_bytes: usize,
     /// Dial this address instead of the one in the directory (tests put an observer here).
     /// Applies to the first mailbox relay's link only.
     pub relay_address_override: Option<String>,
@@ -182,6 +194,7 @@ impl TransportConfig {
             rates: RateOverrides::default(),
             timeouts: Timeouts::default(),
             reply_surbs: 8,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             relay_address_override: None,
             build_threads: 2,
             catch_up: true,

@@ -23,6 +23,13 @@ pub struct TransportStats {
     pub real_sent: u64,
     /// Reply packets sent on somebody's reply SURBs.
     pub replies_sent: u64,
+    /// Answers too large for their request's reply SURBs, queued as store-and-forward
+    /// messages to the requester's mailbox.
+    pub replies_by_mailbox: u64,
+    /// Store-and-forward answers that found no request waiting for them (its caller had
+    /// given up, the answer came twice, or from another key than the one asked), or were over
+    /// `max_reply_bytes`: dropped.
+    pub late_replies: u64,
     /// Drop cover packets sent (on the payload stream and the drop stream).
     pub drop_sent: u64,
     pub loops_sent: u64,
@@ -59,6 +66,8 @@ pub struct TransportStats {
 pub(crate) struct Counters {
     pub real_sent: AtomicU64,
     pub replies_sent: AtomicU64,
+    pub replies_by_mailbox: AtomicU64,
+    pub late_replies: AtomicU64,
     pub drop_sent: AtomicU64,
     pub loops_sent: AtomicU64,
     pub loops_returned: AtomicU64,
@@ -88,6 +97,8 @@ impl Counters {
         TransportStats {
             real_sent: g(&self.real_sent),
             replies_sent: g(&self.replies_sent),
+            replies_by_mailbox: g(&self.replies_by_mailbox),
+            late_replies: g(&self.late_replies),
             drop_sent: g(&self.drop_sent),
             loops_sent: g(&self.loops_sent),
             loops_returned: g(&self.loops_returned),

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spore_protocol::bundle::{self, BundleBody};
+use spore_protocol::bundle::{self, Bundle, BundleBody};
 use spore_protocol::link::MailboxItem;
 use spore_protocol::packet::{ForwardPayload, open_final_payload};
 use spore_protocol::params::FRAGMENT_DATA_SIZE;
@@ -150,6 +150,10 @@ fn handle_message(
             return Ok((false, 0));
         }
     };
+    if let BundleBody::Response { .. } = bundle.body {
+        take_forward_response(shared, sender, bundle);
+        return Ok((false, 0));
+    }
     match &bundle.body {
         BundleBody::Loop { nonce } => {
             loops.push(*nonce);
@@ -184,8 +188,40 @@ fn handle_message(
                 }
             }
         }
-        // Responses arrive on reply SURBs, never as forward messages.
+        // Taken above.
         BundleBody::Response { .. } => Ok((false, 0)),
+    }
+}
+
+/// An answer too large for its request's reply SURBs, sent by the responder as an ordinary
+/// forward message: handed to the `request()` waiting for it if the key that sealed it is the
+/// one the request went to. Otherwise (the caller gave up, a second copy, another sender, or
+/// over `max_reply_bytes`) dropped and counted: nothing of it is kept.
+fn take_forward_response(shared: &Shared, sender: &[u8; 32], bundle: Bundle) {
+    let BundleBody::Response {
+        request_id,
+        response,
+    } = bundle.body
+    else {
+        return;
+    };
+    let waiting = {
+        let mut table = shared.replies.lock().unwrap_or_else(|e| e.into_inner());
+        table
+            .pending
+            .get_mut(&request_id)
+            .filter(|p| p.responder == *sender)
+            .and_then(|p| p.tx.take())
+    };
+    match waiting {
+        Some(tx) if response.body.len() <= shared.config.max_reply_bytes => {
+            tracing::debug!("a large answer arrived in our mailbox");
+            let _ = tx.send(response);
+        }
+        _ => {
+            tracing::debug!("dropping an answer that no request is waiting for");
+            bump(&shared.counters.late_replies);
+        }
     }
 }
 

@@ -31,6 +31,10 @@ pub(crate) enum Command {
 /// A `request()` waiting for its response.
 pub(crate) struct PendingResponse {
     pub tx: Option<oneshot::Sender<FederationResponse>>,
+    /// The mailbox key the request was sealed to: an answer too large for the reply SURBs
+    /// comes back as a forward message, and only one sealed by this key is taken (anyone who
+    /// knows our address can send us a `Response` bundle; only the responder holds this key).
+    pub responder: [u8; 32],
     pub reassembler: Reassembler,
 }
 

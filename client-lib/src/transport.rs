@@ -383,6 +383,7 @@ impl Transport {
                 request_id,
                 PendingResponse {
                     tx: Some(tx),
+                    responder: destination.mailbox_key,
                     reassembler: Reassembler::new(ReassemblyLimits {
                         max_messages: 4,
                         max_bytes: 4 << 20,
@@ -458,15 +459,27 @@ impl Transport {
         }
     }
 
-    /// Answers an inbound request on the reply SURBs it carried. Call before [`Transport::ack`].
-    /// Replies are not retransmitted: the requester retries the whole request if needed.
+    /// Answers an inbound request. Call before [`Transport::ack`].
+    ///
+    /// An answer that fits the reply SURBs the request carried goes back on them (one trip
+    /// through the mixes, no acks: the requester retries the whole request if one is lost).
+    /// A larger one (a `send_join` with thousands of state events, `/state`, backfill, media)
+    /// is queued durably as an ordinary store-and-forward message to the requester's mailbox,
+    /// the address its authenticated bundle named: fragmented, acknowledged fragment by
+    /// fragment, retransmitted and reassembled like a transaction, and matched to the waiting
+    /// `request()` by its request id. Beyond [`TransportConfig::max_reply_bytes`] (or the
+    /// largest message the protocol carries) it is refused with
+    /// [`ClientError::CannotRespond`], and the caller may answer a short error instead.
+    ///
+    /// [`TransportConfig::max_reply_bytes`]: crate::TransportConfig::max_reply_bytes
     pub async fn respond(&self, id: InboundId, response: FederationResponse) -> Result<()> {
         let store = self.shared.store.clone();
         let bytes = tokio::task::spawn_blocking(move || store.inbox_get(id.0))
             .await
             .map_err(|_| ClientError::Stopped)??
             .ok_or(ClientError::UnknownInbound)?;
-        let (_, request) = inbox_entry::decode(&bytes)?;
+        let (sender_key, request) = inbox_entry::decode(&bytes)?;
+        let requester = request.sender.clone();
         let BundleBody::Request {
             request_id,
             reply_surbs,
@@ -489,12 +502,16 @@ impl Transport {
                 response,
             },
         };
-        let padded = bundle::pack(&reply, REPLY_FRAGMENT_DATA_SIZE)?;
-        let fragments = fragment::split(random_id(), &padded, REPLY_FRAGMENT_DATA_SIZE)?;
+        // Compressing a large answer takes a while: off the runtime's threads.
+        let (reply, fragments) = tokio::task::spawn_blocking(move || {
+            let padded = pack_reply(&reply, REPLY_FRAGMENT_DATA_SIZE)?;
+            let fragments = fragment::split(random_id(), &padded, REPLY_FRAGMENT_DATA_SIZE)?;
+            Ok::<_, ClientError>((reply, fragments))
+        })
+        .await
+        .map_err(|_| ClientError::Stopped)??;
         if fragments.len() > reply_surbs.len() {
-            return Err(ClientError::CannotRespond(
-                "the response is larger than the reply SURBs carry",
-            ));
+            return self.respond_by_mailbox(sender_key, requester, reply).await;
         }
         let mut packets = Vec::with_capacity(fragments.len());
         for (f, surb) in fragments.iter().zip(&reply_surbs) {
@@ -512,6 +529,60 @@ impl Transport {
                 .send(Command::Reply { packet })
                 .map_err(|_| ClientError::Stopped)?;
         }
+        Ok(())
+    }
+
+    /// Queues `reply` (an answer too large for its request's reply SURBs) as a forward
+    /// message to the requester's mailbox. The address is the one the request's bundle named
+    /// as its sender, which the receiver checked against the key that sealed it
+    /// (`sender_key`): an answer never goes to an address the requester did not prove.
+    async fn respond_by_mailbox(
+        &self,
+        sender_key: [u8; 32],
+        requester: Option<SporeAddress>,
+        reply: Bundle,
+    ) -> Result<()> {
+        let BundleBody::Response { response, .. } = &reply.body else {
+            return Err(ClientError::Corrupt("reply bundle"));
+        };
+        if response.body.len() > self.shared.config.max_reply_bytes {
+            return Err(ClientError::CannotRespond(
+                "the response is larger than max_reply_bytes",
+            ));
+        }
+        let Some(requester) = requester.filter(|a| a.mailbox_key == sender_key) else {
+            return Err(ClientError::CannotRespond(
+                "the response is larger than the reply SURBs carry, and the request names no address to send it to",
+            ));
+        };
+        let store = self.shared.store.clone();
+        let to = requester.clone();
+        let (message, fragments) = tokio::task::spawn_blocking(move || {
+            let padded = pack_reply(&reply, FRAGMENT_DATA_SIZE)?;
+            let id = random_id();
+            let fragments = fragment::split(id, &padded, FRAGMENT_DATA_SIZE)?;
+            let message = OutgoingMessage {
+                id,
+                created_ms: now_ms(),
+                destination: to,
+            };
+            store.put_outgoing(&message, &fragments)?;
+            Ok::<_, ClientError>((message, fragments))
+        })
+        .await
+        .map_err(|_| ClientError::Stopped)??;
+        self.shared.store.flush().await?;
+        bump(&self.shared.counters.messages_queued);
+        bump(&self.shared.counters.replies_by_mailbox);
+        tracing::debug!(
+            fragments = fragments.len(),
+            "answer too large for the reply SURBs; sent to the requester's mailbox"
+        );
+        let fragments = fragments.iter().map(|f| (f.index, f.encode())).collect();
+        self.shared
+            .commands
+            .send(Command::Enqueue { message, fragments })
+            .map_err(|_| ClientError::Stopped)?;
         Ok(())
     }
 
@@ -627,6 +698,17 @@ async fn open_store(data_dir: std::path::PathBuf) -> Result<Store> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// [`bundle::pack`] for an answer: one over the largest size class is an answer we cannot
+/// give (the caller sends a short error instead), not a bug.
+fn pack_reply(reply: &Bundle, data_size: usize) -> Result<Vec<u8>> {
+    bundle::pack(reply, data_size).map_err(|e| match e {
+        spore_protocol::Error::ApiMisuse(spore_protocol::ApiMisuse::MessageTooLarge { .. }) => {
+            ClientError::CannotRespond("the response is larger than the largest Spore message")
+        }
+        e => e.into(),
+    })
 }
 
 fn decode_inbound(id: u64, bytes: &[u8]) -> Result<InboundRequest> {

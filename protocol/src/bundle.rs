@@ -143,7 +143,9 @@ pub struct FederationRequest {
     pub body: Vec<u8>,
 }
 
-/// The answer to a [`FederationRequest`], carried back on the request's reply SURBs.
+/// The answer to a [`FederationRequest`], carried back on the request's reply SURBs, or, when
+/// it does not fit them, as an ordinary forward message to the requester's mailbox (the
+/// address in the request bundle's `sender`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FederationResponse {
     /// HTTP status, `100..=599`.

@@ -70,9 +70,10 @@ pub struct SidecarConfig {
     /// TLS with the sidecar's local CA (`data_dir/ca/ca.pem`). See `docs/synapse.md`.
     #[serde(default)]
     pub https_proxy_listen: Option<SocketAddr>,
-    /// Reply SURBs per request/response call (default 8, at most 64): the largest answer is
-    /// about this many KB. A Synapse `send_join` for a room with more than a few dozen state
-    /// events needs more than the default.
+    /// Reply SURBs per request/response call (default 8, at most 64): answers up to about
+    /// this many KB come back on them, in one trip through the mixes. Larger answers come
+    /// back as ordinary store-and-forward messages to our mailbox (slower: acked fragment by
+    /// fragment at the responder's packet rate).
     #[serde(default)]
     pub reply_surbs: Option<usize>,
     /// Drain a mailbox backlog with bulk pulls back to back (default true). False keeps the
@@ -80,6 +81,10 @@ pub struct SidecarConfig {
     /// backlog, at 32 items/s (docs/privacy.md, "Catch-up").
     #[serde(default)]
     pub catch_up: Option<bool>,
+    /// Largest answer body in bytes this sidecar sends back or accepts (default 12 MiB, the
+    /// most a bundle carries); a larger one is answered `413 M_TOO_LARGE`.
+    #[serde(default)]
+    pub max_reply_bytes: Option<usize>,
     /// How long a request/response call waits for an endpoint that `request_timeouts` does
     /// not name (default 60 s, Synapse's federation client default). The request carries this
     /// deadline; the receiving sidecar drops it once passed, and the caller gets a 502.
@@ -203,6 +208,9 @@ impl SidecarConfig {
         config.second_mailbox_relay = self.second_mailbox_relay()?;
         if let Some(n) = self.reply_surbs {
             config.reply_surbs = n;
+        }
+        if let Some(n) = self.max_reply_bytes {
+            config.max_reply_bytes = n;
         }
         config.rates = RateOverrides {
             lambda_p: self.rates.lambda_p,

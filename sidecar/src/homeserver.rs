@@ -124,13 +124,14 @@ fn request_deadline(request: &FederationRequest) -> Option<u64> {
         .and_then(|(_, v)| v.trim().parse::<u64>().ok())
 }
 
-/// What a request/response caller gets when the answer does not fit its reply SURBs: a 4xx,
-/// so that its homeserver reports the failure without marking us as down.
+/// What a request/response caller gets when the answer is larger than Spore carries back
+/// (`max_reply_bytes`, or the largest message): a 4xx, so that its homeserver reports the
+/// failure without marking us as down. Small enough for any request's reply SURBs.
 pub fn too_large_response() -> FederationResponse {
     FederationResponse {
         status: 413,
         headers: vec![("Content-Type".into(), "application/json".into())],
-        body: br#"{"errcode":"M_TOO_LARGE","error":"the answer is larger than the Spore reply SURBs carry"}"#.to_vec(),
+        body: br#"{"errcode":"M_TOO_LARGE","error":"the answer is larger than Spore carries back (max_reply_bytes)"}"#.to_vec(),
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::dead_letter::DeadLetters;
 use crate::homeserver::{
     Delivered, DeliveryError, LocalHomeserver, RetryPolicy, authenticate_origin, deliver_inbound,
-    too_large_response,
+    request_expired, too_large_response,
 };
 use crate::peer_book::PeerBook;
 use crate::send_order::{NextExpected, NextInOrder, SendOrder};
@@ -279,11 +279,17 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64
             d.counters.expired_requests.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("dropping a request whose caller has stopped waiting");
         }
+        // The homeserver took so long that the caller has gone: an answer (perhaps megabytes
+        // by store-and-forward) would only be dropped at its end.
+        Ok(Delivered::Answered(_)) if request_expired(&inbound.request, unix_ms()) => {
+            d.counters.expired_requests.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("not answering a request whose caller has stopped waiting");
+        }
         Ok(Delivered::Answered(response)) => {
             if let Err(e) = d.transport.respond(inbound.id, response).await {
                 tracing::warn!(error = %e, "cannot send a response back");
-                // Too large for the reply SURBs: a short error (4xx, so the caller's
-                // homeserver does not back off from us) instead of a silent timeout.
+                // Too large even for a store-and-forward answer: a short error (4xx, so the
+                // caller's homeserver does not back off from us) instead of a silent timeout.
                 if let ClientError::CannotRespond(_) = e {
                     let _ = d.transport.respond(inbound.id, too_large_response()).await;
                 }

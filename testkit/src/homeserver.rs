@@ -22,6 +22,8 @@ struct State {
     /// What `GET /_matrix/key/v2/server` answers, if set (a sidecar fetches its homeserver's
     /// key response there to attach it to bundles).
     key_response: Mutex<Option<Vec<u8>>>,
+    /// Requests whose path starts with the prefix get `200` and these bytes.
+    bodies: Mutex<Vec<(String, Bytes)>>,
 }
 
 /// Records every request; answers `200 {}` to transactions and `200 {"echo": path}` to others.
@@ -89,6 +91,15 @@ impl StubHomeserver {
             .key_response
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(json);
+    }
+
+    /// Answers every request whose path starts with `path_prefix` with `200` and `body`
+    /// (`application/octet-stream`): a large answer such as a media download or a room's
+    /// state.
+    pub fn serve_body(&self, path_prefix: &str, body: Vec<u8>) {
+        let mut bodies = self.state.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|(p, _)| p != path_prefix);
+        bodies.push((path_prefix.to_owned(), Bytes::from(body)));
     }
 
     /// Stops refusing any origin.
@@ -163,6 +174,21 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> http::Response<F
         .filter(|_| path.starts_with("/_matrix/key/v2/server"));
     if let Some(json) = key_response {
         return http::Response::new(Full::new(Bytes::from(json)));
+    }
+    let served = state
+        .bodies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .map(|(_, body)| body.clone());
+    if let (false, Some(body)) = (failing, served) {
+        let mut r = http::Response::new(Full::new(body));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        return r;
     }
     let (status, body) = if failing {
         (500, r#"{"errcode":"M_UNKNOWN"}"#.to_owned())

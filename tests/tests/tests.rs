@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod https_proxy;
 mod keys_once;
+mod large_answers;
 mod multihost;
 mod observer;
 mod origin;
