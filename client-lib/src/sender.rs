@@ -494,7 +494,10 @@ impl<S: PacketSource> Sender<S> {
                 self.close_link("the relay closed the link");
             }
             Frame::Padding => {}
-            Frame::Packet(_) | Frame::PullRequest | Frame::Delete { .. } => {
+            Frame::Packet(_)
+            | Frame::PullRequest
+            | Frame::CapabilityPull { .. }
+            | Frame::Delete { .. } => {
                 tracing::debug!("unexpected frame from the relay; reconnecting");
                 self.close_link("unexpected frame");
             }

@@ -820,6 +820,7 @@ mod tests {
 
     fn address() -> SporeAddress {
         SporeAddress {
+            capability: None,
             mailbox_relays: vec![RelayId([1; 32])],
             mailbox_key: [2; 32],
         }

@@ -140,6 +140,7 @@ impl Transport {
 
         let key = config.mailbox_key.clone();
         let address = SporeAddress {
+            capability: None,
             mailbox_relays: vec![config.mailbox_relay],
             mailbox_key: key.public().to_bytes(),
         };

@@ -537,6 +537,7 @@ mod tests {
         Bundle {
             origin: "a.example".into(),
             sender: Some(SporeAddress {
+                capability: None,
                 mailbox_relays: vec![RelayId([1; 32]), RelayId([2; 32])],
                 mailbox_key: [3; 32],
             }),
@@ -915,6 +916,7 @@ mod tests {
                 any::<[u8; 32]>(),
             )
                 .prop_map(|(relays, mailbox_key)| SporeAddress {
+                    capability: None,
                     mailbox_relays: relays.into_iter().map(RelayId).collect(),
                     mailbox_key,
                 }),

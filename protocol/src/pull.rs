@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
+use crate::capability::CapabilityOp;
 use crate::link::{Frame, MAX_DELETE_HANDLES, MailboxItem, PullSlot};
 use crate::params::PULL_SLOTS;
 
@@ -132,14 +133,28 @@ impl ClientPull {
     /// Starts a pull: the frame to send. Only from [`ClientPhase::Idle`] (a `DeleteDone` may
     /// still be on its way).
     pub fn start(&mut self) -> Result<Frame, PullError> {
+        self.start_with(Vec::new())
+    }
+
+    /// [`ClientPull::start`], carrying capability `ops` (at most
+    /// [`MAX_CAPABILITY_OPS`](crate::capability::MAX_CAPABILITY_OPS)) in the pull request:
+    /// a [`Frame::CapabilityPull`] when there are any, a plain `PullRequest` otherwise.
+    pub fn start_with(&mut self, ops: Vec<CapabilityOp>) -> Result<Frame, PullError> {
         if !matches!(self.phase, Phase::Idle) {
             return Err(PullError::ApiMisuse("a pull is already in progress"));
+        }
+        if ops.len() > crate::capability::MAX_CAPABILITY_OPS {
+            return Err(PullError::ApiMisuse("too many capability ops for one pull"));
         }
         self.phase = Phase::Collecting {
             items: Vec::new(),
             received: 0,
         };
-        Ok(Frame::PullRequest)
+        Ok(if ops.is_empty() {
+            Frame::PullRequest
+        } else {
+            Frame::CapabilityPull { ops }
+        })
     }
 
     /// Takes one frame of the session from the relay. Returns the pulled items (possibly
@@ -268,7 +283,8 @@ impl RelayPull {
         RelayPull::Idle
     }
 
-    /// Answers `request` (which must be a `PullRequest`) with `items` (at most
+    /// Answers `request` (a `PullRequest` or `CapabilityPull`, whose ops the caller has
+    /// applied) with `items` (at most
     /// [`PULL_SLOTS`], as read from the mailbox), padded with dummy slots to exactly
     /// [`PULL_SLOTS`] frames. A pull while the previous one's `Delete` is owed replaces it.
     pub fn answer(
@@ -276,7 +292,7 @@ impl RelayPull {
         request: &Frame,
         items: Vec<MailboxItem>,
     ) -> Result<(RelayPull, Vec<Frame>), PullError> {
-        if !matches!(request, Frame::PullRequest) {
+        if !matches!(request, Frame::PullRequest | Frame::CapabilityPull { .. }) {
             return Err(PullError::PeerMisbehaved("not a pull request"));
         }
         if items.len() > PULL_SLOTS {
@@ -480,6 +496,32 @@ mod tests {
         assert_eq!(
             deletion.irregular.map(IrregularDelete::reason),
             Some("delete_without_pull")
+        );
+    }
+
+    #[test]
+    fn capability_ops_ride_in_the_pull_request_and_the_answer_is_the_same() {
+        use crate::capability::{CapabilityId, MAX_CAPABILITY_OPS};
+        let op = CapabilityOp::Revoke {
+            capability: CapabilityId([1; 32]),
+        };
+        let mut client = ClientPull::new();
+        assert!(
+            client.start_with(vec![op; MAX_CAPABILITY_OPS + 1]).is_err(),
+            "more ops than a frame holds"
+        );
+        let request = client.start_with(vec![op]).unwrap();
+        assert_eq!(request, Frame::CapabilityPull { ops: vec![op] });
+        let (_, slots) = RelayPull::new().answer(&request, vec![item(1)]).unwrap();
+        assert_eq!(slots.len(), PULL_SLOTS);
+        let mut got = None;
+        for slot in slots {
+            got = client.handle_frame(slot).unwrap().or(got);
+        }
+        assert_eq!(got.unwrap().len(), 1);
+        assert_eq!(
+            ClientPull::new().start_with(Vec::new()),
+            Ok(Frame::PullRequest)
         );
     }
 

@@ -264,7 +264,8 @@ impl Handler {
             }
             let next = match frame {
                 Frame::Packet(p) => self.packet(p),
-                Frame::PullRequest => self.pull_request().await,
+                Frame::PullRequest => self.pull_request(Vec::new()).await,
+                Frame::CapabilityPull { ops } => self.pull_request(ops).await,
                 Frame::Delete { handles } => self.delete(handles).await,
                 Frame::Padding => Next::Continue,
                 Frame::Error { code } => self.peer_error(code),
@@ -302,7 +303,9 @@ impl Handler {
     }
 
     /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox, as [`RelayPull`] pads them.
-    async fn pull_request(&mut self) -> Next {
+    /// Capability `ops` the pull carried are applied (durably) first, for the link's own
+    /// mailbox only; the answer is the same whatever they did.
+    async fn pull_request(&mut self, ops: Vec<spore_protocol::CapabilityOp>) -> Next {
         let answer_at = Instant::now() + ANSWER_FLOOR;
         // A pull reads PULL_SLOTS items: it costs as many tokens as that many packets.
         for _ in 0..PULL_SLOTS {
@@ -323,7 +326,14 @@ impl Handler {
             return Next::Continue;
         };
         let owner = self.owner;
-        let items = match tokio::task::spawn_blocking(move || service.pull(&owner)).await {
+        let items = match tokio::task::spawn_blocking(move || {
+            if !ops.is_empty() {
+                service.apply_capability_ops(&owner, &ops)?;
+            }
+            service.pull(&owner)
+        })
+        .await
+        {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "mailbox read failed");

@@ -139,6 +139,7 @@ impl SidecarConfig {
     /// The Spore address peers list for us (what `spore-sidecar address` prints).
     pub fn address(&self) -> Result<SporeAddress> {
         Ok(SporeAddress {
+            capability: None,
             mailbox_relays: vec![self.mailbox_relay()?],
             mailbox_key: self.mailbox_key()?.public().to_bytes(),
         })
