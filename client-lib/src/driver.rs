@@ -65,6 +65,10 @@ impl PacketSource for FactorySource {
             *q = excluded;
         }
     }
+
+    fn capability_ops(&mut self) -> Vec<spore_protocol::CapabilityOp> {
+        self.shared.capabilities.next_ops()
+    }
 }
 
 struct Link {

@@ -93,6 +93,10 @@ pub(crate) trait PacketSource {
     fn is_ack(&self, recovery: &Self::Recovery, payload: &[u8]) -> bool;
     /// From now on, build routes avoiding these mixes (quarantined: see `quarantine.rs`).
     fn set_excluded(&mut self, excluded: HashSet<RelayId>);
+    /// Capability ops for the next pull request (`capabilities.rs`); none by default.
+    fn capability_ops(&mut self) -> Vec<spore_protocol::CapabilityOp> {
+        Vec::new()
+    }
 }
 
 /// A fragment for the build threads: its key, destination and encoded bytes.
@@ -959,7 +963,11 @@ impl<S: PacketSource> Sender<S> {
         // and its DeleteDone arrives (and is ignored) before this pull's slots. Waiting for the
         // DeleteDone would add a disk commit and a round trip to every pull cycle, and then
         // ticks would be skipped whenever the relay's disk is slow.
-        if let Ok(frame) = self.pull.start() {
+        if self.pull.phase() != ClientPhase::Idle {
+            return;
+        }
+        // Capability registrations ride in the pull request the schedule sends anyway.
+        if let Ok(frame) = self.pull.start_with(self.source.capability_ops()) {
             self.pull_since = now;
             self.queue(frame, Sent::Pull);
         }

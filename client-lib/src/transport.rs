@@ -85,7 +85,7 @@ pub struct InboundRequest {
 /// ```
 #[derive(Clone)]
 pub struct Transport {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -163,7 +163,9 @@ impl Transport {
             server_keys: Mutex::new(None),
             shutdown,
             quarantined: Mutex::new(Default::default()),
+            capabilities: Default::default(),
         });
+        shared.capabilities.load(&shared.key, &shared.store)?;
 
         // A crash between storing a message's last fragment and delivering it: finish now.
         receiver::finish_interrupted(&shared).await?;

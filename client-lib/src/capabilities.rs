@@ -1,0 +1,237 @@
+//! Per-contact capabilities on the client side (issue 16): the capability we give each peer,
+//! its registration with our mailbox relay, and the capability each peer gave us.
+//!
+//! A capability we give is derived from our mailbox key, the peer's label and a generation
+//! ([`CapabilityId::derive`]); the store keeps only labels and generations. Revoking bumps the
+//! generation: the old capability is revoked at the relay and the peer gets a new one the next
+//! time we hand it our address; nobody else's address changes.
+//!
+//! Registration rides in the pull requests the sender sends on its schedule anyway
+//! ([`spore_protocol::Frame::CapabilityPull`]), so it adds no frame and moves none in time:
+//! [`CapabilityCycle`] hands the sender the next few ops at each pull, changes first, then the
+//! whole table round and round. Every op is idempotent at the relay, so repeating the table
+//! forever re-registers everything after a reconnect or a relay that lost its table, without
+//! any answer to wait for.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use spore_protocol::capability::MAX_CAPABILITY_OPS;
+use spore_protocol::{CapabilityId, CapabilityOp, MailboxKey, SporeAddress};
+
+use crate::error::Result;
+use crate::store::{GivenCapability, Store};
+use crate::transport::Transport;
+
+/// Items one peer's capability may hold in our mailbox at a time (the relay's total per
+/// mailbox still applies): a flood through one capability fills this, not the mailbox.
+pub const CAPABILITY_QUOTA_ITEMS: u32 = 2_000;
+/// The same in payload bytes (an item is a SURB id and a Sphinx payload, about 1 KiB).
+pub const CAPABILITY_QUOTA_BYTES: u64 = 4 << 20;
+
+/// The ops the sender puts in its pull requests: changes first, then the whole table in turn.
+#[derive(Debug, Default)]
+pub(crate) struct CapabilityCycle {
+    inner: Mutex<CycleState>,
+}
+
+#[derive(Debug, Default)]
+struct CycleState {
+    /// Every capability we gave, as the op that says its state.
+    table: Vec<CapabilityOp>,
+    next: usize,
+    /// Changes not yet sent once: sent before the round-robin.
+    changes: VecDeque<CapabilityOp>,
+}
+
+fn op_of(key: &MailboxKey, given: &GivenCapability) -> CapabilityOp {
+    let capability = CapabilityId::derive(key, &given.peer, given.generation);
+    match given.revoked {
+        true => CapabilityOp::Revoke { capability },
+        false => CapabilityOp::Register {
+            capability,
+            quota_items: CAPABILITY_QUOTA_ITEMS,
+            quota_bytes: CAPABILITY_QUOTA_BYTES,
+        },
+    }
+}
+
+impl CapabilityCycle {
+    /// The table as the store holds it (at start, and after every change).
+    pub fn load(&self, key: &MailboxKey, store: &Store) -> Result<()> {
+        let table = store
+            .given_capabilities()?
+            .iter()
+            .map(|g| op_of(key, g))
+            .collect();
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        st.table = table;
+        Ok(())
+    }
+
+    fn changed(&self, op: CapabilityOp) {
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.changes.contains(&op) {
+            st.changes.push_back(op);
+        }
+    }
+
+    /// The ops for the next pull request: at most [`MAX_CAPABILITY_OPS`], none when we gave
+    /// no capability.
+    pub fn next_ops(&self) -> Vec<CapabilityOp> {
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ops = Vec::with_capacity(MAX_CAPABILITY_OPS);
+        while ops.len() < MAX_CAPABILITY_OPS {
+            let Some(op) = st.changes.pop_front() else {
+                break;
+            };
+            ops.push(op);
+        }
+        let room = (MAX_CAPABILITY_OPS - ops.len()).min(st.table.len());
+        for _ in 0..room {
+            let at = st.next % st.table.len();
+            st.next = at + 1;
+            if let Some(op) = st.table.get(at).copied()
+                && !ops.contains(&op)
+            {
+                ops.push(op);
+            }
+        }
+        ops
+    }
+}
+
+impl Transport {
+    /// Our address as we hand it to the peer we call `peer_label`: with that peer's own
+    /// capability, made (and registered with our mailbox relay at the next pulls) if it has
+    /// none. Durable before it returns, so the capability survives a crash.
+    pub async fn capability_address_for(&self, peer_label: &str) -> Result<SporeAddress> {
+        let shared = self.shared.clone();
+        let peer = peer_label.to_owned();
+        let op = tokio::task::spawn_blocking(move || -> Result<CapabilityOp> {
+            let generation = shared.store.capability_generation(&peer)?;
+            shared.store.flush_blocking()?;
+            shared.capabilities.load(&shared.key, &shared.store)?;
+            Ok(op_of(
+                &shared.key,
+                &GivenCapability {
+                    peer,
+                    generation,
+                    revoked: false,
+                },
+            ))
+        })
+        .await
+        .map_err(|_| crate::error::ClientError::Stopped)??;
+        let capability = *op.capability();
+        self.shared.capabilities.changed(op);
+        Ok(self.address().with_capability(Some(capability)))
+    }
+
+    /// Revokes the capability we gave `peer_label`: our mailbox relay refuses it from the next
+    /// pulls on; the peer's next address from [`Transport::capability_address_for`] carries a
+    /// new one. Our address for everybody else stays as it was. Returns whether there was one.
+    pub async fn revoke_capability(&self, peer_label: &str) -> Result<bool> {
+        let shared = self.shared.clone();
+        let peer = peer_label.to_owned();
+        let op = tokio::task::spawn_blocking(move || -> Result<Option<CapabilityOp>> {
+            let Some(generation) = shared.store.revoke_capability(&peer)? else {
+                return Ok(None);
+            };
+            shared.store.flush_blocking()?;
+            shared.capabilities.load(&shared.key, &shared.store)?;
+            Ok(Some(op_of(
+                &shared.key,
+                &GivenCapability {
+                    peer,
+                    generation,
+                    revoked: true,
+                },
+            )))
+        })
+        .await
+        .map_err(|_| crate::error::ClientError::Stopped)??;
+        let revoked = op.is_some();
+        if let Some(op) = op {
+            self.shared.capabilities.changed(op);
+        }
+        Ok(revoked)
+    }
+
+    /// Takes the capability in `sender`, the address an authenticated peer sent us (the bundle's
+    /// sender, from the peer whose seal key is `sealed_by`): we send to that peer through it
+    /// from now on. Ignored unless the address is the sealing key's own (a peer cannot give us
+    /// a capability for somebody else's mailbox), or when it carries none. Returns whether it
+    /// changed what we use.
+    pub async fn learn_capability(
+        &self,
+        sealed_by: &[u8; 32],
+        sender: &SporeAddress,
+    ) -> Result<bool> {
+        let Some(capability) = sender.capability else {
+            return Ok(false);
+        };
+        if sender.mailbox_key != *sealed_by {
+            return Ok(false);
+        }
+        let shared = self.shared.clone();
+        let key = sender.mailbox_key;
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            if shared.store.learned_capability(&key)? == Some(capability.0) {
+                return Ok(false);
+            }
+            shared.store.learn_capability(&key, &capability.0)?;
+            shared.store.flush_blocking()?;
+            Ok(true)
+        })
+        .await
+        .map_err(|_| crate::error::ClientError::Stopped)?
+    }
+
+    /// `destination` with the capability its owner gave us, if it gave us one (else as it
+    /// is: first contact).
+    pub async fn with_learned_capability(
+        &self,
+        destination: &SporeAddress,
+    ) -> Result<SporeAddress> {
+        let shared = self.shared.clone();
+        let key = destination.mailbox_key;
+        let learned = tokio::task::spawn_blocking(move || shared.store.learned_capability(&key))
+            .await
+            .map_err(|_| crate::error::ClientError::Stopped)??;
+        Ok(match learned {
+            Some(c) => destination.with_capability(Some(CapabilityId(c))),
+            None => destination.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(i: u8) -> CapabilityOp {
+        CapabilityOp::Revoke {
+            capability: CapabilityId([i; 32]),
+        }
+    }
+
+    #[test]
+    fn the_cycle_sends_changes_first_then_the_whole_table_round_and_round() {
+        let cycle = CapabilityCycle::default();
+        assert!(cycle.next_ops().is_empty(), "no capability, plain pulls");
+        let table: Vec<CapabilityOp> = (0..20).map(op).collect();
+        cycle.inner.lock().unwrap().table = table.clone();
+        cycle.changed(op(99));
+        let first = cycle.next_ops();
+        assert_eq!(first.len(), MAX_CAPABILITY_OPS);
+        assert_eq!(first[0], op(99));
+        let mut seen: Vec<CapabilityOp> = first[1..].to_vec();
+        for _ in 0..2 {
+            seen.extend(cycle.next_ops());
+        }
+        for o in &table {
+            assert!(seen.contains(o), "every entry comes round");
+        }
+    }
+}
