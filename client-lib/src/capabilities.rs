@@ -42,6 +42,8 @@ struct CycleState {
     next: usize,
     /// Changes not yet sent once: sent before the round-robin.
     changes: VecDeque<CapabilityOp>,
+    /// Changes sent at least once (bounded like the table: one per capability we gave).
+    sent_once: std::collections::HashSet<CapabilityOp>,
 }
 
 fn op_of(key: &MailboxKey, given: &GivenCapability) -> CapabilityOp {
@@ -69,6 +71,15 @@ impl CapabilityCycle {
         Ok(())
     }
 
+    /// `op` goes out in the next pull unless it already went: a capability handed out for
+    /// every send must not crowd the round-robin out.
+    fn changed_if_new(&self, op: CapabilityOp) {
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.sent_once.contains(&op) && !st.changes.contains(&op) {
+            st.changes.push_back(op);
+        }
+    }
+
     fn changed(&self, op: CapabilityOp) {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !st.changes.contains(&op) {
@@ -85,6 +96,7 @@ impl CapabilityCycle {
             let Some(op) = st.changes.pop_front() else {
                 break;
             };
+            st.sent_once.insert(op);
             ops.push(op);
         }
         let room = (MAX_CAPABILITY_OPS - ops.len()).min(st.table.len());
@@ -101,7 +113,29 @@ impl CapabilityCycle {
     }
 }
 
+/// The label under which we give the peer with this mailbox key its capability: its key, so
+/// every component (the transport's own sends, the sidecar, an operator's CLI) names a peer
+/// the same way.
+pub fn peer_label(mailbox_key: &[u8; 32]) -> String {
+    let hex: String = mailbox_key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("key:{hex}")
+}
+
 impl Transport {
+    /// The sender address a bundle to `destination` carries: ours, with the capability we
+    /// give that peer, so that its answers come in through its own quota. Sending to
+    /// ourselves carries the plain address.
+    pub(crate) async fn sender_address_for(
+        &self,
+        destination: &SporeAddress,
+    ) -> Result<SporeAddress> {
+        if destination.mailbox_key == self.shared.address.mailbox_key {
+            return Ok(self.shared.address.clone());
+        }
+        self.capability_address_for(&peer_label(&destination.mailbox_key))
+            .await
+    }
+
     /// Our address as we hand it to the peer we call `peer_label`: with that peer's own
     /// capability, made (and registered with our mailbox relay at the next pulls) if it has
     /// none. Durable before it returns, so the capability survives a crash.
@@ -109,9 +143,11 @@ impl Transport {
         let shared = self.shared.clone();
         let peer = peer_label.to_owned();
         let op = tokio::task::spawn_blocking(move || -> Result<CapabilityOp> {
-            let generation = shared.store.capability_generation(&peer)?;
-            shared.store.flush_blocking()?;
-            shared.capabilities.load(&shared.key, &shared.store)?;
+            let (generation, created) = shared.store.capability_generation(&peer)?;
+            if created {
+                shared.store.flush_blocking()?;
+                shared.capabilities.load(&shared.key, &shared.store)?;
+            }
             Ok(op_of(
                 &shared.key,
                 &GivenCapability {
@@ -124,7 +160,7 @@ impl Transport {
         .await
         .map_err(|_| crate::error::ClientError::Stopped)??;
         let capability = *op.capability();
-        self.shared.capabilities.changed(op);
+        self.shared.capabilities.changed_if_new(op);
         Ok(self.address().with_capability(Some(capability)))
     }
 
@@ -135,6 +171,7 @@ impl Transport {
         let shared = self.shared.clone();
         let peer = peer_label.to_owned();
         let op = tokio::task::spawn_blocking(move || -> Result<Option<CapabilityOp>> {
+            // (Revoking one that was never handed out still refuses it from now on.)
             let Some(generation) = shared.store.revoke_capability(&peer)? else {
                 return Ok(None);
             };

@@ -45,7 +45,7 @@ mod shared;
 mod store;
 mod transport;
 
-pub use capabilities::{CAPABILITY_QUOTA_BYTES, CAPABILITY_QUOTA_ITEMS};
+pub use capabilities::{CAPABILITY_QUOTA_BYTES, CAPABILITY_QUOTA_ITEMS, peer_label};
 pub use config::{
     DirectoryConfig, DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust,
 };

@@ -837,9 +837,9 @@ pub struct GivenCapability {
 impl Store {
     // ----- capabilities (issue 16) -----
 
-    /// The current generation of the capability we give `peer`, made (generation 0) if the
-    /// peer has none. Not yet flushed.
-    pub fn capability_generation(&self, peer: &str) -> Result<u32> {
+    /// The current generation of the capability we give `peer`, made (the next generation) if
+    /// the peer has none, and whether it was made now. Not yet flushed.
+    pub fn capability_generation(&self, peer: &str) -> Result<(u32, bool)> {
         let mut db = self.db();
         let tx = db.transaction().map_err(storage)?;
         let current: Option<(i64, bool)> = tx
@@ -853,7 +853,8 @@ impl Store {
             .map_err(storage)?;
         let generation = match current {
             Some((g, false)) => {
-                return u32::try_from(g).map_err(|_| ClientError::Corrupt("capability"));
+                let g = u32::try_from(g).map_err(|_| ClientError::Corrupt("capability"))?;
+                return Ok((g, false));
             }
             Some((g, true)) => g + 1,
             None => 0,
@@ -864,7 +865,9 @@ impl Store {
         )
         .map_err(storage)?;
         tx.commit().map_err(storage)?;
-        u32::try_from(generation).map_err(|_| ClientError::Corrupt("capability"))
+        let generation =
+            u32::try_from(generation).map_err(|_| ClientError::Corrupt("capability"))?;
+        Ok((generation, true))
     }
 
     /// Revokes `peer`'s current capability (if any); its next one will be a new generation.
@@ -974,9 +977,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
-            assert_eq!(store.capability_generation("bob").unwrap(), 0);
-            assert_eq!(store.capability_generation("bob").unwrap(), 0, "stable");
-            assert_eq!(store.capability_generation("carol").unwrap(), 0);
+            assert_eq!(store.capability_generation("bob").unwrap(), (0, true));
+            assert_eq!(
+                store.capability_generation("bob").unwrap(),
+                (0, false),
+                "stable"
+            );
+            assert_eq!(store.capability_generation("carol").unwrap(), (0, true));
             assert_eq!(store.revoke_capability("bob").unwrap(), Some(0));
             assert_eq!(
                 store.revoke_capability("bob").unwrap(),
@@ -989,7 +996,11 @@ mod tests {
             store.flush_blocking().unwrap();
         }
         let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
-        assert_eq!(store.capability_generation("bob").unwrap(), 1, "a new one");
+        assert_eq!(
+            store.capability_generation("bob").unwrap(),
+            (1, true),
+            "a new one"
+        );
         let given = store.given_capabilities().unwrap();
         let g = |peer: &str, generation, revoked| GivenCapability {
             peer: peer.into(),

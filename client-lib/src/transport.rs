@@ -230,7 +230,7 @@ impl Transport {
         sequenced: bool,
     ) -> Result<MessageId> {
         let origin = self.shared.config.server_name.clone();
-        let sender = self.shared.address.clone();
+        let sender = self.sender_address_for(destination).await?;
         let server_keys = self
             .shared
             .server_keys

@@ -78,7 +78,7 @@ impl fmt::Debug for CapabilityId {
 
 /// What an owner tells its mailbox relay about one capability of its own mailbox (the link's).
 /// Both are idempotent, so a client can repeat its whole table after every reconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CapabilityOp {
     /// Accept packets for this capability's destination into the link owner's mailbox, at most
     /// `quota_items` items and `quota_bytes` bytes of them stored at a time.

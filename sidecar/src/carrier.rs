@@ -46,7 +46,8 @@ impl Carrier for TransportCarrier {
     ) -> CarryFuture<'_, ()> {
         let address = self.address(destination);
         Box::pin(async move {
-            let address = address?;
+            let address =
+                crate::capabilities::with_peer_capability(&self.transport, address?).await;
             if server_keys.is_some() {
                 self.transport.set_server_keys(server_keys);
             }
@@ -67,7 +68,8 @@ impl Carrier for TransportCarrier {
     ) -> CarryFuture<'_, FederationResponse> {
         let address = self.address(destination);
         Box::pin(async move {
-            let address = address?;
+            let address =
+                crate::capabilities::with_peer_capability(&self.transport, address?).await;
             if server_keys.is_some() {
                 self.transport.set_server_keys(server_keys);
             }

@@ -250,6 +250,9 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64
         d.policy,
     )
     .await;
+    if !matches!(delivered, Ok(Delivered::WrongSender)) {
+        crate::capabilities::learn_sender_capability(&d.transport, &inbound).await;
+    }
     match delivered {
         // Hostile, never to be delivered: acked and dropped (the cache counted and logged it).
         Ok(Delivered::WrongSender) => {}

@@ -19,7 +19,7 @@ use spore_relay::{Link, RelayKeys};
 use spore_testkit::relay_process::{self, connect, hop};
 use spore_testkit::{acked_packet_with_ids, binaries, packet_frame};
 
-use crate::init_tracing;
+use crate::{init_tracing, within};
 
 const MAILBOX_QUOTA: u64 = 400;
 const FIRST_CONTACT_QUOTA: u64 = 40;
@@ -306,4 +306,137 @@ async fn a_flood_through_one_capability_or_first_contact_leaves_room_for_every_o
         "first contact still works: {report}"
     );
     drop(child);
+}
+
+/// The same promise through the client library on a whole testnet: capabilities travel in
+/// bundles' sender addresses, are registered by the owner's scheduled pulls, carry the
+/// peer's messages, and a revoked one is refused while another peer, and the owner's
+/// address, are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_travel_in_bundles_and_a_revoked_one_is_refused_on_a_whole_network() {
+    use spore_client::peer_label;
+    use spore_testkit::{Testnet, TestnetConfig};
+
+    use crate::{start_client, transaction, txn_of};
+
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let keys = [0, 1, 2].map(|_| MailboxKey::generate(&mut rand::rng()));
+    let [alice_key, bob_key, carol_key] = keys.clone();
+    let bob = start_client(&net, data.path(), "bob", mailboxes[0], bob_key, 50.0).await;
+    let alice = start_client(
+        &net,
+        data.path(),
+        "alice",
+        mailboxes[1],
+        alice_key.clone(),
+        50.0,
+    )
+    .await;
+    let carol = start_client(
+        &net,
+        data.path(),
+        "carol",
+        mailboxes[0],
+        carol_key.clone(),
+        50.0,
+    )
+    .await;
+    let bob_public = bob.address();
+    assert_eq!(bob_public.capability, None);
+
+    // Bob writes to alice and carol: each bundle carries bob's address with that peer's
+    // capability, which the peer takes from the authenticated request.
+    let mut bob_for = Vec::new();
+    for peer in [&alice, &carol] {
+        bob.send(&peer.address(), transaction("bob.example", 0))
+            .await
+            .unwrap();
+        let inbound = within(Duration::from_secs(60), "bob's request", peer.incoming())
+            .await
+            .unwrap();
+        let sender = inbound.sender.clone().unwrap();
+        assert_eq!(sender.mailbox_key, bob_public.mailbox_key);
+        assert!(sender.capability.is_some(), "a capability for this peer");
+        assert!(
+            peer.learn_capability(&inbound.sender_key, &sender)
+                .await
+                .unwrap()
+        );
+        // A bundle naming another key's address teaches nothing.
+        assert!(!peer.learn_capability(&[9; 32], &sender).await.unwrap());
+        peer.ack(inbound.id).await.unwrap();
+        let to_bob = peer.with_learned_capability(&bob_public).await.unwrap();
+        assert_eq!(to_bob, sender);
+        bob_for.push(to_bob);
+    }
+    assert_ne!(bob_for[0].capability, bob_for[1].capability);
+
+    // Alice writes back through her capability: delivered.
+    for i in 0..3 {
+        alice
+            .send(&bob_for[0], transaction("alice.example", i))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let inbound = within(Duration::from_secs(60), "alice's requests", bob.incoming())
+            .await
+            .unwrap();
+        assert_eq!(inbound.origin, "alice.example");
+        got.push(txn_of(&inbound.request.path));
+        bob.ack(inbound.id).await.unwrap();
+    }
+
+    // Bob revokes alice's capability. Its revocation rides in his next pull requests.
+    assert!(
+        bob.revoke_capability(&peer_label(&alice_key.public().to_bytes()))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    alice
+        .send(&bob_for[0], transaction("alice.example", 100))
+        .await
+        .unwrap();
+    carol
+        .send(&bob_for[1], transaction("carol.example", 7))
+        .await
+        .unwrap();
+    let inbound = within(Duration::from_secs(60), "carol's request", bob.incoming())
+        .await
+        .unwrap();
+    assert_eq!(inbound.origin, "carol.example", "only carol gets through");
+    bob.ack(inbound.id).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), bob.incoming())
+            .await
+            .is_err(),
+        "a request through the revoked capability arrived"
+    );
+    let refused: u64 = net
+        .metrics()
+        .iter()
+        .map(|(_, m)| m.dropped("capability_revoked"))
+        .sum();
+    eprintln!(
+        "whole network: 3/3 through alice's capability, then revoked: {refused} packets refused \
+         at bob's mailbox relay, carol's request delivered, bob's address unchanged"
+    );
+    assert!(
+        refused >= 1,
+        "the revoked capability was refused at the relay"
+    );
+    assert_eq!(
+        bob.address(),
+        bob_public,
+        "the owner's address did not change"
+    );
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+    let _ = net.shutdown().await;
 }
