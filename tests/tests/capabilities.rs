@@ -65,13 +65,19 @@ async fn pull_with(link: &mut Link, ops: Vec<CapabilityOp>) -> Vec<MailboxItem> 
     items
 }
 
-/// Pulls (and deletes) until the mailbox has been empty for a while: every packet sent before
-/// has been stored or refused by then. Returns the items by sender tag.
-async fn drain(link: &mut Link) -> HashMap<u8, usize> {
-    let mut got = HashMap::new();
+/// Pulls (and deletes) until at least `expect` (tag, count) has arrived and then the mailbox
+/// has stayed empty for a while, so that a loaded machine's slow disk cannot end the count
+/// early. Returns the items by sender tag.
+async fn drain_expecting(link: &mut Link, expect: &[(u8, usize)]) -> HashMap<u8, usize> {
+    let mut got: HashMap<u8, usize> = HashMap::new();
     let mut quiet_since = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while quiet_since.elapsed() < Duration::from_millis(1500) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let enough = |got: &HashMap<u8, usize>| {
+        expect
+            .iter()
+            .all(|(tag, n)| got.get(tag).copied().unwrap_or(0) >= *n)
+    };
+    while !enough(&got) || quiet_since.elapsed() < Duration::from_secs(2) {
         assert!(Instant::now() < deadline, "the mailbox never settled");
         let items = pull_with(link, Vec::new()).await;
         if items.is_empty() {
@@ -84,6 +90,10 @@ async fn drain(link: &mut Link) -> HashMap<u8, usize> {
         }
     }
     got
+}
+
+async fn drain(link: &mut Link) -> HashMap<u8, usize> {
+    drain_expecting(link, &[]).await
 }
 
 async fn send(link: &mut Link, packets: &[Vec<u8>]) {
@@ -216,16 +226,30 @@ async fn a_flood_through_one_capability_or_first_contact_leaves_room_for_every_o
         ),
     )
     .await;
-    let got = drain(&mut owner_link).await;
+    let got = drain_expecting(
+        &mut owner_link,
+        &[
+            (FLOODER, CAPABILITY_QUOTA as usize),
+            (STRANGER, FIRST_CONTACT_QUOTA as usize),
+            (FRIEND_TAG, FRIEND),
+        ],
+    )
+    .await;
     let flood_secs = started.elapsed().as_secs_f64();
     let from_flooder = got.get(&FLOODER).copied().unwrap_or(0);
     let from_friend = got.get(&FRIEND_TAG).copied().unwrap_or(0);
     let from_stranger = got.get(&STRANGER).copied().unwrap_or(0);
     assert_eq!(got.len(), 3, "only these three sent: {got:?}");
     let mut flooder_link = connect(&addr, &keys, &flooder.secret_bytes()).await;
-    let flooder_acks = drain(&mut flooder_link).await.values().sum::<usize>();
+    let flooder_acks = drain_expecting(&mut flooder_link, &[(FLOODER, CAPABILITY_QUOTA as usize)])
+        .await
+        .values()
+        .sum::<usize>();
     let mut friend_acks_link = connect(&addr, &keys, &friend.secret_bytes()).await;
-    let friend_acks = drain(&mut friend_acks_link).await.values().sum::<usize>();
+    let friend_acks = drain_expecting(&mut friend_acks_link, &[(FRIEND_TAG, FRIEND)])
+        .await
+        .values()
+        .sum::<usize>();
     let report = format!(
         "capability flood: {FLOOD} through one capability (quota {CAPABILITY_QUOTA}) and {FLOOD} \
          through the raw id (first-contact quota {FIRST_CONTACT_QUOTA}), mailbox quota \
@@ -285,11 +309,14 @@ async fn a_flood_through_one_capability_or_first_contact_leaves_room_for_every_o
         &plain(&h, public.final_destination(), STRANGER, 1),
     )
     .await;
-    let got = drain(&mut owner_link).await;
+    let got = drain_expecting(&mut owner_link, &[(FRIEND_TAG, FRIEND), (STRANGER, 1)]).await;
     let mut flooder_link = connect(&addr, &keys, &flooder.secret_bytes()).await;
     let flooder_acks = drain(&mut flooder_link).await.values().sum::<usize>();
     let mut friend_acks_link = connect(&addr, &keys, &friend.secret_bytes()).await;
-    let friend_acks = drain(&mut friend_acks_link).await.values().sum::<usize>();
+    let friend_acks = drain_expecting(&mut friend_acks_link, &[(FRIEND_TAG, FRIEND)])
+        .await
+        .values()
+        .sum::<usize>();
     let report = format!(
         "after revoking the flooder and a SIGKILL restart: stored {got:?} (by tag: 240 \
          flooder, 176 friend, 80 first contact), {flooder_acks} acks to the flooder, \
@@ -397,7 +424,7 @@ async fn capabilities_travel_in_bundles_and_a_revoked_one_is_refused_on_a_whole_
             .await
             .unwrap()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     alice
         .send(&bob_for[0], transaction("alice.example", 100))
         .await
