@@ -14,7 +14,8 @@ mod frame_type {
     pub const DELETE_DONE: u8 = 5;
     pub const ERROR: u8 = 6;
     pub const PADDING: u8 = 7;
-    pub const CAPABILITY_PULL: u8 = 8;
+    // 9: 8 is BULK_PULL_REQUEST (catch-up pulls), built beside this.
+    pub const CAPABILITY_PULL: u8 = 9;
 }
 
 /// One command on a link. All variants encode to exactly [`FRAME_LEN`] bytes.

@@ -261,7 +261,7 @@ fn frames_round_trip() {
 #[test]
 fn unknown_type_is_rejected() {
     let mut bytes = encode(&Frame::Padding);
-    for ty in [0u8, 9, 0xff] {
+    for ty in [0u8, 10, 0xff] {
         bytes[0] = ty;
         assert_eq!(
             Frame::decode(&bytes),
