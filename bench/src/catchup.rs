@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use spore_client::{RateOverrides, Transport};
-use spore_protocol::{FederationRequest, MailboxKey, SporeAddress};
+use spore_protocol::{FederationRequest, MailboxKey};
 
 use crate::client::{Network, ThroughputConfig, load_avg_1m, start_transport};
 use crate::error::Result;
@@ -125,18 +125,48 @@ pub async fn run(cfg: &CatchUpConfig) -> Result<CatchUpReport> {
         [] => bail!("the network has no entry/mailbox relay"),
     };
     let pull_interval = Duration::from_millis(directory.params.pull_interval_ms);
+    let data = tempfile::tempdir()?;
     let fast_key = MailboxKey::generate(&mut rand::rng());
     let slow_key = MailboxKey::generate(&mut rand::rng());
-    let address = |key: &MailboxKey| SporeAddress {
-        mailbox_relays: vec![far],
-        mailbox_key: key.public().to_bytes(),
+    // Per-contact capabilities (issue 16): each recipient hands its senders capabilities,
+    // registered with its mailbox relay, as a homeserver does at first contact; the backlog
+    // comes from several peers (a capability holds at most CAPABILITY_QUOTA_ITEMS).
+    let peers = cfg.items.div_ceil(5_000).max(1);
+    let capabilities = |dir: &'static str, key: MailboxKey, n: usize| {
+        let path = data.path().join(dir);
+        let directory_path = directory_path.clone();
+        async move {
+            let t = start_transport(
+                &path,
+                key,
+                far,
+                &directory_path,
+                authority_key,
+                RateOverrides::default(),
+                1,
+                true,
+            )
+            .await?;
+            let mut addresses = Vec::new();
+            for peer in 0..n {
+                addresses.push(
+                    t.capability_address_for(&format!("bench-peer-{peer}"))
+                        .await?,
+                );
+            }
+            // Registration rides the next pulls; a few pull intervals are plenty.
+            tokio::time::sleep(pull_interval * 6 + Duration::from_secs(1)).await;
+            t.shutdown().await;
+            Ok::<_, crate::BenchError>(addresses)
+        }
     };
+    let fast_addresses = capabilities("fast", fast_key.clone(), peers).await?;
+    let slow_addresses = capabilities("slow", slow_key.clone(), 1).await?;
     // Twice what the fixed cadence can take in the window, so its pulls stay full.
     let per_pull = spore_protocol::params::PULL_SLOTS as f64;
     let slow_items = (2.0 * cfg.baseline_seconds * per_pull / pull_interval.as_secs_f64().max(1e-3))
         .ceil() as usize;
 
-    let data = tempfile::tempdir()?;
     let sender = start_transport(
         &data.path().join("sender"),
         MailboxKey::generate(&mut rand::rng()),
@@ -151,10 +181,11 @@ pub async fn run(cfg: &CatchUpConfig) -> Result<CatchUpReport> {
     let t_fill = Instant::now();
     for n in 0..cfg.items.max(slow_items) {
         if n < cfg.items {
-            sender.send(&address(&fast_key), small_request(n)).await?;
+            let to = &fast_addresses[n % fast_addresses.len()];
+            sender.send(to, small_request(n)).await?;
         }
         if n < slow_items {
-            sender.send(&address(&slow_key), small_request(n)).await?;
+            sender.send(&slow_addresses[0], small_request(n)).await?;
         }
     }
     let queued = (cfg.items + slow_items) as u64;

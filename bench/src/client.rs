@@ -414,6 +414,7 @@ pub async fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport> 
     };
     // An offline recipient on the other mailbox relay: nobody pulls its mailbox.
     let recipient = SporeAddress {
+        capability: None,
         mailbox_relays: vec![far],
         mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };

@@ -69,6 +69,8 @@ fn unlimited() -> MailboxLimits {
         quota_items: u64::MAX,
         quota_bytes: u64::MAX,
         disk_budget_bytes: u64::MAX,
+        first_contact_items: u64::MAX,
+        first_contact_bytes: u64::MAX,
     }
 }
 

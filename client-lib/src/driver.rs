@@ -38,6 +38,9 @@ use crate::shared::{Command, Shared, stopped};
 /// Packets built with the Sphinx factory against the current directory.
 struct FactorySource {
     shared: Arc<Shared>,
+    /// Which mailbox relay link this source's sender drives (0 first, 1 second): each link
+    /// registers our capabilities with its own relay.
+    link: usize,
 }
 
 impl PacketSource for FactorySource {
@@ -69,6 +72,10 @@ impl PacketSource for FactorySource {
         if let Ok(mut q) = self.shared.quarantined.lock() {
             *q = excluded;
         }
+    }
+
+    fn capability_ops(&mut self) -> Vec<spore_protocol::CapabilityOp> {
+        self.shared.capabilities.next_ops(self.link)
     }
 }
 
@@ -143,6 +150,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         };
         let source = FactorySource {
             shared: shared.clone(),
+            link: 1,
         };
         let sender_rng = StdRng::from_rng(&mut rng);
         RelayLink::new(
@@ -155,6 +163,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
     });
     let source = FactorySource {
         shared: shared.clone(),
+        link: 0,
     };
     let sender = Sender::new(config, source, rng, shared.counters.clone(), now);
     let mut driver = Driver {

@@ -88,6 +88,7 @@ mod tests {
         };
         assert!(sender_matches(&[9; 32], &bundle), "no address named");
         bundle.sender = Some(spore_protocol::SporeAddress {
+            capability: None,
             mailbox_relays: vec![spore_protocol::RelayId([1; 32])],
             mailbox_key: [9; 32],
         });

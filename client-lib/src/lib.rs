@@ -32,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod builder;
+mod capabilities;
 mod config;
 mod dedup;
 mod directory;
@@ -50,6 +51,7 @@ mod shared;
 mod store;
 mod transport;
 
+pub use capabilities::{CAPABILITY_QUOTA_BYTES, CAPABILITY_QUOTA_ITEMS, peer_label};
 pub use config::{
     DirectoryConfig, DirectorySource, RateOverrides, Rates, Timeouts, TransportConfig, Trust,
 };

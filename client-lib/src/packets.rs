@@ -111,7 +111,7 @@ impl PacketFactory<'_> {
         let delays = sample_delays(rng, self.rates.mu, FORWARD_HOPS, self.rates.max_delay)?;
         let bytes = build_packet(
             &route,
-            destination.mailbox_id(),
+            destination.final_destination(),
             random_surb_id(rng),
             &delays,
             &payload,

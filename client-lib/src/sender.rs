@@ -106,6 +106,10 @@ pub(crate) trait PacketSource {
     fn is_ack(&self, recovery: &Self::Recovery, payload: &[u8]) -> bool;
     /// From now on, build routes avoiding these mixes (quarantined: see `quarantine.rs`).
     fn set_excluded(&mut self, excluded: HashSet<RelayId>);
+    /// Capability ops for the next pull request (`capabilities.rs`); none by default.
+    fn capability_ops(&mut self) -> Vec<spore_protocol::CapabilityOp> {
+        Vec::new()
+    }
 }
 
 /// A fragment for the build threads: its key, destination and encoded bytes.
@@ -542,6 +546,7 @@ impl<S: PacketSource> Sender<S> {
             Frame::Packet(_)
             | Frame::PullRequest
             | Frame::BulkPullRequest
+            | Frame::CapabilityPull { .. }
             | Frame::Delete { .. } => {
                 tracing::debug!("unexpected frame from the relay; reconnecting");
                 self.close_link("unexpected frame");
@@ -1019,8 +1024,14 @@ impl<S: PacketSource> Sender<S> {
         // ticks would be skipped whenever the relay's disk is slow.
         let (started, slots) = if self.catching_up {
             (self.pull.start_bulk(), BULK_PULL_SLOTS)
+        } else if self.pull.phase() != ClientPhase::Idle {
+            return;
         } else {
-            (self.pull.start(), PULL_SLOTS)
+            // Capability registrations ride in the pull requests of the fixed cadence.
+            (
+                self.pull.start_with(self.source.capability_ops()),
+                PULL_SLOTS,
+            )
         };
         if let Ok(frame) = started {
             self.pull_since = now;

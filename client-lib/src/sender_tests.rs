@@ -248,6 +248,7 @@ struct Pair {
 
 fn address() -> SporeAddress {
     SporeAddress {
+        capability: None,
         mailbox_relays: vec![RelayId([1; 32])],
         mailbox_key: [2; 32],
     }

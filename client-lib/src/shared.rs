@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// Mixes the sender quarantined (route choice): the packet factory avoids them, on the
     /// driver's task and on the build threads alike.
     pub quarantined: Mutex<HashSet<RelayId>>,
+    /// Capabilities we gave, for the pull requests to register (`capabilities.rs`).
+    pub capabilities: crate::capabilities::CapabilityCycle,
 }
 
 impl Shared {

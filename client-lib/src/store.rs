@@ -10,6 +10,8 @@
 //! | `in_done` | message id | completed at | swallows late duplicate fragments |
 //! | `seen` | dedup key | delivered at | `(sender key, origin, txnId)` is delivered once |
 //! | `inbox` | inbound id | the request bundle | handed to the consumer until acked |
+//! | `cap_given` | peer label, generation | revoked | capabilities we gave (derived from our key, never stored) |
+//! | `cap_learned` | peer mailbox key | capability | what a peer gave us, used when we send to it |
 //!
 //! Why SQLite and these settings (issue 15, "data at rest"): once a message is delivered and
 //! acked, only ids stay (`in_done`, `seen`), and its content must be gone from the disk, not
@@ -143,6 +145,18 @@ const SCHEMA: &str = "
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         bundle BLOB NOT NULL
     );
+    -- Per-contact capabilities (issue 16): one row per capability we gave a peer; the newest
+    -- generation of a peer is its current one unless revoked.
+    CREATE TABLE IF NOT EXISTS cap_given (
+        peer TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        revoked INTEGER NOT NULL,
+        PRIMARY KEY (peer, generation)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS cap_learned (
+        mailbox_key BLOB PRIMARY KEY NOT NULL,
+        capability BLOB NOT NULL
+    ) WITHOUT ROWID;
 ";
 
 /// Bounds on what inbound reassembly may hold on disk; every one is reachable by a hostile
@@ -812,6 +826,129 @@ fn warn_about_sled_data(dir: &Path) {
     }
 }
 
+/// One capability we gave: the peer's label, its generation, and whether it is revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenCapability {
+    pub peer: String,
+    pub generation: u32,
+    pub revoked: bool,
+}
+
+impl Store {
+    // ----- capabilities (issue 16) -----
+
+    /// The current generation of the capability we give `peer`, made (the next generation) if
+    /// the peer has none, and whether it was made now. Not yet flushed.
+    pub fn capability_generation(&self, peer: &str) -> Result<(u32, bool)> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        let current: Option<(i64, bool)> = tx
+            .query_row(
+                "SELECT generation, revoked FROM cap_given WHERE peer = ?1
+                 ORDER BY generation DESC LIMIT 1",
+                params![peer],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(storage)?;
+        let generation = match current {
+            Some((g, false)) => {
+                let g = u32::try_from(g).map_err(|_| ClientError::Corrupt("capability"))?;
+                return Ok((g, false));
+            }
+            Some((g, true)) => g + 1,
+            None => 0,
+        };
+        tx.execute(
+            "INSERT INTO cap_given (peer, generation, revoked) VALUES (?1, ?2, 0)",
+            params![peer, generation],
+        )
+        .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        let generation =
+            u32::try_from(generation).map_err(|_| ClientError::Corrupt("capability"))?;
+        Ok((generation, true))
+    }
+
+    /// Revokes `peer`'s current capability (if any); its next one will be a new generation.
+    /// Returns the revoked generation. Not yet flushed.
+    pub fn revoke_capability(&self, peer: &str) -> Result<Option<u32>> {
+        let db = self.db();
+        let revoked: Option<i64> = db
+            .query_row(
+                "UPDATE cap_given SET revoked = 1
+                 WHERE peer = ?1 AND revoked = 0 RETURNING generation",
+                params![peer],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        revoked
+            .map(|g| u32::try_from(g).map_err(|_| ClientError::Corrupt("capability")))
+            .transpose()
+    }
+
+    /// Every capability we ever gave, for registering them with the mailbox relay.
+    pub fn given_capabilities(&self) -> Result<Vec<GivenCapability>> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT peer, generation, revoked FROM cap_given ORDER BY peer, generation")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, bool>(2)?,
+                ))
+            })
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (peer, generation, revoked) = row.map_err(storage)?;
+            let generation =
+                u32::try_from(generation).map_err(|_| ClientError::Corrupt("capability"))?;
+            out.push(GivenCapability {
+                peer,
+                generation,
+                revoked,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Remembers the capability the peer with this mailbox key gave us. Not yet flushed.
+    pub fn learn_capability(&self, mailbox_key: &[u8; 32], capability: &[u8; 32]) -> Result<()> {
+        self.db()
+            .execute(
+                "INSERT INTO cap_learned (mailbox_key, capability) VALUES (?1, ?2)
+                 ON CONFLICT (mailbox_key) DO UPDATE SET capability = excluded.capability",
+                params![&mailbox_key[..], &capability[..]],
+            )
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// The capability the peer with this mailbox key gave us, if any.
+    pub fn learned_capability(&self, mailbox_key: &[u8; 32]) -> Result<Option<[u8; 32]>> {
+        let bytes: Option<Vec<u8>> = self
+            .db()
+            .query_row(
+                "SELECT capability FROM cap_learned WHERE mailbox_key = ?1",
+                params![&mailbox_key[..]],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        bytes
+            .map(|b| {
+                b.try_into()
+                    .map_err(|_| ClientError::Corrupt("learned capability"))
+            })
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -820,6 +957,7 @@ mod tests {
 
     fn address() -> SporeAddress {
         SporeAddress {
+            capability: None,
             mailbox_relays: vec![RelayId([1; 32])],
             mailbox_key: [2; 32],
         }
@@ -832,6 +970,49 @@ mod tests {
             count,
             data: vec![index as u8; 10],
         }
+    }
+
+    #[test]
+    fn capabilities_given_and_learned_survive_reopen_and_revocation_bumps_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+            assert_eq!(store.capability_generation("bob").unwrap(), (0, true));
+            assert_eq!(
+                store.capability_generation("bob").unwrap(),
+                (0, false),
+                "stable"
+            );
+            assert_eq!(store.capability_generation("carol").unwrap(), (0, true));
+            assert_eq!(store.revoke_capability("bob").unwrap(), Some(0));
+            assert_eq!(
+                store.revoke_capability("bob").unwrap(),
+                None,
+                "nothing left"
+            );
+            assert_eq!(store.revoke_capability("nobody").unwrap(), None);
+            store.learn_capability(&[7; 32], &[8; 32]).unwrap();
+            store.learn_capability(&[7; 32], &[9; 32]).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        assert_eq!(
+            store.capability_generation("bob").unwrap(),
+            (1, true),
+            "a new one"
+        );
+        let given = store.given_capabilities().unwrap();
+        let g = |peer: &str, generation, revoked| GivenCapability {
+            peer: peer.into(),
+            generation,
+            revoked,
+        };
+        assert_eq!(
+            given,
+            [g("bob", 0, true), g("bob", 1, false), g("carol", 0, false)]
+        );
+        assert_eq!(store.learned_capability(&[7; 32]).unwrap(), Some([9; 32]));
+        assert_eq!(store.learned_capability(&[1; 32]).unwrap(), None);
     }
 
     #[tokio::test]

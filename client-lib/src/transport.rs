@@ -85,7 +85,7 @@ pub struct InboundRequest {
 /// ```
 #[derive(Clone)]
 pub struct Transport {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -156,6 +156,7 @@ impl Transport {
         let key = config.mailbox_key.clone();
         // Senders store at every relay the address names, and we pull from each.
         let address = SporeAddress {
+            capability: None,
             mailbox_relays: std::iter::once(config.mailbox_relay)
                 .chain(config.second_mailbox_relay)
                 .collect(),
@@ -180,7 +181,9 @@ impl Transport {
             server_keys: Mutex::new(None),
             shutdown,
             quarantined: Mutex::new(Default::default()),
+            capabilities: Default::default(),
         });
+        shared.capabilities.load(&shared.key, &shared.store)?;
 
         // A crash between storing a message's last fragment and delivering it: finish now.
         receiver::finish_interrupted(&shared).await?;
@@ -282,7 +285,7 @@ impl Transport {
         server_keys: Option<Vec<u8>>,
     ) -> Result<MessageId> {
         let origin = self.shared.config.server_name.clone();
-        let sender = self.shared.address.clone();
+        let sender = self.sender_address_for(destination).await?;
         let to = destination.clone();
         // Built inside the store's transaction when sequenced: the number is sealed in the
         // bundle, and taken only if the message carrying it is queued.

@@ -588,6 +588,7 @@ mod tests {
         Bundle {
             origin: "hs-a.example".into(),
             sender: Some(SporeAddress {
+                capability: None,
                 mailbox_relays: vec![RelayId(key(12))],
                 mailbox_key: key(13),
             }),
@@ -702,6 +703,7 @@ mod tests {
         Bundle {
             origin: "a.example".into(),
             sender: Some(SporeAddress {
+                capability: None,
                 mailbox_relays: vec![RelayId([1; 32]), RelayId([2; 32])],
                 mailbox_key: [3; 32],
             }),
@@ -1081,6 +1083,7 @@ mod tests {
                 any::<[u8; 32]>(),
             )
                 .prop_map(|(relays, mailbox_key)| SporeAddress {
+                    capability: None,
                     mailbox_relays: relays.into_iter().map(RelayId).collect(),
                     mailbox_key,
                 }),

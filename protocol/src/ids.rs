@@ -6,6 +6,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use crate::capability::CapabilityId;
 use crate::codec::{Reader, Writer};
 use crate::error::{InvalidMessage, Result};
 
@@ -120,9 +121,16 @@ impl fmt::Debug for MailboxKey {
 }
 
 /// What a homeserver publishes so others can send to it: where its mailbox lives (one or two
-/// relays, for availability) and the key fragments are sealed to.
+/// relays, for availability) and the key fragments are sealed to; and, in the address it gives
+/// one particular peer, that peer's capability (see [`crate::capability`]).
+///
+/// Encoding: version 1 is relays and key; version 2 adds the 32-byte capability. An address
+/// without a capability is always written as version 1, so older readers still read it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SporeAddress {
+    /// The capability this address's holder sends through, if the owner gave it one; `None`
+    /// is the public "first contact" address, which the mailbox relay holds to a small quota.
+    pub capability: Option<CapabilityId>,
     pub mailbox_relays: Vec<RelayId>,
     pub mailbox_key: [u8; 32],
 }
@@ -130,9 +138,28 @@ pub struct SporeAddress {
 impl SporeAddress {
     pub const MAX_MAILBOX_RELAYS: usize = 2;
     const VERSION: u8 = 1;
+    const VERSION_WITH_CAPABILITY: u8 = 2;
 
     pub fn mailbox_id(&self) -> MailboxId {
         MailboxId::for_key_bytes(&self.mailbox_key)
+    }
+
+    /// Where a sender's packets for this address end: the capability's destination when the
+    /// address carries one, else the raw mailbox id (first contact).
+    pub fn final_destination(&self) -> MailboxId {
+        let mailbox = self.mailbox_id();
+        match &self.capability {
+            Some(cap) => cap.destination(&mailbox),
+            None => mailbox,
+        }
+    }
+
+    /// The same address with `capability` (or none): what the owner hands one peer.
+    pub fn with_capability(&self, capability: Option<CapabilityId>) -> Self {
+        Self {
+            capability,
+            ..self.clone()
+        }
     }
 
     pub fn mailbox_public_key(&self) -> PublicKey {
@@ -140,17 +167,23 @@ impl SporeAddress {
     }
 
     pub fn encode(&self, w: &mut Writer) {
-        w.u8(Self::VERSION);
+        w.u8(match self.capability {
+            None => Self::VERSION,
+            Some(_) => Self::VERSION_WITH_CAPABILITY,
+        });
         w.u8(u8::try_from(self.mailbox_relays.len()).unwrap_or(u8::MAX));
         for r in &self.mailbox_relays {
             w.bytes(&r.0);
         }
         w.bytes(&self.mailbox_key);
+        if let Some(cap) = &self.capability {
+            w.bytes(&cap.0);
+        }
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self> {
         let v = r.u8()?;
-        if v != Self::VERSION {
+        if v != Self::VERSION && v != Self::VERSION_WITH_CAPABILITY {
             return Err(InvalidMessage::Unknown {
                 what: "spore address version",
                 value: v.into(),
@@ -165,9 +198,15 @@ impl SporeAddress {
         for _ in 0..n {
             mailbox_relays.push(RelayId(r.array()?));
         }
+        let mailbox_key = r.array()?;
+        let capability = match v {
+            Self::VERSION_WITH_CAPABILITY => Some(CapabilityId(r.array()?)),
+            _ => None,
+        };
         Ok(Self {
+            capability,
             mailbox_relays,
-            mailbox_key: r.array()?,
+            mailbox_key,
         })
     }
 
@@ -204,6 +243,7 @@ impl fmt::Debug for SporeAddress {
         f.debug_struct("SporeAddress")
             .field("mailbox_relays", &self.mailbox_relays)
             .field("mailbox_id", &self.mailbox_id())
+            .field("capability", &self.capability)
             .finish()
     }
 }
@@ -218,6 +258,7 @@ mod tests {
     fn address_text_round_trips() {
         let key = MailboxKey::generate(&mut rand::rng());
         let a = SporeAddress {
+            capability: None,
             mailbox_relays: vec![RelayId([7; 32]), RelayId([9; 32])],
             mailbox_key: key.public().to_bytes(),
         };
@@ -226,7 +267,58 @@ mod tests {
         assert_eq!(back.mailbox_id(), key.mailbox_id());
     }
 
+    #[test]
+    fn an_address_with_a_capability_round_trips_and_one_without_stays_version_1() {
+        let key = MailboxKey::generate(&mut rand::rng());
+        let plain = SporeAddress {
+            capability: None,
+            mailbox_relays: vec![RelayId([7; 32])],
+            mailbox_key: key.public().to_bytes(),
+        };
+        assert_eq!(plain.to_bytes()[0], 1, "readers of version 1 still read it");
+        assert_eq!(plain.final_destination(), key.mailbox_id());
+        let cap = CapabilityId::derive(&key, "bob", 3);
+        let with = plain.with_capability(Some(cap));
+        assert_eq!(with.to_bytes()[0], 2);
+        assert_eq!(with.to_bytes().len(), plain.to_bytes().len() + 32);
+        let back = SporeAddress::from_text(&with.to_text()).unwrap();
+        assert_eq!(back, with);
+        assert_eq!(back.mailbox_id(), key.mailbox_id());
+        assert_eq!(back.final_destination(), cap.destination(&key.mailbox_id()));
+        assert_ne!(back.final_destination(), key.mailbox_id());
+    }
+
+    #[test]
+    fn a_version_1_address_from_before_capabilities_decodes() {
+        // Bytes as the version-1 encoder wrote them: version, count, relay, key.
+        let mut bytes = vec![1u8, 1];
+        bytes.extend([7u8; 32]);
+        bytes.extend([9u8; 32]);
+        let a = SporeAddress::from_bytes(&bytes).unwrap();
+        assert_eq!(a.capability, None);
+        assert_eq!(a.mailbox_key, [9; 32]);
+    }
+
     proptest! {
+        #[test]
+        fn extended_address_with_capability_is_rejected(extra in 1usize..8, cap in any::<[u8; 32]>()) {
+            let a = SporeAddress {
+                capability: Some(CapabilityId(cap)),
+                mailbox_relays: vec![RelayId([1; 32]), RelayId([3; 32])],
+                mailbox_key: [2; 32],
+            };
+            let mut b = a.to_bytes();
+            prop_assert_eq!(SporeAddress::from_bytes(&b).unwrap(), a);
+            let full = b.len();
+            b.extend(std::iter::repeat_n(0u8, extra));
+            prop_assert!(SporeAddress::from_bytes(&b).is_err());
+            prop_assert!(SporeAddress::from_bytes(&b[..full - 1]).is_err());
+            // The same bytes read as version 1 leave the capability over: rejected.
+            let mut v1 = b[..full].to_vec();
+            v1[0] = 1;
+            prop_assert!(SporeAddress::from_bytes(&v1).is_err());
+        }
+
         #[test]
         fn address_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = SporeAddress::from_bytes(&data);
@@ -234,7 +326,7 @@ mod tests {
 
         #[test]
         fn extended_address_is_rejected(extra in 1usize..8) {
-            let a = SporeAddress { mailbox_relays: vec![RelayId([1; 32])], mailbox_key: [2; 32] };
+            let a = SporeAddress { capability: None, mailbox_relays: vec![RelayId([1; 32])], mailbox_key: [2; 32] };
             let mut b = a.to_bytes();
             let full = b.len();
             b.extend(std::iter::repeat_n(0u8, extra));

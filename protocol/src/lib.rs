@@ -20,6 +20,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bundle;
+pub mod capability;
 pub mod codec;
 pub mod directory;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod route;
 pub mod seal;
 
 pub use bundle::{Bundle, BundleBody, FederationRequest, FederationResponse, pack, unpack};
+pub use capability::{CapabilityId, CapabilityOp};
 pub use directory::{
     AuthoritySignature, DescriptorFields, Directory, NetworkParams, RelayDescriptor, Roles,
     SphinxKey,

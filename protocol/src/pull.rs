@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
+use crate::capability::CapabilityOp;
 use crate::link::{Frame, MAX_DELETE_HANDLES, MailboxItem, PullSlot};
 use crate::params::{BULK_PULL_SLOTS, PULL_SLOTS};
 
@@ -135,12 +136,28 @@ impl ClientPull {
     /// Starts a pull: the frame to send. Only from [`ClientPhase::Idle`] (a `DeleteDone` may
     /// still be on its way).
     pub fn start(&mut self) -> Result<Frame, PullError> {
-        self.begin(Frame::PullRequest, PULL_SLOTS)
+        self.start_with(Vec::new())
     }
 
     /// Starts a catch-up pull of [`BULK_PULL_SLOTS`] slots; otherwise as [`ClientPull::start`].
+    /// It carries no capability ops: those ride in the ordinary pulls of the fixed cadence.
     pub fn start_bulk(&mut self) -> Result<Frame, PullError> {
         self.begin(Frame::BulkPullRequest, BULK_PULL_SLOTS)
+    }
+
+    /// [`ClientPull::start`], carrying capability `ops` (at most
+    /// [`MAX_CAPABILITY_OPS`](crate::capability::MAX_CAPABILITY_OPS)) in the pull request:
+    /// a [`Frame::CapabilityPull`] when there are any, a plain `PullRequest` otherwise.
+    pub fn start_with(&mut self, ops: Vec<CapabilityOp>) -> Result<Frame, PullError> {
+        if ops.len() > crate::capability::MAX_CAPABILITY_OPS {
+            return Err(PullError::ApiMisuse("too many capability ops for one pull"));
+        }
+        let request = if ops.is_empty() {
+            Frame::PullRequest
+        } else {
+            Frame::CapabilityPull { ops }
+        };
+        self.begin(request, PULL_SLOTS)
     }
 
     fn begin(&mut self, request: Frame, slots: usize) -> Result<Frame, PullError> {
@@ -287,10 +304,10 @@ impl RelayPull {
         RelayPull::Idle
     }
 
-    /// Answers `request` (a `PullRequest` or `BulkPullRequest`) with `items` (at most
-    /// [`RelayPull::slots_for`] the request, as read from the mailbox), padded with dummy slots
-    /// to exactly that many frames. A pull while the previous one's `Delete` is owed replaces
-    /// it.
+    /// Answers `request` (a `PullRequest`, `CapabilityPull` (whose ops the caller has applied)
+    /// or `BulkPullRequest`) with `items` (at most [`RelayPull::slots_for`] the request, as read
+    /// from the mailbox), padded with dummy slots to exactly that many frames. A pull while the
+    /// previous one's `Delete` is owed replaces it.
     pub fn answer(
         self,
         request: &Frame,
@@ -318,7 +335,7 @@ impl RelayPull {
     /// this many items (at most) from the mailbox before [`RelayPull::answer`].
     pub fn slots_for(request: &Frame) -> Option<usize> {
         match request {
-            Frame::PullRequest => Some(PULL_SLOTS),
+            Frame::PullRequest | Frame::CapabilityPull { .. } => Some(PULL_SLOTS),
             Frame::BulkPullRequest => Some(BULK_PULL_SLOTS),
             _ => None,
         }
@@ -557,6 +574,32 @@ mod tests {
             RelayPull::new()
                 .answer(&Frame::PullRequest, too_many)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn capability_ops_ride_in_the_pull_request_and_the_answer_is_the_same() {
+        use crate::capability::{CapabilityId, MAX_CAPABILITY_OPS};
+        let op = CapabilityOp::Revoke {
+            capability: CapabilityId([1; 32]),
+        };
+        let mut client = ClientPull::new();
+        assert!(
+            client.start_with(vec![op; MAX_CAPABILITY_OPS + 1]).is_err(),
+            "more ops than a frame holds"
+        );
+        let request = client.start_with(vec![op]).unwrap();
+        assert_eq!(request, Frame::CapabilityPull { ops: vec![op] });
+        let (_, slots) = RelayPull::new().answer(&request, vec![item(1)]).unwrap();
+        assert_eq!(slots.len(), PULL_SLOTS);
+        let mut got = None;
+        for slot in slots {
+            got = client.handle_frame(slot).unwrap().or(got);
+        }
+        assert_eq!(got.unwrap().len(), 1);
+        assert_eq!(
+            ClientPull::new().start_with(Vec::new()),
+            Ok(Frame::PullRequest)
         );
     }
 

@@ -118,6 +118,12 @@ pub struct MailboxConfig {
     pub retention_secs: u64,
     /// How often the retention sweeper runs.
     pub sweep_interval_secs: u64,
+    /// Items a mailbox accepts through its raw id ("first contact": senders without a
+    /// capability, and unknown capabilities), within `quota_items`. Peers the owner gave a
+    /// capability each have their own quota, which the owner chooses.
+    pub first_contact_quota_items: u64,
+    /// Payload bytes through the raw id, within `quota_bytes`.
+    pub first_contact_quota_bytes: u64,
 }
 
 impl Default for MailboxConfig {
@@ -128,6 +134,8 @@ impl Default for MailboxConfig {
             disk_budget_bytes: 8 << 30,
             retention_secs: 7 * 24 * 3600,
             sweep_interval_secs: 600,
+            first_contact_quota_items: 2_000,
+            first_contact_quota_bytes: 4 << 20,
         }
     }
 }
@@ -501,6 +509,9 @@ quota_bytes = {quota_bytes}
 disk_budget_bytes = {disk_budget}
 retention_secs = {retention}
 sweep_interval_secs = {sweep}
+# Of quota_items/quota_bytes, what senders without a capability (first contact) may fill.
+first_contact_quota_items = {first_contact_items}
+first_contact_quota_bytes = {first_contact_bytes}
 
 [directory]
 # The signed directory, as published by the authorities: a file, or an authority's URL.
@@ -543,6 +554,8 @@ refresh_secs = 60
             disk_budget = b.disk_budget_bytes,
             retention = b.retention_secs,
             sweep = b.sweep_interval_secs,
+            first_contact_items = b.first_contact_quota_items,
+            first_contact_bytes = b.first_contact_quota_bytes,
         )
     }
 }

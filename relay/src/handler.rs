@@ -264,8 +264,11 @@ impl Handler {
             }
             let next = match frame {
                 Frame::Packet(p) => self.packet(p),
-                Frame::PullRequest => self.pull_request(Frame::PullRequest).await,
-                Frame::BulkPullRequest => self.pull_request(Frame::BulkPullRequest).await,
+                Frame::PullRequest => self.pull_request(Frame::PullRequest, Vec::new()).await,
+                Frame::BulkPullRequest => {
+                    self.pull_request(Frame::BulkPullRequest, Vec::new()).await
+                }
+                Frame::CapabilityPull { ops } => self.pull_request(Frame::PullRequest, ops).await,
                 Frame::Delete { handles } => self.delete(handles).await,
                 Frame::Padding => Next::Continue,
                 Frame::Error { code } => self.peer_error(code),
@@ -303,8 +306,14 @@ impl Handler {
     }
 
     /// A pull: the [`PULL_SLOTS`] slots of the link's own mailbox (`BULK_PULL_SLOTS` for a
-    /// catch-up pull), as [`RelayPull`] pads them.
-    async fn pull_request(&mut self, request: Frame) -> Next {
+    /// catch-up pull), as [`RelayPull`] pads them. Capability `ops` the pull carried are
+    /// applied (durably) first, for the link's own mailbox only; the answer is the same
+    /// whatever they did.
+    async fn pull_request(
+        &mut self,
+        request: Frame,
+        ops: Vec<spore_protocol::CapabilityOp>,
+    ) -> Next {
         let answer_at = Instant::now() + ANSWER_FLOOR;
         let slots = RelayPull::slots_for(&request).unwrap_or(PULL_SLOTS);
         // A pull reads `slots` items: it costs as many tokens as that many packets.
@@ -326,7 +335,14 @@ impl Handler {
             return Next::Continue;
         };
         let owner = self.owner;
-        let items = match tokio::task::spawn_blocking(move || service.pull(&owner, slots)).await {
+        let items = match tokio::task::spawn_blocking(move || {
+            if !ops.is_empty() {
+                service.apply_capability_ops(&owner, &ops)?;
+            }
+            service.pull(&owner, slots)
+        })
+        .await
+        {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "mailbox read failed");

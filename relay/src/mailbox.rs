@@ -60,6 +60,18 @@ impl MailboxService {
             .collect())
     }
 
+    /// Registers and revokes capabilities of `owner`'s mailbox, durably. Blocking (one
+    /// `fdatasync` when anything changed).
+    pub fn apply_capability_ops(
+        &self,
+        owner: &MailboxId,
+        ops: &[spore_protocol::CapabilityOp],
+    ) -> Result<()> {
+        let (changed, refused) = self.store.apply_capability_ops(owner, ops)?;
+        self.metrics.capability_ops(changed, refused);
+        Ok(())
+    }
+
     /// Deletes `owner`'s items with these handles, durably; returns how many there were.
     /// Blocking (one tombstone per item, then a [`Database::commit`]).
     pub fn delete(&self, owner: &MailboxId, handles: &[u64]) -> Result<u32> {

@@ -118,6 +118,8 @@ pub struct Metrics {
     loops_sent: Counter,
     loop_loss_alarms: Counter,
     dropped: Family<ReasonLabel, Counter>,
+    /// Capability registrations and revocations from owners, by result.
+    capability_ops: Family<ReasonLabel, Counter>,
     reasons_seen: Mutex<BTreeSet<&'static str>>,
     queue_depth: Family<QueueLabel, Gauge>,
     connections_open: Gauge,
@@ -297,6 +299,7 @@ impl Metrics {
             loops_sent: Counter::default(),
             loop_loss_alarms: Counter::default(),
             dropped: Family::default(),
+            capability_ops: Family::default(),
             reasons_seen: Mutex::new(BTreeSet::new()),
             queue_depth: Family::default(),
             connections_open: Gauge::default(),
@@ -375,6 +378,11 @@ impl Metrics {
             "loop_loss_alarms",
             "Windows in which fewer of this relay's loops returned than an honest network loses",
             m.loop_loss_alarms.clone(),
+        );
+        r.register(
+            "capability_ops",
+            "Capability ops from mailbox owners: changed (registered, quota changed, revoked) or refused (revoked stays revoked, table full)",
+            m.capability_ops.clone(),
         );
         r.register(
             "packets_dropped",
@@ -546,6 +554,17 @@ impl Metrics {
     }
     pub fn loop_sent(&self) {
         self.loops_sent.inc();
+    }
+
+    /// Counts capability ops that changed the table, and ops that were refused.
+    pub fn capability_ops(&self, changed: u32, refused: u32) {
+        for (reason, n) in [("changed", changed), ("refused", refused)] {
+            if n > 0 {
+                self.capability_ops
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc_by(u64::from(n));
+            }
+        }
     }
 
     /// Counts one dropped packet (or refused frame) under a fixed reason label.

@@ -203,6 +203,8 @@ impl Parts {
             quota_items: config.mailbox.quota_items,
             quota_bytes: config.mailbox.quota_bytes,
             disk_budget_bytes: config.mailbox.disk_budget_bytes,
+            first_contact_items: config.mailbox.first_contact_quota_items,
+            first_contact_bytes: config.mailbox.first_contact_quota_bytes,
         });
         let (keys, schedule, now) = (self.keys.clone(), self.schedule, self.clock.now_unix());
         let storage = tokio::task::spawn_blocking(move || -> Result<_> {

@@ -82,7 +82,8 @@ impl Carrier for TransportCarrier {
     ) -> CarryFuture<'_, ()> {
         let address = self.address(destination);
         Box::pin(async move {
-            let address = address?;
+            let address =
+                crate::capabilities::with_peer_capability(&self.transport, address?).await;
             let (server_keys, digest) = self.keys_for(&address, server_keys);
             let id = self
                 .transport
@@ -105,7 +106,8 @@ impl Carrier for TransportCarrier {
     ) -> CarryFuture<'_, FederationResponse> {
         let address = self.address(destination);
         Box::pin(async move {
-            let address = address?;
+            let address =
+                crate::capabilities::with_peer_capability(&self.transport, address?).await;
             // A request's message id is not ours to see: only transactions record delivery.
             let (server_keys, _) = self.keys_for(&address, server_keys);
             self.transport

@@ -178,6 +178,7 @@ impl SidecarConfig {
     /// mailbox relays when a second is configured.
     pub fn address(&self) -> Result<SporeAddress> {
         Ok(SporeAddress {
+            capability: None,
             mailbox_relays: std::iter::once(self.mailbox_relay()?)
                 .chain(self.second_mailbox_relay()?)
                 .collect(),

@@ -257,6 +257,7 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64
         // Before the homeserver sees the request: while handling it, it may call the origin
         // back (missing events, keys), and that needs the origin's address.
         learn_sender(d, &inbound);
+        crate::capabilities::learn_sender_capability(&d.transport, &inbound).await;
         deliver_inbound(
             &d.homeserver,
             &d.keys,

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod capabilities;
 mod carrier;
 mod config;
 mod dead_letter;

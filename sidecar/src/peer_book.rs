@@ -357,6 +357,7 @@ mod tests {
 
     fn address(relay: u8, key: u8) -> SporeAddress {
         SporeAddress {
+            capability: None,
             mailbox_relays: vec![RelayId([relay; 32])],
             mailbox_key: [key; 32],
         }

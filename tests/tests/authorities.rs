@@ -218,6 +218,7 @@ async fn run_network() {
     };
     let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![relays[1].r().id()],
         mailbox_key: bob_key.public().to_bytes(),
     };

@@ -78,6 +78,7 @@ async fn sustained_real_fragment_throughput() {
     };
     let alice = Transport::start(config).await.unwrap();
     let bob = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };

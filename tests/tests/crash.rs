@@ -288,10 +288,12 @@ async fn sidecar_sigkilled_mid_send_delivers_every_answered_request_exactly_once
         MailboxKey::generate(&mut rand::rng()),
     );
     let alice_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),
     };
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };

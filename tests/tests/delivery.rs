@@ -23,6 +23,7 @@ async fn offline_delivery(n: usize) {
     let alice_key = MailboxKey::generate(&mut rand::rng());
     let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };

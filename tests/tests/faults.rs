@@ -346,6 +346,7 @@ async fn relay_offline_then_back(
         MailboxKey::generate(&mut rand::rng()),
     );
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };
@@ -456,6 +457,7 @@ async fn a_sender_whose_acks_are_slow_does_not_storm() {
     let mailboxes = net.mailbox_relays();
     let data = tempfile::tempdir().unwrap();
     let bob = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };

@@ -392,6 +392,7 @@ async fn fragment_bombs_and_garbage_at_a_client_are_refused_and_counted() {
         MailboxKey::generate(&mut rand::rng()),
     );
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };

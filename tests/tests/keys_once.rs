@@ -236,10 +236,12 @@ async fn a_peer_verifies_keyless_bundles_from_its_cache_also_after_a_restart() {
         MailboxKey::generate(&mut rand::rng()),
     );
     let alice_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),
     };
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };
@@ -450,6 +452,7 @@ async fn packets_per_transaction_and_fan_out_time_keys_once_vs_every_bundle() {
     let addresses: Vec<SporeAddress> = names
         .iter()
         .map(|_| SporeAddress {
+            capability: None,
             mailbox_relays: vec![mailboxes[1]],
             mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
         })

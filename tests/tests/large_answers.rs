@@ -185,6 +185,7 @@ async fn media_download_through_sidecars(len: usize) -> Duration {
         MailboxKey::generate(&mut rand::rng()),
     ];
     let addresses = [0, 1].map(|i| SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[i]],
         mailbox_key: keys[i].public().to_bytes(),
     });

@@ -347,6 +347,7 @@ fn transactions_cross_hosts_exactly_once_through_relay_kills_and_an_authority_ou
     ];
     let addresses: Vec<SporeAddress> = (0..2)
         .map(|s| SporeAddress {
+            capability: None,
             mailbox_relays: vec![relay_ids[s]],
             mailbox_key: mailbox_keys[s].public().to_bytes(),
         })

@@ -31,6 +31,7 @@ async fn link_has_the_same_frame_sizes_and_poisson_timing_busy_or_idle() {
     let alice = Transport::start(config).await.unwrap();
     // Bob is offline: his mailbox relay stores, acks flow back, nothing else changes.
     let bob = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };

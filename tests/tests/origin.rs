@@ -21,6 +21,7 @@ fn marked(txn: usize, by: &str) -> FederationRequest {
 
 fn address(relay: spore_protocol::RelayId, key: &MailboxKey) -> SporeAddress {
     SporeAddress {
+        capability: None,
         mailbox_relays: vec![relay],
         mailbox_key: key.public().to_bytes(),
     }

@@ -103,10 +103,12 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         MailboxKey::generate(&mut rand::rng()),
     );
     let alice_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),
     };
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };

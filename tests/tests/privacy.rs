@@ -59,6 +59,7 @@ async fn child_exchange() {
         println!("SECRET {}", hex::encode(key.public().to_bytes()));
     }
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };
@@ -219,6 +220,7 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     let (own, other) = (mailboxes[0], mailboxes[1]);
     let me = MailboxKey::generate(&mut rand::rng());
     let peer = SporeAddress {
+        capability: None,
         mailbox_relays: vec![other],
         mailbox_key: MailboxKey::generate(&mut rand::rng()).public().to_bytes(),
     };
@@ -268,6 +270,7 @@ async fn real_and_cover_packets_are_the_same_size_and_inspect_alike() {
     };
     let real = fragment_to(&peer, &mut rng);
     let me_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![own],
         mailbox_key: me.public().to_bytes(),
     };

@@ -55,6 +55,7 @@ async fn a_client_routes_around_a_layer_1_mix_that_drops_everything() {
     let data = tempfile::tempdir().unwrap();
     let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };

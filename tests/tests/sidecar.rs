@@ -41,10 +41,12 @@ async fn sidecar_delivers_a_transaction_once_after_homeserver_errors_and_proxies
         MailboxKey::generate(&mut rand::rng()),
     );
     let alice_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),
     };
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };
@@ -164,6 +166,7 @@ async fn a_refused_origin_is_dead_lettered_without_delaying_other_origins() {
         .map(|_| MailboxKey::generate(&mut rand::rng()))
         .collect();
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1]],
         mailbox_key: keys[1].public().to_bytes(),
     };
@@ -288,6 +291,7 @@ fn two_parties(net: &Testnet) -> ([MailboxKey; 2], [SporeAddress; 2]) {
         MailboxKey::generate(&mut rand::rng()),
     ];
     let addresses = [0, 1].map(|i| SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[i]],
         mailbox_key: keys[i].public().to_bytes(),
     });

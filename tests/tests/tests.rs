@@ -7,6 +7,7 @@
 
 mod authorities;
 mod bench;
+mod capabilities;
 mod crash;
 mod delivery;
 mod faults;

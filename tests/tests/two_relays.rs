@@ -106,6 +106,7 @@ async fn both_mailbox_relays_hold_a_copy_and_the_owner_gets_each_request_once() 
     let data = tempfile::tempdir().unwrap();
     let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[1], mailboxes[2]],
         mailbox_key: bob_key.public().to_bytes(),
     };
@@ -185,6 +186,7 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let bob_key = MailboxKey::generate(&mut rand::rng());
     let bob_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![keys.relay_id(), mailboxes[1]],
         mailbox_key: bob_key.public().to_bytes(),
     };
@@ -321,6 +323,7 @@ async fn a_sidecar_whose_first_mailbox_relay_is_down_receives_through_the_second
     let bob_address = bob_config.address().unwrap();
     assert_eq!(bob_address.mailbox_relays, [mailboxes[1], mailboxes[2]]);
     let alice_address = SporeAddress {
+        capability: None,
         mailbox_relays: vec![mailboxes[0]],
         mailbox_key: alice_key.public().to_bytes(),
     };

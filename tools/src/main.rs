@@ -154,6 +154,7 @@ fn keygen(cmd: KeygenCmd) -> Result<ExitCode> {
             let key = MailboxKey::generate(&mut rand::rng());
             keyfile::write_secret(&out, &key.secret_bytes())?;
             let address = SporeAddress {
+                capability: None,
                 mailbox_relays,
                 mailbox_key: key.public().to_bytes(),
             };

@@ -2,6 +2,7 @@
 //! [`FRAME_LEN`] bytes, whatever its command, and has exactly one valid encoding.
 
 use super::{FRAME_LEN, MAX_DELETE_HANDLES};
+use crate::capability::{CapabilityOp, MAX_CAPABILITY_OPS};
 use crate::error::{ApiMisuse, InvalidMessage, Result};
 use crate::params::{BULK_PULL_SLOTS, PACKET_SIZE, PAYLOAD_SIZE, SURB_ID_SIZE};
 
@@ -14,6 +15,7 @@ mod frame_type {
     pub const ERROR: u8 = 6;
     pub const PADDING: u8 = 7;
     pub const BULK_PULL_REQUEST: u8 = 8;
+    pub const CAPABILITY_PULL: u8 = 9;
 }
 
 /// One command on a link. All variants encode to exactly [`FRAME_LEN`] bytes.
@@ -28,6 +30,11 @@ pub enum Frame {
     /// A catch-up pull: answered like [`Frame::PullRequest`] but with [`BULK_PULL_SLOTS`]
     /// slots. A client sends it only after a pull came back full.
     BulkPullRequest,
+    /// A [`Frame::PullRequest`] that also registers or revokes capabilities of the link's own
+    /// mailbox (1 to [`MAX_CAPABILITY_OPS`] ops). It takes the place of a pull request the
+    /// client sends on its schedule anyway, and is the same size, so capability changes add
+    /// no frame and move no frame in time.
+    CapabilityPull { ops: Vec<CapabilityOp> },
     /// One of the frames answering a pull ([`PULL_SLOTS`](crate::params::PULL_SLOTS) of them for a
     /// [`Frame::PullRequest`], [`BULK_PULL_SLOTS`] for a [`Frame::BulkPullRequest`]).
     PullSlot(PullSlot),
@@ -51,6 +58,7 @@ impl std::fmt::Debug for Frame {
             Frame::Packet(_) => f.write_str("Packet(..)"),
             Frame::PullRequest => f.write_str("PullRequest"),
             Frame::BulkPullRequest => f.write_str("BulkPullRequest"),
+            Frame::CapabilityPull { ops } => write!(f, "CapabilityPull {{ ops: {} }}", ops.len()),
             Frame::PullSlot(s) => write!(
                 f,
                 "PullSlot {{ index: {}, full: {} }}",
@@ -189,6 +197,18 @@ impl Frame {
             }
             Frame::PullRequest => w.u8(frame_type::PULL_REQUEST)?,
             Frame::BulkPullRequest => w.u8(frame_type::BULK_PULL_REQUEST)?,
+            Frame::CapabilityPull { ops } => {
+                if ops.is_empty() || ops.len() > MAX_CAPABILITY_OPS {
+                    return Err(ApiMisuse::InvalidArgument("1 to MAX_CAPABILITY_OPS ops").into());
+                }
+                w.u8(frame_type::CAPABILITY_PULL)?;
+                w.u8(u8::try_from(ops.len()).unwrap_or(u8::MAX))?;
+                let mut body = crate::codec::Writer::new();
+                for op in ops {
+                    op.encode(&mut body);
+                }
+                w.bytes(&body.into_vec())?;
+            }
             Frame::PullSlot(slot) => {
                 if usize::from(slot.index) >= BULK_PULL_SLOTS {
                     return Err(ApiMisuse::InvalidArgument("pull slot index out of range").into());
@@ -254,6 +274,17 @@ impl Frame {
             frame_type::PACKET => Frame::Packet(boxed_array(&mut r)?),
             frame_type::PULL_REQUEST => Frame::PullRequest,
             frame_type::BULK_PULL_REQUEST => Frame::BulkPullRequest,
+            frame_type::CAPABILITY_PULL => {
+                let count = usize::from(r.u8()?);
+                if count == 0 || count > MAX_CAPABILITY_OPS {
+                    return Err(InvalidMessage::BadValue("capability op count").into());
+                }
+                let mut ops = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ops.push(CapabilityOp::decode(&mut r)?);
+                }
+                Frame::CapabilityPull { ops }
+            }
             frame_type::PULL_SLOT => {
                 let index = r.u8()?;
                 if usize::from(index) >= BULK_PULL_SLOTS {

@@ -67,10 +67,14 @@ pub(crate) const FRAME_BODY_LEN: usize = PACKET_SIZE;
 const PULL_SLOT_BODY_LEN: usize = 1 + 1 + 8 + SURB_ID_SIZE + PAYLOAD_SIZE;
 /// count + handles.
 const DELETE_BODY_LEN: usize = 2 + 8 * MAX_DELETE_HANDLES;
+/// count + capability ops.
+const CAPABILITY_PULL_BODY_LEN: usize =
+    1 + crate::capability::CAPABILITY_OP_LEN * crate::capability::MAX_CAPABILITY_OPS;
 
 // Every body fits in the frame: the size of a frame never depends on its command.
 const _: () = assert!(PULL_SLOT_BODY_LEN <= FRAME_BODY_LEN);
 const _: () = assert!(DELETE_BODY_LEN <= FRAME_BODY_LEN);
+const _: () = assert!(CAPABILITY_PULL_BODY_LEN <= FRAME_BODY_LEN);
 const _: () = assert!(PULL_SLOTS <= BULK_PULL_SLOTS);
 const _: () = assert!(BULK_PULL_SLOTS <= u8::MAX as usize);
 // A catch-up pull's items can all be named in its one Delete.

@@ -77,6 +77,15 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Packet(packet),
         Frame::PullRequest,
         Frame::BulkPullRequest,
+        Frame::CapabilityPull {
+            ops: (0..crate::capability::MAX_CAPABILITY_OPS as u8)
+                .map(|i| crate::capability::CapabilityOp::Register {
+                    capability: crate::capability::CapabilityId([i; 32]),
+                    quota_items: u32::MAX,
+                    quota_bytes: u64::MAX,
+                })
+                .collect(),
+        },
         Frame::PullSlot(PullSlot {
             index: 0,
             item: None,
@@ -253,7 +262,7 @@ fn frames_round_trip() {
 #[test]
 fn unknown_type_is_rejected() {
     let mut bytes = encode(&Frame::Padding);
-    for ty in [0u8, 9, 0xff] {
+    for ty in [0u8, 10, 0xff] {
         bytes[0] = ty;
         assert_eq!(
             Frame::decode(&bytes),
@@ -303,6 +312,18 @@ fn out_of_range_counts_are_rejected() {
     });
     code[1..3].copy_from_slice(&999u16.to_be_bytes());
     assert!(Frame::decode(&code).is_err());
+
+    let no_ops = Frame::CapabilityPull { ops: vec![] };
+    assert!(no_ops.encode_into(&mut [0u8; FRAME_LEN]).is_err());
+    let mut caps = encode(&Frame::CapabilityPull {
+        ops: vec![crate::capability::CapabilityOp::Revoke {
+            capability: crate::capability::CapabilityId([1; 32]),
+        }],
+    });
+    for count in [0u8, crate::capability::MAX_CAPABILITY_OPS as u8 + 1] {
+        caps[1] = count;
+        assert!(Frame::decode(&caps).is_err());
+    }
 }
 
 #[test]
@@ -336,6 +357,25 @@ proptest! {
         let mut bytes = vec![ty];
         bytes.extend(body);
         let _ = Frame::decode(&bytes);
+    }
+
+    #[test]
+    fn capability_pulls_round_trip(
+        ops in proptest::collection::vec(
+            (any::<bool>(), any::<[u8; 32]>(), any::<u32>(), any::<u64>()),
+            1..=crate::capability::MAX_CAPABILITY_OPS,
+        )
+    ) {
+        use crate::capability::{CapabilityId, CapabilityOp};
+        let ops = ops
+            .into_iter()
+            .map(|(register, c, quota_items, quota_bytes)| match register {
+                true => CapabilityOp::Register { capability: CapabilityId(c), quota_items, quota_bytes },
+                false => CapabilityOp::Revoke { capability: CapabilityId(c) },
+            })
+            .collect();
+        let frame = Frame::CapabilityPull { ops };
+        prop_assert_eq!(Frame::decode(&encode(&frame)).unwrap(), frame);
     }
 
     #[test]

@@ -53,6 +53,7 @@ use spore_protocol::MailboxId;
 use spore_protocol::params::{PAYLOAD_SIZE, SURB_ID_SIZE};
 use zeroize::Zeroizing;
 
+use super::capabilities::{CapabilityChange, CapabilityTable};
 use super::format::{
     RECORD_LEN, RecordHeader, TOMBSTONE_LEN, decode_header, decode_item, decode_tombstone,
     encode_record, encode_tombstone, handle_of, is_scrubbed, location_of, scrubbed_record,
@@ -215,6 +216,47 @@ struct State {
     deletes: DeleteLog,
     /// Handles killed since the last commit whose records are still on disk, to be scrubbed.
     scrub: Vec<u64>,
+    /// Capability destinations and the mailboxes they belong to (on-disk ids).
+    capabilities: CapabilityTable,
+}
+
+/// Where one arriving item goes, and the quota of that share of the mailbox.
+struct Route {
+    /// The on-disk id the item is stored under: the capability's destination, or the raw
+    /// mailbox for first contact.
+    share: MailboxId,
+    /// The on-disk id of the mailbox it belongs to.
+    owner: MailboxId,
+    quota_items: u64,
+    quota_bytes: u64,
+    /// Which refusals name this share.
+    capability: bool,
+}
+
+impl State {
+    /// The stored items of one share (a capability's, or the raw mailbox's).
+    fn share_len(&self, share: &MailboxId) -> u64 {
+        self.mailboxes.get(share).map_or(0, |s| s.len() as u64)
+    }
+
+    /// Every share of `owner`'s mailbox: its raw id (first contact) and its capabilities.
+    /// (An id that is itself a capability's destination owns nothing: no key hashes to it,
+    /// and no caller may treat a capability's share as a mailbox of its own.)
+    fn shares_of(&self, owner: &MailboxId) -> Vec<MailboxId> {
+        if self.capabilities.get(owner).is_some() {
+            return Vec::new();
+        }
+        let mut shares = vec![*owner];
+        shares.extend_from_slice(self.capabilities.destinations_of(owner));
+        shares
+    }
+
+    fn owner_len(&self, owner: &MailboxId) -> u64 {
+        self.shares_of(owner)
+            .iter()
+            .map(|s| self.share_len(s))
+            .sum()
+    }
 }
 
 #[derive(Debug)]
@@ -511,6 +553,8 @@ impl MailboxStore {
         crate::private_files::create_dir_all(&dir).map_err(io_err(&dir))?;
         let damaged = AtomicU64::new(0);
         let (id_key, key_is_new) = IdKey::load_or_create(&dir)?;
+        let (capabilities, damaged_capabilities) = CapabilityTable::open(&dir)?;
+        damaged.fetch_add(damaged_capabilities, Ordering::Relaxed);
 
         let mut segments = BTreeMap::new();
         let mut scrub = Vec::new();
@@ -593,6 +637,7 @@ impl MailboxStore {
                 durable: 0,
             },
             scrub,
+            capabilities,
         };
         for (id, seg) in &state.segments {
             state.sealed_dead += seg.dead();
@@ -674,26 +719,65 @@ impl MailboxStore {
         lock(&self.shared.state)
     }
 
-    /// Stores one item. Returns its handle, or why it was refused. Durable only after the next
+    /// Stores one item that arrived for the final-hop `destination`: a registered capability
+    /// of some mailbox (stored in that mailbox, within the capability's own quota), a revoked
+    /// one (refused), or else a raw mailbox id, "first contact" (within the small first-contact
+    /// quota of [`MailboxLimits`]). Every share also counts against its mailbox's total quota.
+    /// Returns the item's handle, or why it was refused. Durable only after the next
     /// [`Database::commit`].
+    ///
+    /// The relay cannot tell an unknown capability from the raw id of a mailbox it has not
+    /// heard of: both get the first-contact quota, in a share nobody can pull (the destination
+    /// of an unknown capability is no key's mailbox), and retention removes them.
     pub fn insert(
         &self,
-        mailbox: &MailboxId,
+        destination: &MailboxId,
         surb_id: &[u8; SURB_ID_SIZE],
         payload: &[u8; PAYLOAD_SIZE],
         now_unix: u64,
     ) -> Result<Result<u64, Refusal>> {
         let limits = self.shared.limits;
         let dir = &self.shared.dir;
-        let mailbox = &self.shared.id_key.disk_id(mailbox);
+        let destination = self.shared.id_key.disk_id(destination);
         let mut st = self.state();
-        let n = st.mailboxes.get(mailbox).map_or(0, |s| s.len() as u64);
+        let route = match st.capabilities.get(&destination) {
+            Some(c) if c.revoked => return Ok(Err(Refusal::CapabilityRevoked)),
+            Some(c) => Route {
+                share: destination,
+                owner: c.owner,
+                quota_items: c.quota_items,
+                quota_bytes: c.quota_bytes,
+                capability: true,
+            },
+            None => Route {
+                share: destination,
+                owner: destination,
+                quota_items: limits.first_contact_items,
+                quota_bytes: limits.first_contact_bytes,
+                capability: false,
+            },
+        };
+        let n = st.owner_len(&route.owner);
         if n + 1 > limits.quota_items {
             return Ok(Err(Refusal::QuotaItems));
         }
         if (n + 1).saturating_mul(ITEM_BYTES) > limits.quota_bytes {
             return Ok(Err(Refusal::QuotaBytes));
         }
+        let n = st.share_len(&route.share);
+        if n + 1 > route.quota_items {
+            return Ok(Err(match route.capability {
+                true => Refusal::CapabilityQuotaItems,
+                false => Refusal::FirstContactQuotaItems,
+            }));
+        }
+        if (n + 1).saturating_mul(ITEM_BYTES) > route.quota_bytes {
+            return Ok(Err(match route.capability {
+                true => Refusal::CapabilityQuotaBytes,
+                false => Refusal::FirstContactQuotaBytes,
+            }));
+        }
+        let mailbox = &route.share;
         let held = (st.items + st.sealed_dead + 1).saturating_mul(ITEM_BYTES);
         if held > limits.disk_budget_bytes {
             return Ok(Err(Refusal::DiskBudget));
@@ -741,15 +825,20 @@ impl MailboxStore {
         }
         let id_key = &self.shared.id_key;
         let mailbox = &id_key.disk_id(mailbox);
-        let sources: Vec<(u64, Source)> = {
+        let (shares, sources): (Vec<MailboxId>, Vec<(u64, Source)>) = {
             let st = self.state();
-            let Some(handles) = st.mailboxes.get(mailbox) else {
-                return Ok(Vec::new());
-            };
-            handles
+            // Oldest first over every share of the mailbox (handles grow with insertion).
+            let shares = st.shares_of(mailbox);
+            let mut handles: Vec<u64> = shares
                 .iter()
-                .take(max)
-                .filter_map(|&h| {
+                .filter_map(|s| st.mailboxes.get(s))
+                .flat_map(|set| set.iter().take(max).copied())
+                .collect();
+            handles.sort_unstable();
+            handles.truncate(max);
+            let sources = handles
+                .into_iter()
+                .filter_map(|h| {
                     let (id, slot) = location_of(h);
                     let seg = st.segments.get(&id)?;
                     let at = u64::from(slot) * RECORD_LEN as u64;
@@ -761,7 +850,8 @@ impl MailboxStore {
                         Some((h, Source::File(seg.file.clone(), at)))
                     }
                 })
-                .collect()
+                .collect();
+            (shares, sources)
         };
         let mut out = Vec::with_capacity(sources.len());
         let mut buf = vec![0u8; RECORD_LEN];
@@ -777,7 +867,7 @@ impl MailboxStore {
             // A record damaged since it was indexed must not make the rest of the mailbox
             // unreadable: skip it (it stays on disk; its owner's delete or retention removes it).
             match decode_item(&rec) {
-                Some((h, item)) if h.handle == handle && id_key.of_record(&h) == *mailbox => {
+                Some((h, item)) if h.handle == handle && shares.contains(&id_key.of_record(&h)) => {
                     out.push(item)
                 }
                 // Deleted by a concurrent delete and scrubbed since this pull looked it up.
@@ -796,12 +886,12 @@ impl MailboxStore {
     pub fn delete(&self, mailbox: &MailboxId, handles: &[u64]) -> Result<u32> {
         let mailbox = &self.shared.id_key.disk_id(mailbox);
         let mut st = self.state();
+        let shares = st.shares_of(mailbox);
         let mut count = 0u32;
         for &handle in handles {
-            let owned = st
-                .mailboxes
-                .get(mailbox)
-                .is_some_and(|set| set.contains(&handle));
+            let owned = shares
+                .iter()
+                .any(|s| st.mailboxes.get(s).is_some_and(|set| set.contains(&handle)));
             if owned && st.kill(handle, true).is_some() {
                 count += 1;
             }
@@ -849,15 +939,60 @@ impl MailboxStore {
         (items, items * ITEM_BYTES)
     }
 
-    /// (items, payload bytes) of one mailbox.
+    /// (items, payload bytes) of one mailbox, over all its shares.
     pub fn mailbox_usage(&self, mailbox: &MailboxId) -> (u64, u64) {
         let mailbox = &self.shared.id_key.disk_id(mailbox);
-        let n = self
-            .state()
-            .mailboxes
-            .get(mailbox)
-            .map_or(0, |s| s.len() as u64);
+        let n = self.state().owner_len(mailbox);
         (n, n * ITEM_BYTES)
+    }
+
+    /// (items, payload bytes) stored through one final-hop destination: a capability's share,
+    /// or for a raw mailbox id its first-contact share.
+    pub fn destination_usage(&self, destination: &MailboxId) -> (u64, u64) {
+        let destination = &self.shared.id_key.disk_id(destination);
+        let n = self.state().share_len(destination);
+        (n, n * ITEM_BYTES)
+    }
+
+    /// Applies capability ops from `owner`'s authenticated link, durably (one `fdatasync` for
+    /// the batch, before this returns). The destination of each op is computed here from the
+    /// owner and the capability, so an op can only ever name a share of the owner's mailbox.
+    /// Returns (changed, refused) counts.
+    pub fn apply_capability_ops(
+        &self,
+        owner: &MailboxId,
+        ops: &[spore_protocol::CapabilityOp],
+    ) -> Result<(u32, u32)> {
+        use spore_protocol::CapabilityOp;
+        let id_key = &self.shared.id_key;
+        let dir = &self.shared.dir;
+        let disk_owner = id_key.disk_id(owner);
+        let mut st = self.state();
+        let (mut changed, mut refused) = (0u32, 0u32);
+        for op in ops {
+            let dest = id_key.disk_id(&op.capability().destination(owner));
+            let change = match op {
+                CapabilityOp::Register {
+                    quota_items,
+                    quota_bytes,
+                    ..
+                } => st.capabilities.register(
+                    dir,
+                    &disk_owner,
+                    &dest,
+                    u64::from(*quota_items),
+                    *quota_bytes,
+                )?,
+                CapabilityOp::Revoke { .. } => st.capabilities.revoke(dir, &disk_owner, &dest)?,
+            };
+            match change {
+                CapabilityChange::Changed => changed += 1,
+                CapabilityChange::Unchanged => {}
+                CapabilityChange::Refused => refused += 1,
+            }
+        }
+        st.capabilities.sync(dir)?;
+        Ok((changed, refused))
     }
 
     /// Records found damaged or torn (at open, and by pulls since); they were skipped.

@@ -14,6 +14,7 @@ use spore_protocol::params::{PAYLOAD_SIZE, SURB_ID_SIZE};
 
 use crate::error::{RelayError, Result};
 
+mod capabilities;
 mod format;
 mod mailbox_store;
 
@@ -69,9 +70,14 @@ impl Database {
 /// Per-mailbox and global limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MailboxLimits {
+    /// Items of one mailbox, over all its shares.
     pub quota_items: u64,
     pub quota_bytes: u64,
     pub disk_budget_bytes: u64,
+    /// Items stored through the raw mailbox id ("first contact", no capability): small, so a
+    /// stranger who knows the address cannot fill the mailbox.
+    pub first_contact_items: u64,
+    pub first_contact_bytes: u64,
 }
 
 /// Why a store was refused. The stored items are untouched in every case.
@@ -80,6 +86,14 @@ pub enum Refusal {
     QuotaItems,
     QuotaBytes,
     DiskBudget,
+    /// The destination is a revoked capability.
+    CapabilityRevoked,
+    /// The capability's own share is full.
+    CapabilityQuotaItems,
+    CapabilityQuotaBytes,
+    /// The first-contact share (raw mailbox id, or an unknown capability) is full.
+    FirstContactQuotaItems,
+    FirstContactQuotaBytes,
 }
 
 impl Refusal {
@@ -89,6 +103,11 @@ impl Refusal {
             Refusal::QuotaItems => "mailbox_quota_items",
             Refusal::QuotaBytes => "mailbox_quota_bytes",
             Refusal::DiskBudget => "disk_budget",
+            Refusal::CapabilityRevoked => "capability_revoked",
+            Refusal::CapabilityQuotaItems => "capability_quota_items",
+            Refusal::CapabilityQuotaBytes => "capability_quota_bytes",
+            Refusal::FirstContactQuotaItems => "first_contact_quota_items",
+            Refusal::FirstContactQuotaBytes => "first_contact_quota_bytes",
         }
     }
 }

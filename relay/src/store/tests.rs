@@ -15,6 +15,8 @@ fn limits() -> MailboxLimits {
         quota_items: 3,
         quota_bytes: 1 << 20,
         disk_budget_bytes: 1 << 30,
+        first_contact_items: u64::MAX,
+        first_contact_bytes: u64::MAX,
     }
 }
 
@@ -23,6 +25,8 @@ fn unlimited() -> MailboxLimits {
         quota_items: u64::MAX,
         quota_bytes: u64::MAX,
         disk_budget_bytes: u64::MAX,
+        first_contact_items: u64::MAX,
+        first_contact_bytes: u64::MAX,
     }
 }
 
@@ -305,6 +309,8 @@ fn byte_quota_and_disk_budget_refuse_with_their_reason() {
             quota_items: 100,
             quota_bytes: 2 * ITEM_BYTES,
             disk_budget_bytes: 3 * ITEM_BYTES,
+            first_contact_items: u64::MAX,
+            first_contact_bytes: u64::MAX,
         },
         2,
     )
@@ -505,4 +511,197 @@ fn segments_without_their_id_key_are_refused_with_a_clear_error() {
     let err = MailboxStore::open(&db, unlimited()).expect_err("refused");
     assert!(err.to_string().contains("id.key"), "{err}");
     assert!(MailboxStore::open(&db, unlimited()).is_err(), "and again");
+}
+
+// ----- per-contact capabilities (issue 16, attack 3) -----
+
+fn caps_limits() -> MailboxLimits {
+    MailboxLimits {
+        quota_items: 10,
+        quota_bytes: u64::MAX,
+        disk_budget_bytes: u64::MAX,
+        first_contact_items: 2,
+        first_contact_bytes: u64::MAX,
+    }
+}
+
+fn register(cap: u8, quota_items: u32) -> spore_protocol::CapabilityOp {
+    spore_protocol::CapabilityOp::Register {
+        capability: spore_protocol::CapabilityId([cap; 32]),
+        quota_items,
+        quota_bytes: u64::MAX,
+    }
+}
+
+fn revoke(cap: u8) -> spore_protocol::CapabilityOp {
+    spore_protocol::CapabilityOp::Revoke {
+        capability: spore_protocol::CapabilityId([cap; 32]),
+    }
+}
+
+fn dest(cap: u8, owner: &MailboxId) -> MailboxId {
+    spore_protocol::CapabilityId([cap; 32]).destination(owner)
+}
+
+fn try_put(s: &MailboxStore, m: &MailboxId, tag: u8) -> Result<u64, Refusal> {
+    s.insert(m, &[tag; 16], &[tag; PAYLOAD_SIZE], 100)
+        .expect("io")
+}
+
+#[test]
+fn each_capability_and_first_contact_fill_only_their_own_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, caps_limits()).expect("store");
+    let owner = mb(1);
+    assert_eq!(
+        s.apply_capability_ops(&owner, &[register(10, 3), register(11, 3)])
+            .expect("ops"),
+        (2, 0)
+    );
+    // Idempotent: the same ops again change nothing.
+    assert_eq!(
+        s.apply_capability_ops(&owner, &[register(10, 3), register(11, 3)])
+            .expect("ops"),
+        (0, 0)
+    );
+    let (flooder, friend) = (dest(10, &owner), dest(11, &owner));
+    for i in 0..3 {
+        try_put(&s, &flooder, i).expect("within the capability's quota");
+    }
+    assert_eq!(try_put(&s, &flooder, 9), Err(Refusal::CapabilityQuotaItems));
+    // A stranger through the raw id: only the first-contact share.
+    try_put(&s, &owner, 20).expect("first contact");
+    try_put(&s, &owner, 21).expect("first contact");
+    assert_eq!(
+        try_put(&s, &owner, 22),
+        Err(Refusal::FirstContactQuotaItems)
+    );
+    // The friend still gets in.
+    for i in 0..3 {
+        try_put(&s, &friend, 30 + i).expect("friend's own share");
+    }
+    assert_eq!(s.mailbox_usage(&owner), (8, 8 * ITEM_BYTES));
+    assert_eq!(s.destination_usage(&flooder), (3, 3 * ITEM_BYTES));
+    assert_eq!(s.destination_usage(&owner), (2, 2 * ITEM_BYTES));
+    // The owner pulls every share, oldest first, and deletes across them.
+    let items = s.pull(&owner, 16).expect("pull");
+    assert_eq!(items.len(), 8);
+    assert!(items.windows(2).all(|w| w[0].handle < w[1].handle));
+    let handles: Vec<u64> = items.iter().map(|i| i.handle).collect();
+    // Nobody else can pull or delete them: not even through a capability's destination.
+    assert!(s.pull(&flooder, 16).expect("pull").is_empty());
+    assert_eq!(s.delete(&mb(2), &handles).expect("delete"), 0);
+    assert_eq!(s.delete(&owner, &handles).expect("delete"), 8);
+    assert_eq!(s.mailbox_usage(&owner), (0, 0));
+}
+
+#[test]
+fn the_mailbox_total_bounds_all_shares_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, caps_limits()).expect("store");
+    let owner = mb(1);
+    s.apply_capability_ops(&owner, &[register(10, 8), register(11, 8)])
+        .expect("ops");
+    for i in 0..8 {
+        try_put(&s, &dest(10, &owner), i).expect("stored");
+    }
+    try_put(&s, &dest(11, &owner), 8).expect("stored");
+    try_put(&s, &owner, 9).expect("stored");
+    assert_eq!(try_put(&s, &dest(11, &owner), 10), Err(Refusal::QuotaItems));
+}
+
+#[test]
+fn a_revoked_capability_is_refused_and_stays_revoked_across_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owner = mb(1);
+    let (old, kept) = (dest(10, &owner), dest(11, &owner));
+    {
+        let db = Database::open(dir.path()).expect("db");
+        let s = MailboxStore::open(&db, caps_limits()).expect("store");
+        s.apply_capability_ops(&owner, &[register(10, 3), register(11, 4)])
+            .expect("ops");
+        try_put(&s, &old, 1).expect("before revocation");
+        db.commit().expect("commit");
+        assert_eq!(
+            s.apply_capability_ops(&owner, &[revoke(10)]).expect("ops"),
+            (1, 0)
+        );
+        assert_eq!(try_put(&s, &old, 2), Err(Refusal::CapabilityRevoked));
+        // Revoked stays revoked: registering it again is refused.
+        assert_eq!(
+            s.apply_capability_ops(&owner, &[register(10, 3)])
+                .expect("ops"),
+            (0, 1)
+        );
+        // A never-registered capability can be revoked ahead of time.
+        s.apply_capability_ops(&owner, &[revoke(12)]).expect("ops");
+        // The store is dropped without a commit: the table was synced by the ops themselves.
+        std::mem::forget(s);
+    }
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, caps_limits()).expect("store");
+    assert_eq!(try_put(&s, &old, 3), Err(Refusal::CapabilityRevoked));
+    assert_eq!(
+        try_put(&s, &dest(12, &owner), 3),
+        Err(Refusal::CapabilityRevoked)
+    );
+    for i in 0..4 {
+        try_put(&s, &kept, 10 + i).expect("the others keep working, quota kept");
+    }
+    assert_eq!(try_put(&s, &kept, 20), Err(Refusal::CapabilityQuotaItems));
+    // The item stored before the revocation is still the owner's.
+    assert_eq!(s.pull(&owner, 16).expect("pull").len(), 5);
+}
+
+#[test]
+fn an_op_only_ever_names_a_share_of_the_registering_mailbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, caps_limits()).expect("store");
+    let (owner, thief) = (mb(1), mb(2));
+    s.apply_capability_ops(&owner, &[register(10, 3)])
+        .expect("ops");
+    // The thief learned capability 10 and registers (and revokes) it for itself: that names
+    // the thief's own share, never the owner's.
+    s.apply_capability_ops(&thief, &[register(10, 3)])
+        .expect("ops");
+    s.apply_capability_ops(&thief, &[revoke(10)]).expect("ops");
+    try_put(&s, &dest(10, &owner), 1).expect("the owner's share is untouched");
+    assert_eq!(s.pull(&owner, 16).expect("pull").len(), 1);
+    assert!(s.pull(&thief, 16).expect("pull").is_empty());
+}
+
+#[test]
+fn a_torn_capability_record_is_cut_off_and_the_table_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owner = mb(1);
+    {
+        let db = Database::open(dir.path()).expect("db");
+        let s = MailboxStore::open(&db, caps_limits()).expect("store");
+        s.apply_capability_ops(&owner, &[register(10, 3)])
+            .expect("ops");
+    }
+    let log = dir.path().join("mailbox").join("capabilities.log");
+    let mut f = OpenOptions::new().append(true).open(&log).expect("log");
+    f.write_all(&[1, 2, 3]).expect("torn append");
+    drop(f);
+    let db = Database::open(dir.path()).expect("db");
+    let s = MailboxStore::open(&db, caps_limits()).expect("store");
+    for i in 0..3 {
+        try_put(&s, &dest(10, &owner), i).expect("still registered");
+    }
+    assert_eq!(
+        try_put(&s, &dest(10, &owner), 4),
+        Err(Refusal::CapabilityQuotaItems)
+    );
+    s.apply_capability_ops(&owner, &[register(11, 1)])
+        .expect("ops after the cut");
+    drop(s);
+    let db2 = Database::open(dir.path()).expect("db");
+    drop(db);
+    let s = MailboxStore::open(&db2, caps_limits()).expect("store");
+    try_put(&s, &dest(11, &owner), 1).expect("registered after the cut");
+    assert_eq!(s.damaged_records(), 0);
 }

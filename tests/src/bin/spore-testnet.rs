@@ -66,6 +66,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let key = MailboxKey::generate(&mut rand::rng());
         let address = SporeAddress {
+            capability: None,
             mailbox_relays: vec![mailboxes[i % mailboxes.len()]],
             mailbox_key: key.public().to_bytes(),
         };
