@@ -278,15 +278,20 @@ mod tests {
         cycle.changed(op(99));
         // Each link (mailbox relay) gets the change and the whole table, whatever the other
         // link's pulls took: pulls of the two links interleave.
-        for link in [0, 1] {
-            let first = cycle.next_ops(link);
-            assert_eq!(first.len(), MAX_CAPABILITY_OPS);
-            assert_eq!(first[0], op(99));
-            let mut seen: Vec<CapabilityOp> = first[1..].to_vec();
-            for _ in 0..2 {
-                seen.extend(cycle.next_ops(link));
-                let _ = cycle.next_ops(1 - link);
+        let mut seen: [Vec<CapabilityOp>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..3 {
+            for (link, seen) in seen.iter_mut().enumerate() {
+                let ops = cycle.next_ops(link);
+                assert_eq!(ops.len(), MAX_CAPABILITY_OPS);
+                assert_eq!(
+                    ops[0] == op(99),
+                    round == 0,
+                    "the change first, once per link"
+                );
+                seen.extend(ops);
             }
+        }
+        for (link, seen) in seen.iter().enumerate() {
             for o in &table {
                 assert!(seen.contains(o), "every entry comes round on link {link}");
             }

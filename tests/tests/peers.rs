@@ -179,7 +179,20 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         "alice's first transaction reaches bob's homeserver"
     );
     let learned = bob.peers().get("alice.example").unwrap();
-    assert_eq!(learned.address, alice_address);
+    // Alice's address as she hands it to bob: with the capability she gave bob (issue 16).
+    assert!(
+        learned.address.capability.is_some(),
+        "{:?}",
+        learned.address
+    );
+    assert_eq!(
+        SporeAddress {
+            capability: None,
+            ..learned.address.clone()
+        },
+        alice_address
+    );
+    let alice_address = learned.address.clone();
     assert_eq!(learned.source, PeerSource::Learned);
 
     let learned_after = first_contact.elapsed();
