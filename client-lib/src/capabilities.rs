@@ -32,6 +32,28 @@ pub const CAPABILITY_QUOTA_ITEMS: u32 = 8_000;
 /// The same in payload bytes (an item is a SURB id and a Sphinx payload, about 1 KiB).
 pub const CAPABILITY_QUOTA_BYTES: u64 = 12 << 20;
 
+/// The label of the capability our own packets come back on: SURB-acks, replies on our reply
+/// SURBs, loop cover. With it, a stranger flooding the raw address (the first-contact share)
+/// cannot crowd out our own acks, which would stall everything we send.
+pub(crate) const SELF_LABEL: &str = "spore/self";
+/// Items the self capability may hold: acks and small replies waiting for our next pulls.
+pub const SELF_QUOTA_ITEMS: u32 = 8_000;
+/// The same in payload bytes.
+pub const SELF_QUOTA_BYTES: u64 = 12 << 20;
+
+/// Our own capability (see [`SELF_LABEL`]); it is never revoked.
+pub fn self_capability(key: &MailboxKey) -> CapabilityId {
+    CapabilityId::derive(key, SELF_LABEL, 0)
+}
+
+fn self_op(key: &MailboxKey) -> CapabilityOp {
+    CapabilityOp::Register {
+        capability: self_capability(key),
+        quota_items: SELF_QUOTA_ITEMS,
+        quota_bytes: SELF_QUOTA_BYTES,
+    }
+}
+
 /// The ops the sender puts in its pull requests: changes first, then the whole table in turn.
 #[derive(Debug, Default)]
 pub(crate) struct CapabilityCycle {
@@ -66,14 +88,17 @@ fn op_of(key: &MailboxKey, given: &GivenCapability) -> CapabilityOp {
 impl CapabilityCycle {
     /// The table as the store holds it (at start, and after every change).
     pub fn load(&self, key: &MailboxKey, store: &Store) -> Result<()> {
-        let table = store
-            .given_capabilities()?
-            .iter()
-            .map(|g| op_of(key, g))
+        let own = self_op(key);
+        let table: Vec<CapabilityOp> = std::iter::once(own)
+            .chain(store.given_capabilities()?.iter().map(|g| op_of(key, g)))
             .collect();
         let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for st in links.iter_mut() {
             st.table.clone_from(&table);
+            // Our own capability goes in each link's first pull, before any ack can come back.
+            if !st.sent_once.contains(&own) && !st.changes.contains(&own) {
+                st.changes.push_front(own);
+            }
         }
         Ok(())
     }

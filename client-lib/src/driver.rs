@@ -133,7 +133,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiv
         rates: shared.rates,
         timeouts: shared.config.timeouts,
         server_name: shared.config.server_name.clone(),
-        address: shared.address.clone(),
+        // Loops come back through our own capability, like acks.
+        address: shared
+            .address
+            .with_capability(Some(crate::capabilities::self_capability(&shared.key))),
         build_capacity: pool.as_ref().map(|_| BUILD_CAPACITY),
         catch_up: shared.config.catch_up,
     };

@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     pub quarantined: Mutex<HashSet<RelayId>>,
     /// Capabilities we gave, for the pull requests to register (`capabilities.rs`).
     pub capabilities: crate::capabilities::CapabilityCycle,
+    /// Where our own packets end (acks, replies, loops): our mailbox through our own
+    /// capability, not the first-contact share strangers can fill.
+    pub own_destination: spore_protocol::MailboxId,
 }
 
 impl Shared {
@@ -76,7 +79,7 @@ impl Shared {
             epoch: directory.epoch_at(now_unix()),
             rates: &self.rates,
             own_relay: self.config.mailbox_relay,
-            own_mailbox: self.key.mailbox_id(),
+            own_mailbox: self.own_destination,
             excluded: self
                 .quarantined
                 .lock()

@@ -154,6 +154,8 @@ impl Transport {
         restrict_to_owner(&data_dir).map_err(file_error)?;
 
         let key = config.mailbox_key.clone();
+        let own_destination =
+            crate::capabilities::self_capability(&key).destination(&key.mailbox_id());
         // Senders store at every relay the address names, and we pull from each.
         let address = SporeAddress {
             capability: None,
@@ -182,6 +184,7 @@ impl Transport {
             shutdown,
             quarantined: Mutex::new(Default::default()),
             capabilities: Default::default(),
+            own_destination,
         });
         shared.capabilities.load(&shared.key, &shared.store)?;
 
