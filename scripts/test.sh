@@ -27,7 +27,7 @@ cargo test --workspace --exclude spore-tests --locked 2>&1
 echo "== whole-network tests"
 cargo test -p spore-tests --locked -- --test-threads=1 2>&1
 
-echo "== tests/synapse/run.sh (two Synapse homeservers federating only through Spore)"
+echo "== tests/synapse/run.sh (three Synapse homeservers federating only through Spore)"
 bash tests/synapse/run.sh
 
 echo "== scripts/package-test.sh (Debian package: contents, systemd unit, alert rules, install)"
