@@ -235,16 +235,8 @@ async fn a_peer_verifies_keyless_bundles_from_its_cache_also_after_a_restart() {
         MailboxKey::generate(&mut rand::rng()),
         MailboxKey::generate(&mut rand::rng()),
     );
-    let alice_address = SporeAddress {
-        capability: None,
-        mailbox_relays: vec![mailboxes[0]],
-        mailbox_key: alice_key.public().to_bytes(),
-    };
-    let bob_address = SporeAddress {
-        capability: None,
-        mailbox_relays: vec![mailboxes[1]],
-        mailbox_key: bob_key.public().to_bytes(),
-    };
+    let alice_address = crate::address_at(mailboxes[0], &alice_key);
+    let bob_address = crate::address_at(mailboxes[1], &bob_key);
     let signing = SigningKey::from_bytes(&[42; 32]);
     let alice_hs = StubHomeserver::start().await.unwrap();
     // Ten retired keys: the key response alone takes more than a packet, so whether a bundle

@@ -102,16 +102,8 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         MailboxKey::generate(&mut rand::rng()),
         MailboxKey::generate(&mut rand::rng()),
     );
-    let alice_address = SporeAddress {
-        capability: None,
-        mailbox_relays: vec![mailboxes[0]],
-        mailbox_key: alice_key.public().to_bytes(),
-    };
-    let bob_address = SporeAddress {
-        capability: None,
-        mailbox_relays: vec![mailboxes[1]],
-        mailbox_key: bob_key.public().to_bytes(),
-    };
+    let alice_address = crate::address_at(mailboxes[0], &alice_key);
+    let bob_address = crate::address_at(mailboxes[1], &bob_key);
     let (alice_hs, bob_hs) = (
         StubHomeserver::start().await.unwrap(),
         StubHomeserver::start().await.unwrap(),

@@ -40,16 +40,8 @@ async fn sidecar_delivers_a_transaction_once_after_homeserver_errors_and_proxies
         MailboxKey::generate(&mut rand::rng()),
         MailboxKey::generate(&mut rand::rng()),
     );
-    let alice_address = SporeAddress {
-        capability: None,
-        mailbox_relays: vec![mailboxes[0]],
-        mailbox_key: alice_key.public().to_bytes(),
-    };
-    let bob_address = SporeAddress {
-        capability: None,
-        mailbox_relays: vec![mailboxes[1]],
-        mailbox_key: bob_key.public().to_bytes(),
-    };
+    let alice_address = crate::address_at(mailboxes[0], &alice_key);
+    let bob_address = crate::address_at(mailboxes[1], &bob_key);
     let alice_hs = StubHomeserver::start().await.unwrap();
     let bob_hs = StubHomeserver::start().await.unwrap();
     bob_hs.fail_next(2);

@@ -33,6 +33,18 @@ use spore_protocol::FederationRequest;
 pub use spore_testkit::{wait_until, within};
 
 /// Logs to the test output when `RUST_LOG` is set.
+/// The address of `key`'s mailbox at `relay`, as its owner publishes it (no capability).
+pub fn address_at(
+    relay: spore_protocol::RelayId,
+    key: &spore_protocol::MailboxKey,
+) -> spore_protocol::SporeAddress {
+    spore_protocol::SporeAddress {
+        capability: None,
+        mailbox_relays: vec![relay],
+        mailbox_key: key.public().to_bytes(),
+    }
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
