@@ -59,6 +59,29 @@ pub struct CatchUpReport {
     pub load_avg_1m: f64,
 }
 
+/// A line on stderr every few seconds: a 10,000-item run takes minutes, and one that stalls
+/// should say where.
+struct Progress {
+    next: Instant,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Progress {
+            next: Instant::now() + Self::EVERY,
+        }
+    }
+
+    fn tick(&mut self, line: impl FnOnce() -> String) {
+        if Instant::now() >= self.next {
+            self.next = Instant::now() + Self::EVERY;
+            eprintln!("  {}", line());
+        }
+    }
+}
+
 fn small_request(n: usize) -> FederationRequest {
     FederationRequest {
         method: "PUT".into(),
@@ -77,7 +100,17 @@ async fn drain(transport: &Transport, want: usize, window: Duration) -> Result<D
     let mut first: Option<Instant> = None;
     let mut last = start;
     let give_up = Duration::from_secs(600);
+    let mut progress = Progress::new();
     while seen.len() < want {
+        progress.tick(|| {
+            let s = transport.stats();
+            format!(
+                "drain: {} of {want} items, {} pulls ({} catch-up)",
+                seen.len(),
+                s.pulls - s0.pulls,
+                s.catch_up_pulls - s0.catch_up_pulls
+            )
+        });
         let left = match first {
             Some(f) => window.saturating_sub(f.elapsed()),
             None => give_up.saturating_sub(start.elapsed()),
@@ -85,8 +118,12 @@ async fn drain(transport: &Transport, want: usize, window: Duration) -> Result<D
         if left.is_zero() {
             break;
         }
-        let request = match tokio::time::timeout(left, transport.incoming()).await {
+        // Wakes at least every few seconds so a stall still prints progress (`incoming`
+        // loses nothing when cancelled: its cursor moves only with the item it returns).
+        let wait = left.min(Progress::EVERY);
+        let request = match tokio::time::timeout(wait, transport.incoming()).await {
             Ok(r) => r?,
+            Err(_) if wait < left => continue,
             Err(_) => break,
         };
         let now = Instant::now();
@@ -190,8 +227,15 @@ pub async fn run(cfg: &CatchUpConfig) -> Result<CatchUpReport> {
     }
     let queued = (cfg.items + slow_items) as u64;
     let fill_deadline = Instant::now() + Duration::from_secs(900);
+    let mut progress = Progress::new();
     loop {
         let s = sender.stats();
+        progress.tick(|| {
+            format!(
+                "fill: {} of {queued} messages stored, {} failed",
+                s.messages_delivered, s.messages_failed
+            )
+        });
         if s.messages_delivered + s.messages_failed >= queued {
             if s.messages_failed > 0 {
                 bail!(

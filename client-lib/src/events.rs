@@ -47,6 +47,9 @@ pub struct TransportStats {
     pub messages_queued: u64,
     pub messages_delivered: u64,
     pub messages_failed: u64,
+    /// Answers by store-and-forward dropped from the outbox unsent or unacknowledged because
+    /// their caller's deadline passed (not counted in `messages_failed`).
+    pub answers_abandoned: u64,
     /// Inbound requests put in the inbox.
     pub received: u64,
     /// Inbound requests dropped as duplicates.
@@ -79,6 +82,7 @@ pub(crate) struct Counters {
     pub messages_queued: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub messages_failed: AtomicU64,
+    pub answers_abandoned: AtomicU64,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     pub pulls: AtomicU64,
@@ -110,6 +114,7 @@ impl Counters {
             messages_queued: g(&self.messages_queued),
             messages_delivered: g(&self.messages_delivered),
             messages_failed: g(&self.messages_failed),
+            answers_abandoned: g(&self.answers_abandoned),
             received: g(&self.received),
             duplicates: g(&self.duplicates),
             pulls: g(&self.pulls),

@@ -199,6 +199,8 @@ struct OutMessage {
     destination: Arc<SporeAddress>,
     /// When the message fails if it is not yet delivered.
     expires: Instant,
+    /// An answer whose caller gave up at `expires`: dropped then without a failure report.
+    answer: bool,
     /// Fragments no copy of which is acknowledged yet: at 0 the message is delivered.
     remaining: usize,
     /// Fragments still in the durable outbox: at 0 the message is forgotten.
@@ -449,7 +451,10 @@ impl<S: PacketSource> Sender<S> {
             return;
         }
         let age = Duration::from_millis(unix_ms.saturating_sub(message.created_ms));
-        let expires = now + self.config.timeouts.message_lifetime.saturating_sub(age);
+        let mut expires = now + self.config.timeouts.message_lifetime.saturating_sub(age);
+        if let Some(at) = message.expires_ms {
+            expires = expires.min(now + Duration::from_millis(at.saturating_sub(unix_ms)));
+        }
         // One copy per mailbox relay the address names (an address naming none still gets
         // one, whose build fails and says why).
         let copies = u8::try_from(message.destination.mailbox_relays.len())
@@ -460,6 +465,7 @@ impl<S: PacketSource> Sender<S> {
             OutMessage {
                 destination: Arc::new(message.destination),
                 expires,
+                answer: message.expires_ms.is_some(),
                 remaining: fragments.len(),
                 unsettled: fragments.len(),
             },
@@ -1230,14 +1236,14 @@ impl<S: PacketSource> Sender<S> {
             self.settle(frag);
         }
         // Message lifetime.
-        let mut expired: Vec<(MessageId, bool)> = self
+        let mut expired: Vec<(MessageId, bool, bool)> = self
             .messages
             .iter()
             .filter(|(_, m)| now > m.expires)
-            .map(|(id, m)| (*id, m.remaining == 0))
+            .map(|(id, m)| (*id, m.remaining == 0, m.answer))
             .collect();
         expired.sort_unstable();
-        for (id, delivered) in expired {
+        for (id, delivered, answer) in expired {
             let mut keys: Vec<CopyKey> = self
                 .frags
                 .keys()
@@ -1260,8 +1266,13 @@ impl<S: PacketSource> Sender<S> {
             for key in keys {
                 self.remove_frag(&key);
             }
-            bump(&self.counters.messages_failed);
-            tracing::info!("a message was not acknowledged within its lifetime and failed");
+            if answer {
+                bump(&self.counters.answers_abandoned);
+                tracing::debug!("an answer's caller stopped waiting before it was stored; dropped");
+            } else {
+                bump(&self.counters.messages_failed);
+                tracing::info!("a message was not acknowledged within its lifetime and failed");
+            }
             self.events.push_back(SenderEvent::Failed(id));
         }
         // Forget SURB ids nobody will use any more.

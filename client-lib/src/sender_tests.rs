@@ -292,6 +292,7 @@ fn message(id: u8, count: u16) -> (OutgoingMessage, Vec<Fragment>) {
         id: [id; 16],
         created_ms: 1_000,
         destination: address(),
+        expires_ms: None,
     };
     (message, fragments)
 }
@@ -714,6 +715,35 @@ fn a_message_older_than_its_lifetime_fails_and_frees_its_fragments() {
     assert_eq!(pair.failed, [[6; 16]]);
     assert_eq!(pair.sender.unacknowledged(), 0);
     assert_eq!(pair.sender.in_flight(), 0);
+}
+
+#[test]
+fn an_answer_is_dropped_when_its_caller_gives_up_not_at_the_message_lifetime() {
+    let mut pair = Pair::new(50.0);
+    let (mut m, fragments) = message(8, 3);
+    // The caller waits 20 s more (its deadline, Unix ms); the message lifetime is 600 s.
+    let unix_now = 1_000;
+    m.expires_ms = Some(unix_now + 20_000);
+    pair.relay.lose_always = HashSet::from([([8; 16], 0), ([8; 16], 1), ([8; 16], 2)]);
+    pair.sender
+        .handle_enqueue(m, encoded(&fragments), pair.now, unix_now);
+    pair.run_until(pair.at(19_900));
+    assert_eq!(pair.sender.unacknowledged(), 3, "still wanted: still sent");
+    pair.run_until(pair.at(20_100));
+    assert_eq!(pair.sender.unacknowledged(), 0);
+    assert_eq!(pair.sender.in_flight(), 0);
+    // Dropped from the outbox (the driver removes it on this event), but it is not a failure
+    // of ours to report: the caller had already gone.
+    assert_eq!(pair.failed, [[8; 16]]);
+    assert_eq!(pair.stat(&pair.counters.answers_abandoned), 1);
+    assert_eq!(pair.stat(&pair.counters.messages_failed), 0);
+    let sent_then = pair.stat(&pair.counters.real_sent);
+    pair.run_until(pair.at(60_000));
+    assert_eq!(
+        pair.stat(&pair.counters.real_sent),
+        sent_then,
+        "no retransmission after the deadline"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! | table | key | columns | why |
 //! |---|---|---|---|
-//! | `out_msgs` | message id | created (unix ms), destination address | a queued message survives a crash |
+//! | `out_msgs` | message id | created (unix ms), destination address, expires (unix ms, answers only) | a queued message survives a crash |
 //! | `out_frags` | message id, index | encoded fragment | removed when its SURB-ack returns |
 //! | `in_frags` | message id, index | fragment data | pulled fragments, before reassembly |
 //! | `in_partial` | message id | count, received, data length, first seen | reassembly progress |
@@ -187,6 +187,11 @@ pub struct OutgoingMessage {
     pub id: MessageId,
     pub created_ms: u64,
     pub destination: SporeAddress,
+    /// When (Unix ms) nobody wants the message any more, if sooner than its lifetime: an
+    /// answer by store-and-forward is worth sending only until its caller gives up, and a
+    /// megabyte answer retransmitted after that takes the sender's packet rate from
+    /// everything else.
+    pub expires_ms: Option<u64>,
 }
 
 /// What storing one inbound fragment led to.
@@ -267,6 +272,7 @@ impl Store {
         // The first write takes the exclusive lock, held until the connection closes.
         db.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
             .map_err(storage)?;
+        add_expires_column(&db)?;
         warn_about_sled_data(dir);
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
@@ -351,7 +357,8 @@ impl Store {
         let db = self.db();
         let mut messages = db
             .prepare_cached(
-                "SELECT id, created_ms, destination FROM out_msgs ORDER BY created_ms, id",
+                "SELECT id, created_ms, destination, expires_ms FROM out_msgs \
+                 ORDER BY created_ms, id",
             )
             .map_err(storage)?;
         let rows = messages
@@ -360,6 +367,7 @@ impl Store {
                     row.get::<_, Vec<u8>>(0)?,
                     row.get::<_, i64>(1)?,
                     row.get::<_, Vec<u8>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
                 ))
             })
             .map_err(storage)?;
@@ -368,13 +376,16 @@ impl Store {
             .map_err(storage)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, created_ms, destination) = row.map_err(storage)?;
+            let (id, created_ms, destination, expires_ms) = row.map_err(storage)?;
             let id = message_id(&id)?;
             let message = OutgoingMessage {
                 id,
                 created_ms: api_u64(created_ms, "outbox message")?,
                 destination: SporeAddress::from_bytes(&destination)
                     .map_err(|_| ClientError::Corrupt("outbox address"))?,
+                expires_ms: expires_ms
+                    .map(|e| api_u64(e, "outbox expiry"))
+                    .transpose()?,
             };
             let mut frags = Vec::new();
             let rows = fragments
@@ -762,6 +773,23 @@ fn assemble(db: &Connection, id: &MessageId, partial: Partial) -> Result<Fragmen
     Ok(FragmentOutcome::Complete(padded))
 }
 
+/// Stores written before answers had a deadline have no `out_msgs.expires_ms`: added empty
+/// (every message queued then keeps its ordinary lifetime).
+fn add_expires_column(db: &Connection) -> Result<()> {
+    let has: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('out_msgs') WHERE name = 'expires_ms'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(storage)?;
+    if has == 0 {
+        db.execute_batch("ALTER TABLE out_msgs ADD COLUMN expires_ms INTEGER")
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
 /// The inserts of [`Store::put_outgoing`], inside the caller's transaction.
 fn insert_outgoing(
     tx: &rusqlite::Transaction<'_>,
@@ -769,13 +797,15 @@ fn insert_outgoing(
     fragments: &[Fragment],
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO out_msgs (id, created_ms, destination) VALUES (?1, ?2, ?3)",
+        "INSERT OR REPLACE INTO out_msgs (id, created_ms, destination, expires_ms) \
+         VALUES (?1, ?2, ?3, ?4)",
     )
     .and_then(|mut s| {
         s.execute(params![
             &message.id[..],
             sql_u64(message.created_ms),
-            message.destination.to_bytes()
+            message.destination.to_bytes(),
+            message.expires_ms.map(sql_u64),
         ])
     })
     .map_err(storage)?;
@@ -1025,6 +1055,7 @@ mod tests {
                         id: [id; 16],
                         created_ms: 1,
                         destination: address(),
+                        expires_ms: None,
                     };
                     Ok((msg, vec![frag(id, 0, 1)], n))
                 })
@@ -1050,12 +1081,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_deadline_survives_reopen_and_an_older_store_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = OutgoingMessage {
+            id: [3; 16],
+            created_ms: 5,
+            destination: address(),
+            expires_ms: Some(65_000),
+        };
+        {
+            let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+            store.put_outgoing(&answer, &[frag(3, 0, 1)]).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        assert_eq!(store.load_outbox().unwrap()[0].0, answer);
+        drop(store);
+        // A store written before the column existed: the same rows, without it.
+        {
+            let db = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            db.execute_batch("ALTER TABLE out_msgs DROP COLUMN expires_ms")
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
+        let loaded = store.load_outbox().unwrap();
+        assert_eq!(
+            loaded[0].0.expires_ms, None,
+            "an old message keeps its lifetime"
+        );
+        assert_eq!(loaded[0].0.id, answer.id);
+    }
+
+    #[tokio::test]
     async fn outbox_survives_reopen_and_empties_on_acks() {
         let dir = tempfile::tempdir().unwrap();
         let msg = OutgoingMessage {
             id: [9; 16],
             created_ms: 5,
             destination: address(),
+            expires_ms: None,
         };
         {
             let store = Store::open(dir.path(), InboundLimits::default()).unwrap();
@@ -1250,6 +1314,7 @@ mod tests {
             id: [7; 16],
             created_ms: 1,
             destination: address(),
+            expires_ms: None,
         };
         store.put_outgoing(&msg, &[fragment.clone()]).unwrap();
         let mut partial = frag(8, 0, 2);

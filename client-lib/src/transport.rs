@@ -311,6 +311,7 @@ impl Transport {
                 id,
                 created_ms: now_ms(),
                 destination: to,
+                expires_ms: None,
             };
             Ok::<_, ClientError>((message, fragments, ()))
         };
@@ -479,6 +480,20 @@ impl Transport {
     ///
     /// [`TransportConfig::max_reply_bytes`]: crate::TransportConfig::max_reply_bytes
     pub async fn respond(&self, id: InboundId, response: FederationResponse) -> Result<()> {
+        self.respond_until(id, response, None).await
+    }
+
+    /// [`Transport::respond`] for a caller that stops waiting at `deadline_ms` (Unix ms): an
+    /// answer by store-and-forward that is not stored at the requester's mailbox by then is
+    /// dropped from the outbox instead of being retransmitted for the whole message
+    /// lifetime (counted in `answers_abandoned`). Answers on reply SURBs leave at once and
+    /// are not affected.
+    pub async fn respond_until(
+        &self,
+        id: InboundId,
+        response: FederationResponse,
+        deadline_ms: Option<u64>,
+    ) -> Result<()> {
         let store = self.shared.store.clone();
         let bytes = tokio::task::spawn_blocking(move || store.inbox_get(id.0))
             .await
@@ -517,7 +532,9 @@ impl Transport {
         .await
         .map_err(|_| ClientError::Stopped)??;
         if fragments.len() > reply_surbs.len() {
-            return self.respond_by_mailbox(sender_key, requester, reply).await;
+            return self
+                .respond_by_mailbox(sender_key, requester, reply, deadline_ms)
+                .await;
         }
         let mut packets = Vec::with_capacity(fragments.len());
         for (f, surb) in fragments.iter().zip(&reply_surbs) {
@@ -547,6 +564,7 @@ impl Transport {
         sender_key: [u8; 32],
         requester: Option<SporeAddress>,
         reply: Bundle,
+        deadline_ms: Option<u64>,
     ) -> Result<()> {
         let BundleBody::Response { response, .. } = &reply.body else {
             return Err(ClientError::Corrupt("reply bundle"));
@@ -571,6 +589,7 @@ impl Transport {
                 id,
                 created_ms: now_ms(),
                 destination: to,
+                expires_ms: deadline_ms,
             };
             store.put_outgoing(&message, &fragments)?;
             Ok::<_, ClientError>((message, fragments))

@@ -116,7 +116,7 @@ pub fn request_expired(request: &FederationRequest, now_ms: u64) -> bool {
 }
 
 /// When (Unix ms) the caller of a request/response call stops waiting, if it said.
-fn request_deadline(request: &FederationRequest) -> Option<u64> {
+pub fn request_deadline(request: &FederationRequest) -> Option<u64> {
     request
         .headers
         .iter()

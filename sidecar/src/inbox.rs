@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::dead_letter::DeadLetters;
 use crate::homeserver::{
     Delivered, DeliveryError, LocalHomeserver, RetryPolicy, authenticate_origin, deliver_inbound,
-    request_expired, too_large_response,
+    request_deadline, request_expired, too_large_response,
 };
 use crate::peer_book::PeerBook;
 use crate::send_order::{NextExpected, NextInOrder, SendOrder};
@@ -287,7 +287,12 @@ async fn deliver_one(d: &Delivery, inbound: InboundRequest, sequence: Option<u64
             tracing::debug!("not answering a request whose caller has stopped waiting");
         }
         Ok(Delivered::Answered(response)) => {
-            if let Err(e) = d.transport.respond(inbound.id, response).await {
+            let deadline = request_deadline(&inbound.request);
+            if let Err(e) = d
+                .transport
+                .respond_until(inbound.id, response, deadline)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot send a response back");
                 // Too large even for a store-and-forward answer: a short error (4xx, so the
                 // caller's homeserver does not back off from us) instead of a silent timeout.

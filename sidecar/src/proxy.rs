@@ -132,20 +132,27 @@ impl OutboundProxy {
         })
     }
 
-    /// Accepts tunnels on `listener` until `shutdown` turns true.
+    /// Accepts tunnels on `listener` until `shutdown` turns true, then closes the open ones:
+    /// a tunnel is a homeserver's keep-alive connection and would otherwise outlive the
+    /// sidecar's transport, answering every request with an error until the homeserver drops
+    /// it. A request cut off this way was not answered, so the homeserver retries it (a
+    /// transaction already queued is delivered once: the receiver deduplicates by txnId).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let slots = Arc::new(Semaphore::new(MAX_TUNNELS));
+        let mut tunnels = tokio::task::JoinSet::new();
         loop {
+            // Finished tunnels' results, so the set holds only open ones.
+            while tunnels.try_join_next().is_some() {}
             let permit = tokio::select! {
-                _ = shutdown.changed() => return,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = shutdown.changed() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
             let (stream, peer) = tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
                 a = listener.accept() => match a {
                     Ok(a) => a,
                     Err(e) => {
@@ -156,13 +163,15 @@ impl OutboundProxy {
                 },
             };
             let proxy = self.clone();
-            tokio::spawn(async move {
+            tunnels.spawn(async move {
                 if let Err(e) = proxy.tunnel(stream, peer).await {
                     tracing::debug!(error = %e, "proxy tunnel closed");
                 }
                 drop(permit);
             });
         }
+        drop(listener);
+        tunnels.shutdown().await;
     }
 
     async fn tunnel(

@@ -144,9 +144,7 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
         assert!(body.contains(hint), "{hint} missing from {body}");
     }
     assert!(bob.peers().get("alice.example").is_none());
-    // The same through the HTTPS proxy, as Synapse sends. (The connection is closed at the
-    // end of the block: an open one keeps the transport, and its store, alive past a
-    // shutdown.)
+    // The same through the HTTPS proxy, as Synapse sends.
     {
         let mut tunnel = https_proxy::tunnel(bob_proxy, &bob_ca(), "alice.example", 8448).await;
         let (status, body) = https_proxy::call(
@@ -234,8 +232,17 @@ async fn the_receiver_learns_the_initiators_address_and_sends_back_without_a_tab
     );
     mallory.shutdown().await;
 
-    // And again after bob's sidecar restarts: the learned address was durable.
+    // And again after bob's sidecar restarts: the learned address was durable. A homeserver's
+    // keep-alive tunnel open across the shutdown is closed by it: otherwise it would keep the
+    // old transport, and the store the restart opens, alive.
+    let mut held = https_proxy::tunnel(bob_proxy, &bob_ca(), "alice.example", 8448).await;
+    let (status, _) = https_proxy::call(&mut held, "GET", "/.well-known/matrix/server", "").await;
+    assert_eq!(status, 200);
     bob.shutdown().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || held.is_closed()).await,
+        "the sidecar's shutdown closes the homeserver's open tunnels"
+    );
     let bob = start(bob_config, key_response("bob.example", 2)).await;
     assert_eq!(
         bob.peers().get("alice.example").map(|p| p.address),
