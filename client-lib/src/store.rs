@@ -38,6 +38,7 @@
 //! what must be durable before they acknowledge anything.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -234,6 +235,20 @@ impl Partial {
 pub struct Store {
     db: Arc<Mutex<Connection>>,
     limits: InboundLimits,
+    flushes: Arc<FlushGroup>,
+}
+
+/// Group commit for [`Store::flush`]: a flush costs several `fsync`s whatever it carries, and
+/// while one runs, others asked for (the pull's items being stored, the application's acks,
+/// queued sends) wait and share the next one instead of each paying for their own.
+#[derive(Default)]
+struct FlushGroup {
+    /// Flushes asked for so far (each caller takes a number after its writes committed).
+    asked: AtomicU64,
+    /// Every number up to this one is durable.
+    covered: AtomicU64,
+    /// One flush at a time.
+    running: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -277,6 +292,7 @@ impl Store {
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
             limits,
+            flushes: Arc::default(),
         })
     }
 
@@ -288,11 +304,22 @@ impl Store {
     }
 
     /// Makes everything written so far durable, and leaves no log with old pages behind.
+    /// Callers that ask while a flush runs share the next one (group commit).
     pub async fn flush(&self) -> Result<()> {
+        let group = &self.flushes;
+        let ticket = group.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = group.running.lock().await;
+        if group.covered.load(Ordering::SeqCst) >= ticket {
+            return Ok(()); // a flush that started after our writes has finished
+        }
+        // Everyone who has a number by now committed before this flush starts.
+        let upto = group.asked.load(Ordering::SeqCst);
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|_| ClientError::Stopped)?
+            .map_err(|_| ClientError::Stopped)??;
+        group.covered.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn flush_blocking(&self) -> Result<()> {
@@ -709,6 +736,25 @@ impl Store {
             .and_then(|mut s| s.execute([id]))
             .map_err(storage)?;
         Ok(removed > 0)
+    }
+
+    /// [`Store::inbox_remove`] for many, in one transaction; how many were there.
+    pub fn inbox_remove_many(&self, ids: &[u64]) -> Result<usize> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(storage)?;
+        let mut removed = 0;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM inbox WHERE id = ?1")
+                .map_err(storage)?;
+            for id in ids {
+                if let Ok(id) = i64::try_from(*id) {
+                    removed += delete.execute([id]).map_err(storage)?;
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(removed)
     }
 
     pub fn inbox_len(&self) -> usize {

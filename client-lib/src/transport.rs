@@ -466,6 +466,19 @@ impl Transport {
         }
     }
 
+    /// [`Transport::ack`] for several requests, in one transaction and one flush: for an
+    /// application that hands requests on in batches (a returning homeserver draining
+    /// thousands). Returns how many were still in the inbox; unknown ids are skipped.
+    pub async fn ack_many(&self, ids: &[InboundId]) -> Result<usize> {
+        let store = self.shared.store.clone();
+        let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
+        let removed = tokio::task::spawn_blocking(move || store.inbox_remove_many(&ids))
+            .await
+            .map_err(|_| ClientError::Stopped)??;
+        self.shared.store.flush().await?;
+        Ok(removed)
+    }
+
     /// Answers an inbound request. Call before [`Transport::ack`].
     ///
     /// An answer that fits the reply SURBs the request carried goes back on them (one trip
