@@ -360,9 +360,13 @@ if [ "$RELAY_LOSS" = 1 ]; then
     say "sent while B's first relay is dead: $Q transaction(s) stored at the second $(since "$T0")s after the last message was sent"
     a_all_stored && { say "FAIL: A's outbox is empty although copies are owed to the dead relay"; exit 1; }
     say "A's outbox keeps the copies owed to the dead relay"
+    GME0=$(gme)
     start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
     start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
     $DRIVER check "$RUN/state.json" $((LOSS_BEFORE + LOSS_AFTER)) 300 "$UP_AT" b relayloss | tee "$RUN/relayloss.out"
+    GME=$(( $(gme) - GME0 ))
+    say "get_missing_events requests during this catch-up: $GME"
+    [ "$GME" -eq 0 ] || { say "FAIL: B asked for missing events while catching up through its second relay"; exit 1; }
     $DRIVER say "$RUN/state.json" a b "A to B while B's first relay is dead"
     "$TARGET/debug/spore-relay" run --config "$B_RELAY/relay.toml" >>"$B_RELAY/relay.log" 2>&1 &
     PIDS+=($!); echo "testnet relay-hs-b $!" >>"$RUN/pids"
