@@ -32,7 +32,9 @@
 #   SPORE_SYNAPSE_RELAY_LOSS=1 (default with the spore carrier): each server's address names
 #                        two mailbox relays, the first a `spore-relay` process of its own; at the
 #                        end B's first relay is SIGKILLed and its data deleted (see that block);
-#                        0: one mailbox relay each, no such scenario
+#                        0: one mailbox relay each, no such scenario;
+#                        SPORE_SYNAPSE_LOSS_BEFORE / _AFTER: messages sent before the kill
+#                        (default 10) and while the relay is dead (default 5)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
