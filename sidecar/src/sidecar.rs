@@ -100,6 +100,7 @@ impl Sidecar {
                 },
                 stop.subscribe(),
             )),
+            tokio::spawn(log_outbox_drained(transport.clone(), stop.subscribe())),
         ];
         if let Some(listen) = config.https_proxy_listen {
             tasks.push(
@@ -252,6 +253,35 @@ async fn log_mailbox_acks(
             Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// How often [`log_outbox_drained`] looks at the outbox.
+const OUTBOX_CHECK: Duration = Duration::from_millis(500);
+
+/// Debug-logs each time the outbox empties: every fragment sent so far is stored at each of
+/// its recipient's mailbox relays (both, for an address that names two), so losing one of
+/// those relays now loses nothing (tests and operators wait for this line before taking a
+/// relay down). A message queued and fully stored between two looks counts as well (the
+/// queued count moved). No metadata in the line.
+async fn log_outbox_drained(transport: Transport, mut stop: watch::Receiver<bool>) {
+    let mut was_empty = transport.outbox_len() == 0;
+    let mut queued = transport.stats().messages_queued;
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(OUTBOX_CHECK) => {}
+        }
+        // Read the count first: a message queued after it is in the outbox when we look.
+        let now_queued = transport.stats().messages_queued;
+        let empty = transport.outbox_len() == 0;
+        if empty && (!was_empty || now_queued != queued) {
+            tracing::debug!(
+                "outbox empty: every sent fragment is stored at each of its recipient's mailbox relays"
+            );
+            queued = now_queued;
+        }
+        was_empty = empty;
     }
 }
 

@@ -1,13 +1,17 @@
-//! The real `spore-relay` binary as a child process: `init` into a folder, `run` it, SIGKILL it
-//! by dropping it, and connect to it while it comes up.
+//! The real `spore-relay` binary as a child process: `init` into a folder (alone, or as a
+//! member of a [`Testnet`]), `run` it, SIGKILL it by dropping it, and connect to it while it
+//! comes up.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use spore_protocol::directory::RelayDescriptor;
 use spore_protocol::packet::RouteHop;
-use spore_relay::{Link, RelayKeys};
+use spore_relay::{Link, RelayConfig, RelayKeys};
+
+use crate::Testnet;
 
 /// How long [`connect`] waits for a starting relay to accept links.
 const COME_UP: Duration = Duration::from_secs(5);
@@ -62,6 +66,56 @@ pub fn init(bin: &Path, dir: &Path) -> String {
     )
     .expect("relay.toml is writable");
     listen
+}
+
+/// `spore-relay init` in `dir` as an entry+mailbox relay of `net`: its directory file, its
+/// authority, its epoch length and delay bound, one Sphinx worker. Returns the listen address,
+/// the keys and the signed descriptor to publish with [`Testnet::publish_with_external`]
+/// (the relay must be in the directory before it runs: it loads the directory at start).
+pub fn init_for_testnet(
+    bin: &Path,
+    dir: &Path,
+    net: &Testnet,
+) -> (String, RelayKeys, RelayDescriptor) {
+    let listen = init(bin, dir);
+    let path = dir.join("relay.toml");
+    let params = net.params();
+    let mut text = std::fs::read_to_string(&path).expect("init wrote relay.toml");
+    for (from, to) in [
+        (
+            "epoch_length_secs = 3600".to_owned(),
+            format!("epoch_length_secs = {}", params.epoch_length_secs),
+        ),
+        (
+            "max_delay_ms = 60000".to_owned(),
+            format!("max_delay_ms = {}", params.max_delay_ms),
+        ),
+        ("workers = 0".to_owned(), "workers = 1".to_owned()),
+        (
+            "# path = \"directory.bin\"".to_owned(),
+            format!("path = {:?}", net.directory_path().display().to_string()),
+        ),
+        (
+            "authorities = []\nthreshold = 1\nrefresh_secs = 60".to_owned(),
+            format!(
+                "authorities = [\"{}\"]\nthreshold = 1\nrefresh_secs = 1",
+                hex::encode(net.authority())
+            ),
+        ),
+    ] {
+        assert!(text.contains(&from), "relay.toml has no `{from}`");
+        text = text.replace(&from, &to);
+    }
+    std::fs::write(&path, text).expect("relay.toml is writable");
+    let config = RelayConfig::load(&path).expect("relay.toml loads");
+    let keys = RelayKeys::load(&config.key_file).expect("init wrote the relay's keys");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let descriptor = spore_relay::build_descriptor(&config, &keys, &listen, now)
+        .expect("the relay's descriptor builds");
+    (listen, keys, descriptor)
 }
 
 /// `spore-relay run --config <dir>/relay.toml`, quiet.

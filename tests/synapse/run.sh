@@ -29,6 +29,12 @@
 #                        layers) and `spore-sidecar` with `https_proxy_listen`
 #   SPORE_SYNAPSE_CARRIER=loopback: the same proxy/keys/delivery code, bundles carried directly
 #                        between two `spore-loopback-gateway`s (isolates homeserver issues)
+#   SPORE_SYNAPSE_RELAY_LOSS=1 (default with the spore carrier): each server's address names
+#                        two mailbox relays, the first a `spore-relay` process of its own; at the
+#                        end B's first relay is SIGKILLed and its data deleted (see that block);
+#                        0: one mailbox relay each, no such scenario;
+#                        SPORE_SYNAPSE_LOSS_BEFORE / _AFTER: messages sent before the kill
+#                        (default 10) and while the relay is dead (default 5)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -66,7 +72,8 @@ say "synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)
 CARRIER=${SPORE_SYNAPSE_CARRIER:-spore}
 say "building the sidecar ($CARRIER)"
 (cd "$ROOT" && cargo build -q -p spore-sidecar --bin spore-sidecar \
-    && cargo build -q -p spore-tests --bin spore-loopback-gateway --bin spore-testnet)
+    && cargo build -q -p spore-tests --bin spore-loopback-gateway --bin spore-testnet \
+    && cargo build -q -p spore-relay --bin spore-relay)
 GATEWAY="$TARGET/debug/spore-loopback-gateway"
 SIDECAR="$TARGET/debug/spore-sidecar"
 TESTNET="$TARGET/debug/spore-testnet"
@@ -76,6 +83,7 @@ BASE=$((20000 + ($$ % 2000) * 15))
 A_CLIENT=$((BASE + 0)); A_FED=$((BASE + 1)); A_PROXY=$((BASE + 2)); A_BUNDLE=$((BASE + 3))
 B_CLIENT=$((BASE + 5)); B_FED=$((BASE + 6)); B_PROXY=$((BASE + 7)); B_BUNDLE=$((BASE + 8))
 C_CLIENT=$((BASE + 10)); C_FED=$((BASE + 11)); C_PROXY=$((BASE + 12))
+RELAY_LOSS=${SPORE_SYNAPSE_RELAY_LOSS:-1}; [ "$CARRIER" = loopback ] && RELAY_LOSS=0
 SERVERS=${SPORE_SYNAPSE_SERVERS:-3}
 [ "$CARRIER" = loopback ] && SERVERS=${SPORE_SYNAPSE_SERVERS:-2}
 case "$SERVERS" in 2) ;; 3) [ "$CARRIER" != loopback ] || { say "SPORE_SYNAPSE_SERVERS=3 needs the spore carrier"; exit 1; } ;;
@@ -204,17 +212,22 @@ configure hs-b.spore.test "$B" $B_CLIENT $B_FED
 $DRIVER watch "$RUN/ss.log" & PIDS+=($!)
 
 if [ "$CARRIER" != loopback ]; then
-    say "starting a Spore testnet (2 entry/mailbox relays, 3 mix layers)"
+    say "starting a Spore testnet (2 entry/mailbox relays, 3 mix layers$([ "$RELAY_LOSS" = 1 ] && echo "; each server also has a mailbox relay process of its own, the first of its two"))"
     "$TESTNET" --dir "$RUN/net" \
         --homeserver "hs-a.spore.test,http://127.0.0.1:$A_FED,127.0.0.1:$A_PROXY" \
         --homeserver "hs-b.spore.test,http://127.0.0.1:$B_FED,127.0.0.1:$B_PROXY" \
         --omit-peer hs-b.spore.test=hs-a.spore.test \
         $([ "$SERVERS" = 3 ] && echo --homeserver "hs-c.spore.test,http://127.0.0.1:$C_FED,127.0.0.1:$C_PROXY") \
+        $([ "$RELAY_LOSS" = 1 ] && echo --relay-processes) \
         >>"$RUN/testnet.log" 2>&1 &
     PIDS+=($!)
     echo "testnet - $!" >>"$RUN/pids"
     for _ in $(seq 300); do [ -f "$RUN/net/ready" ] && break; sleep 0.1; done
     [ -f "$RUN/net/ready" ] || { say "testnet did not start"; cat "$RUN/testnet.log"; exit 1; }
+    for f in "$RUN"/net/relays/*/pid; do # each server's own mailbox relay process
+        [ -f "$f" ] || continue
+        PIDS+=("$(cat "$f")"); n=$(basename "$(dirname "$f")"); echo "testnet relay-${n%%.*} $(cat "$f")" >>"$RUN/pids"
+    done
     if [ -n "${SPORE_SYNAPSE_REPLY_SURBS:-}" ]; then
         sed -i "s/^reply_surbs = .*/reply_surbs = $SPORE_SYNAPSE_REPLY_SURBS/" "$RUN"/net/*/sidecar.toml
     fi
@@ -294,6 +307,79 @@ if [ "$CARRIER" != loopback ]; then
     STALE=$(grep -c "caller has stopped waiting" "$RUN/hs-b.spore.test.sidecar.log" || true)
     [ "$STALE" -ge 1 ] || { say "FAIL: the profile query A gave up on was delivered to B late"; exit 1; }
     say "B's sidecar dropped $STALE request(s) whose caller had stopped waiting (the profile query), instead of delivering them late"
+fi
+
+# ---------------------------------------------------------------- losing a mailbox relay (issue 17)
+# B's address names two mailbox relays: its own `spore-relay` process (the first, also B's
+# entry relay) and one in the testnet process. B goes offline and alice sends LOSS_BEFORE
+# messages; once A's sidecar says every copy is stored at both relays (its outbox is empty),
+# B's first relay is SIGKILLed and its data folder deleted. Alice sends LOSS_AFTER more while
+# it is dead (A's sidecar stores them at the second relay and keeps the copies owed to the
+# first in its outbox). B comes back with its first relay still dead: all of them must show
+# in bob's timeline, in order, once. One more A -> B message while it is dead; then the relay
+# restarts with an empty disk (same keys and port): A's outbox drains, B sends again (its
+# entry relay is back), and bob's timeline still has each message once.
+if [ "$RELAY_LOSS" = 1 ]; then
+    LOSS_BEFORE=${SPORE_SYNAPSE_LOSS_BEFORE:-10}; LOSS_AFTER=${SPORE_SYNAPSE_LOSS_AFTER:-5}
+    B_RELAY=$RUN/net/relays/hs-b.spore.test
+    last_pid() { awk -v k="$1" -v n="$2" '$1 == k && $2 == n { p = $3 } END { print p }' "$RUN/pids"; }
+    since() { awk -v t="$1" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - t }'; }
+    # A's outbox is empty and nothing was queued after it emptied: every copy of everything
+    # A sent is stored at each of its recipient's mailbox relays.
+    a_all_stored() {
+        awk '/transaction queued through spore/ { q = 1 } /outbox empty/ { q = 0; e = 1 } END { exit !(e && !q) }' \
+            "$RUN/hs-a.spore.test.sidecar.log"
+    }
+    wait_stored_once() { # Q0 K0: each transaction A queued since is stored at one relay at least
+        for _ in $(seq 600); do
+            Q=$(( $(count "transaction queued through spore") - $1 ))
+            K=$(( $(count "stored at its recipient's mailbox relay") - $2 ))
+            [ "$Q" -gt 0 ] && [ "$K" -ge "$Q" ] && return 0
+            sleep 0.1
+        done
+        say "FAIL: A's sidecar queued $Q transaction(s), $K stored"; exit 1
+    }
+    say "losing a mailbox relay: B's address names two; stopping B again"
+    B_SYN=$(last_pid synapse hs-b); B_SC=$(last_pid sidecar hs-b)
+    kill "$B_SYN" "$B_SC"
+    while kill -0 "$B_SYN" 2>/dev/null || kill -0 "$B_SC" 2>/dev/null; do sleep 0.2; done
+    Q0=$(count "transaction queued through spore"); K0=$(count "stored at its recipient's mailbox relay")
+    $DRIVER send "$RUN/state.json" "$LOSS_BEFORE" relayloss
+    T0=$(date +%s.%N)
+    wait_stored_once "$Q0" "$K0"
+    for _ in $(seq 1200); do a_all_stored && break; sleep 0.1; done
+    a_all_stored || { say "FAIL: A's outbox did not empty (a copy is not stored at both relays)"; exit 1; }
+    say "$Q transaction(s) stored at both of B's mailbox relays (A's outbox empty) $(since "$T0")s after the last message was sent"
+    DEAD=$(cat "$B_RELAY/pid")
+    kill -9 "$DEAD"
+    while ps -o stat= -p "$DEAD" 2>/dev/null | grep -qv Z; do sleep 0.05; done
+    rm -rf "$B_RELAY/data"
+    say "B's first mailbox relay SIGKILLed (pid $DEAD) and its data folder deleted"
+    Q0=$(count "transaction queued through spore"); K0=$(count "stored at its recipient's mailbox relay")
+    $DRIVER send "$RUN/state.json" "$LOSS_AFTER" relayloss $((LOSS_BEFORE + 1))
+    T0=$(date +%s.%N)
+    wait_stored_once "$Q0" "$K0"
+    say "sent while B's first relay is dead: $Q transaction(s) stored at the second $(since "$T0")s after the last message was sent"
+    a_all_stored && { say "FAIL: A's outbox is empty although copies are owed to the dead relay"; exit 1; }
+    say "A's outbox keeps the copies owed to the dead relay"
+    GME0=$(gme)
+    start_sidecar hs-b.spore.test "$B" $B_PROXY $B_BUNDLE $B_FED hs-a.spore.test $A_BUNDLE
+    start_synapse hs-b "$B" $B_CLIENT $B_FED $B_PROXY
+    $DRIVER check "$RUN/state.json" $((LOSS_BEFORE + LOSS_AFTER)) 300 "$UP_AT" b relayloss | tee "$RUN/relayloss.out"
+    GME=$(( $(gme) - GME0 ))
+    say "get_missing_events requests during this catch-up: $GME"
+    [ "$GME" -eq 0 ] || { say "FAIL: B asked for missing events while catching up through its second relay"; exit 1; }
+    $DRIVER say "$RUN/state.json" a b "A to B while B's first relay is dead"
+    "$TARGET/debug/spore-relay" run --config "$B_RELAY/relay.toml" >>"$B_RELAY/relay.log" 2>&1 &
+    PIDS+=($!); echo "testnet relay-hs-b $!" >>"$RUN/pids"
+    T0=$(date +%s.%N)
+    say "B's first mailbox relay restarted with an empty disk (pid $!)"
+    for _ in $(seq 1800); do a_all_stored && break; sleep 0.1; done
+    a_all_stored || { say "FAIL: A's outbox did not empty after the relay came back"; exit 1; }
+    say "A's outbox emptied $(since "$T0")s after the relay restarted (the owed copies are stored there)"
+    $DRIVER say "$RUN/state.json" b a "B sends again through its first relay"
+    $DRIVER check "$RUN/state.json" $((LOSS_BEFORE + LOSS_AFTER)) 30 "" b relayloss
+    say "losing B's first mailbox relay and its disk lost nothing and delivered nothing twice"
 fi
 
 # ---------------------------------------------------------------- no direct route

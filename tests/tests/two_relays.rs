@@ -16,9 +16,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use spore_client::Transport;
-use spore_protocol::directory::RelayDescriptor;
 use spore_protocol::{MailboxKey, SporeAddress};
-use spore_relay::{RelayConfig, RelayKeys};
+use spore_relay::RelayKeys;
 use spore_testkit::relay_process::{self, KilledOnDrop};
 use spore_testkit::{Testnet, TestnetConfig, binaries};
 
@@ -26,49 +25,6 @@ use crate::{fast, init_tracing, receive_distinct, start_client, transaction, wai
 
 /// Requests per batch.
 const N: usize = 20;
-
-/// `spore-relay init` in `dir` as an entry+mailbox relay of `net` (its directory file, its
-/// authority, its epoch length), and its signed descriptor for `net`'s directory.
-fn external_edge(bin: &Path, dir: &Path, net: &Testnet) -> (String, RelayKeys, RelayDescriptor) {
-    let listen = relay_process::init(bin, dir);
-    let path = dir.join("relay.toml");
-    let params = net.params();
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    for (from, to) in [
-        (
-            "epoch_length_secs = 3600".to_owned(),
-            format!("epoch_length_secs = {}", params.epoch_length_secs),
-        ),
-        (
-            "max_delay_ms = 60000".to_owned(),
-            format!("max_delay_ms = {}", params.max_delay_ms),
-        ),
-        ("workers = 0".to_owned(), "workers = 1".to_owned()),
-        (
-            "# path = \"directory.bin\"".to_owned(),
-            format!("path = {:?}", net.directory_path().display().to_string()),
-        ),
-        (
-            "authorities = []\nthreshold = 1\nrefresh_secs = 60".to_owned(),
-            format!(
-                "authorities = [\"{}\"]\nthreshold = 1\nrefresh_secs = 1",
-                hex::encode(net.authority())
-            ),
-        ),
-    ] {
-        assert!(text.contains(&from), "relay.toml has no `{from}`");
-        text = text.replace(&from, &to);
-    }
-    std::fs::write(&path, text).unwrap();
-    let config = RelayConfig::load(&path).unwrap();
-    let keys = RelayKeys::load(&config.key_file).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let descriptor = spore_relay::build_descriptor(&config, &keys, &listen, now).unwrap();
-    (listen, keys, descriptor)
-}
 
 /// Runs the relay set up in `dir` and waits until it accepts links.
 async fn run_edge(bin: &Path, dir: &Path, listen: &str, keys: &RelayKeys) -> KilledOnDrop {
@@ -177,7 +133,7 @@ async fn a_mailbox_relay_sigkilled_with_its_disk_deleted_loses_nothing() {
     let mut net = Testnet::start(TestnetConfig::default()).await.unwrap();
     let mailboxes = net.mailbox_relays();
     let edge_dir = tempfile::tempdir().unwrap();
-    let (listen, keys, descriptor) = external_edge(&bin, edge_dir.path(), &net);
+    let (listen, keys, descriptor) = relay_process::init_for_testnet(&bin, edge_dir.path(), &net);
     net.publish_with_external(vec![descriptor]).await.unwrap();
     let edge = run_edge(&bin, edge_dir.path(), &listen, &keys).await;
 
