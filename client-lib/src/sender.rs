@@ -52,6 +52,9 @@ const MAINTENANCE_EVERY: Duration = Duration::from_millis(50);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// A pull that has not completed after this long is abandoned and the link reopened.
 const PULL_STALL: Duration = Duration::from_secs(30);
+/// How long a catch-up pull's Delete (and the next bulk pull) waits for its items to be
+/// stored; well below [`PULL_STALL`].
+const CATCH_UP_STORE_WAIT: Duration = Duration::from_secs(5);
 /// Real fragments built ahead of their send (being built or ready): enough to keep the build
 /// threads busy between two sends at any rate, few enough that a packet is fresh when sent.
 const BUILD_AHEAD: usize = 32;
@@ -1098,10 +1101,14 @@ impl<S: PacketSource> Sender<S> {
             self.pulls_started += 1;
             self.pulls_started
         });
-        // A catch-up pull with nothing to store may end at once; otherwise its Delete waits
-        // for the items (handle_processed), at most as long as an ordinary pull's.
+        // A catch-up pull with nothing to store may end at once. One with items waits for
+        // them to be stored (handle_processed), however long that takes under load, up to
+        // CATCH_UP_STORE_WAIT: a bulk pull that left sooner would return the same items,
+        // still being processed, and carry nothing new. An ordinary pull's Delete keeps its
+        // slot in the fixed cadence.
         let delete_at = match (self.catching_up, handed_as) {
             (true, None) => now,
+            (true, Some(_)) => now + CATCH_UP_STORE_WAIT,
             _ => now + delete_delay(self.config.rates.pull_interval),
         };
         self.open_pull = Some(OpenPull {

@@ -920,6 +920,10 @@ fn the_link_schedule_does_not_depend_on_what_is_received_or_sent() {
 /// A returning client with 1,000 items waiting (persisting each pull's items takes 5 ms):
 /// how long until its mailbox is empty, how many bulk pulls that took, and the pair.
 fn drain_backlog(catch_up: bool) -> (Duration, Pair) {
+    drain_backlog_storing_in(catch_up, Duration::from_millis(5))
+}
+
+fn drain_backlog_storing_in(catch_up: bool, processing: Duration) -> (Duration, Pair) {
     let mut pair = Pair::new(50.0);
     pair.sender = Sender::new(
         SenderConfig {
@@ -932,7 +936,7 @@ fn drain_backlog(catch_up: bool) -> (Duration, Pair) {
         pair.start,
     );
     pair.sender.handle_link_up(pair.start);
-    pair.processing_time = Duration::from_millis(5);
+    pair.processing_time = processing;
     for n in 0..1000u32 {
         pair.relay.deliver_forward((n % 251) as u8);
     }
@@ -982,6 +986,24 @@ fn a_full_pull_starts_catch_up_and_an_empty_mailbox_ends_it() {
         slow.transmitted.iter().all(|(_, k)| *k != b'B'),
         "no bulk pull when catch-up is off"
     );
+}
+
+/// Under load, storing a bulk pull's items may take longer than an ordinary pull's Delete
+/// slot (here 200 ms against 25 ms): the next bulk pull still waits for them, so each pull
+/// brings 64 new items instead of the same ones again while they are being stored.
+#[test]
+fn a_slow_store_does_not_make_catch_up_pull_the_same_items_again() {
+    let (took, fast) = drain_backlog_storing_in(true, Duration::from_millis(200));
+    assert!(fast.relay.mailbox.is_empty());
+    assert_eq!(fast.handed_to_driver, 1000);
+    assert!(
+        (16..=18).contains(&fast.relay.bulk_pulls),
+        "{} bulk pulls for 984 items",
+        fast.relay.bulk_pulls
+    );
+    // 17 pulls, each waiting 200 ms for its items to be stored.
+    assert!(took < Duration::from_millis(4000), "drained in {took:?}");
+    assert!(fast.closed.is_empty());
 }
 
 /// On the wire, an empty Delete and a full one are the same size: every link frame is encoded
