@@ -74,10 +74,16 @@ const TAG_LOOP: u8 = 3;
 const TAG_SEQUENCED_REQUEST: u8 = 4;
 /// The `u32` compressed-length field in front of a packed message.
 const LENGTH_FIELD: usize = 4;
-/// Set in the length field: the frame was compressed with [`FEDERATION_DICTIONARY`]. Every
-/// valid length is far below it ([`MAX_PADDED_LEN`]).
-const DICTIONARY_FLAG: u32 = 1 << 31;
-const _: () = assert!(MAX_PADDED_LEN < DICTIONARY_FLAG as usize);
+/// The top two bits of the length field say what zstd started from; every valid length is
+/// far below them ([`MAX_PADDED_LEN`]). `00`: nothing (before dictionaries).
+const DICTIONARY_BITS: u32 = 0b11 << 30;
+/// `10`: [`FEDERATION_DICTIONARY`] (read, no longer written).
+const DICTIONARY_FLAG: u32 = 0b10 << 30;
+/// `11`: [`TRAINED_DICTIONARY`] (written since issue 17's address-once change). A reader
+/// from before it masks only the top bit, reads a length beyond [`MAX_PADDED_LEN`] and
+/// refuses the message cleanly.
+const TRAINED_DICTIONARY_FLAG: u32 = 0b11 << 30;
+const _: () = assert!(MAX_PADDED_LEN < (1 << 30));
 
 /// What zstd starts from when it compresses a bundle: the strings that recur in federation
 /// traffic (X-Matrix headers, transaction, event and EDU field names, a key response's), so
@@ -106,6 +112,16 @@ pub const FEDERATION_DICTIONARY: &[u8] = concat!(
     "PUT/_matrix/federation/v1/send/",
 )
 .as_bytes();
+
+/// What zstd starts from when it compresses a bundle now: a dictionary trained (zstd's
+/// trainer, 6 KiB) on synthetic transactions shaped like Synapse's (canonical JSON, room
+/// version 10 events, receipts, typing, presence, device list updates, key responses, the
+/// sidecar's headers; see `bundle_samples.rs`). Unlike [`FEDERATION_DICTIONARY`], which only
+/// gives zstd strings to refer to, it also carries entropy tables fitted to such traffic: a
+/// small bundle no longer pays for its own Huffman and sequence tables, and base64 digests
+/// cost close to their six bits a character. On 300 held-out samples, 16% fewer fragments.
+/// Changing a byte of it is a protocol change: a new flag value must then name the new one.
+pub const TRAINED_DICTIONARY: &[u8] = include_bytes!("federation_trained.dict");
 
 /// Upper bound on an encoding that passes every field limit.
 const MAX_ENCODED_LEN: usize = 1
@@ -482,10 +498,8 @@ pub fn pack(bundle: &Bundle, data_size: usize) -> Result<Vec<u8>> {
     }
     bundle.check_limits()?;
     let encoded = bundle.encode();
-    let compressed =
-        zstd::bulk::Compressor::with_dictionary(COMPRESSION_LEVEL, FEDERATION_DICTIONARY)
-            .and_then(|mut c| c.compress(&encoded))
-            .map_err(|_| ApiMisuse::InvalidArgument("zstd compression failed"))?;
+    let compressed = compress_with_trained_dictionary(&encoded)
+        .map_err(|_| ApiMisuse::InvalidArgument("zstd compression failed"))?;
     let framed_len = compressed.len().saturating_add(LENGTH_FIELD);
     let too_large = ApiMisuse::MessageTooLarge {
         got: framed_len,
@@ -495,7 +509,7 @@ pub fn pack(bundle: &Bundle, data_size: usize) -> Result<Vec<u8>> {
     let length = u32::try_from(compressed.len()).map_err(|_| too_large)?;
 
     let mut w = Writer::with_capacity(padded_len);
-    w.u32(length | DICTIONARY_FLAG).bytes(&compressed);
+    w.u32(length | TRAINED_DICTIONARY_FLAG).bytes(&compressed);
     let mut padded = w.into_vec();
     padded.resize(padded_len, 0);
     Ok(padded)
@@ -516,8 +530,13 @@ pub fn unpack(padded: &[u8]) -> Result<Bundle> {
     }
     let mut r = Reader::new(padded);
     let length = r.u32()?;
-    let dictionary = (length & DICTIONARY_FLAG != 0).then_some(FEDERATION_DICTIONARY);
-    let length = usize::try_from(length & !DICTIONARY_FLAG).unwrap_or(usize::MAX);
+    let dictionary = match length & DICTIONARY_BITS {
+        0 => None,
+        DICTIONARY_FLAG => Some(FEDERATION_DICTIONARY),
+        TRAINED_DICTIONARY_FLAG => Some(TRAINED_DICTIONARY),
+        _ => return Err(InvalidMessage::BadValue("dictionary flag").into()),
+    };
+    let length = usize::try_from(length & !DICTIONARY_BITS).unwrap_or(usize::MAX);
     if length > MAX_PADDED_LEN {
         return Err(InvalidMessage::TooLong {
             limit: MAX_PADDED_LEN,
@@ -531,6 +550,14 @@ pub fn unpack(padded: &[u8]) -> Result<Bundle> {
     }
     let encoded = decompress(compressed, dictionary)?;
     Bundle::decode(&encoded)
+}
+
+/// zstd with [`TRAINED_DICTIONARY`], without the dictionary id in the frame header (four
+/// bytes; the length field's flag names the dictionary).
+fn compress_with_trained_dictionary(encoded: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = zstd::bulk::Compressor::with_dictionary(COMPRESSION_LEVEL, TRAINED_DICTIONARY)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))?;
+    c.compress(encoded)
 }
 
 fn decompress(compressed: &[u8], dictionary: Option<&[u8]>) -> Result<Vec<u8>, InvalidMessage> {
@@ -636,7 +663,7 @@ mod tests {
             let packed = pack(&b, FRAGMENT_DATA_SIZE).unwrap();
             assert_eq!(unpack(&packed).unwrap(), b);
             let with_dictionary =
-                u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_FLAG;
+                u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_BITS;
             let without = plain(&b).len();
             eprintln!(
                 "typing EDU bundle, key response {}: encoded {} B, zstd {without} B, with the dictionary {with_dictionary} B; {} fragment(s) of {FRAGMENT_DATA_SIZE} B",
@@ -708,7 +735,7 @@ mod tests {
     }
 
     fn compressed_len(packed: &[u8]) -> usize {
-        (u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_FLAG) as usize
+        (u32::from_be_bytes(packed[..4].try_into().unwrap()) & !DICTIONARY_BITS) as usize
     }
 
     /// Issue 17: what a message event's bundle costs once the peer holds our key response,
@@ -754,10 +781,67 @@ mod tests {
         let mut old = framed(&compressed, 0);
         old.resize(size_class(old.len(), FRAGMENT_DATA_SIZE).unwrap(), 0);
         assert_eq!(unpack(&old).unwrap(), b);
-        // A dictionary frame read without the dictionary is refused, not misread.
-        let mut packed = pack(&b, FRAGMENT_DATA_SIZE).unwrap();
-        packed[0] &= 0x7f;
-        assert!(unpack(&packed).is_err());
+        // Packed with the first (raw) dictionary, as the build before the trained one did.
+        let compressed =
+            zstd::bulk::Compressor::with_dictionary(COMPRESSION_LEVEL, FEDERATION_DICTIONARY)
+                .unwrap()
+                .compress(&b.encode())
+                .unwrap();
+        let mut v1 = framed(&compressed, 0);
+        v1[0] |= 0x80;
+        v1.resize(size_class(v1.len(), FRAGMENT_DATA_SIZE).unwrap(), 0);
+        assert_eq!(unpack(&v1).unwrap(), b);
+        // A frame read with the wrong dictionary, or none, is refused, not misread.
+        let packed = pack(&b, FRAGMENT_DATA_SIZE).unwrap();
+        assert_eq!(packed[0] >> 6, 0b11, "written with the trained dictionary");
+        for top in [0x00, 0x40, 0x80] {
+            let mut wrong = packed.clone();
+            wrong[0] = (wrong[0] & 0x3f) | top;
+            assert!(unpack(&wrong).is_err());
+        }
+    }
+
+    /// The trained dictionary is a protocol constant: these bytes, or a new flag value.
+    #[test]
+    fn the_trained_dictionary_is_pinned() {
+        use sha2::{Digest, Sha256};
+        assert_eq!(TRAINED_DICTIONARY.len(), 6144);
+        assert_eq!(
+            hex::encode(Sha256::digest(TRAINED_DICTIONARY)),
+            "07bf398f1e6cc3b455ea5cf9616abc22444b712ea17d24c135d622b7a4b27eb1"
+        );
+    }
+
+    /// Issue 17: on traffic it was not trained on, the trained dictionary takes fewer
+    /// fragments than the raw one (and never more for a single bundle's size class).
+    #[test]
+    fn the_trained_dictionary_saves_fragments_on_held_out_traffic() {
+        let raw = |b: &Bundle| {
+            zstd::bulk::Compressor::with_dictionary(COMPRESSION_LEVEL, FEDERATION_DICTIONARY)
+                .unwrap()
+                .compress(&b.encode())
+                .unwrap()
+                .len()
+        };
+        let fragments = |len: usize| {
+            size_class(len + LENGTH_FIELD, FRAGMENT_DATA_SIZE).unwrap() / FRAGMENT_DATA_SIZE
+        };
+        let (mut bytes_raw, mut bytes_trained, mut frag_raw, mut frag_trained) = (0, 0, 0, 0);
+        for b in super::training::held_out() {
+            let packed = pack(&b, FRAGMENT_DATA_SIZE).unwrap();
+            assert_eq!(unpack(&packed).unwrap(), b);
+            bytes_raw += raw(&b);
+            bytes_trained += compressed_len(&packed);
+            frag_raw += fragments(raw(&b));
+            frag_trained += packed.len() / FRAGMENT_DATA_SIZE;
+        }
+        eprintln!(
+            "300 held-out transactions: raw dictionary {bytes_raw} B, {frag_raw} fragments; trained {bytes_trained} B, {frag_trained} fragments"
+        );
+        assert!(
+            frag_trained * 10 < frag_raw * 9,
+            "at least 10% fewer fragments"
+        );
     }
 
     fn loop_bundle() -> Bundle {
@@ -975,7 +1059,7 @@ mod tests {
             assert_eq!(padded.len() % data_size, 0);
             assert!(fragments.is_power_of_two());
             // Half as many fragments would not have held it.
-            let length = u32::from_be_bytes(padded[..4].try_into().unwrap()) & !DICTIONARY_FLAG;
+            let length = u32::from_be_bytes(padded[..4].try_into().unwrap()) & !DICTIONARY_BITS;
             let framed_len = 4 + length as usize;
             assert!(framed_len <= padded.len());
             assert!(fragments == 1 || framed_len > padded.len() / 2);
@@ -1245,5 +1329,31 @@ mod tests {
             let compressed = zstd::bulk::compress(&data, 1).unwrap();
             let _ = unpack(&framed(&compressed, 3));
         }
+    }
+}
+#[cfg(test)]
+#[path = "bundle_samples.rs"]
+mod samples;
+
+#[cfg(test)]
+mod training {
+    use super::*;
+
+    /// Held-out samples: numbers the training never saw.
+    pub(super) fn held_out() -> impl Iterator<Item = Bundle> {
+        (1_000_000..1_000_300).map(samples::sample)
+    }
+
+    /// Writes `federation_trained.dict`: zstd's trainer on 20,000 synthetic transactions
+    /// ([`samples`]). Run by hand (`cargo test -p spore-protocol --lib train_ -- --ignored`);
+    /// the result is a protocol constant, so changing it needs a new flag value.
+    #[test]
+    #[ignore = "regenerates a protocol constant"]
+    fn train_the_federation_dictionary() {
+        let samples: Vec<Vec<u8>> = (0..20_000).map(|n| samples::sample(n).encode()).collect();
+        let dict = zstd::dict::from_samples(&samples, 6144).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/federation_trained.dict");
+        std::fs::write(path, &dict).unwrap();
+        eprintln!("wrote {} bytes to {path}", dict.len());
     }
 }
