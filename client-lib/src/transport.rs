@@ -323,6 +323,16 @@ impl Transport {
         // Built inside the store's transaction when sequenced: the number is sealed in the
         // bundle, and taken only if the message carrying it is queued.
         let build = move |sequence: Option<u64>| {
+            // A transaction's id comes from its number, so its bundle need not carry it: the
+            // recipient deduplicates transactions by their txnId.
+            let request_id = match sequence {
+                Some(n)
+                    if crate::dedup::transaction_id(&request.method, &request.path).is_some() =>
+                {
+                    bundle::sequenced_request_id(n)
+                }
+                _ => request_id,
+            };
             let bundle = Bundle {
                 origin,
                 sender,

@@ -21,15 +21,20 @@
 //! [x]?     = 0 | 1 x
 //! body     = 1 request
 //!          | 4 sequence:u64 request
+//!          | 5 sequence:u64 request-without-id
 //!          | 2 request_id:16 status:u16 headers body:bytes32
 //!          | 3 nonce:16
-//! request  = request_id:16 method:str8 path:str16 headers body:bytes32 n:u8 n*(SURB_SIZE bytes)
+//! request  = request_id:16 request-without-id
+//! request-without-id = method:str8 path:str16 headers body:bytes32 n:u8 n*(SURB_SIZE bytes)
 //! headers  = n:u8 n*(name:str16 value:str16)
 //! ```
 //!
 //! Tag 4 is a request with the origin's send-order number for this destination (see
 //! [`BundleBody::Request::sequence`]); a request without one keeps tag 1, so bundles written
-//! before sequence numbers existed (in a durable inbox or outbox) still decode.
+//! before sequence numbers existed (in a durable inbox or outbox) still decode. Tag 5 is a
+//! sequenced request whose request id is [`sequenced_request_id`] of its number, so the id is
+//! not written: 16 random bytes that nothing compresses, in every transaction (which the
+//! recipient deduplicates by its Matrix `txnId`, not by the request id).
 
 use std::fmt;
 
@@ -72,6 +77,18 @@ const TAG_REQUEST: u8 = 1;
 const TAG_RESPONSE: u8 = 2;
 const TAG_LOOP: u8 = 3;
 const TAG_SEQUENCED_REQUEST: u8 = 4;
+const TAG_SEQUENCED_REQUEST_IMPLICIT_ID: u8 = 5;
+
+/// The request id a sequenced request may take instead of a random one: derived from its
+/// send-order number, so that its bundle need not carry it (tag 5). Unique per sender and
+/// destination as long as the numbering is (it is durable); a sender uses it only where the
+/// recipient does not deduplicate by request id (transactions, deduplicated by `txnId`).
+pub fn sequenced_request_id(sequence: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(b"sequence");
+    id[8..].copy_from_slice(&sequence.to_be_bytes());
+    id
+}
 /// The `u32` compressed-length field in front of a packed message.
 const LENGTH_FIELD: usize = 4;
 /// The top two bits of the length field say what zstd started from; every valid length is
@@ -253,11 +270,13 @@ impl Bundle {
                 reply_surbs,
             } => {
                 match sequence {
-                    Some(n) => w.u8(TAG_SEQUENCED_REQUEST).u64(*n),
-                    None => w.u8(TAG_REQUEST),
+                    Some(n) if *request_id == sequenced_request_id(*n) => {
+                        w.u8(TAG_SEQUENCED_REQUEST_IMPLICIT_ID).u64(*n)
+                    }
+                    Some(n) => w.u8(TAG_SEQUENCED_REQUEST).u64(*n).bytes(request_id),
+                    None => w.u8(TAG_REQUEST).bytes(request_id),
                 };
-                w.bytes(request_id)
-                    .bytes_u8(request.method.as_bytes())
+                w.bytes_u8(request.method.as_bytes())
                     .string_u16(&request.path);
                 encode_headers(&mut w, &request.headers);
                 w.bytes_u32(&request.body);
@@ -304,13 +323,16 @@ impl Bundle {
             None
         };
         let body = match r.u8()? {
-            tag @ (TAG_REQUEST | TAG_SEQUENCED_REQUEST) => {
-                let sequence = if tag == TAG_SEQUENCED_REQUEST {
-                    Some(r.u64()?)
-                } else {
+            tag @ (TAG_REQUEST | TAG_SEQUENCED_REQUEST | TAG_SEQUENCED_REQUEST_IMPLICIT_ID) => {
+                let sequence = if tag == TAG_REQUEST {
                     None
+                } else {
+                    Some(r.u64()?)
                 };
-                let request_id = r.array()?;
+                let request_id = match sequence {
+                    Some(n) if tag == TAG_SEQUENCED_REQUEST_IMPLICIT_ID => sequenced_request_id(n),
+                    _ => r.array()?,
+                };
                 let method = utf8(r.bytes_u8(MAX_METHOD_LEN)?, "method")?;
                 let path = r.string_u16(MAX_PATH_LEN)?;
                 let headers = decode_headers(&mut r)?;
@@ -621,7 +643,7 @@ mod tests {
             }),
             server_keys: keys,
             body: BundleBody::Request {
-                request_id: bytes(16, 14).try_into().unwrap(),
+                request_id: sequenced_request_id(41),
                 sequence: Some(41),
                 request: FederationRequest {
                     method: "PUT".into(),
@@ -712,7 +734,8 @@ mod tests {
             ..
         } = &mut b.body
         {
-            *request_id = random_bytes(16, 28).try_into().unwrap();
+            // What the transport gives a transaction (see `sequenced_request_id`).
+            *request_id = sequenced_request_id(41);
             request.path = "/_matrix/federation/v1/send/1764929990001".into();
             request.headers[0].1 = format!(
                 r#"X-Matrix origin="hs-a.example",destination="hs-b.example",key="ed25519:a_Xy1z",sig="{}""#,
@@ -741,12 +764,12 @@ mod tests {
     /// Issue 17: what a message event's bundle costs once the peer holds our key response,
     /// with and without our address (version 2, with the peer's capability). The address is
     /// about a hundred random bytes, and random bytes in zstd's literals also cost the base64
-    /// around them: leaving it out saves more than its size. A realistic event is still two
-    /// packets without it: its four event ids, content hash, event signature and X-Matrix
-    /// signature are 387 characters of base64, some 290 bytes that nothing compresses, and a
-    /// forward fragment carries 494 (the figures in docs/synapse.md).
+    /// around them: leaving it out saves more than its size. Without it a short message is
+    /// one packet; a sentence or two is still two: the event's four event ids, content hash
+    /// and signature and the X-Matrix signature are 387 characters of base64, some 290 bytes
+    /// that nothing compresses, and a forward fragment carries 494 (docs/synapse.md).
     #[test]
-    fn leaving_the_address_out_saves_more_than_its_size() {
+    fn without_the_address_a_short_message_event_is_one_packet() {
         let text = "Are we still on for the meeting at 3? I'll bring the slides.";
         let mut sizes = Vec::new();
         for (label, sender) in [
@@ -765,6 +788,29 @@ mod tests {
             );
             sizes.push(compressed_len(&packed));
         }
+        // Without the address, a short message is one packet; how long one can be depends
+        // on how well the text compresses.
+        let long = "Are we still on for the meeting at 3? I'll bring the slides, and could you book the room on the second floor?";
+        let fits = (0..=long.len())
+            .rev()
+            .find(|n| {
+                pack(&message_event_bundle(&long[..*n], None), FRAGMENT_DATA_SIZE)
+                    .unwrap()
+                    .len()
+                    == FRAGMENT_DATA_SIZE
+            })
+            .unwrap();
+        eprintln!(
+            "without the address, one packet holds a message event with up to {fits} B of this text: {:?}",
+            &long[..fits]
+        );
+        assert!(fits >= "See you at 3!".len());
+        let short = message_event_bundle("See you at 3!", None);
+        assert_eq!(
+            pack(&short, FRAGMENT_DATA_SIZE).unwrap().len(),
+            FRAGMENT_DATA_SIZE,
+            "one packet"
+        );
         let address_len = address_with_capability().to_bytes().len();
         assert_eq!(address_len, 98);
         assert!(
@@ -959,6 +1005,28 @@ mod tests {
     }
 
     #[test]
+    fn a_sequenced_request_id_is_not_written() {
+        let mut b = request_bundle(b"{}".to_vec(), vec![]);
+        if let BundleBody::Request {
+            sequence,
+            request_id,
+            ..
+        } = &mut b.body
+        {
+            *sequence = Some(7);
+            *request_id = sequenced_request_id(7);
+        }
+        let implicit = b.encode();
+        assert_eq!(Bundle::decode(&implicit).unwrap(), b);
+        if let BundleBody::Request { request_id, .. } = &mut b.body {
+            *request_id = sequenced_request_id(8);
+        }
+        let explicit = b.encode();
+        assert_eq!(Bundle::decode(&explicit).unwrap(), b, "another id: written");
+        assert_eq!(explicit.len(), implicit.len() + 16);
+    }
+
+    #[test]
     fn unknown_version_and_body_tag_are_rejected() {
         let mut bytes = loop_bundle().encode();
         bytes[0] = 2;
@@ -968,7 +1036,7 @@ mod tests {
         ));
         let mut bytes = loop_bundle().encode();
         let tag = bytes.len() - 17;
-        bytes[tag] = 5;
+        bytes[tag] = 6;
         assert!(Bundle::decode(&bytes).is_err());
     }
 
