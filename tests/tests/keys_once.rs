@@ -399,6 +399,9 @@ async fn a_peer_that_lost_our_address_still_answers_a_large_request() {
         &[],
         Some(50.0),
     );
+    // A loaded machine (CI, other builds) must not turn a slow download into a 504.
+    let mut alice_config = alice_config;
+    alice_config.request_timeouts.insert("media".into(), 600);
     let alice = Sidecar::start(alice_config.clone()).await.unwrap();
     let bob = Sidecar::start(bob_config.clone()).await.unwrap();
     let alice_ca = ca_pem(&alice_config);
@@ -418,6 +421,14 @@ async fn a_peer_that_lost_our_address_still_answers_a_large_request() {
             &alice_config.data_dir,
             &bob_address.mailbox_key
         ))
+        .await
+    );
+
+    // Taken and acked: a restart must not hand t1 (and its address) over again.
+    assert!(
+        wait_until(Duration::from_secs(30), || received(&bob_hs, "t1")
+            .is_some()
+            && bob.transport().inbox_len() == 0)
         .await
     );
 
@@ -445,7 +456,7 @@ async fn a_peer_that_lost_our_address_still_answers_a_large_request() {
     );
     assert!(
         bob.peers().get("alice.example").is_none(),
-        "the transaction carried no address"
+        "the transaction carried neither keys nor address"
     );
 
     // Alice's homeserver downloads media from Bob: the answer comes back whole, through
@@ -461,12 +472,20 @@ async fn a_peer_that_lost_our_address_still_answers_a_large_request() {
     .header("Authorization", r#"X-Matrix origin="alice.example""#)
     .body(Full::new(Bytes::new()))
     .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(300), http.request(download))
+    let resp = tokio::time::timeout(Duration::from_secs(700), http.request(download))
         .await
         .expect("the download finished in time")
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        status,
+        200,
+        "{}; Alice {:?}; Bob {:?}",
+        String::from_utf8_lossy(&body[..body.len().min(300)]),
+        alice.transport().stats(),
+        bob.transport().stats()
+    );
     assert!(
         body.as_ref() == media.as_slice(),
         "the answer arrived intact"
