@@ -7,10 +7,11 @@
 //!
 //! The pipeline on the sending side is [`pack`]: encode → zstd → `u32 length || compressed ||
 //! zeros` up to the smallest size class; the receiving side is [`unpack`]. zstd starts from
-//! [`FEDERATION_DICTIONARY`] (the top bit of the length field says so; a message without it,
-//! from before the dictionary, still unpacks): a small transaction is mostly the same few
-//! hundred bytes of field names, and a forward fragment carries under 500 bytes, so these
-//! decide whether a typing notification or a receipt is one packet or two. Size classes are a
+//! [`TRAINED_DICTIONARY`] (the top two bits of the length field say so; a message packed
+//! with the earlier [`FEDERATION_DICTIONARY`], or with none, still unpacks): a small
+//! transaction is mostly the same few hundred bytes of field names, and a forward fragment
+//! carries under 500 bytes, so these decide whether a typing notification, a receipt or a
+//! short message is one packet or two. Size classes are a
 //! power-of-two number of fragments, so an observer of the fragment count (a mailbox relay, or
 //! anyone counting packets) learns only the class, never the exact size.
 //!
