@@ -164,10 +164,7 @@ impl Transport {
     /// The sender address a bundle to `destination` carries: ours, with the capability we
     /// give that peer, so that its answers come in through its own quota. Sending to
     /// ourselves carries the plain address.
-    pub(crate) async fn sender_address_for(
-        &self,
-        destination: &SporeAddress,
-    ) -> Result<SporeAddress> {
+    pub async fn sender_address_for(&self, destination: &SporeAddress) -> Result<SporeAddress> {
         if destination.mailbox_key == self.shared.address.mailbox_key {
             return Ok(self.shared.address.clone());
         }

@@ -62,4 +62,6 @@ pub use service::{
     to_federation_request, to_http_response, transaction_id,
 };
 pub use store::{FragmentOutcome, InboundLimits, OutgoingMessage, Store};
-pub use transport::{InboundId, InboundRequest, Transport, TransportEvent, TransportStats};
+pub use transport::{
+    Attachments, InboundId, InboundRequest, Transport, TransportEvent, TransportStats,
+};

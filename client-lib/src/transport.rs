@@ -53,6 +53,18 @@ pub struct InboundRequest {
     pub server_keys: Option<Vec<u8>>,
 }
 
+/// What a bundle carries besides its request ([`Transport::send_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attachments {
+    /// Our homeserver's key response, so that the peer verifies our signatures while we are
+    /// offline; `None` for none.
+    pub server_keys: Option<Vec<u8>>,
+    /// Whether our Spore address (with the capability we give this peer) rides along: the
+    /// peer learns from it where to answer and which capability to send through. A peer
+    /// that holds it already (pinned or learned from an earlier bundle) does not need it.
+    pub sender_address: bool,
+}
+
 /// The Spore transport: federation requests in, cover-hidden Sphinx packets out, inbound
 /// requests delivered exactly once.
 ///
@@ -239,15 +251,7 @@ impl Transport {
         request: FederationRequest,
     ) -> Result<MessageId> {
         let server_keys = self.default_server_keys();
-        self.enqueue(
-            destination,
-            random_id(),
-            request,
-            Vec::new(),
-            true,
-            server_keys,
-        )
-        .await
+        self.send_with_keys(destination, request, server_keys).await
     }
 
     /// [`Transport::send`] with exactly `server_keys` in the bundle (none for `None`), instead
@@ -259,13 +263,34 @@ impl Transport {
         request: FederationRequest,
         server_keys: Option<Vec<u8>>,
     ) -> Result<MessageId> {
+        self.send_with(
+            destination,
+            request,
+            Attachments {
+                server_keys,
+                sender_address: true,
+            },
+        )
+        .await
+    }
+
+    /// [`Transport::send`] with exactly `attachments` in the bundle: for a caller that knows
+    /// which peers already hold our key response and our address and leaves them out of
+    /// bundles to those that do (the sidecar). Each is a hundred or more bytes that do not
+    /// compress, in a fragment that carries under 500.
+    pub async fn send_with(
+        &self,
+        destination: &SporeAddress,
+        request: FederationRequest,
+        attachments: Attachments,
+    ) -> Result<MessageId> {
         self.enqueue(
             destination,
             random_id(),
             request,
             Vec::new(),
             true,
-            server_keys,
+            attachments,
         )
         .await
     }
@@ -285,17 +310,32 @@ impl Transport {
         request: FederationRequest,
         reply_surbs: Vec<Vec<u8>>,
         sequenced: bool,
-        server_keys: Option<Vec<u8>>,
+        attachments: Attachments,
     ) -> Result<MessageId> {
         let origin = self.shared.config.server_name.clone();
-        let sender = self.sender_address_for(destination).await?;
+        let sender = if attachments.sender_address {
+            Some(self.sender_address_for(destination).await?)
+        } else {
+            None
+        };
+        let server_keys = attachments.server_keys;
         let to = destination.clone();
         // Built inside the store's transaction when sequenced: the number is sealed in the
         // bundle, and taken only if the message carrying it is queued.
         let build = move |sequence: Option<u64>| {
+            // A transaction's id comes from its number, so its bundle need not carry it: the
+            // recipient deduplicates transactions by their txnId.
+            let request_id = match sequence {
+                Some(n)
+                    if crate::dedup::transaction_id(&request.method, &request.path).is_some() =>
+                {
+                    bundle::sequenced_request_id(n)
+                }
+                _ => request_id,
+            };
             let bundle = Bundle {
                 origin,
-                sender: Some(sender),
+                sender,
                 server_keys,
                 body: BundleBody::Request {
                     request_id,
@@ -401,7 +441,14 @@ impl Transport {
             );
         }
         let result = async {
-            self.enqueue(destination, request_id, request, surbs, false, server_keys)
+            // Always with our address, wherever the peer holds it: a large answer comes back
+            // as a message to the address the request names, also from a peer that lost (or
+            // never had) what we sent it before.
+            let attachments = Attachments {
+                server_keys,
+                sender_address: true,
+            };
+            self.enqueue(destination, request_id, request, surbs, false, attachments)
                 .await?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(response)) => Ok(response),

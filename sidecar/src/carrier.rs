@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spore_client::{ClientError, Resolver, Transport};
+use spore_client::{Attachments, ClientError, Resolver, Transport};
 use spore_protocol::{FederationRequest, FederationResponse, SporeAddress};
 
-use crate::key_recipients::{KeyRecipients, KeysDigest, keys_digest};
+use crate::key_recipients::{KeyRecipients, KeysDigest, held_digest};
 use crate::proxy::{Carrier, CarryError, CarryFuture};
 use crate::server_keys::unix_ms;
 
@@ -15,8 +15,8 @@ pub struct TransportCarrier {
     transport: Transport,
     /// The sidecar's [`crate::PeerBook`]: configured and learned peers.
     resolver: Arc<dyn Resolver>,
-    /// When set, our key response rides only on bundles to peers that do not hold it yet;
-    /// without, on every bundle.
+    /// When set, our key response and our address ride only on bundles to peers that do not
+    /// hold them yet; without, on every bundle.
     key_recipients: Option<Arc<KeyRecipients>>,
 }
 
@@ -29,32 +29,55 @@ impl TransportCarrier {
         }
     }
 
-    /// Sends our key response to each peer until its mailbox relay acknowledged one bundle
-    /// that carried it, and then only when it changed or the record is stale (see
+    /// Sends our key response and our address to each peer until its mailbox relay
+    /// acknowledged one bundle that carried them, and then only when either changed or the
+    /// record is stale (see
     /// [`KeyRecipients`]); the caller feeds `recipients` the transport's delivery events.
     pub fn sending_keys_once(mut self, recipients: Arc<KeyRecipients>) -> Self {
         self.key_recipients = Some(recipients);
         self
     }
 
-    /// The key response a bundle to `to` carries, and its fingerprint when it is to be
-    /// recorded as held once acknowledged.
-    fn keys_for(
+    /// What a bundle to `to` carries besides its request, and the fingerprint to record as
+    /// held by `to` once it is acknowledged (`None`: nothing to record). `ours` is our address
+    /// as we give it to `to`. Without a [`KeyRecipients`], everything, every time.
+    async fn attachments_for(
         &self,
         to: &SporeAddress,
         server_keys: Option<Vec<u8>>,
-    ) -> (Option<Vec<u8>>, Option<KeysDigest>) {
-        let (Some(recipients), Some(keys)) = (&self.key_recipients, server_keys.as_ref()) else {
-            return (server_keys, None);
+    ) -> Result<(Attachments, Option<KeysDigest>), CarryError> {
+        let Some(recipients) = &self.key_recipients else {
+            return Ok((
+                Attachments {
+                    server_keys,
+                    sender_address: true,
+                },
+                None,
+            ));
         };
-        let digest = keys_digest(keys);
-        if recipients.must_carry(&to.mailbox_key, &digest, unix_ms()) {
-            tracing::debug!("bundle carries our server keys (the peer does not hold them yet)");
-            (server_keys, Some(digest))
-        } else {
-            tracing::debug!("bundle without our server keys (the peer holds them)");
-            (None, None)
-        }
+        let ours = self
+            .transport
+            .sender_address_for(to)
+            .await
+            .map_err(carry_error)?;
+        let digest = held_digest(server_keys.as_deref(), &ours);
+        Ok(
+            if recipients.must_carry(&to.mailbox_key, &digest, unix_ms()) {
+                tracing::debug!(
+                    "bundle carries our server keys and address (the peer does not hold them yet)"
+                );
+                (
+                    Attachments {
+                        server_keys,
+                        sender_address: true,
+                    },
+                    Some(digest),
+                )
+            } else {
+                tracing::debug!("bundle without our server keys and address (the peer holds them)");
+                (Attachments::default(), None)
+            },
+        )
     }
 
     fn address(&self, destination: &str) -> Result<SporeAddress, CarryError> {
@@ -84,10 +107,10 @@ impl Carrier for TransportCarrier {
         Box::pin(async move {
             let address =
                 crate::capabilities::with_peer_capability(&self.transport, address?).await;
-            let (server_keys, digest) = self.keys_for(&address, server_keys);
+            let (attachments, digest) = self.attachments_for(&address, server_keys).await?;
             let id = self
                 .transport
-                .send_with_keys(&address, request, server_keys)
+                .send_with(&address, request, attachments)
                 .await
                 .map_err(carry_error)?;
             if let (Some(recipients), Some(digest)) = (&self.key_recipients, digest) {
@@ -109,7 +132,9 @@ impl Carrier for TransportCarrier {
             let address =
                 crate::capabilities::with_peer_capability(&self.transport, address?).await;
             // A request's message id is not ours to see: only transactions record delivery.
-            let (server_keys, _) = self.keys_for(&address, server_keys);
+            // It carries our address whatever the peer holds (the transport adds it).
+            let (attachments, _) = self.attachments_for(&address, server_keys).await?;
+            let server_keys = attachments.server_keys;
             self.transport
                 .request_with_keys(&address, request, timeout, server_keys)
                 .await

@@ -1,4 +1,5 @@
-//! Which peers already hold our homeserver's key response, so that it travels once per peer.
+//! Which peers already hold our homeserver's key response and our Spore address, so that
+//! they travel once per peer.
 //!
 //! A bundle can carry the origin's self-signed `/_matrix/key/v2/server` response
 //! ([`spore_protocol::Bundle::server_keys`]) so that the recipient verifies our X-Matrix
@@ -19,6 +20,16 @@
 //! wrong here errs towards sending the keys again: a lost acknowledgement event, a record not
 //! written, a full table.
 //!
+//! Our Spore address (with the capability we give that peer, [`spore_protocol::Bundle::sender`])
+//! goes the same way, under the same record: about a hundred random bytes that cost some 130
+//! compressed, which a peer needs only to learn where to answer us (it keeps what it learned
+//! in its peer book, or has us in its configured table) and which capability to send
+//! through. The recorded fingerprint covers both ([`held_digest`]), so a bundle carries both
+//! until one that did was acknowledged, and both again when either changed (a renewed key
+//! response, a new capability or mailbox relay). Request/response calls always carry the
+//! address (see `spore_client::Transport::request`): a large answer is sent to it, also by a
+//! peer that lost what it held.
+//!
 //! Three things get keys to a peer that lost them anyway (a wiped or restored data dir, a
 //! bundle that expired in its mailbox): the response changes whenever our homeserver renews
 //! its key validity, and a changed response is sent again; the record ages out after the
@@ -35,7 +46,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use spore_protocol::MessageId;
+use spore_protocol::{MessageId, SporeAddress};
 
 use crate::private_file;
 
@@ -56,6 +67,24 @@ pub type KeysDigest = [u8; 32];
 /// The fingerprint of the key response `json`.
 pub fn keys_digest(json: &[u8]) -> KeysDigest {
     Sha256::digest(json).into()
+}
+
+/// The fingerprint of what a peer holds of us: our key response (`None` while we have none)
+/// and our address as we give it to that peer. Records written before the address was part
+/// of it (a digest of the keys alone) match nothing: those peers get both once more.
+pub fn held_digest(server_keys: Option<&[u8]>, address: &SporeAddress) -> KeysDigest {
+    let mut h = Sha256::new();
+    h.update(b"spore/held-by-peer/v1\0");
+    match server_keys {
+        Some(keys) => {
+            h.update([1]);
+            h.update(u64::try_from(keys.len()).unwrap_or(u64::MAX).to_be_bytes());
+            h.update(keys);
+        }
+        None => h.update([0]),
+    }
+    h.update(address.to_bytes());
+    h.finalize().into()
 }
 
 /// What a peer holds: which response, acknowledged when (Unix ms).
@@ -235,6 +264,39 @@ mod tests {
             !r.delivered(&[11; 16], 3000),
             "unknown messages are ignored"
         );
+    }
+
+    #[test]
+    fn the_record_covers_keys_and_address_so_a_change_in_either_resends_both() {
+        let address = SporeAddress {
+            capability: None,
+            mailbox_relays: vec![spore_protocol::RelayId([1; 32])],
+            mailbox_key: [2; 32],
+        };
+        let with_capability = address.with_capability(Some(spore_protocol::CapabilityId([3; 32])));
+        let held = held_digest(Some(b"keys"), &address);
+        assert_eq!(held, held_digest(Some(b"keys"), &address));
+        assert_ne!(held, held_digest(Some(b"keyz"), &address), "new keys");
+        assert_ne!(
+            held,
+            held_digest(Some(b"keys"), &with_capability),
+            "new capability"
+        );
+        assert_ne!(held, held_digest(None, &address), "no keys yet");
+        assert_ne!(
+            held,
+            keys_digest(b"keys"),
+            "records from before the address"
+        );
+        let r = KeyRecipients::in_memory(DAY);
+        r.sent([1; 16], [7; 32], held);
+        assert!(r.delivered(&[1; 16], 1000));
+        assert!(!r.must_carry(&[7; 32], &held, 1001));
+        assert!(r.must_carry(
+            &[7; 32],
+            &held_digest(Some(b"keys"), &with_capability),
+            1001
+        ));
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub use homeserver::{
 };
 pub use inbox::InboundCounters;
 pub use key_recipients::{
-    DEFAULT_KEYS_RESEND_SECS, KEY_RECIPIENTS_FILE, KeyRecipients, KeysDigest, keys_digest,
+    DEFAULT_KEYS_RESEND_SECS, KEY_RECIPIENTS_FILE, KeyRecipients, KeysDigest, held_digest,
+    keys_digest,
 };
 pub use peer_book::{
     PEER_BOOK_FILE, Peer, PeerBook, PeerBookError, PeerSource, PeerUpdate, WELL_KNOWN_ADDRESS_KEY,

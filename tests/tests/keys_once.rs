@@ -355,6 +355,147 @@ async fn a_peer_verifies_keyless_bundles_from_its_cache_also_after_a_restart() {
     bob.shutdown().await;
 }
 
+/// Our address travels once per peer too, so a peer may lose it (a data dir restored from
+/// an old backup: peer book and key cache gone, Spore key kept) while we still record that it
+/// holds it. Such a peer still gets our transactions (without keys or address, as recorded),
+/// and still answers our requests, also with an answer too large for the reply SURBs, which
+/// goes by store-and-forward to the address every request bundle carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_lost_our_address_still_answers_a_large_request() {
+    init_tracing();
+    let net = Testnet::start(TestnetConfig::default()).await.unwrap();
+    let mailboxes = net.mailbox_relays();
+    let data = tempfile::tempdir().unwrap();
+    let (alice_key, bob_key) = (
+        MailboxKey::generate(&mut rand::rng()),
+        MailboxKey::generate(&mut rand::rng()),
+    );
+    let bob_address = crate::address_at(mailboxes[1], &bob_key);
+    let signing = SigningKey::from_bytes(&[42; 32]);
+    let alice_hs = StubHomeserver::start().await.unwrap();
+    alice_hs.serve_key_response(key_response("alice.example", &signing, 0));
+    let bob_hs = StubHomeserver::start().await.unwrap();
+    // Incompressible: far more than the 8 reply SURBs (about 8 KB) carry.
+    let media: Vec<u8> = (0..48 * 1024).map(|_| rand::random::<u8>()).collect();
+    bob_hs.serve_body("/_matrix/federation/v1/media/download/", media.clone());
+    let (alice_config, alice_proxy) = config(
+        &data.path().join("alice"),
+        &net,
+        "alice.example",
+        mailboxes[0],
+        &alice_key,
+        &alice_hs.url(),
+        &[("bob.example", &bob_address)],
+        Some(50.0),
+    );
+    // Bob has no table entry for Alice: he knows her only from her bundles.
+    let (bob_config, _) = config(
+        &data.path().join("bob"),
+        &net,
+        "bob.example",
+        mailboxes[1],
+        &bob_key,
+        &bob_hs.url(),
+        &[],
+        Some(50.0),
+    );
+    // A loaded machine (CI, other builds) must not turn a slow download into a 504.
+    let mut alice_config = alice_config;
+    alice_config.request_timeouts.insert("media".into(), 600);
+    let alice = Sidecar::start(alice_config.clone()).await.unwrap();
+    let bob = Sidecar::start(bob_config.clone()).await.unwrap();
+    let alice_ca = ca_pem(&alice_config);
+
+    // First contact carries Alice's keys and address: Bob learns where she is.
+    send_and_count(&alice, alice_proxy, &alice_ca, &signing, "t1").await;
+    assert!(
+        wait_until(Duration::from_secs(30), || bob
+            .peers()
+            .get("alice.example")
+            .is_some())
+        .await,
+        "Bob learned Alice's address from her bundle"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || recorded(
+            &alice_config.data_dir,
+            &bob_address.mailbox_key
+        ))
+        .await
+    );
+
+    // Taken and acked: a restart must not hand t1 (and its address) over again.
+    assert!(
+        wait_until(Duration::from_secs(30), || received(&bob_hs, "t1")
+            .is_some()
+            && bob.transport().inbox_len() == 0)
+        .await
+    );
+
+    // Bob loses his peer book and key cache; Alice's record still says he holds both.
+    bob.shutdown().await;
+    for entry in std::fs::read_dir(&bob_config.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == spore_sidecar::PEER_BOOK_FILE || name.starts_with("server_keys") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let bob = Sidecar::start(bob_config.clone()).await.unwrap();
+    assert!(
+        bob.peers().get("alice.example").is_none(),
+        "Bob forgot Alice"
+    );
+
+    // A transaction without keys or address still reaches Bob's homeserver.
+    send_and_count(&alice, alice_proxy, &alice_ca, &signing, "t2").await;
+    assert!(
+        wait_until(Duration::from_secs(30), || received(&bob_hs, "t2")
+            .is_some())
+        .await
+    );
+    assert!(
+        bob.peers().get("alice.example").is_none(),
+        "the transaction carried neither keys nor address"
+    );
+
+    // Alice's homeserver downloads media from Bob: the answer comes back whole, through
+    // Alice's mailbox, to the address her request bundle carried.
+    let http: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let download = http::Request::get(format!(
+        "http://{}/_matrix/federation/v1/media/download/m1",
+        alice.local_addr()
+    ))
+    .header("Host", "bob.example")
+    .header("Authorization", r#"X-Matrix origin="alice.example""#)
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(700), http.request(download))
+        .await
+        .expect("the download finished in time")
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        status,
+        200,
+        "{}; Alice {:?}; Bob {:?}",
+        String::from_utf8_lossy(&body[..body.len().min(300)]),
+        alice.transport().stats(),
+        bob.transport().stats()
+    );
+    assert!(
+        body.as_ref() == media.as_slice(),
+        "the answer arrived intact"
+    );
+    assert_eq!(bob.transport().stats().replies_by_mailbox, 1);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
 /// A transaction as Synapse sends it when a user posts a short message: one PDU with its
 /// hashes, signature, auth and prev events (random base64 where Synapse has digests).
 fn message_event(origin: &str, n: usize) -> Vec<u8> {
