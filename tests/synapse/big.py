@@ -6,8 +6,8 @@ Subcommands (STATE: a json file this script writes and reads):
   prepare STATE A_URL B_URL N_STATE N_MSG   alice@A creates a room with N_STATE extra state
                                events (org.spore.test, ~300 bytes each) and invites bob@B, then
                                sends N_MSG messages (big-1..big-N, ~600 bytes of text each, so
-                               that 100 of them are more than the reply SURBs carry) before
-                               bob joins
+                               that 100 of them are more than the reply SURBs carry; after 150
+                               short ones) before bob joins
   join STATE                   bob joins (make_join, then a send_join whose answer carries the
                                whole room state) and must see every state event
   state STATE PROXY CA KEY     a GET /_matrix/federation/v1/state from hs-b, X-Matrix signed
@@ -16,7 +16,7 @@ Subcommands (STATE: a json file this script writes and reads):
   backfill STATE N_MSG TIMEOUT bob pages back (/messages dir=b); B's Synapse backfills from A
                                (at most 100 events per /backfill); all N_MSG must appear, in
                                order, once
-  media STATE BYTES            alice uploads BYTES random bytes to A; bob downloads them
+  media A_URL B_URL BYTES      alice uploads BYTES random bytes to A; bob downloads them
                                through B (/_matrix/client/v1/media/download, so B fetches
                                /_matrix/federation/v1/media/download from A); sha256 must match
 
@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from driver import call, log, login, until  # noqa: E402
 
 STATE_TYPE = "org.spore.test"
+PRE_MESSAGES = 150
 
 
 def q(s):
@@ -73,6 +74,14 @@ def prepare(state_path, a, b, n_state, n_msg):
                 raise SystemExit(f"FAIL: state event {i}: {st} {r}")
     log(f"alice created {room} with {n_state} extra state events in {time.time() - t0:.1f}s")
     t1 = time.time()
+    # Messages before big-1: the /messages page that reaches big-1 makes B's Synapse backfill
+    # the 100 events before it. Were those alice's 2,000 state events, B would ask A for
+    # /state_ids at nearly every one of them (15-30 s each here): pages of messages instead.
+    for i in range(1, PRE_MESSAGES + 1):
+        status, r = call(a, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/p{i}", ta,
+                         {"msgtype": "m.text", "body": f"pre-{i}"})
+        if status != 200:
+            raise SystemExit(f"FAIL: message pre-{i}: {status} {r}")
     for i in range(1, n_msg + 1):
         # ~450 random base64 characters: as incompressible as chat text gets after zstd, so
         # 100 events (one /backfill) are ~60 KB, more than 32 reply SURBs carry.
@@ -202,8 +211,8 @@ def backfill(state_path, n_msg, timeout):
     figure("backfill", took, messages=n_msg, pages=pages)
 
 
-def media(state_path, size):
-    s = load(state_path)
+def media(a, b, size):
+    s = {"a": a, "b": b, "ta": login(a, "alice")[0], "tb": login(b, "bob")[0]}
     data = os.urandom(size)
     digest = hashlib.sha256(data).hexdigest()
     req = urllib.request.Request(s["a"] + "/_matrix/media/v3/upload?filename=big.bin", data=data, method="POST",
@@ -243,6 +252,6 @@ if __name__ == "__main__":
     elif cmd == "backfill":
         backfill(args[0], int(args[1]), int(args[2]))
     elif cmd == "media":
-        media(args[0], int(args[1]))
+        media(args[0], args[1], int(args[2]))
     else:
         raise SystemExit(__doc__)
