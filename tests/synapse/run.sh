@@ -24,6 +24,8 @@
 #   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
 #   SPORE_SYNAPSE_EXTRA_STATE=N  N extra state events in the room before bob joins (a bigger
 #                        send_join answer through the reply SURBs)
+#   SPORE_SYNAPSE_BIG=1  large answers (send_join, /state, backfill, media) instead of the
+#                        offline part: run tests/synapse/big.sh, which sets it
 #   SPORE_SYNAPSE_REPLY_SURBS=N  reply SURBs per request/response call (the testnet uses 32)
 #   SPORE_SYNAPSE_CARRIER=spore (default): a Spore testnet (relays: entry/mailbox + 3 mix
 #                        layers) and `spore-sidecar` with `https_proxy_listen`
