@@ -81,7 +81,7 @@ big_scenario() {
             $py state "$st" "127.0.0.1:$B_PROXY" "$B/sidecar/ca.pem" "$B/hs-b.spore.test.signing.key" | tee -a "$out" ;; esac
         case " $BIG_STEPS " in *" backfill "*) $py backfill "$st" "$BIG_MESSAGES" 1800 | tee -a "$out" ;; esac ;;
     esac
-    # Media last: after its 16,384 fragments, A's sidecar answered everything else 3-10 times
+    # Media last: after its 16,384 fragments, A's sidecar answered everything else 2-10 times
     # more slowly for minutes (docs/synapse.md, run 3).
     case " $BIG_STEPS " in *" media "*) $py media "http://127.0.0.1:$A_CLIENT" "http://127.0.0.1:$B_CLIENT" "$BIG_MEDIA" | tee -a "$out" ;; esac
     $DRIVER conns "$RUN/ss.log" "$RUN/pids"
