@@ -30,5 +30,12 @@ cargo test -p spore-tests --locked -- --test-threads=1 2>&1
 echo "== tests/synapse/run.sh (three Synapse homeservers federating only through Spore)"
 bash tests/synapse/run.sh
 
+# Large answers (2,000-event send_join, /state, backfill of 500, 5 MiB media) take many
+# minutes on 2 cores (docs/synapse.md "Large answers with real Synapse"): opt-in.
+if [ "${SPORE_TEST_BIG:-}" = 1 ]; then
+    echo "== tests/synapse/big.sh (large answers with real Synapse)"
+    bash tests/synapse/big.sh
+fi
+
 echo "== scripts/package-test.sh (Debian package: contents, systemd unit, alert rules, install)"
 bash scripts/package-test.sh

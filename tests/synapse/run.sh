@@ -24,6 +24,8 @@
 #   SPORE_SYNAPSE_KEEP=1 keep the run directory (logs, configs) after success
 #   SPORE_SYNAPSE_EXTRA_STATE=N  N extra state events in the room before bob joins (a bigger
 #                        send_join answer through the reply SURBs)
+#   SPORE_SYNAPSE_BIG=1  large answers (send_join, /state, backfill, media) instead of the
+#                        offline part: run tests/synapse/big.sh, which sets it
 #   SPORE_SYNAPSE_REPLY_SURBS=N  reply SURBs per request/response call (the testnet uses 32)
 #   SPORE_SYNAPSE_CARRIER=spore (default): a Spore testnet (relays: entry/mailbox + 3 mix
 #                        layers) and `spore-sidecar` with `https_proxy_listen`
@@ -45,6 +47,8 @@ DRIVER="python3 -B $ROOT/tests/synapse/driver.py"
 SECRET=spore-test-shared-secret
 OFFLINE=${SPORE_SYNAPSE_OFFLINE:-30}
 START=$(date +%s)
+# Large answers (send_join, /state, backfill, media): tests/synapse/big.sh.
+if [ "${SPORE_SYNAPSE_BIG:-}" = 1 ]; then . "$ROOT/tests/synapse/big.sh"; fi
 
 say() { echo "[run.sh $(date +%H:%M:%S)] $*"; }
 loud_skip() {
@@ -231,6 +235,7 @@ if [ "$CARRIER" != loopback ]; then
     if [ -n "${SPORE_SYNAPSE_REPLY_SURBS:-}" ]; then
         sed -i "s/^reply_surbs = .*/reply_surbs = $SPORE_SYNAPSE_REPLY_SURBS/" "$RUN"/net/*/sidecar.toml
     fi
+    if [ "${SPORE_SYNAPSE_BIG:-}" = 1 ]; then big_configure; fi
 fi
 
 start_sidecar hs-a.spore.test "$A" $A_PROXY $A_BUNDLE $A_FED hs-b.spore.test $B_BUNDLE
@@ -265,6 +270,7 @@ if [ "$CARRIER" != loopback ]; then
         || { say "FAIL: B's sidecar did not learn A's address"; "$SIDECAR" peers -c "$RUN/net/hs-b.spore.test/sidecar.toml"; exit 1; }
     say "B's sidecar learned A's Spore address from A's first bundle (spore-sidecar peers: learned); B -> A worked without configuration"
 fi
+if [ "${SPORE_SYNAPSE_BIG:-}" = 1 ]; then big_scenario; exit 0; fi
 
 # ---------------------------------------------------------------- B offline: store and forward
 say "stopping B (Synapse and sidecar)"
