@@ -82,8 +82,10 @@ GATEWAY="$TARGET/debug/spore-loopback-gateway"
 SIDECAR="$TARGET/debug/spore-sidecar"
 TESTNET="$TARGET/debug/spore-testnet"
 
-# Ports: a block chosen from the PID so parallel runs do not collide.
-BASE=$((20000 + ($$ % 2000) * 15))
+# Ports: a block chosen from the PID so parallel runs do not collide, below the kernel's
+# ephemeral range (32768 and up by default), where any outgoing connection on the machine
+# may hold a port and make a Synapse fail to listen.
+BASE=$((10000 + ($$ % 1500) * 15))
 A_CLIENT=$((BASE + 0)); A_FED=$((BASE + 1)); A_PROXY=$((BASE + 2)); A_BUNDLE=$((BASE + 3))
 B_CLIENT=$((BASE + 5)); B_FED=$((BASE + 6)); B_PROXY=$((BASE + 7)); B_BUNDLE=$((BASE + 8))
 C_CLIENT=$((BASE + 10)); C_FED=$((BASE + 11)); C_PROXY=$((BASE + 12))
