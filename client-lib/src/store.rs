@@ -727,15 +727,7 @@ impl Store {
     /// Removes an inbox entry; returns whether it was there. Its bytes are overwritten in the
     /// database (secure_delete); the next [`Store::flush`] clears them from the log.
     pub fn inbox_remove(&self, id: u64) -> Result<bool> {
-        let Ok(id) = i64::try_from(id) else {
-            return Ok(false);
-        };
-        let removed = self
-            .db()
-            .prepare_cached("DELETE FROM inbox WHERE id = ?1")
-            .and_then(|mut s| s.execute([id]))
-            .map_err(storage)?;
-        Ok(removed > 0)
+        Ok(self.inbox_remove_many(&[id])? > 0)
     }
 
     /// [`Store::inbox_remove`] for many, in one transaction; how many were there.

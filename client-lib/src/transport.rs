@@ -501,15 +501,9 @@ impl Transport {
 
     /// Removes a request from the inbox, durably: it will never be handed out again.
     pub async fn ack(&self, id: InboundId) -> Result<()> {
-        let store = self.shared.store.clone();
-        let removed = tokio::task::spawn_blocking(move || store.inbox_remove(id.0))
-            .await
-            .map_err(|_| ClientError::Stopped)??;
-        self.shared.store.flush().await?;
-        if removed {
-            Ok(())
-        } else {
-            Err(ClientError::UnknownInbound)
+        match self.ack_many(&[id]).await? {
+            0 => Err(ClientError::UnknownInbound),
+            _ => Ok(()),
         }
     }
 
